@@ -1,0 +1,215 @@
+"""Open a DICOM instance once and yield its frames lazily.
+
+The data set is parsed a single time with Pixel Data left on disk
+(`defer_size`), so a 2 GB multi-frame object costs one frame of memory.
+Frames come from pydicom's decoder runner, fed a file object positioned at
+the Pixel Data value: native frames are read with one seek each and
+encapsulated ones fragment by fragment. Frames are the stored sample words:
+no masking of bits above High Bit, no colour conversion, so that the
+policy can look at exactly what the source holds.
+"""
+
+from __future__ import annotations
+
+import struct
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import pydicom
+from pydicom.dataset import FileDataset
+from pydicom.dataelem import RawDataElement
+from pydicom.encaps import generate_frames
+from pydicom.errors import InvalidDicomError
+from pydicom.pixels import as_pixel_options, get_decoder
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
+
+from transcode.codecs.decode import register_plugins
+from transcode.policy import Reason, fail, keep
+
+PIXEL_DATA = 0x7FE00010
+EXTENDED_OFFSET_TABLE = 0x7FE00001
+EXTENDED_OFFSET_TABLE_LENGTHS = 0x7FE00002
+FLOAT_PIXEL_DATA = 0x7FE00008
+DOUBLE_FLOAT_PIXEL_DATA = 0x7FE00009
+#: Values above this size stay on disk until they are needed.
+DEFER_SIZE = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class PixelSpec:
+    """The Image Pixel module of an instance, as the decoder reads it."""
+
+    transfer_syntax: UID
+    rows: int
+    columns: int
+    samples_per_pixel: int
+    bits_allocated: int
+    bits_stored: int
+    pixel_representation: int
+    photometric: str
+    planar_configuration: int
+    number_of_frames: int
+
+    @property
+    def frame_shape(self) -> tuple[int, ...]:
+        if self.samples_per_pixel == 1:
+            return (self.rows, self.columns)
+        return (self.rows, self.columns, self.samples_per_pixel)
+
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        """Container type of one stored sample."""
+        kind = "i" if self.pixel_representation else "u"
+        return np.dtype(f"{kind}{max(1, self.bits_allocated // 8)}")
+
+
+def _sniff(head: bytes) -> None:
+    """Reject files that are not DICOM Part 10 before pydicom guesses at them."""
+    if len(head) >= 132 and head[128:132] == b"DICM":
+        return
+    if head[:2] == b"\x02\x00":  # group 0002 without the 128-byte preamble
+        return
+    if head[:2] == b"\x08\x00":  # a bare data set starting at group 0008
+        raise fail(
+            Reason.MISSING_FILE_META,
+            "no File Meta Information: the transfer syntax cannot be known for certain",
+        )
+    raise fail(Reason.NOT_DICOM, "neither a DICM prefix nor a File Meta group: not a DICOM file")
+
+
+class Instance:
+    """One source instance: its data set (Pixel Data left on disk) and frames."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file: IO[bytes] = open(path, "rb")
+        try:
+            self.dataset = self._read()
+            self.spec = self._pixel_spec()
+        except BaseException:
+            self._file.close()
+            raise
+
+    def _read(self) -> FileDataset:
+        _sniff(self._file.read(132))
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ds = self._parse(DEFER_SIZE)
+                if ds.file_meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian:
+                    # pydicom inflates these in memory: a deferred offset is
+                    # not a file offset, so read the (rare) deflated set whole.
+                    ds = self._parse(None)
+        except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError) as exc:
+            raise fail(Reason.UNREADABLE, f"the data set cannot be parsed: {exc}") from exc
+        if "TransferSyntaxUID" not in ds.file_meta:
+            raise fail(Reason.MISSING_FILE_META, "File Meta Information has no Transfer Syntax UID")
+        return ds
+
+    def _parse(self, defer_size: int | None) -> FileDataset:
+        self._file.seek(0)
+        return pydicom.dcmread(self._file, defer_size=defer_size, force=True)
+
+    @property
+    def transfer_syntax(self) -> UID:
+        return UID(self.dataset.file_meta.TransferSyntaxUID)
+
+    def _pixel_spec(self) -> PixelSpec | None:
+        ds = self.dataset
+        if FLOAT_PIXEL_DATA in ds or DOUBLE_FLOAT_PIXEL_DATA in ds:
+            raise keep(Reason.FLOAT_PIXELS, "float pixel data has no lossless HTJ2K form")
+        if PIXEL_DATA not in ds:
+            return None
+        try:
+            opts = as_pixel_options(ds)
+            spec = PixelSpec(
+                transfer_syntax=self.transfer_syntax,
+                rows=int(opts["rows"]),
+                columns=int(opts["columns"]),
+                samples_per_pixel=int(opts.get("samples_per_pixel", 1)),
+                bits_allocated=int(opts["bits_allocated"]),
+                bits_stored=int(opts.get("bits_stored", opts["bits_allocated"])),
+                pixel_representation=int(opts.get("pixel_representation", 0)),
+                photometric=str(opts.get("photometric_interpretation", "")).strip(),
+                planar_configuration=int(opts.get("planar_configuration", 0) or 0),
+                number_of_frames=int(opts["number_of_frames"]),
+            )
+        except (KeyError, ValueError, TypeError) as exc:
+            raise fail(Reason.BAD_PIXEL_DATA, f"Image Pixel module incomplete or invalid: {exc}") from exc
+        if spec.rows < 1 or spec.columns < 1 or spec.number_of_frames < 1:
+            raise fail(Reason.BAD_PIXEL_DATA, f"{spec.rows}x{spec.columns}x{spec.number_of_frames} pixels")
+        return spec
+
+    def _pixel_source(self) -> IO[bytes] | bytes:
+        """The Pixel Data value: the file positioned at it when it is still
+        on disk, else the bytes (small values and deflated data sets)."""
+        element = self.dataset.get_item(PIXEL_DATA, keep_deferred=True)
+        if isinstance(element, RawDataElement) and element.value is None:
+            self._file.seek(element.value_tell)
+            return self._file
+        return self.dataset.PixelData
+
+    def frames(self) -> Iterator[np.ndarray]:
+        """Yield each frame's stored words: (rows, columns[, samples]), one
+        frame in memory at a time."""
+        spec = self.spec
+        if spec is None:
+            return
+        register_plugins()
+        tsyntax = spec.transfer_syntax
+        opts = as_pixel_options(self.dataset)
+        # An inflated deflated data set holds native little endian pixels.
+        deflated = tsyntax == DeflatedExplicitVRLittleEndian
+        opts["transfer_syntax_uid"] = ExplicitVRLittleEndian if deflated else tsyntax
+        opts["pixel_keyword"] = "PixelData"
+        element = self.dataset.get_item(PIXEL_DATA, keep_deferred=True)
+        if not tsyntax.is_implicit_VR and element is not None and element.VR:
+            opts["pixel_vr"] = element.VR
+        frames = get_decoder(tsyntax).iter_array(
+            self._pixel_source(), raw=True, validate=True, correct_unused_bits=False, **opts
+        )
+        while True:
+            try:
+                arr, _props = next(frames)
+            except StopIteration:
+                return
+            except Exception as exc:  # any decoder's complaint about the source
+                raise fail(Reason.DECODE_ERROR, f"cannot decode the source pixel data: {exc}") from exc
+            # Big endian sources come as big endian arrays; codecs want native order.
+            yield arr.astype(arr.dtype.newbyteorder("="), copy=False)
+
+    def codestreams(self) -> Iterator[bytes]:
+        """Yield each frame's encoded bytes, for encapsulated transfer syntaxes."""
+        spec = self.spec
+        if spec is None or not spec.transfer_syntax.is_encapsulated:
+            return
+        extended = None
+        if EXTENDED_OFFSET_TABLE in self.dataset and EXTENDED_OFFSET_TABLE_LENGTHS in self.dataset:
+            extended = (self.dataset.ExtendedOffsetTable, self.dataset.ExtendedOffsetTableLengths)
+        try:
+            yield from generate_frames(
+                self._pixel_source(), number_of_frames=spec.number_of_frames, extended_offsets=extended
+            )
+        except (ValueError, EOFError, struct.error) as exc:
+            raise fail(Reason.BAD_PIXEL_DATA, f"encapsulated Pixel Data is malformed: {exc}") from exc
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> Instance:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_instance(path: str | Path) -> Instance:
+    """Open `path`; raises `policy.Stop` with a reason for anything unusable."""
+    try:
+        return Instance(Path(path))
+    except OSError as exc:
+        raise fail(Reason.UNREADABLE, f"cannot open the file: {exc.strerror or exc}") from exc

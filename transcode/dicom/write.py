@@ -1,0 +1,195 @@
+"""Write a transcoded instance: the same data set with new pixel encapsulation.
+
+Only the changes DESIGN.md allows are made: the transfer syntax and
+implementation fields of the File Meta, the Pixel Data encapsulation (one
+fragment per frame, Extended Offset Table for multi-frame), Photometric
+Interpretation RGB -> YBR_RCT when the colour transform is used, and
+Planar Configuration 0. Every other element is written from the source's
+own element, unaltered.
+
+Frames are streamed to disk as they are encoded, so memory never holds more
+than a frame. The Extended Offset Table precedes Pixel Data but is only known
+at the end: its fixed-size value is reserved and filled in before commit.
+The file is written under a temporary name in the target folder, fsynced
+and renamed: a half-written output never carries the final name.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import tempfile
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any
+
+from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
+from pydicom.filebase import DicomFileLike
+from pydicom.filewriter import write_dataset, write_file_meta_info
+from pydicom.uid import UID
+
+from transcode import __version__
+
+PIXEL_DATA = 0x7FE00010
+#: Encapsulation elements we (re)write; the source's copies are dropped.
+ENCAPSULATION_TAGS = frozenset({0x7FE00001, 0x7FE00002, 0x7FE00003, PIXEL_DATA})
+IMPLEMENTATION_CLASS_UID = "1.2.826.0.1.3680043.8.498.1.7"
+IMPLEMENTATION_VERSION_NAME = f"TRANSCODE_{__version__}"[:16]
+
+_ITEM = struct.Struct("<HHI")
+_ITEM_TAG = (0xFFFE, 0xE000)
+_SEQUENCE_DELIMITER = _ITEM.pack(0xFFFE, 0xE0DD, 0)
+
+
+def _elements(ds: Dataset, keep: Any) -> Dataset:
+    """A new data set holding the source's own elements for which `keep(tag)`."""
+    out = Dataset()
+    for tag in ds.keys():
+        if keep(tag):
+            out[tag] = ds.get_item(tag)  # the raw element, read if it was deferred
+    return out
+
+
+def _new_file_meta(source: FileDataset, transfer_syntax: UID) -> FileMetaDataset:
+    """The source's File Meta with the new transfer syntax and our
+    implementation fields. Media Storage SOP Class/Instance UIDs missing from
+    the source's meta are taken from the data set, where Part 10 says they
+    come from."""
+    meta = FileMetaDataset()
+    for elem in source.file_meta:
+        meta.add(elem)
+    for meta_keyword, keyword in (
+        ("MediaStorageSOPClassUID", "SOPClassUID"),
+        ("MediaStorageSOPInstanceUID", "SOPInstanceUID"),
+    ):
+        if not meta.get(meta_keyword) and source.get(keyword):
+            setattr(meta, meta_keyword, source[keyword].value)
+    meta.TransferSyntaxUID = transfer_syntax
+    meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
+    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
+    return meta
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename in `path` durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class EncapsulatedWriter:
+    """Streams an instance with encapsulated frames to `dst`, atomically.
+
+    Use as a context manager: `add_frame` each codestream in order, then
+    `commit`; leaving the block without commit (an exception) removes the
+    temporary file and leaves `dst` untouched.
+    """
+
+    def __init__(
+        self,
+        dst: Path,
+        source: FileDataset,
+        *,
+        transfer_syntax: UID,
+        frames: int,
+        changes: dict[str, Any],
+        preamble: bytes | None,
+    ) -> None:
+        self.dst = dst
+        self._frames_expected = frames
+        self._offsets: list[int] = []
+        self._lengths: list[int] = []
+        self._trailing = _elements(source, lambda tag: tag > PIXEL_DATA)
+        fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".partial")
+        self._tmp = Path(tmp)
+        self._file: IO[bytes] = os.fdopen(fd, "wb")
+        try:
+            self._write_head(source, transfer_syntax, changes, preamble)
+        except BaseException:
+            self.abort()
+            raise
+
+    def _dicom_file(self) -> DicomFileLike:
+        fp = DicomFileLike(self._file)
+        fp.is_little_endian = True
+        fp.is_implicit_VR = False
+        return fp
+
+    def _write_head(self, source: FileDataset, tsyntax: UID, changes: dict[str, Any], preamble: bytes | None) -> None:
+        f = self._file
+        f.write(preamble if preamble and len(preamble) == 128 else bytes(128))
+        f.write(b"DICM")
+        write_file_meta_info(self._dicom_file(), _new_file_meta(source, tsyntax), enforce_standard=True)
+        header = _elements(source, lambda tag: tag < PIXEL_DATA and tag not in ENCAPSULATION_TAGS)
+        for keyword, value in changes.items():
+            setattr(header, keyword, value)
+        write_dataset(self._dicom_file(), header)
+        self._eot_at = None
+        if self._frames_expected > 1:
+            size = 8 * self._frames_expected
+            self._eot_at = f.tell()
+            for element in (0x0001, 0x0002):  # Extended Offset Table, ... Lengths
+                f.write(struct.pack("<HH2sHI", 0x7FE0, element, b"OV", 0, size))
+                f.write(bytes(size))
+        f.write(struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OB", 0, 0xFFFFFFFF))
+        f.write(_ITEM.pack(*_ITEM_TAG, 0))  # empty Basic Offset Table
+        self._first_item = f.tell()
+
+    def add_frame(self, data: bytes) -> None:
+        """Append one frame's codestream as a single fragment."""
+        padded = len(data) + (len(data) & 1)
+        self._offsets.append(self._file.tell() - self._first_item)
+        self._lengths.append(padded)
+        self._file.write(_ITEM.pack(*_ITEM_TAG, padded))
+        self._file.write(data)
+        if padded != len(data):
+            self._file.write(b"\x00")
+
+    def commit(self) -> None:
+        """Finish the file, make it durable and give it its final name."""
+        if len(self._offsets) != self._frames_expected:
+            raise RuntimeError(f"{len(self._offsets)} frames written, {self._frames_expected} expected")
+        f = self._file
+        f.write(_SEQUENCE_DELIMITER)
+        if len(self._trailing):
+            write_dataset(self._dicom_file(), self._trailing)
+        if self._eot_at is not None:
+            size = 8 * self._frames_expected
+            f.seek(self._eot_at + 12)
+            f.write(struct.pack(f"<{self._frames_expected}Q", *self._offsets))
+            f.seek(self._eot_at + 24 + size)
+            f.write(struct.pack(f"<{self._frames_expected}Q", *self._lengths))
+        f.flush()
+        os.fsync(f.fileno())
+        f.close()
+        os.replace(self._tmp, self.dst)
+        fsync_dir(self.dst.parent)
+
+    def abort(self) -> None:
+        self._file.close()
+        self._tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> EncapsulatedWriter:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        if exc_type is not None:
+            self.abort()
+
+
+def copy_atomically(src: Path, dst: Path) -> None:
+    """Copy `src` to `dst` byte for byte through a temporary file and rename."""
+    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".partial")
+    try:
+        with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
+            while chunk := inp.read(1 << 20):
+                out.write(chunk)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, dst)
+        fsync_dir(dst.parent)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,261 @@
+"""Transcode one instance: read, decode, encode, verify, write.
+
+Frames flow one way through a bounded window: the calling thread reads and
+decodes the source frame, hands it to a thread pool that encodes and
+verifies it (imagecodecs releases the GIL, so all cores work), checks its
+stored bits and hashes it while the pool works, and writes finished frames
+to disk in order. At most `2 x workers` frames are in memory at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydicom.uid import UID, HTJ2KLosslessRPCL
+
+from transcode.codecs import htj2k
+from transcode.codecs.codestream import CodestreamIndex
+from transcode.codecs.htj2k import EncodeSettings
+from transcode.dicom.read import Instance, PixelSpec, open_instance
+from transcode.dicom.write import EncapsulatedWriter, copy_atomically
+from transcode.policy import LOSSLESS_SOURCES, Outcome, Reason, Stop, fail, keep
+from transcode.verify import CrossCheck, verify_frame
+
+OUTPUT_SYNTAX = UID(HTJ2KLosslessRPCL)
+_SUBSAMPLED = ("YBR_FULL_422", "YBR_PARTIAL_422", "YBR_PARTIAL_420")
+_COLOUR_TRANSFORM = ("RGB", "YBR_RCT")  # decoded as RGB; stored as YBR_RCT
+_SUPPORTED = {1: ("MONOCHROME1", "MONOCHROME2", "PALETTE COLOR"), 3: ("RGB", "YBR_RCT", "YBR_FULL")}
+
+
+@dataclass
+class TranscodeResult:
+    """What happened to one instance. `reason` and `detail` are set unless
+    the outcome is transcoded; digests are hex SHA-256."""
+
+    source: str
+    destination: str | None
+    outcome: Outcome
+    reason: Reason | None = None
+    detail: str = ""
+    transfer_syntax: str | None = None
+    frames: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    pixel_digest: str | None = None
+    output_digest: str | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+    frame_index: list[CodestreamIndex] = field(default_factory=list, repr=False)
+
+    @property
+    def ratio(self) -> float | None:
+        """Output size over input size (lower is better)."""
+        return self.bytes_out / self.bytes_in if self.bytes_in and self.bytes_out else None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["outcome"] = self.outcome.value
+        d["reason"] = self.reason.value if self.reason else None
+        d["frame_index"] = [ix.to_dict() for ix in self.frame_index]
+        return d
+
+
+def _check_identity(instance: Instance) -> None:
+    ds = instance.dataset
+    if not (ds.get("SOPInstanceUID") or ds.file_meta.get("MediaStorageSOPInstanceUID")):
+        raise fail(Reason.NO_SOP_INSTANCE_UID, "no SOP Instance UID: the instance has no identity to keep")
+
+
+def _check_policy(spec: PixelSpec | None) -> None:
+    """Decide from the header alone whether the pixels may be transcoded."""
+    if spec is None:
+        raise keep(Reason.NO_PIXEL_DATA, "no Pixel Data: nothing to transcode")
+    ts = spec.transfer_syntax
+    if ts not in LOSSLESS_SOURCES:
+        if ts.is_transfer_syntax and ts.is_compressed:
+            raise keep(Reason.LOSSY_SOURCE, f"{ts.name} is (or may be) lossy: recompressing would compound the loss")
+        raise keep(Reason.UNSUPPORTED_TRANSFER_SYNTAX, f"transfer syntax {ts} is not one this pipeline decodes")
+    if spec.bits_allocated == 1:
+        raise keep(Reason.ONE_BIT_PIXELS, "1-bit pixel data is kept as is (bit-packed, HTJ2K gains nothing)")
+    if spec.bits_allocated not in (8, 16, 32):
+        raise keep(Reason.UNSUPPORTED_PIXEL_FORMAT, f"Bits Allocated {spec.bits_allocated} has no HTJ2K container")
+    if not 1 <= spec.bits_stored <= spec.bits_allocated:
+        raise fail(Reason.BAD_PIXEL_DATA, f"Bits Stored {spec.bits_stored} with Bits Allocated {spec.bits_allocated}")
+    if spec.photometric == "YBR_ICT":
+        raise keep(Reason.LOSSY_SOURCE, "YBR_ICT means the irreversible colour transform: lossy")
+    if spec.photometric in _SUBSAMPLED:
+        raise keep(Reason.CHROMA_SUBSAMPLED, f"{spec.photometric} is chroma-subsampled: no lossless HTJ2K form")
+    if spec.photometric not in _SUPPORTED.get(spec.samples_per_pixel, ()):
+        raise keep(
+            Reason.UNSUPPORTED_PIXEL_FORMAT,
+            f"{spec.samples_per_pixel} samples per pixel with {spec.photometric or 'no'} Photometric Interpretation",
+        )
+
+
+def _check_stored_bits(frame: np.ndarray, spec: PixelSpec, index: int) -> None:
+    """Bits above High Bit are data we would otherwise lose: for unsigned
+    pixels they must be zero, for signed ones a plain sign extension."""
+    unused = spec.bits_allocated - spec.bits_stored
+    if not unused:
+        return
+    high = frame >> (spec.bits_stored - 1 if spec.pixel_representation else spec.bits_stored)
+    bad = (high != 0) & (high != -1) if spec.pixel_representation else high != 0
+    if bad.any():
+        raise keep(
+            Reason.BITS_ABOVE_HIGH_BIT,
+            f"frame {index}: stored words use bits above High Bit {spec.bits_stored - 1} "
+            "(overlay or other data that decoders would mask away)",
+        )
+
+
+def _encode_and_verify(
+    frame: np.ndarray, index: int, colour_transform: bool, settings: EncodeSettings, independent: bool
+) -> tuple[bytes, CodestreamIndex]:
+    try:
+        data, cs_index = htj2k.encode(frame, colour_transform=colour_transform, settings=settings)
+    except Exception as exc:
+        raise keep(Reason.ENCODER_ERROR, f"frame {index}: OpenJPH could not encode it: {exc}") from exc
+    verify_frame(frame, data, index=index, independent=independent)
+    return data, cs_index
+
+
+def _changes(spec: PixelSpec, dataset: Any) -> dict[str, Any]:
+    changes: dict[str, Any] = {}
+    if spec.photometric in _COLOUR_TRANSFORM:
+        changes["PhotometricInterpretation"] = "YBR_RCT"
+    if spec.samples_per_pixel > 1 and dataset.get("PlanarConfiguration", 0) != 0:
+        changes["PlanarConfiguration"] = 0
+    return changes
+
+
+def _transcode_frames(
+    instance: Instance,
+    dst: Path,
+    result: TranscodeResult,
+    settings: EncodeSettings,
+    crosscheck: CrossCheck,
+    pool: ThreadPoolExecutor,
+    window: int,
+) -> None:
+    spec = instance.spec
+    assert spec is not None
+    colour = spec.photometric in _COLOUR_TRANSFORM
+    digest = hashlib.sha256()
+    pending: deque[Future[tuple[bytes, CodestreamIndex]]] = deque()
+    preamble = instance.dataset.preamble
+
+    with EncapsulatedWriter(
+        dst,
+        instance.dataset,
+        transfer_syntax=OUTPUT_SYNTAX,
+        frames=spec.number_of_frames,
+        changes=_changes(spec, instance.dataset),
+        preamble=preamble,
+    ) as writer:
+
+        def drain(limit: int) -> None:
+            while len(pending) > limit:
+                data, cs_index = pending.popleft().result()
+                writer.add_frame(data)
+                result.frame_index.append(cs_index)
+                result.bytes_out += len(data)
+
+        try:
+            for i, frame in enumerate(instance.frames()):
+                if i >= spec.number_of_frames:
+                    raise fail(Reason.BAD_PIXEL_DATA, f"more frames than Number of Frames ({spec.number_of_frames})")
+                frame = np.ascontiguousarray(frame)
+                independent = crosscheck is CrossCheck.ALL or (crosscheck is CrossCheck.FIRST and i == 0)
+                pending.append(pool.submit(_encode_and_verify, frame, i, colour, settings, independent))
+                _check_stored_bits(frame, spec, i)
+                digest.update(frame.data)
+                drain(window)
+            drain(0)
+        finally:
+            for future in pending:
+                future.cancel()
+        if len(result.frame_index) != spec.number_of_frames:
+            raise fail(
+                Reason.BAD_PIXEL_DATA,
+                f"{len(result.frame_index)} frames decoded, Number of Frames says {spec.number_of_frames}",
+            )
+        writer.commit()
+    result.frames = spec.number_of_frames
+    result.pixel_digest = digest.hexdigest()
+
+
+def _file_digest(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def transcode_file(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    *,
+    settings: EncodeSettings | None = None,
+    crosscheck: CrossCheck | str = CrossCheck.FIRST,
+    workers: int | None = None,
+    copy_kept: bool = True,
+) -> TranscodeResult:
+    """Transcode the DICOM file `src` to HTJ2K Lossless RPCL at `dst`.
+
+    Never raises for bad input: the result says transcoded, kept (with
+    `copy_kept`, `dst` is then an exact copy of `src`) or failed (nothing at
+    `dst`). The source is only ever opened for reading.
+    """
+    started = time.perf_counter()
+    src_path, dst_path = Path(src), Path(dst)
+    result = TranscodeResult(source=str(src_path), destination=None, outcome=Outcome.FAILED)
+    settings = settings or EncodeSettings()
+    crosscheck = CrossCheck(crosscheck)
+    workers = workers or os.cpu_count() or 1
+    try:
+        result.bytes_in = src_path.stat().st_size
+        if dst_path.exists() and dst_path.resolve() == src_path.resolve():
+            raise fail(Reason.WRITE_ERROR, "destination is the source file: the source is never modified")
+        if not dst_path.parent.is_dir():
+            raise fail(Reason.WRITE_ERROR, f"destination folder {dst_path.parent} does not exist")
+        with open_instance(src_path) as instance:
+            result.transfer_syntax = str(instance.transfer_syntax)
+            _check_identity(instance)
+            _check_policy(instance.spec)
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="htj2k") as pool:
+                _transcode_frames(instance, dst_path, result, settings, crosscheck, pool, 2 * workers)
+        result.outcome = Outcome.TRANSCODED
+        result.destination = str(dst_path)
+        result.bytes_out = dst_path.stat().st_size
+        result.output_digest = _file_digest(dst_path)
+    except Stop as stop:
+        result.outcome, result.reason, result.detail = stop.outcome, stop.reason, stop.detail
+        result.frame_index, result.frames, result.pixel_digest = [], 0, None
+        result.bytes_out = 0
+        if stop.outcome is Outcome.KEPT and copy_kept:
+            _keep_copy(src_path, dst_path, result)
+    except OSError as exc:
+        result.outcome, result.reason = Outcome.FAILED, Reason.WRITE_ERROR
+        result.detail = f"{exc.strerror or exc}: {exc.filename or dst_path}"
+    except Exception as exc:  # one bad instance must never stop a migration
+        result.outcome, result.reason = Outcome.FAILED, Reason.INTERNAL_ERROR
+        result.detail = f"{type(exc).__name__}: {exc}"
+    result.seconds["total"] = time.perf_counter() - started
+    return result
+
+
+def _keep_copy(src: Path, dst: Path, result: TranscodeResult) -> None:
+    try:
+        copy_atomically(src, dst)
+    except OSError as exc:
+        result.detail = f"to be kept as is ({result.reason}), but the copy failed: {exc.strerror or exc}"
+        result.outcome, result.reason = Outcome.FAILED, Reason.WRITE_ERROR
+        return
+    result.destination = str(dst)
+    result.bytes_out = result.bytes_in
+    result.output_digest = _file_digest(dst)
