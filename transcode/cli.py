@@ -1,0 +1,195 @@
+"""The `transcode` command: `convert` files or folders, `info` on one file.
+
+Exit codes of `convert`: 0 every instance transcoded, 3 some kept as is
+(none failed), 1 at least one failed, 2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TextIO
+
+from transcode.codecs import codestream
+from transcode.codecs.htj2k import EncodeSettings
+from transcode.dicom.read import open_instance
+from transcode.policy import Outcome, Stop
+from transcode.transcoder import TranscodeResult, transcode_file
+from transcode.verify import CrossCheck
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_KEPT = 0, 1, 2, 3
+
+
+def _pairs(src: Path, dst: Path) -> Iterator[tuple[Path, Path]]:
+    """(source, destination) for a file, or for every file under a folder
+    with the folder structure mirrored under `dst`."""
+    if src.is_file():
+        yield src, dst / src.name if dst.is_dir() else dst
+        return
+    for path in sorted(p for p in src.rglob("*") if p.is_file()):
+        target = dst / path.relative_to(src)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        yield path, target
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:9.2f}"
+
+
+def print_table(results: Sequence[TranscodeResult], out: TextIO = sys.stdout) -> None:
+    """One row per instance, then totals per outcome."""
+    print(f"{'outcome':<11}{'reason':<29}{'frames':>7}{'MB in':>10}{'MB out':>10}{'ratio':>7}{'s':>7}  file", file=out)
+    for r in results:
+        ratio = f"{r.ratio:7.3f}" if r.ratio else f"{'-':>7}"
+        print(
+            f"{r.outcome.value:<11}{(r.reason.value if r.reason else ''):<29}{r.frames:>7}"
+            f"{_mb(r.bytes_in):>10}{_mb(r.bytes_out):>10}{ratio}{r.seconds.get('total', 0):7.2f}  {r.source}",
+            file=out,
+        )
+    counts = Counter(r.outcome.value for r in results)
+    bytes_in = sum(r.bytes_in for r in results if r.outcome is Outcome.TRANSCODED)
+    bytes_out = sum(r.bytes_out for r in results if r.outcome is Outcome.TRANSCODED)
+    seconds = sum(r.seconds.get("total", 0) for r in results)
+    summary = ", ".join(f"{counts.get(o.value, 0)} {o.value}" for o in Outcome)
+    print(f"\n{len(results)} instances: {summary}.", file=out)
+    if bytes_in:
+        print(
+            f"Transcoded {bytes_in / 1e6:.1f} MB -> {bytes_out / 1e6:.1f} MB "
+            f"(ratio {bytes_out / bytes_in:.3f}) in {seconds:.1f} s, {bytes_in / 1e6 / max(seconds, 1e-9):.1f} MB/s.",
+            file=out,
+        )
+    for r in results:
+        if r.detail:
+            print(f"  {r.source}: {r.reason}: {r.detail}", file=out)
+
+
+def _exit_code(results: Sequence[TranscodeResult]) -> int:
+    outcomes = {r.outcome for r in results}
+    if Outcome.FAILED in outcomes:
+        return EXIT_FAILED
+    return EXIT_KEPT if Outcome.KEPT in outcomes else EXIT_OK
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    src, dst = Path(args.src), Path(args.dst)
+    if not src.exists():
+        print(f"transcode: {src}: no such file or folder", file=sys.stderr)
+        return EXIT_USAGE
+    if src.is_dir():
+        if dst.exists() and not dst.is_dir():
+            print(f"transcode: {dst} must be a folder when {src} is one", file=sys.stderr)
+            return EXIT_USAGE
+        if dst.resolve().is_relative_to(src.resolve()):
+            print(f"transcode: {dst} lies inside {src}: the source is never written to", file=sys.stderr)
+            return EXIT_USAGE
+        dst.mkdir(parents=True, exist_ok=True)
+    settings = EncodeSettings(tile_threshold=args.tile_threshold, tile_size=args.tile_size)
+    results = []
+    for source, target in _pairs(src, dst):
+        result = transcode_file(
+            source, target, settings=settings, crosscheck=args.crosscheck,
+            workers=args.workers, copy_kept=not args.no_copy_kept,
+        )
+        results.append(result)
+        if args.json:
+            print(json.dumps({k: v for k, v in result.to_dict().items() if k != "frame_index"}), flush=True)
+    if not args.json:
+        print_table(results)
+    return _exit_code(results)
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    try:
+        with open_instance(args.file) as instance:
+            spec = instance.spec
+            print(f"File:             {args.file}")
+            print(f"Transfer syntax:  {instance.transfer_syntax} ({instance.transfer_syntax.name})")
+            if spec is None:
+                print("Pixel data:       none")
+                return EXIT_OK
+            print(f"Frames:           {spec.number_of_frames}")
+            print(
+                f"Frame:            {spec.columns} x {spec.rows}, {spec.samples_per_pixel} sample(s), "
+                f"{spec.bits_stored}/{spec.bits_allocated} bits, "
+                f"{'signed' if spec.pixel_representation else 'unsigned'}, {spec.photometric}"
+            )
+            if not instance.transfer_syntax.is_encapsulated:
+                return EXIT_OK
+            for number, data in enumerate(instance.codestreams()):
+                if number >= args.frames:
+                    print(f"... {spec.number_of_frames - number} more frame(s); --frames N shows more")
+                    break
+                _print_codestream(number, data)
+    except Stop as stop:
+        print(f"transcode: {args.file}: {stop.reason}: {stop.detail}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _print_codestream(number: int, data: bytes) -> None:
+    try:
+        index = codestream.parse(data)  # a padding byte after EOC is ignored
+    except codestream.CodestreamError as exc:
+        print(f"\nFrame {number}: {len(data)} bytes, not indexable as a J2K codestream: {exc}")
+        return
+    print(
+        f"\nFrame {number}: {index.length} bytes, {'HT' if index.high_throughput else 'J2K Part 1'}, "
+        f"{index.progression}, {'reversible' if index.reversible else 'irreversible'}, "
+        f"{index.decompositions} decompositions, TLM {'yes' if index.has_tlm else 'no'}, "
+        f"{index.tiles} tile(s) of {index.tile_width} x {index.tile_height}"
+    )
+    if not index.resolution_major:
+        print("  tile-parts are not resolution-major: no byte boundary per resolution level")
+        return
+    print(f"  {'level':>5} {'size':>13} {'ends at byte':>13} {'bytes':>11} {'share':>7}")
+    previous = 0
+    for level in range(index.resolutions):
+        end = index.level_end(level)
+        w, h = index.resolution_size(level)
+        print(f"  {level:>5} {f'{w} x {h}':>13} {end:>13} {end - previous:>11} {end / index.length:>7.1%}")
+        previous = end
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="transcode", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    convert = sub.add_parser("convert", help="transcode a DICOM file, or every file under a folder, to HTJ2K")
+    convert.add_argument("src", help="DICOM file or folder (read only, never modified)")
+    convert.add_argument("dst", help="output file, or folder (created) mirroring the source folder")
+    convert.add_argument("--workers", type=int, default=None, help="threads per instance (default: all cores)")
+    convert.add_argument(
+        "--crosscheck", choices=[c.value for c in CrossCheck], default=CrossCheck.FIRST.value,
+        help="frames also decoded by OpenJPEG, the independent decoder (default: first)",
+    )
+    convert.add_argument("--tile-threshold", type=int, default=EncodeSettings().tile_threshold,
+                         help="tile frames whose larger side exceeds this (default: %(default)s)")
+    convert.add_argument("--tile-size", type=int, default=EncodeSettings().tile_size,
+                         help="tile side in pixels (default: %(default)s)")
+    convert.add_argument("--no-copy-kept", action="store_true",
+                         help="write nothing for instances kept as is (default: an exact copy)")
+    convert.add_argument("--json", action="store_true", help="print one JSON result per line instead of a table")
+    convert.set_defaults(func=cmd_convert)
+
+    info = sub.add_parser("info", help="transfer syntax, frames and the HTJ2K resolution map of a file")
+    info.add_argument("file")
+    info.add_argument("--frames", type=int, default=1, help="how many frames to map (default: 1)")
+    info.set_defaults(func=cmd_info)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return EXIT_USAGE if exc.code else EXIT_OK
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
