@@ -99,20 +99,38 @@ def _check_policy(spec: PixelSpec | None) -> None:
         )
 
 
-def _check_stored_bits(frame: np.ndarray, spec: PixelSpec, index: int) -> None:
-    """Bits above High Bit are data we would otherwise lose: for unsigned
-    pixels they must be zero, for signed ones a plain sign extension."""
+def canonical_words(frame: np.ndarray, spec: PixelSpec, index: int) -> np.ndarray:
+    """The frame's pixel values as full container words, or `Stop` (kept).
+
+    Bits above High Bit must carry nothing, or they are data (overlays,
+    junk) that a decoder would mask away. Unsigned: they must be zero.
+    Signed: a plain sign extension; all-zero upper bits are the other common
+    way to leave them unused, and those frames are sign-extended (a copy),
+    which is what every DICOM reader does with them (PS3.5 8.1.1).
+    """
     unused = spec.bits_allocated - spec.bits_stored
     if not unused:
-        return
-    high = frame >> (spec.bits_stored - 1 if spec.pixel_representation else spec.bits_stored)
-    bad = (high != 0) & (high != -1) if spec.pixel_representation else high != 0
-    if bad.any():
-        raise keep(
-            Reason.BITS_ABOVE_HIGH_BIT,
-            f"frame {index}: stored words use bits above High Bit {spec.bits_stored - 1} "
-            "(overlay or other data that decoders would mask away)",
-        )
+        return frame
+    if not spec.pixel_representation:
+        if (frame >> spec.bits_stored).any():
+            raise _bits_above_high_bit(spec, index)
+        return frame
+    high = frame >> (spec.bits_stored - 1)  # arithmetic: 0 or -1 when sign-extended
+    if not ((high != 0) & (high != -1)).any():
+        return frame
+    if (frame.view(frame.dtype.str.replace("i", "u")) >> spec.bits_stored).any():
+        raise _bits_above_high_bit(spec, index)
+    extended = frame << unused
+    extended >>= unused
+    return extended
+
+
+def _bits_above_high_bit(spec: PixelSpec, index: int) -> Stop:
+    return keep(
+        Reason.BITS_ABOVE_HIGH_BIT,
+        f"frame {index}: stored words use bits above High Bit {spec.bits_stored - 1} "
+        "(overlay or other data that decoders would mask away)",
+    )
 
 
 def _encode_and_verify(
@@ -171,11 +189,10 @@ def _transcode_frames(
             for i, frame in enumerate(instance.frames()):
                 if i >= spec.number_of_frames:
                     raise fail(Reason.BAD_PIXEL_DATA, f"more frames than Number of Frames ({spec.number_of_frames})")
-                frame = np.ascontiguousarray(frame)
+                frame = canonical_words(np.ascontiguousarray(frame), spec, i)
                 independent = crosscheck is CrossCheck.ALL or (crosscheck is CrossCheck.FIRST and i == 0)
                 pending.append(pool.submit(_encode_and_verify, frame, i, colour, settings, independent))
-                _check_stored_bits(frame, spec, i)
-                digest.update(frame.data)
+                digest.update(frame.data)  # hashlib releases the GIL: overlaps the encoder
                 drain(window)
             drain(0)
         finally:

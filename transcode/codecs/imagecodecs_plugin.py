@@ -49,3 +49,4 @@ def decode_frame(src: bytes, runner: DecodeRunner) -> bytearray:
         runner.set_option("planar_configuration", 0)
     runner.set_option("bits_allocated", arr.dtype.itemsize * 8)
     return bytearray(arr.data)  # writeable: pydicom corrects signs in place
+
