@@ -97,8 +97,8 @@ class Instance:
     def _read(self) -> FileDataset:
         _sniff(self._file.read(132))
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
                 ds = self._parse(DEFER_SIZE)
                 if ds.file_meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian:
                     # pydicom inflates these in memory: a deferred offset is
@@ -106,6 +106,10 @@ class Instance:
                     ds = self._parse(None)
         except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError) as exc:
             raise fail(Reason.UNREADABLE, f"the data set cannot be parsed: {exc}") from exc
+        # pydicom only warns when a file ends inside an element.
+        truncated = [str(w.message) for w in caught if "End of file reached" in str(w.message)]
+        if truncated or not len(ds):
+            raise fail(Reason.UNREADABLE, f"truncated or empty data set: {truncated[0] if truncated else 'no element'}")
         if "TransferSyntaxUID" not in ds.file_meta:
             raise fail(Reason.MISSING_FILE_META, "File Meta Information has no Transfer Syntax UID")
         return ds
@@ -123,6 +127,8 @@ class Instance:
         if FLOAT_PIXEL_DATA in ds or DOUBLE_FLOAT_PIXEL_DATA in ds:
             raise keep(Reason.FLOAT_PIXELS, "float pixel data has no lossless HTJ2K form")
         if PIXEL_DATA not in ds:
+            if "Rows" in ds and "BitsAllocated" in ds:
+                raise fail(Reason.BAD_PIXEL_DATA, "Image Pixel module without Pixel Data: a truncated file?")
             return None
         try:
             opts = as_pixel_options(ds)

@@ -23,6 +23,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
+from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.filebase import DicomFileLike
 from pydicom.filewriter import write_dataset, write_file_meta_info
@@ -124,7 +125,10 @@ class EncapsulatedWriter:
         write_file_meta_info(self._dicom_file(), _new_file_meta(source, tsyntax), enforce_standard=True)
         header = _elements(source, lambda tag: tag < PIXEL_DATA and tag not in ENCAPSULATION_TAGS)
         for keyword, value in changes.items():
-            setattr(header, keyword, value)
+            # A new element: the source's own may be shared with `header`,
+            # and the source data set must keep describing the source.
+            tag = tag_for_keyword(keyword)
+            header.add_new(tag, dictionary_VR(tag), value)
         write_dataset(self._dicom_file(), header)
         self._eot_at = None
         if self._frames_expected > 1:

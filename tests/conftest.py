@@ -1,0 +1,32 @@
+"""Shared test data: pydicom's bundled files, the team corpus, generated fixtures."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pydicom
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the `fixtures` generator lives beside the package
+
+PYDICOM_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
+CORPUS = Path(os.environ.get("TRANSCODE_CORPUS", ROOT.parent / "shared" / "corpus")) / "pydicom-data"
+
+
+def pydicom_files() -> list[Path]:
+    """pydicom's own test files (the DICOMDIR sample tree is for ingest)."""
+    return sorted(PYDICOM_FILES.glob("*.dcm"))
+
+
+def corpus_files() -> list[Path]:
+    return sorted(p for p in CORPUS.iterdir() if p.is_file()) if CORPUS.is_dir() else []
+
+
+@pytest.fixture
+def corpus() -> Path:
+    if not CORPUS.is_dir():
+        pytest.skip(f"corpus not found at {CORPUS} (set TRANSCODE_CORPUS)")
+    return CORPUS
