@@ -11,6 +11,7 @@ policy can look at exactly what the source holds.
 
 from __future__ import annotations
 
+import os
 import struct
 import warnings
 from collections.abc import Iterator
@@ -159,6 +160,31 @@ class Instance:
             return self._file
         return self.dataset.PixelData
 
+    def _check_items(self) -> None:
+        """Encapsulated Pixel Data must be items that end exactly at the
+        Sequence Delimiter. Decoders forgive a fragment length that runs past
+        it; an archive should not: the file is damaged, whatever decodes."""
+        source = self._pixel_source()
+        buf = source if isinstance(source, bytes) else None
+        size = len(buf) if buf is not None else os.fstat(self._file.fileno()).st_size
+        pos = 0 if buf is not None else self._file.tell()
+        while True:
+            if buf is not None and pos == size:
+                return  # an in-memory value ends where its delimiter was
+            head = buf[pos : pos + 8] if buf is not None else self._file.read(8)
+            if len(head) < 8:
+                raise fail(Reason.BAD_PIXEL_DATA, "encapsulated Pixel Data ends without a Sequence Delimiter")
+            group, element, length = struct.unpack("<HHI", head)
+            if (group, element) == (0xFFFE, 0xE0DD):
+                return
+            if (group, element) != (0xFFFE, 0xE000):
+                raise fail(Reason.BAD_PIXEL_DATA, f"expected an item in Pixel Data, found ({group:04X},{element:04X})")
+            pos += 8 + length
+            if pos > size:
+                raise fail(Reason.BAD_PIXEL_DATA, f"a Pixel Data item of {length} bytes runs past the end of the data")
+            if buf is None:
+                self._file.seek(pos)
+
     def frames(self) -> Iterator[np.ndarray]:
         """Yield each frame's stored words: (rows, columns[, samples]), one
         frame in memory at a time."""
@@ -167,6 +193,8 @@ class Instance:
             return
         register_plugins()
         tsyntax = spec.transfer_syntax
+        if tsyntax.is_encapsulated:
+            self._check_items()
         opts = as_pixel_options(self.dataset)
         # An inflated deflated data set holds native little endian pixels.
         deflated = tsyntax == DeflatedExplicitVRLittleEndian

@@ -1,0 +1,121 @@
+"""Broken input: a clear reason, nothing written as a success, source untouched."""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless
+
+from fixtures.generate import Spec, write
+from tests.helpers import sha256
+from transcode import Outcome, transcode_file
+
+FAILED_OR_KEPT = {Outcome.FAILED, Outcome.KEPT}
+
+
+def _first_fragment(data: bytes) -> int:
+    """Offset of the first frame's item value (after the Basic Offset Table)."""
+    bot = data.index(b"\xfe\xff\x00\xe0")
+    return data.index(b"\xfe\xff\x00\xe0", bot + 8) + 8
+
+
+def _corrupt_codestream_header(data: bytes) -> bytes:
+    """Destroy the SIZ marker of the first codestream. (Damage inside the
+    entropy-coded data is not detectable: J2K has no checksum and OpenJPEG
+    decodes it to other pixels without complaint.)"""
+    at = _first_fragment(data)
+    assert data[at : at + 4] == b"\xff\x4f\xff\x51"
+    return data[: at + 2] + b"\xff\x00\x00\x05" + data[at + 6 :]
+
+
+def _truncate_first_fragment(data: bytes) -> bytes:
+    """Shorten the first frame's codestream but keep the item lengths honest."""
+    first = data.index(b"\xfe\xff\x00\xe0", data.index(b"\xfe\xff\x00\xe0") + 8)
+    length = struct.unpack_from("<I", data, first + 4)[0]
+    cut = length // 2
+    return data[: first + 4] + struct.pack("<I", cut) + data[first + 8 : first + 8 + cut] + data[first + 8 + length :]
+
+
+def _wrong_fragment_length(data: bytes) -> bytes:
+    first = data.index(b"\xfe\xff\x00\xe0", data.index(b"\xfe\xff\x00\xe0") + 8)
+    length = struct.unpack_from("<I", data, first + 4)[0]
+    return data[: first + 4] + struct.pack("<I", length + 1000) + data[first + 8 :]
+
+
+def _drop_file_meta(data: bytes) -> bytes:
+    meta_end = 132 + 12 + struct.unpack_from("<I", data, 132 + 8)[0]
+    return data[meta_end:]
+
+
+CASES: dict[str, tuple[str, Callable[[bytes], bytes], set[str]]] = {
+    "truncated-native": (ExplicitVRLittleEndian, lambda d: d[: len(d) - 5000], {"decode_error", "unreadable"}),
+    "truncated-header": (ExplicitVRLittleEndian, lambda d: d[:300], {"unreadable", "missing_file_meta"}),
+    "truncated-encapsulated": (JPEG2000Lossless, lambda d: d[: len(d) - 3000], {"unreadable", "bad_pixel_data", "decode_error"}),
+    "corrupt-codestream": (JPEG2000Lossless, _corrupt_codestream_header, {"decode_error"}),
+    "truncated-codestream": (JPEG2000Lossless, _truncate_first_fragment, {"decode_error"}),
+    "wrong-fragment-length": (JPEG2000Lossless, _wrong_fragment_length, {"bad_pixel_data"}),
+    "truncated-rle": (RLELossless, _truncate_first_fragment, {"decode_error"}),
+    "no-file-meta": (ExplicitVRLittleEndian, _drop_file_meta, {"missing_file_meta"}),
+    "not-dicom": (ExplicitVRLittleEndian, lambda d: b"%PDF-1.7\n" + os.urandom(2000), {"not_dicom"}),
+    "empty": (ExplicitVRLittleEndian, lambda d: b"", {"not_dicom"}),
+}
+
+
+@pytest.mark.parametrize("case", CASES, ids=list(CASES))
+def test_bad_input_gets_a_reason_and_no_output(case: str, tmp_path: Path) -> None:
+    tsyntax, mutate, reasons = CASES[case]
+    # One frame: with several, the Extended Offset Table locates the frames
+    # and a wrong item length is (rightly) harmless.
+    good = write(Spec("CT", 128, 128, 1, 16, 12, transfer_syntax=tsyntax), tmp_path / "good.dcm")
+    src = tmp_path / "bad.dcm"
+    src.write_bytes(mutate(good.read_bytes()))
+    before = sha256(src)
+    dst = tmp_path / "out" / "bad.dcm"
+    dst.parent.mkdir()
+
+    result = transcode_file(src, dst)
+
+    assert result.outcome is Outcome.FAILED, (result.outcome, result.reason, result.detail)
+    assert result.reason in reasons, result.detail
+    assert result.detail
+    assert sha256(src) == before
+    assert list(dst.parent.iterdir()) == []  # no output, no temporary left behind
+
+
+def test_verification_mismatch_is_kept_and_never_written_as_transcoded(tmp_path: Path, monkeypatch) -> None:
+    """If the encoder ever produced other pixels, the instance is kept as is."""
+    import numpy as np
+
+    from transcode.codecs import htj2k
+
+    real_encode = htj2k.encode
+
+    def lossy_encode(frame, **kwargs):  # flips one pixel before encoding
+        damaged = frame.copy()
+        damaged.reshape(-1)[0] ^= 1
+        return real_encode(damaged, **kwargs)
+
+    monkeypatch.setattr(htj2k, "encode", lossy_encode)
+    src = write(Spec("CT", 64, 64, 2, 16, 12), tmp_path / "src.dcm")
+    result = transcode_file(src, tmp_path / "out.dcm")
+    assert (result.outcome, result.reason) == (Outcome.KEPT, "verify_mismatch")
+    assert sha256(tmp_path / "out.dcm") == sha256(src)  # the copy, not a damaged transcode
+    assert np.asarray(result.frame_index).size == 0 and result.pixel_digest is None
+
+
+def test_destination_equal_to_source_is_refused(tmp_path: Path) -> None:
+    src = write(Spec(), tmp_path / "src.dcm")
+    before = sha256(src)
+    result = transcode_file(src, src)
+    assert (result.outcome, result.reason) == (Outcome.FAILED, "write_error")
+    assert sha256(src) == before
+
+
+def test_missing_destination_folder_fails_cleanly(tmp_path: Path) -> None:
+    src = write(Spec(), tmp_path / "src.dcm")
+    result = transcode_file(src, tmp_path / "nowhere" / "out.dcm")
+    assert (result.outcome, result.reason) == (Outcome.FAILED, "write_error")
