@@ -40,8 +40,9 @@ def _mb(n: int) -> str:
     return f"{n / 1e6:9.2f}"
 
 
-def print_table(results: Sequence[TranscodeResult], out: TextIO = sys.stdout) -> None:
+def print_table(results: Sequence[TranscodeResult], out: TextIO | None = None) -> None:
     """One row per instance, then totals per outcome."""
+    out = out or sys.stdout
     print(f"{'outcome':<11}{'reason':<29}{'frames':>7}{'MB in':>10}{'MB out':>10}{'ratio':>7}{'s':>7}  file", file=out)
     for r in results:
         ratio = f"{r.ratio:7.3f}" if r.ratio else f"{'-':>7}"

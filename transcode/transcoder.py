@@ -27,7 +27,8 @@ from transcode.codecs.htj2k import EncodeSettings
 from transcode.dicom.read import Instance, PixelSpec, open_instance
 from transcode.dicom.write import EncapsulatedWriter, copy_atomically
 from transcode.policy import LOSSLESS_SOURCES, Outcome, Reason, Stop, fail, keep
-from transcode.verify import CrossCheck, verify_frame
+from transcode.runtime import frame_pool
+from transcode.verify import CrossCheck, crosscheck_frame, verify_frame
 
 OUTPUT_SYNTAX = UID(HTJ2KLosslessRPCL)
 _SUBSAMPLED = ("YBR_FULL_422", "YBR_PARTIAL_422", "YBR_PARTIAL_420")
@@ -109,16 +110,17 @@ def canonical_words(frame: np.ndarray, spec: PixelSpec, index: int) -> np.ndarra
     which is what every DICOM reader does with them (PS3.5 8.1.1).
     """
     unused = spec.bits_allocated - spec.bits_stored
-    if not unused:
+    if not unused or frame.size == 0:
         return frame
+    # Range checks: one SIMD pass each, no temporary arrays.
     if not spec.pixel_representation:
-        if (frame >> spec.bits_stored).any():
+        if int(frame.max()) >> spec.bits_stored:
             raise _bits_above_high_bit(spec, index)
         return frame
-    high = frame >> (spec.bits_stored - 1)  # arithmetic: 0 or -1 when sign-extended
-    if not ((high != 0) & (high != -1)).any():
-        return frame
-    if (frame.view(frame.dtype.str.replace("i", "u")) >> spec.bits_stored).any():
+    limit = 1 << (spec.bits_stored - 1)
+    if -limit <= int(frame.min()) and int(frame.max()) < limit:
+        return frame  # sign-extended already
+    if int(frame.view(frame.dtype.str.replace("i", "u")).max()) >> spec.bits_stored:
         raise _bits_above_high_bit(spec, index)
     extended = frame << unused
     extended >>= unused
@@ -133,15 +135,11 @@ def _bits_above_high_bit(spec: PixelSpec, index: int) -> Stop:
     )
 
 
-def _encode_and_verify(
-    frame: np.ndarray, index: int, colour_transform: bool, settings: EncodeSettings, independent: bool
-) -> tuple[bytes, CodestreamIndex]:
+def _encode(frame: np.ndarray, index: int, colour_transform: bool, settings: EncodeSettings) -> tuple[bytes, CodestreamIndex]:
     try:
-        data, cs_index = htj2k.encode(frame, colour_transform=colour_transform, settings=settings)
+        return htj2k.encode(frame, colour_transform=colour_transform, settings=settings)
     except Exception as exc:
         raise keep(Reason.ENCODER_ERROR, f"frame {index}: OpenJPH could not encode it: {exc}") from exc
-    verify_frame(frame, data, index=index, independent=independent)
-    return data, cs_index
 
 
 def _changes(spec: PixelSpec, dataset: Any) -> dict[str, Any]:
@@ -162,12 +160,22 @@ def _transcode_frames(
     pool: ThreadPoolExecutor,
     window: int,
 ) -> None:
+    """Encode every frame on the pool, then write it while the pool proves it.
+
+    A frame is written as soon as it is encoded, in order, while its
+    verification (and cross-check) runs; nothing is committed before every
+    check has passed, and a failed check aborts the file.
+    """
     spec = instance.spec
     assert spec is not None
     colour = spec.photometric in _COLOUR_TRANSFORM
     digest = hashlib.sha256()
-    pending: deque[Future[tuple[bytes, CodestreamIndex]]] = deque()
-    preamble = instance.dataset.preamble
+    encoding: deque[tuple[int, np.ndarray, Future[tuple[bytes, CodestreamIndex]]]] = deque()
+    checks: deque[Future[None]] = deque()
+
+    def settle(limit: int) -> None:
+        while len(checks) > limit:
+            checks.popleft().result()
 
     with EncapsulatedWriter(
         dst,
@@ -175,42 +183,46 @@ def _transcode_frames(
         transfer_syntax=OUTPUT_SYNTAX,
         frames=spec.number_of_frames,
         changes=_changes(spec, instance.dataset),
-        preamble=preamble,
+        preamble=instance.dataset.preamble,
     ) as writer:
 
         def drain(limit: int) -> None:
-            while len(pending) > limit:
-                data, cs_index = pending.popleft().result()
+            while len(encoding) > limit:
+                i, frame, encoded = encoding.popleft()
+                data, cs_index = encoded.result()
+                checks.append(pool.submit(verify_frame, frame, data, index=i))
+                if crosscheck is CrossCheck.ALL or (crosscheck is CrossCheck.FIRST and i == 0):
+                    checks.append(pool.submit(crosscheck_frame, frame, data, index=i))
                 writer.add_frame(data)
                 result.frame_index.append(cs_index)
-                result.bytes_out += len(data)
+                settle(window)
 
         try:
             for i, frame in enumerate(instance.frames()):
                 if i >= spec.number_of_frames:
                     raise fail(Reason.BAD_PIXEL_DATA, f"more frames than Number of Frames ({spec.number_of_frames})")
                 frame = canonical_words(np.ascontiguousarray(frame), spec, i)
-                independent = crosscheck is CrossCheck.ALL or (crosscheck is CrossCheck.FIRST and i == 0)
-                pending.append(pool.submit(_encode_and_verify, frame, i, colour, settings, independent))
-                digest.update(frame.data)  # hashlib releases the GIL: overlaps the encoder
+                encoding.append((i, frame, pool.submit(_encode, frame, i, colour, settings)))
+                # While the pool encodes: hash (hashlib releases the GIL) and, once, write the head.
+                digest.update(frame.data)
+                writer.begin()
                 drain(window)
             drain(0)
+            if len(result.frame_index) != spec.number_of_frames:
+                raise fail(
+                    Reason.BAD_PIXEL_DATA,
+                    f"{len(result.frame_index)} frames decoded, Number of Frames says {spec.number_of_frames}",
+                )
+            writer.finish()  # fsync and digest while the last checks run
+            settle(0)
         finally:
-            for future in pending:
+            for *_, future in encoding:
                 future.cancel()
-        if len(result.frame_index) != spec.number_of_frames:
-            raise fail(
-                Reason.BAD_PIXEL_DATA,
-                f"{len(result.frame_index)} frames decoded, Number of Frames says {spec.number_of_frames}",
-            )
-        writer.commit()
+            for future in checks:
+                future.cancel()
+        result.output_digest = writer.commit()
     result.frames = spec.number_of_frames
     result.pixel_digest = digest.hexdigest()
-
-
-def _file_digest(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def transcode_file(
@@ -244,12 +256,10 @@ def transcode_file(
             result.transfer_syntax = str(instance.transfer_syntax)
             _check_identity(instance)
             _check_policy(instance.spec)
-            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="htj2k") as pool:
-                _transcode_frames(instance, dst_path, result, settings, crosscheck, pool, 2 * workers)
+            _transcode_frames(instance, dst_path, result, settings, crosscheck, frame_pool(workers), workers)
         result.outcome = Outcome.TRANSCODED
         result.destination = str(dst_path)
         result.bytes_out = dst_path.stat().st_size
-        result.output_digest = _file_digest(dst_path)
     except Stop as stop:
         result.outcome, result.reason, result.detail = stop.outcome, stop.reason, stop.detail
         result.frame_index, result.frames, result.pixel_digest = [], 0, None
@@ -268,11 +278,10 @@ def transcode_file(
 
 def _keep_copy(src: Path, dst: Path, result: TranscodeResult) -> None:
     try:
-        copy_atomically(src, dst)
+        result.output_digest = copy_atomically(src, dst)
     except OSError as exc:
         result.detail = f"to be kept as is ({result.reason}), but the copy failed: {exc.strerror or exc}"
         result.outcome, result.reason = Outcome.FAILED, Reason.WRITE_ERROR
         return
     result.destination = str(dst)
     result.bytes_out = result.bytes_in
-    result.output_digest = _file_digest(dst)

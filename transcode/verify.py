@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+import imagecodecs
 import numpy as np
-import openjpeg
 
 from transcode.codecs import htj2k
 from transcode.policy import Reason, keep
@@ -31,18 +31,22 @@ def _same(a: np.ndarray, b: np.ndarray) -> bool:
     return a.shape == b.shape and a.dtype == b.dtype and np.array_equal(a, b)
 
 
-def verify_frame(source: np.ndarray, data: bytes, *, index: int, independent: bool) -> None:
-    """Raise `policy.Stop` (kept as is) unless `data` decodes to `source`."""
+def verify_frame(source: np.ndarray, data: bytes, *, index: int) -> None:
+    """Raise `policy.Stop` (kept as is) unless OpenJPH decodes `data` to `source`."""
     try:
         decoded = htj2k.decode(data)
     except Exception as exc:
         raise keep(Reason.VERIFY_MISMATCH, f"frame {index}: OpenJPH cannot decode its own output: {exc}") from exc
     if not _same(decoded, source):
         raise keep(Reason.VERIFY_MISMATCH, f"frame {index}: decoded HTJ2K differs from the source pixels")
-    if not independent:
-        return
+
+
+def crosscheck_frame(source: np.ndarray, data: bytes, *, index: int) -> None:
+    """Raise `policy.Stop` (kept as is) unless OpenJPEG decodes `data` to `source`."""
     try:
-        decoded = openjpeg.decode(data)
+        # imagecodecs' OpenJPEG build: the same library pydicom reaches through
+        # pylibjpeg-openjpeg, but it releases the GIL, so it runs beside OpenJPH.
+        decoded = imagecodecs.jpeg2k_decode(data, numthreads=1)
     except Exception as exc:
         raise keep(Reason.INDEPENDENT_DECODER_MISMATCH, f"frame {index}: OpenJPEG cannot decode the HTJ2K output: {exc}") from exc
     if not _same(decoded, source):

@@ -204,7 +204,8 @@ class Instance:
         if not tsyntax.is_implicit_VR and element is not None and element.VR:
             opts["pixel_vr"] = element.VR
         frames = get_decoder(tsyntax).iter_array(
-            self._pixel_source(), raw=True, validate=True, correct_unused_bits=False, **opts
+            # view_only: native frames are not copied; canonical_words copies if it must.
+            self._pixel_source(), raw=True, validate=True, correct_unused_bits=False, view_only=True, **opts
         )
         while True:
             try:

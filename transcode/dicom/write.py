@@ -16,10 +16,12 @@ and renamed: a half-written output never carries the final name.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import struct
 import tempfile
 from pathlib import Path
+from io import BytesIO
 from types import TracebackType
 from typing import IO, Any
 
@@ -84,8 +86,8 @@ class EncapsulatedWriter:
     """Streams an instance with encapsulated frames to `dst`, atomically.
 
     Use as a context manager: `add_frame` each codestream in order, then
-    `commit`; leaving the block without commit (an exception) removes the
-    temporary file and leaves `dst` untouched.
+    `commit` (optionally `finish` first); leaving the block without commit
+    (an exception) removes the temporary file and leaves `dst` untouched.
     """
 
     def __init__(
@@ -102,63 +104,92 @@ class EncapsulatedWriter:
         self._frames_expected = frames
         self._offsets: list[int] = []
         self._lengths: list[int] = []
-        self._trailing = _elements(source, lambda tag: tag > PIXEL_DATA)
-        fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".partial")
-        self._tmp = Path(tmp)
-        self._file: IO[bytes] = os.fdopen(fd, "wb")
-        try:
-            self._write_head(source, transfer_syntax, changes, preamble)
-        except BaseException:
-            self.abort()
-            raise
+        self._head = (source, transfer_syntax, changes, preamble)
+        self._file: IO[bytes] | None = None
+        self._digest: str | None = None
 
-    def _dicom_file(self) -> DicomFileLike:
-        fp = DicomFileLike(self._file)
+    def begin(self) -> None:
+        """Create the temporary file and write everything before the first
+        frame. Called by the first `add_frame`, or earlier by a caller that
+        has a moment to spare (while the first frame is encoding)."""
+        if self._file is not None:
+            return
+        source = self._head[0]
+        self._trailing = _elements(source, lambda tag: tag > PIXEL_DATA)
+        fd, tmp = tempfile.mkstemp(dir=self.dst.parent, prefix=f".{self.dst.name}.", suffix=".partial")
+        self._tmp = Path(tmp)
+        self._file = os.fdopen(fd, "wb")
+        # With several frames the offset table is filled in at the end, so the
+        # digest must be taken from the finished file instead.
+        self._hash = hashlib.sha256() if self._frames_expected == 1 else None
+        self._write_head(*self._head)
+
+    def _write(self, data: bytes | memoryview) -> None:
+        assert self._file is not None
+        self._file.write(data)
+        if self._hash is not None:
+            self._hash.update(data)
+
+    @staticmethod
+    def _encoded(write: Any) -> bytes:
+        """Bytes that pydicom's writer `write(fp)` produces, explicit VR LE."""
+        buffer = BytesIO()
+        fp = DicomFileLike(buffer)
         fp.is_little_endian = True
         fp.is_implicit_VR = False
-        return fp
+        write(fp)
+        return buffer.getvalue()
 
     def _write_head(self, source: FileDataset, tsyntax: UID, changes: dict[str, Any], preamble: bytes | None) -> None:
-        f = self._file
-        f.write(preamble if preamble and len(preamble) == 128 else bytes(128))
-        f.write(b"DICM")
-        write_file_meta_info(self._dicom_file(), _new_file_meta(source, tsyntax), enforce_standard=True)
+        self._write(preamble if preamble and len(preamble) == 128 else bytes(128))
+        self._write(b"DICM")
+        meta = _new_file_meta(source, tsyntax)
+        self._write(self._encoded(lambda fp: write_file_meta_info(fp, meta, enforce_standard=True)))
         header = _elements(source, lambda tag: tag < PIXEL_DATA and tag not in ENCAPSULATION_TAGS)
         for keyword, value in changes.items():
             # A new element: the source's own may be shared with `header`,
             # and the source data set must keep describing the source.
             tag = tag_for_keyword(keyword)
             header.add_new(tag, dictionary_VR(tag), value)
-        write_dataset(self._dicom_file(), header)
-        self._eot_at = None
+        self._write(self._encoded(lambda fp: write_dataset(fp, header)))
+        self._eot_at: int | None = None
         if self._frames_expected > 1:
             size = 8 * self._frames_expected
-            self._eot_at = f.tell()
+            self._eot_at = self._file.tell()  # type: ignore[union-attr]
             for element in (0x0001, 0x0002):  # Extended Offset Table, ... Lengths
-                f.write(struct.pack("<HH2sHI", 0x7FE0, element, b"OV", 0, size))
-                f.write(bytes(size))
-        f.write(struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OB", 0, 0xFFFFFFFF))
-        f.write(_ITEM.pack(*_ITEM_TAG, 0))  # empty Basic Offset Table
-        self._first_item = f.tell()
+                self._write(struct.pack("<HH2sHI", 0x7FE0, element, b"OV", 0, size))
+                self._write(bytes(size))
+        self._write(struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OB", 0, 0xFFFFFFFF))
+        self._write(_ITEM.pack(*_ITEM_TAG, 0))  # empty Basic Offset Table
+        self._first_item = self._file.tell()  # type: ignore[union-attr]
 
     def add_frame(self, data: bytes) -> None:
         """Append one frame's codestream as a single fragment."""
+        self.begin()
+        assert self._file is not None
         padded = len(data) + (len(data) & 1)
         self._offsets.append(self._file.tell() - self._first_item)
         self._lengths.append(padded)
-        self._file.write(_ITEM.pack(*_ITEM_TAG, padded))
-        self._file.write(data)
+        self._write(_ITEM.pack(*_ITEM_TAG, padded))
+        self._write(data)
         if padded != len(data):
-            self._file.write(b"\x00")
+            self._write(b"\x00")
 
-    def commit(self) -> None:
-        """Finish the file, make it durable and give it its final name."""
+    def finish(self) -> str:
+        """Complete the temporary file and make it durable; return its SHA-256
+        (hashed as written, or re-read once the offset table is filled in).
+        Split from `commit` so that the caller can overlap this with its last
+        checks and only publish once they have passed."""
+        if self._digest is not None:
+            return self._digest
         if len(self._offsets) != self._frames_expected:
             raise RuntimeError(f"{len(self._offsets)} frames written, {self._frames_expected} expected")
-        f = self._file
-        f.write(_SEQUENCE_DELIMITER)
+        self.begin()
+        self._write(_SEQUENCE_DELIMITER)
         if len(self._trailing):
-            write_dataset(self._dicom_file(), self._trailing)
+            self._write(self._encoded(lambda fp: write_dataset(fp, self._trailing)))
+        f = self._file
+        assert f is not None
         if self._eot_at is not None:
             size = 8 * self._frames_expected
             f.seek(self._eot_at + 12)
@@ -168,12 +199,20 @@ class EncapsulatedWriter:
         f.flush()
         os.fsync(f.fileno())
         f.close()
+        self._digest = self._hash.hexdigest() if self._hash is not None else file_digest(self._tmp)
+        return self._digest
+
+    def commit(self) -> str:
+        """Give the finished file its final name, durably; return its SHA-256."""
+        digest = self.finish()
         os.replace(self._tmp, self.dst)
         fsync_dir(self.dst.parent)
+        return digest
 
     def abort(self) -> None:
-        self._file.close()
-        self._tmp.unlink(missing_ok=True)
+        if self._file is not None:
+            self._file.close()
+            self._tmp.unlink(missing_ok=True)
 
     def __enter__(self) -> EncapsulatedWriter:
         return self
@@ -183,13 +222,22 @@ class EncapsulatedWriter:
             self.abort()
 
 
-def copy_atomically(src: Path, dst: Path) -> None:
-    """Copy `src` to `dst` byte for byte through a temporary file and rename."""
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file, hex."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def copy_atomically(src: Path, dst: Path) -> str:
+    """Copy `src` to `dst` byte for byte through a temporary file and a
+    rename; return the SHA-256 of what was copied."""
+    digest = hashlib.sha256()
     fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".partial")
     try:
         with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
             while chunk := inp.read(1 << 20):
                 out.write(chunk)
+                digest.update(chunk)
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp, dst)
@@ -197,3 +245,4 @@ def copy_atomically(src: Path, dst: Path) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return digest.hexdigest()
