@@ -256,7 +256,7 @@ def transcode_file(
             result.transfer_syntax = str(instance.transfer_syntax)
             _check_identity(instance)
             _check_policy(instance.spec)
-            _transcode_frames(instance, dst_path, result, settings, crosscheck, frame_pool(workers), workers)
+            _transcode_frames(instance, dst_path, result, settings, crosscheck, frame_pool(workers), 2 * workers)
         result.outcome = Outcome.TRANSCODED
         result.destination = str(dst_path)
         result.bytes_out = dst_path.stat().st_size
