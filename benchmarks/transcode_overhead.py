@@ -5,8 +5,14 @@ machine's noise:
 
 - bare: OpenJPH encode + decode of every frame, one after the other, on one
   core, with exactly the settings the pipeline uses (the codec's own work);
+- bare on all cores: the same, frames spread over the pipeline's thread pool
+  (the ceiling for parallel speed on this machine);
 - pipeline: `transcode_file` end to end (read, decode source, encode, verify,
-  OpenJPEG cross-check as configured, write, fsync, digest).
+  write, fsync, SHA-256 of source pixels and of the output), without and
+  with the OpenJPEG cross-check of the first frame (the default).
+
+Ratios use the best of N runs of each: on a shared machine noise only ever
+slows CPU-bound work down. Medians are in the JSON.
 
 Targets (issue 2): one 2048x2048 16-bit frame <= 1.10 x bare; a 40-frame
 512x512 instance <= 0.60 x bare (frames run on all cores).
@@ -28,6 +34,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import imagecodecs
+import numpy as np
+from concurrent.futures import ThreadPoolExecutor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -35,6 +43,7 @@ from fixtures.generate import Spec, frame_arrays, write  # noqa: E402
 from transcode import transcode_file  # noqa: E402
 from transcode.codecs import htj2k  # noqa: E402
 from transcode.codecs.htj2k import EncodeSettings  # noqa: E402
+from transcode.runtime import frame_pool  # noqa: E402
 
 CASES = {
     "single 2048x2048 16-bit": (Spec("CR", 2048, 2048, 1, 16, 12, seed=7), 1.10),
@@ -42,14 +51,21 @@ CASES = {
 }
 
 
-def bare_codec(spec: Spec) -> Callable[[], None]:
+def bare_codec(spec: Spec, pool: ThreadPoolExecutor | None = None) -> Callable[[], None]:
+    """Encode + decode every frame: serially, or spread over `pool`."""
     frames = list(frame_arrays(spec))
     settings = EncodeSettings()
 
+    def one(frame: np.ndarray) -> None:
+        data, _ = htj2k.encode(frame, colour_transform=False, settings=settings)
+        htj2k.decode(data)
+
     def run() -> None:
-        for frame in frames:
-            data, index = htj2k.encode(frame, colour_transform=False, settings=settings)
-            htj2k.decode(data)
+        if pool is None:
+            for frame in frames:
+                one(frame)
+        else:
+            list(pool.map(one, frames))
 
     return run
 
@@ -72,6 +88,7 @@ def measure(spec: Spec, repeats: int, tmp: Path) -> dict[str, list[float]]:
     src = write(spec, tmp / "src.dcm")
     runs = {
         "bare": bare_codec(spec),
+        "bare, all cores": bare_codec(spec, frame_pool(os.cpu_count() or 1)),
         "pipeline": pipeline(src, tmp / "out.dcm", "none"),
         "pipeline+openjpeg": pipeline(src, tmp / "out.dcm", "first"),
     }
@@ -94,17 +111,18 @@ def main() -> int:
                     "python": platform.python_version(), "imagecodecs": imagecodecs.__version__},
         "cases": {},
     }
-    rows = ["| case | bare codec (s, median) | pipeline / bare | with OpenJPEG cross-check / bare | target |",
-            "|---|---|---|---|---|"]
+    rows = ["| case | bare codec, 1 core (ms) | pipeline / bare | + OpenJPEG cross-check / bare "
+            "| bare on all cores / bare | target |", "|---|---|---|---|---|---|"]
     with tempfile.TemporaryDirectory() as tmp:
         for name, (spec, target) in CASES.items():
             times = measure(spec, args.repeats, Path(tmp))
-            med = {k: statistics.median(v) for k, v in times.items()}
-            ratio = med["pipeline"] / med["bare"]
-            ratio_x = med["pipeline+openjpeg"] / med["bare"]
-            report["cases"][name] = {"seconds": times, "median": med, "ratio": ratio,
-                                     "ratio_with_crosscheck": ratio_x, "target": target}
-            rows.append(f"| {name} | {med['bare']:.4f} | {ratio:.2f}x | {ratio_x:.2f}x | <= {target:.2f}x |")
+            # Best of N: CPU-bound work on a shared machine is only ever slowed down by noise.
+            best = {k: min(v) for k, v in times.items()}
+            ratio = {k: best[k] / best["bare"] for k in best}
+            report["cases"][name] = {"seconds": times, "best": best, "ratio_to_bare": ratio, "target": target,
+                                     "median": {k: statistics.median(v) for k, v in times.items()}}
+            rows.append(f"| {name} | {best['bare'] * 1e3:.1f} | {ratio['pipeline']:.2f}x | "
+                        f"{ratio['pipeline+openjpeg']:.2f}x | {ratio['bare, all cores']:.2f}x | <= {target:.2f}x |")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "transcode_overhead.json").write_text(json.dumps(report, indent=2))
     table = "\n".join(rows)
