@@ -20,6 +20,7 @@ META_MAY_CHANGE = {"TransferSyntaxUID", "ImplementationClassUID", "Implementatio
 
 
 def sha256(path: Path) -> str:
+    """An independent check of file identity (not the pipeline's own digest)."""
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 

@@ -1,15 +1,15 @@
 """Transcode one instance: read, decode, encode, verify, write.
 
-Frames flow one way through a bounded window: the calling thread reads and
-decodes the source frame, hands it to a thread pool that encodes and
-verifies it (imagecodecs releases the GIL, so all cores work), checks its
-stored bits and hashes it while the pool works, and writes finished frames
-to disk in order. At most `2 x workers` frames are in memory at once.
+Frames flow one way: the calling thread reads and decodes a source frame,
+checks its stored bits and hands it to a thread pool to encode (imagecodecs
+releases the GIL, so all cores work), hashes it meanwhile, then writes each
+encoded frame in order while the pool verifies it. Each stage holds a
+bounded window of frames (`_window`), so memory follows frame size and core
+count, never instance size. Nothing is published before every check passed.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from collections import deque
@@ -26,6 +26,7 @@ from transcode.codecs.codestream import CodestreamIndex
 from transcode.codecs.htj2k import EncodeSettings
 from transcode.dicom.read import Instance, PixelSpec, open_instance
 from transcode.dicom.write import EncapsulatedWriter, copy_atomically
+from transcode.digest import Digest
 from transcode.policy import LOSSLESS_SOURCES, Outcome, Reason, Stop, fail, keep
 from transcode.runtime import frame_pool
 from transcode.verify import CrossCheck, crosscheck_frame, verify_frame
@@ -39,7 +40,7 @@ _SUPPORTED = {1: ("MONOCHROME1", "MONOCHROME2", "PALETTE COLOR"), 3: ("RGB", "YB
 @dataclass
 class TranscodeResult:
     """What happened to one instance. `reason` and `detail` are set unless
-    the outcome is transcoded; digests are hex SHA-256."""
+    the outcome is transcoded; digests are "blake3:<hex>" (see digest.py)."""
 
     source: str
     destination: str | None
@@ -142,6 +143,19 @@ def _encode(frame: np.ndarray, index: int, colour_transform: bool, settings: Enc
         raise keep(Reason.ENCODER_ERROR, f"frame {index}: OpenJPH could not encode it: {exc}") from exc
 
 
+#: Frames in flight are bounded by bytes as well as by count: small frames
+#: need a deeper queue to keep every core busy, large ones must not fill RAM.
+WINDOW_BYTES = 32 << 20
+
+
+def _window(spec: PixelSpec | None, workers: int) -> int:
+    """How many frames may wait at each stage (encoding, checking)."""
+    if spec is None:
+        return workers
+    frame_bytes = spec.rows * spec.columns * spec.samples_per_pixel * max(1, spec.bits_allocated // 8)
+    return max(workers, min(4 * workers, WINDOW_BYTES // max(frame_bytes, 1)))
+
+
 def _changes(spec: PixelSpec, dataset: Any) -> dict[str, Any]:
     changes: dict[str, Any] = {}
     if spec.photometric in _COLOUR_TRANSFORM:
@@ -169,7 +183,7 @@ def _transcode_frames(
     spec = instance.spec
     assert spec is not None
     colour = spec.photometric in _COLOUR_TRANSFORM
-    digest = hashlib.sha256()
+    digest = Digest()
     encoding: deque[tuple[int, np.ndarray, Future[tuple[bytes, CodestreamIndex]]]] = deque()
     checks: deque[Future[None]] = deque()
 
@@ -203,7 +217,7 @@ def _transcode_frames(
                     raise fail(Reason.BAD_PIXEL_DATA, f"more frames than Number of Frames ({spec.number_of_frames})")
                 frame = canonical_words(np.ascontiguousarray(frame), spec, i)
                 encoding.append((i, frame, pool.submit(_encode, frame, i, colour, settings)))
-                # While the pool encodes: hash (hashlib releases the GIL) and, once, write the head.
+                # While the pool encodes: hash (BLAKE3 releases the GIL) and, once, write the head.
                 digest.update(frame.data)
                 writer.begin()
                 drain(window)
@@ -256,7 +270,8 @@ def transcode_file(
             result.transfer_syntax = str(instance.transfer_syntax)
             _check_identity(instance)
             _check_policy(instance.spec)
-            _transcode_frames(instance, dst_path, result, settings, crosscheck, frame_pool(workers), 2 * workers)
+            window = _window(instance.spec, workers)
+            _transcode_frames(instance, dst_path, result, settings, crosscheck, frame_pool(workers), window)
         result.outcome = Outcome.TRANSCODED
         result.destination = str(dst_path)
         result.bytes_out = dst_path.stat().st_size

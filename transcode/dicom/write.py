@@ -16,7 +16,6 @@ and renamed: a half-written output never carries the final name.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import struct
 import tempfile
@@ -32,6 +31,7 @@ from pydicom.filewriter import write_dataset, write_file_meta_info
 from pydicom.uid import UID
 
 from transcode import __version__
+from transcode.digest import Digest, file_digest
 
 PIXEL_DATA = 0x7FE00010
 #: Encapsulation elements we (re)write; the source's copies are dropped.
@@ -121,7 +121,7 @@ class EncapsulatedWriter:
         self._file = os.fdopen(fd, "wb")
         # With several frames the offset table is filled in at the end, so the
         # digest must be taken from the finished file instead.
-        self._hash = hashlib.sha256() if self._frames_expected == 1 else None
+        self._hash = Digest() if self._frames_expected == 1 else None
         self._write_head(*self._head)
 
     def _write(self, data: bytes | memoryview) -> None:
@@ -203,7 +203,7 @@ class EncapsulatedWriter:
         return self._digest
 
     def commit(self) -> str:
-        """Give the finished file its final name, durably; return its SHA-256."""
+        """Give the finished file its final name, durably; return its digest."""
         digest = self.finish()
         os.replace(self._tmp, self.dst)
         fsync_dir(self.dst.parent)
@@ -222,16 +222,10 @@ class EncapsulatedWriter:
             self.abort()
 
 
-def file_digest(path: Path) -> str:
-    """SHA-256 of a file, hex."""
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
 def copy_atomically(src: Path, dst: Path) -> str:
     """Copy `src` to `dst` byte for byte through a temporary file and a
-    rename; return the SHA-256 of what was copied."""
-    digest = hashlib.sha256()
+    rename; return the digest of what was copied."""
+    digest = Digest()
     fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".partial")
     try:
         with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
