@@ -176,7 +176,7 @@ class EncapsulatedWriter:
             self._write(b"\x00")
 
     def finish(self) -> str:
-        """Complete the temporary file and make it durable; return its SHA-256
+        """Complete the temporary file and make it durable; return its digest
         (hashed as written, or re-read once the offset table is filled in).
         Split from `commit` so that the caller can overlap this with its last
         checks and only publish once they have passed."""
