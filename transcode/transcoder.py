@@ -55,6 +55,8 @@ class TranscodeResult:
     output_digest: str | None = None
     seconds: dict[str, float] = field(default_factory=dict)
     frame_index: list[CodestreamIndex] = field(default_factory=list, repr=False)
+    #: (offset, length) of each frame's codestream inside the output file
+    frame_spans: list[tuple[int, int]] = field(default_factory=list, repr=False)
 
     @property
     def ratio(self) -> float | None:
@@ -152,8 +154,7 @@ def _window(spec: PixelSpec | None, workers: int) -> int:
     """How many frames may wait at each stage (encoding, checking)."""
     if spec is None:
         return workers
-    frame_bytes = spec.rows * spec.columns * spec.samples_per_pixel * max(1, spec.bits_allocated // 8)
-    return max(workers, min(4 * workers, WINDOW_BYTES // max(frame_bytes, 1)))
+    return max(workers, min(4 * workers, WINDOW_BYTES // spec.frame_bytes))
 
 
 def _changes(spec: PixelSpec, dataset: Any) -> dict[str, Any]:
@@ -235,6 +236,7 @@ def _transcode_frames(
             for future in checks:
                 future.cancel()
         result.output_digest = writer.commit()
+        result.frame_spans = writer.frame_spans
     result.frames = spec.number_of_frames
     result.pixel_digest = digest.hexdigest()
 
@@ -277,7 +279,7 @@ def transcode_file(
         result.bytes_out = dst_path.stat().st_size
     except Stop as stop:
         result.outcome, result.reason, result.detail = stop.outcome, stop.reason, stop.detail
-        result.frame_index, result.frames, result.pixel_digest = [], 0, None
+        result.frame_index, result.frame_spans, result.frames, result.pixel_digest = [], [], 0, None
         result.bytes_out = 0
         if stop.outcome is Outcome.KEPT and copy_kept:
             _keep_copy(src_path, dst_path, result)

@@ -38,6 +38,9 @@ FLOAT_PIXEL_DATA = 0x7FE00008
 DOUBLE_FLOAT_PIXEL_DATA = 0x7FE00009
 #: Values above this size stay on disk until they are needed.
 DEFER_SIZE = 64 * 1024
+#: Larger frames are refused: no real modality comes near (a 2457x1890
+#: tomosynthesis frame is 9 MB) and a forged header must not allocate GBs.
+MAX_FRAME_BYTES = 1 << 30
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +63,11 @@ class PixelSpec:
         if self.samples_per_pixel == 1:
             return (self.rows, self.columns)
         return (self.rows, self.columns, self.samples_per_pixel)
+
+    @property
+    def frame_bytes(self) -> int:
+        """Size of one decoded frame in memory (container words)."""
+        return self.rows * self.columns * self.samples_per_pixel * max(1, self.bits_allocated // 8)
 
     @property
     def dtype(self) -> np.dtype[Any]:
@@ -149,7 +157,23 @@ class Instance:
             raise fail(Reason.BAD_PIXEL_DATA, f"Image Pixel module incomplete or invalid: {exc}") from exc
         if spec.rows < 1 or spec.columns < 1 or spec.number_of_frames < 1:
             raise fail(Reason.BAD_PIXEL_DATA, f"{spec.rows}x{spec.columns}x{spec.number_of_frames} pixels")
+        if spec.frame_bytes > MAX_FRAME_BYTES:
+            raise fail(Reason.BAD_PIXEL_DATA, f"one frame would take {spec.frame_bytes:,} bytes of memory")
+        self._check_native_length(spec)
         return spec
+
+    def _check_native_length(self, spec: PixelSpec) -> None:
+        """Native Pixel Data must fit in the file: a header that claims more
+        (say 4 GB) is refused before anything is allocated for it."""
+        element = self.dataset.get_item(PIXEL_DATA, keep_deferred=True)
+        tsyntax = spec.transfer_syntax
+        if not tsyntax.is_transfer_syntax or tsyntax.is_encapsulated or not isinstance(element, RawDataElement):
+            return
+        if element.value is None and element.value_tell + element.length > os.fstat(self._file.fileno()).st_size:
+            raise fail(
+                Reason.BAD_PIXEL_DATA,
+                f"Pixel Data claims {element.length:,} bytes; the file ends before that",
+            )
 
     def _pixel_source(self) -> IO[bytes] | bytes:
         """The Pixel Data value: the file positioned at it when it is still

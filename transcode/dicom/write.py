@@ -104,6 +104,8 @@ class EncapsulatedWriter:
         self._frames_expected = frames
         self._offsets: list[int] = []
         self._lengths: list[int] = []
+        #: (file offset, length) of each frame's codestream, for the archive index
+        self.frame_spans: list[tuple[int, int]] = []
         self._head = (source, transfer_syntax, changes, preamble)
         self._file: IO[bytes] | None = None
         self._digest: str | None = None
@@ -168,8 +170,10 @@ class EncapsulatedWriter:
         self.begin()
         assert self._file is not None
         padded = len(data) + (len(data) & 1)
-        self._offsets.append(self._file.tell() - self._first_item)
+        position = self._file.tell()
+        self._offsets.append(position - self._first_item)
         self._lengths.append(padded)
+        self.frame_spans.append((position + _ITEM.size, len(data)))
         self._write(_ITEM.pack(*_ITEM_TAG, padded))
         self._write(data)
         if padded != len(data):
