@@ -1,7 +1,9 @@
-"""The `transcode` command: `convert` files or folders, `info` on one file.
+"""The `transcode` command: `convert`, `ingest`, `verify`, `info`.
 
-Exit codes of `convert`: 0 every instance transcoded, 3 some kept as is
-(none failed), 1 at least one failed, 2 usage error.
+Exit codes. `convert`: 0 every instance transcoded, 3 some kept as is (none
+failed), 1 at least one failed. `ingest`: 0 every file transcoded, kept or a
+duplicate, 1 any failed or conflicted. `verify`: 0 whole, 1 problems. All:
+2 for usage errors.
 """
 
 from __future__ import annotations
@@ -14,10 +16,14 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TextIO
 
+from transcode.archive import ArchiveBusy, FolderArchive
+from transcode.archive.check import verify_archive
 from transcode.codecs import codestream
 from transcode.codecs.htj2k import EncodeSettings
 from transcode.dicom.read import open_instance
+from transcode.pipeline import ingest
 from transcode.policy import Outcome, Stop
+from transcode.report import Progress, print_summary
 from transcode.transcoder import TranscodeResult, transcode_file
 from transcode.verify import CrossCheck
 
@@ -155,6 +161,55 @@ def _print_codestream(number: int, data: bytes) -> None:
         previous = end
 
 
+def cmd_ingest(args: argparse.Namespace) -> int:
+    missing = [p for p in args.paths if not Path(p).exists()]
+    if missing:
+        print(f"transcode: no such file or folder: {', '.join(missing)}", file=sys.stderr)
+        return EXIT_USAGE
+    progress = Progress()
+    try:
+        with FolderArchive(args.archive, exclusive=True) as archive:
+            report = ingest(
+                args.paths, archive, workers=args.workers, crosscheck=args.crosscheck, progress=progress,
+                settings=EncodeSettings(tile_threshold=args.tile_threshold, tile_size=args.tile_size),
+            )
+    except ArchiveBusy as exc:
+        print(f"transcode: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    finally:
+        progress.close()
+    print_summary(report)
+    if args.report:
+        Path(args.report).write_text(json.dumps(
+            {"seconds": report.seconds, "skipped": report.skipped, "counts": report.counts(),
+             "instances": report.entries}, indent=1))
+    return EXIT_OK if report.clean else EXIT_FAILED
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    if not Path(args.archive, "index.sqlite").is_file():
+        print(f"transcode: {args.archive} is not an archive (no index.sqlite)", file=sys.stderr)
+        return EXIT_USAGE
+    with FolderArchive(args.archive) as archive:
+        problems = verify_archive(archive)
+        checked = archive.index.counts()["instances"]
+    for problem in problems:
+        print(f"{problem.path}: {problem.what}")
+    print(f"{checked} instances checked, {len(problems)} problem(s).")
+    return EXIT_FAILED if problems else EXIT_OK
+
+
+def _encode_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--crosscheck", choices=[c.value for c in CrossCheck], default=CrossCheck.FIRST.value,
+        help="frames also decoded by OpenJPEG, the independent decoder (default: first)",
+    )
+    parser.add_argument("--tile-threshold", type=int, default=EncodeSettings().tile_threshold,
+                        help="tile frames whose larger side exceeds this (default: %(default)s)")
+    parser.add_argument("--tile-size", type=int, default=EncodeSettings().tile_size,
+                        help="tile side in pixels (default: %(default)s)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="transcode", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -163,18 +218,23 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("src", help="DICOM file or folder (read only, never modified)")
     convert.add_argument("dst", help="output file, or folder (created) mirroring the source folder")
     convert.add_argument("--workers", type=int, default=None, help="threads per instance (default: all cores)")
-    convert.add_argument(
-        "--crosscheck", choices=[c.value for c in CrossCheck], default=CrossCheck.FIRST.value,
-        help="frames also decoded by OpenJPEG, the independent decoder (default: first)",
-    )
-    convert.add_argument("--tile-threshold", type=int, default=EncodeSettings().tile_threshold,
-                         help="tile frames whose larger side exceeds this (default: %(default)s)")
-    convert.add_argument("--tile-size", type=int, default=EncodeSettings().tile_size,
-                         help="tile side in pixels (default: %(default)s)")
+    _encode_options(convert)
     convert.add_argument("--no-copy-kept", action="store_true",
                          help="write nothing for instances kept as is (default: an exact copy)")
     convert.add_argument("--json", action="store_true", help="print one JSON result per line instead of a table")
     convert.set_defaults(func=cmd_convert)
+
+    ingest_ = sub.add_parser("ingest", help="transcode files, folders and DICOMDIRs into an archive (resumable)")
+    ingest_.add_argument("paths", nargs="+", help="files, folders (recursive) or DICOMDIR files; read only")
+    ingest_.add_argument("--archive", required=True, help="archive folder (created if missing)")
+    ingest_.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
+    ingest_.add_argument("--report", help="write every file's outcome to this JSON file")
+    _encode_options(ingest_)
+    ingest_.set_defaults(func=cmd_ingest)
+
+    verify = sub.add_parser("verify", help="re-read and re-decode every archived object against the index")
+    verify.add_argument("--archive", required=True)
+    verify.set_defaults(func=cmd_verify)
 
     info = sub.add_parser("info", help="transfer syntax, frames and the HTJ2K resolution map of a file")
     info.add_argument("file")

@@ -1,0 +1,181 @@
+"""Ingest into an archive: outcomes, index contents, resumability, verify."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.fileset import FileSet
+from pydicom.uid import (
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    RLELossless,
+    generate_uid,
+)
+
+from fixtures.generate import Spec, write
+from tests.conftest import PYDICOM_FILES
+from transcode.archive import FolderArchive
+from transcode.archive.check import verify_archive
+from transcode.cli import EXIT_FAILED, EXIT_OK, main
+from transcode.codecs import htj2k
+from transcode.digest import Digest
+from transcode.pipeline import ingest
+
+
+def make_study(root: Path) -> dict[str, str]:
+    """Three series in mixed syntaxes, a lossy instance, broken files, a
+    duplicate and a conflicting duplicate. Returns file name -> expected outcome."""
+    study = generate_uid()
+    expected = {}
+    series = {
+        "ct": [Spec("CT", 96, 80, 1, 16, 12, signed=True, transfer_syntax=ts, seed=i)
+               for i, ts in enumerate([ExplicitVRLittleEndian, RLELossless, JPEG2000Lossless, ExplicitVRBigEndian])],
+        "mr": [Spec("MR", 64, 64, 5, 16, 12, seed=10)],
+        "us": [Spec("US", 48, 64, 1, 8, 8, samples=3, photometric="YBR_FULL_422",
+                    transfer_syntax=JPEGBaseline8Bit, seed=20)],
+    }
+    for name, specs in series.items():
+        series_uid = generate_uid()
+        for n, spec in enumerate(specs):
+            path = root / name / f"{n}.dcm"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write(spec, path, study=study, series=series_uid, number=str(n + 1))
+            expected[f"{name}/{n}.dcm"] = "kept" if spec.transfer_syntax == JPEGBaseline8Bit else "transcoded"
+    # Files are settled in discovery order (sorted walk): ct/0.dcm comes first.
+    (root / "zz").mkdir()
+    shutil.copy(root / "ct/0.dcm", root / "zz/duplicate.dcm")
+    expected["zz/duplicate.dcm"] = "duplicate"
+    conflict = pydicom.dcmread(root / "ct/0.dcm")
+    conflict.PixelData = bytes(len(conflict.PixelData))  # same SOP Instance UID, other pixels
+    conflict.save_as(root / "zz/conflict.dcm")
+    expected["zz/conflict.dcm"] = "conflict"
+    (root / "notes.txt").write_text("not DICOM")
+    expected["notes.txt"] = "failed"
+    data = (root / "mr/0.dcm").read_bytes()
+    (root / "truncated.dcm").write_bytes(data[: len(data) // 2])
+    expected["truncated.dcm"] = "failed"
+    return expected
+
+
+def test_ingest_outcomes_index_and_verify(tmp_path: Path) -> None:
+    expected = make_study(tmp_path / "src")
+    with FolderArchive(tmp_path / "archive", exclusive=True) as archive:
+        report = ingest([tmp_path / "src"], archive, workers=2)
+        outcomes = {str(Path(e["source_path"]).relative_to(tmp_path / "src")): e["outcome"] for e in report.entries}
+        assert outcomes == expected
+        assert not report.clean  # failures and a conflict
+
+        counts = archive.index.counts()
+        assert counts["studies"] == 1 and counts["series"] == 3
+        assert counts["instances"] == 6 and counts["conflicts"] == 1 and counts["ledger"] == len(expected)
+        assert counts["frames"] == 4 + 5  # transcoded instances only
+
+        for row in archive.index.instances():
+            meta = json.loads(row.dicom_json)
+            assert meta["00080018"]["Value"] == [row.sop_uid] and "7FE00010" not in meta
+            assert archive.read(row.path, 128, 132) == b"DICM"
+            if row.outcome == "transcoded":
+                digest = Digest()
+                for frame in archive.index.frames(row.sop_uid):
+                    data = archive.read(row.path, frame.offset, frame.offset + frame.length)
+                    assert data[:2] == b"\xff\x4f" and data.endswith(b"\xff\xd9")
+                    digest.update(htj2k.decode(data).data)
+                assert digest.hexdigest() == row.pixel_digest
+        assert verify_archive(archive) == []
+
+        # Running it again does no transcoding work.
+        again = ingest([tmp_path / "src"], archive, workers=2)
+        assert again.entries == [] and again.skipped == len(expected)
+
+
+def test_verify_finds_changed_missing_and_stray_files(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    for n in range(3):
+        write(Spec("CT", 64, 64, 2, seed=n), src / f"{n}.dcm")
+    with FolderArchive(tmp_path / "archive", exclusive=True) as archive:
+        ingest([src], archive, workers=1)
+        rows = list(archive.index.instances())
+        changed = archive.layout.resolve(rows[0].path)
+        data = bytearray(changed.read_bytes())
+        data[-100] ^= 0xFF
+        changed.write_bytes(data)
+        archive.layout.resolve(rows[1].path).unlink()
+        (archive.layout.objects / "stray.dcm").write_bytes(b"x")
+        problems = {p.path: p.what for p in verify_archive(archive)}
+    assert "digest" in problems[rows[0].path]
+    assert "missing" in problems[rows[1].path]
+    assert "not in the index" in problems["objects/stray.dcm"]
+    assert main(["verify", "--archive", str(tmp_path / "archive")]) == EXIT_FAILED
+
+
+def test_dicomdir_stands_for_the_files_it_lists(tmp_path: Path) -> None:
+    shutil.copytree(PYDICOM_FILES / "dicomdirtests", tmp_path / "media")
+    listed = list(FileSet(pydicom.dcmread(tmp_path / "media" / "DICOMDIR")))
+    with FolderArchive(tmp_path / "archive", exclusive=True) as archive:
+        report = ingest([tmp_path / "media" / "DICOMDIR"], archive, workers=2)
+    assert len(report.entries) == len(listed)
+    assert all(e["outcome"] in ("transcoded", "kept") for e in report.entries), report.counts()
+
+
+def test_cli_ingest_exit_codes_and_report(tmp_path: Path, capsys) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    write(Spec("CT", 64, 64), src / "a.dcm")
+    archive = tmp_path / "archive"
+    report = tmp_path / "report.json"
+    assert main(["ingest", str(src), "--archive", str(archive), "--report", str(report), "--workers", "1"]) == EXIT_OK
+    assert json.loads(report.read_text())["instances"][0]["outcome"] == "transcoded"
+    assert "transcoded" in capsys.readouterr().out
+    (src / "bad.dcm").write_bytes(b"nonsense")
+    assert main(["ingest", str(src), "--archive", str(archive), "--workers", "1"]) == EXIT_FAILED
+    assert main(["ingest", "/no/such/path", "--archive", str(archive)]) == 2
+    assert main(["verify", "--archive", str(archive)]) == EXIT_OK
+
+
+def _with_uids(path: Path, **uids: str) -> None:
+    ds = pydicom.dcmread(path)
+    for keyword, value in uids.items():
+        ds[keyword].value = value
+        if keyword == "SOPInstanceUID":
+            ds.file_meta.MediaStorageSOPInstanceUID = value
+    ds.save_as(path)
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_hostile_input_never_writes_outside_the_archive(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    for n, uids in enumerate([
+        {"SOPInstanceUID": "1.2.3/../../../escape"},
+        {"StudyInstanceUID": ".."},
+        {"SeriesInstanceUID": "/etc"},
+        {"SOPInstanceUID": "1." + "2" * 200},
+    ]):
+        write(Spec("CT", 32, 32, seed=n), src / f"uid{n}.dcm")
+        _with_uids(src / f"uid{n}.dcm", **uids)
+    # A header that claims 4 GB of pixel data in a small file.
+    good = write(Spec("CT", 32, 32), src / "huge.dcm").read_bytes()
+    at = good.index(b"\xe0\x7f\x10\x00OW\x00\x00")
+    (src / "huge.dcm").write_bytes(good[: at + 8] + struct.pack("<I", 0xFFFFFFF0) + good[at + 12 :])
+    os.symlink(src / "nowhere.dcm", src / "broken-link.dcm")
+    (src / "loop").mkdir()
+    os.symlink(src / "loop", src / "loop" / "again")
+
+    with FolderArchive(tmp_path / "archive", exclusive=True) as archive:
+        report = ingest([src], archive, workers=2)
+        entries = {Path(e["source_path"]).name: (e["outcome"], e["reason"]) for e in report.entries}
+    assert {entries[f"uid{n}.dcm"] for n in range(4)} == {("failed", "invalid_uid")}
+    assert entries["huge.dcm"] == ("failed", "bad_pixel_data")
+    assert entries["broken-link.dcm"] == ("failed", "unreadable")
+    written = {p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file() and "src" not in p.parts}
+    assert all(p.parts[0] == "archive" for p in written)
+    assert not any(p.parts[1] == "objects" for p in written)

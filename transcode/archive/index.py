@@ -1,0 +1,201 @@
+"""The SQLite index: studies, series, instances (DICOM JSON), frames, ledger.
+
+Everything the server needs is here: a frame's byte offset and length inside
+the stored object and its codestream index (resolution levels, tiles), so
+serving never parses a file. The ledger records what became of every source
+file, so a rerun skips what is done and a report can be rebuilt at any time.
+
+One connection, used by one process (the ingest's coordinator or the
+server): WAL mode, each instance committed in one transaction after its
+object is durably in place.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS studies (
+    study_uid TEXT PRIMARY KEY,
+    dicom_json TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS series (
+    series_uid TEXT PRIMARY KEY,
+    study_uid TEXT NOT NULL REFERENCES studies(study_uid),
+    dicom_json TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS instances (
+    sop_uid TEXT PRIMARY KEY,
+    series_uid TEXT NOT NULL REFERENCES series(series_uid),
+    study_uid TEXT NOT NULL,
+    path TEXT NOT NULL,
+    transfer_syntax TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    reason TEXT,
+    size INTEGER NOT NULL,
+    object_digest TEXT NOT NULL,
+    pixel_digest TEXT,
+    frames INTEGER NOT NULL,
+    dicom_json TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS instances_series ON instances(series_uid);
+CREATE INDEX IF NOT EXISTS instances_study ON instances(study_uid);
+CREATE TABLE IF NOT EXISTS frames (
+    sop_uid TEXT NOT NULL REFERENCES instances(sop_uid),
+    number INTEGER NOT NULL,
+    offset INTEGER NOT NULL,
+    length INTEGER NOT NULL,
+    codestream TEXT NOT NULL,
+    PRIMARY KEY (sop_uid, number)
+);
+CREATE TABLE IF NOT EXISTS conflicts (
+    id INTEGER PRIMARY KEY,
+    sop_uid TEXT NOT NULL,
+    path TEXT NOT NULL,
+    object_digest TEXT NOT NULL,
+    pixel_digest TEXT,
+    source_path TEXT NOT NULL,
+    at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS ledger (
+    id INTEGER PRIMARY KEY,
+    source_path TEXT NOT NULL,
+    source_size INTEGER NOT NULL,
+    source_mtime_ns INTEGER NOT NULL,
+    source_digest TEXT,
+    outcome TEXT NOT NULL,
+    reason TEXT,
+    detail TEXT,
+    sop_uid TEXT,
+    bytes_in INTEGER,
+    bytes_out INTEGER,
+    pixel_digest TEXT,
+    object_digest TEXT,
+    frames INTEGER,
+    seconds REAL,
+    at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS ledger_source ON ledger(source_path, source_size, source_mtime_ns);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceRow:
+    sop_uid: str
+    series_uid: str
+    study_uid: str
+    path: str
+    transfer_syntax: str
+    outcome: str
+    reason: str | None
+    size: int
+    object_digest: str
+    pixel_digest: str | None
+    frames: int
+    dicom_json: str
+
+
+@dataclass(frozen=True, slots=True)
+class FrameRow:
+    number: int
+    offset: int
+    length: int
+    codestream: dict[str, Any]
+
+
+class Index:
+    """The archive's SQLite index."""
+
+    def __init__(self, path: Path) -> None:
+        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.execute("PRAGMA foreign_keys=ON")
+        self.db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    def instance(self, sop_uid: str) -> InstanceRow | None:
+        row = self.db.execute(f"SELECT {_COLUMNS} FROM instances WHERE sop_uid = ?", (sop_uid,)).fetchone()
+        return InstanceRow(*row) if row else None
+
+    def instances(self) -> Iterator[InstanceRow]:
+        for row in self.db.execute(f"SELECT {_COLUMNS} FROM instances ORDER BY study_uid, series_uid, sop_uid"):
+            yield InstanceRow(*row)
+
+    def frames(self, sop_uid: str) -> list[FrameRow]:
+        rows = self.db.execute(
+            "SELECT number, offset, length, codestream FROM frames WHERE sop_uid = ? ORDER BY number", (sop_uid,)
+        )
+        return [FrameRow(n, o, ln, json.loads(cs)) for n, o, ln, cs in rows]
+
+    def done(self, source: str, size: int, mtime_ns: int) -> bool:
+        """Has this very file (path, size, mtime) already reached an outcome?"""
+        row = self.db.execute(
+            "SELECT 1 FROM ledger WHERE source_path = ? AND source_size = ? AND source_mtime_ns = ? LIMIT 1",
+            (source, size, mtime_ns),
+        ).fetchone()
+        return row is not None
+
+    def record(
+        self,
+        ledger: dict[str, Any],
+        *,
+        instance: InstanceRow | None = None,
+        frames: Sequence[FrameRow] = (),
+        study_json: str | None = None,
+        series_json: str | None = None,
+        conflict: tuple[str, str, str | None] | None = None,
+    ) -> None:
+        """Commit one source file's outcome, and what it added, atomically."""
+        with self.db:  # BEGIN ... COMMIT, or ROLLBACK on error
+            self.db.execute("BEGIN IMMEDIATE")
+            if instance is not None:
+                self.db.execute(
+                    "INSERT OR IGNORE INTO studies VALUES (?, ?)", (instance.study_uid, study_json or "{}")
+                )
+                self.db.execute(
+                    "INSERT OR IGNORE INTO series VALUES (?, ?, ?)",
+                    (instance.series_uid, instance.study_uid, series_json or "{}"),
+                )
+                self.db.execute(
+                    f"INSERT OR REPLACE INTO instances ({_COLUMNS}) VALUES ({', '.join('?' * 12)})",
+                    (
+                        instance.sop_uid, instance.series_uid, instance.study_uid, instance.path,
+                        instance.transfer_syntax, instance.outcome, instance.reason, instance.size,
+                        instance.object_digest, instance.pixel_digest, instance.frames, instance.dicom_json,
+                    ),
+                )
+                self.db.execute("DELETE FROM frames WHERE sop_uid = ?", (instance.sop_uid,))
+                self.db.executemany(
+                    "INSERT INTO frames VALUES (?, ?, ?, ?, ?)",
+                    [(instance.sop_uid, f.number, f.offset, f.length, json.dumps(f.codestream)) for f in frames],
+                )
+            if conflict is not None:
+                path, digest, pixel_digest = conflict
+                self.db.execute(
+                    "INSERT INTO conflicts (sop_uid, path, object_digest, pixel_digest, source_path, at) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (ledger["sop_uid"], path, digest, pixel_digest, ledger["source_path"], time.time()),
+                )
+            columns = list(ledger)
+            self.db.execute(
+                f"INSERT INTO ledger ({', '.join(columns)}, at) VALUES ({', '.join('?' * (len(columns) + 1))})",
+                [*ledger.values(), time.time()],
+            )
+
+    def counts(self) -> dict[str, int]:
+        return {
+            table: self.db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+            for table in ("studies", "series", "instances", "frames", "conflicts", "ledger")
+        }
+
+
+_COLUMNS = ", ".join(InstanceRow.__slots__)

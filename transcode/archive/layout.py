@@ -1,0 +1,67 @@
+"""Where objects live in an archive folder, and the UID rule that guards it.
+
+    ROOT/objects/STUDY/SERIES/SOP.dcm            the archived instance
+    ROOT/conflicts/SOP/DIGEST.dcm                 same SOP UID, other content
+    ROOT/staging/                                 workers' output before it is placed
+    ROOT/index.sqlite                             the index (index.py)
+
+UIDs become path components only after `check_uid`: digits and dots,
+PS3.5 9.1 components, at most 64 characters. Nothing else can produce a
+slash, a dot-dot or an absolute path.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+_UID = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
+
+
+class InvalidUID(ValueError):
+    """A UID that may not become part of a path."""
+
+
+def check_uid(value: object, what: str = "UID") -> str:
+    """Return `value` as a UID string, or raise InvalidUID saying why."""
+    uid = str(value or "").strip().rstrip("\x00")
+    if not uid:
+        raise InvalidUID(f"{what} is missing")
+    if len(uid) > 64:
+        raise InvalidUID(f"{what} is {len(uid)} characters long (at most 64)")
+    if not _UID.fullmatch(uid):
+        raise InvalidUID(f"{what} {uid[:70]!r} is not digits and dots")
+    return uid
+
+
+def object_path(study: str, series: str, sop: str) -> str:
+    """Archive-relative path of an instance (UIDs already checked)."""
+    return f"objects/{study}/{series}/{sop}.dcm"
+
+
+def conflict_path(sop: str, digest: str) -> str:
+    """Archive-relative path of a conflicting copy, named by its content."""
+    return f"conflicts/{sop}/{digest.split(':')[-1][:32]}.dcm"
+
+
+class Layout:
+    """Paths inside one archive folder."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.objects = root / "objects"
+        self.conflicts = root / "conflicts"
+        self.staging = root / "staging"
+        self.index = root / "index.sqlite"
+        self.lock = root / ".lock"
+
+    def create(self) -> None:
+        for folder in (self.objects, self.conflicts, self.staging):
+            folder.mkdir(parents=True, exist_ok=True)
+
+    def resolve(self, relative: str | Path) -> Path:
+        """The absolute path of an archive-relative one, never outside the root."""
+        path = (self.root / relative).resolve()
+        if not path.is_relative_to(self.root.resolve()):
+            raise InvalidUID(f"{relative} points outside the archive")
+        return path

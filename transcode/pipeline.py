@@ -1,0 +1,291 @@
+"""Ingest: many source files into an archive, in parallel, resumable.
+
+Worker processes transcode one file each into the archive's staging folder
+(`transcode_file`, which uses threads over the frames). The coordinating
+process alone touches the index: for every finished file it decides the
+outcome (transcoded, kept, duplicate, conflict, failed), places the object
+with an atomic rename, then commits the index rows and the ledger row in one
+transaction. A kill at any moment leaves either a staged file (cleared on the
+next run), or a placed object that the rerun replaces with the same bytes
+before indexing it; never an index row without its object.
+
+A rerun skips every source whose path, size and mtime the ledger already
+holds, so repeating a finished command does no transcoding work.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import json
+import multiprocessing
+import os
+import shutil
+import signal
+import time
+import uuid
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import pydicom
+from pydicom.errors import InvalidDicomError
+from pydicom.fileset import FileSet
+
+from transcode.archive.index import FrameRow, InstanceRow
+from transcode.archive.layout import InvalidUID, check_uid, conflict_path, object_path
+from transcode.archive.store import Archive
+from transcode.codecs.htj2k import EncodeSettings
+from transcode.digest import file_digest
+from transcode.transcoder import transcode_file
+from transcode.verify import CrossCheck
+
+
+class IngestOutcome(StrEnum):
+    TRANSCODED = "transcoded"
+    KEPT = "kept"
+    DUPLICATE = "duplicate"
+    CONFLICT = "conflict"
+    FAILED = "failed"
+
+
+#: Outcomes after which a migration may proceed without a person looking.
+CLEAN = frozenset({IngestOutcome.TRANSCODED, IngestOutcome.KEPT, IngestOutcome.DUPLICATE})
+#: Study- and series-level attributes copied into the studies/series rows.
+STUDY_TAGS = ("00080020", "00080030", "00080050", "00080090", "00081030", "00100010", "00100020",
+              "00100030", "00100040", "0020000D", "00200010", "00080005")
+SERIES_TAGS = ("00080060", "0008103E", "0020000E", "00200011", "00080021", "00080031", "00080005")
+
+
+@dataclass
+class IngestReport:
+    """Every source file's outcome in this run, and the totals."""
+
+    entries: list[dict[str, Any]] = field(default_factory=list)
+    skipped: int = 0
+    seconds: float = 0.0
+
+    def counts(self) -> Counter[str]:
+        return Counter(e["outcome"] for e in self.entries)
+
+    @property
+    def clean(self) -> bool:
+        return all(e["outcome"] in CLEAN for e in self.entries)
+
+    def bytes(self, outcome: str = IngestOutcome.TRANSCODED) -> tuple[int, int]:
+        chosen = [e for e in self.entries if e["outcome"] == outcome]
+        return sum(e["bytes_in"] or 0 for e in chosen), sum(e["bytes_out"] or 0 for e in chosen)
+
+
+def discover(paths: Iterable[str | os.PathLike[str]]) -> Iterator[Path]:
+    """Every file under `paths`, once. Folders are walked without following
+    symlinked folders (no loops); a DICOMDIR stands for the files it lists."""
+    seen: set[Path] = set()
+
+    def once(path: Path) -> Iterator[Path]:
+        key = path.absolute()
+        if key not in seen:
+            seen.add(key)
+            yield path
+
+    for top in map(Path, paths):
+        if top.is_dir():
+            for folder, dirs, files in os.walk(top):
+                dirs.sort()
+                for name in sorted(files):
+                    path = Path(folder, name)
+                    yield from _dicomdir(path, once) if name == "DICOMDIR" else once(path)
+        else:
+            yield from _dicomdir(top, once) if top.name == "DICOMDIR" else once(top)
+
+
+def _dicomdir(path: Path, once: Callable[[Path], Iterator[Path]]) -> Iterator[Path]:
+    """The files a DICOMDIR references (they must lie beside or below it)."""
+    try:
+        fileset = FileSet(pydicom.dcmread(path))
+    except (OSError, ValueError, InvalidDicomError):  # not a usable DICOMDIR: ingest it as a file
+        yield from once(path)
+        return
+    root = path.parent.resolve()
+    for instance in fileset:
+        referenced = Path(instance.path).resolve()
+        if referenced.is_relative_to(root):
+            yield from once(referenced)
+
+
+def _json(ds: pydicom.Dataset) -> dict[str, Any]:
+    """PS3.18 F.2 JSON without Pixel Data; large values become BulkDataURIs
+    relative to the instance (the server prefixes them)."""
+    ds = ds.copy()
+    for tag in (0x7FE00010, 0x7FE00008, 0x7FE00009, 0x7FE00001, 0x7FE00002):
+        if tag in ds:
+            del ds[tag]
+    return ds.to_json_dict(bulk_data_threshold=1024, bulk_data_element_handler=lambda e: f"bulkdata/{e.tag:08X}")
+
+
+def work(source: str, staging: str, settings: EncodeSettings, crosscheck: str, threads: int) -> dict[str, Any]:
+    """Runs in a worker process: transcode `source` into staging and describe it."""
+    started = time.perf_counter()
+    path = Path(source)
+    entry: dict[str, Any] = {"source_path": source, "source_size": 0, "source_mtime_ns": 0, "staged": None}
+    try:
+        stat = path.stat()
+        entry.update(source_size=stat.st_size, source_mtime_ns=stat.st_mtime_ns, source_digest=file_digest(path))
+    except OSError as exc:
+        return {**entry, "outcome": "failed", "reason": "unreadable", "detail": f"{exc.strerror or exc}"}
+    staged = Path(staging, f"{uuid.uuid4().hex}.dcm")
+    result = transcode_file(path, staged, settings=settings, crosscheck=crosscheck, workers=threads)
+    entry.update(
+        outcome=result.outcome.value, reason=result.reason.value if result.reason else None, detail=result.detail,
+        bytes_in=result.bytes_in, bytes_out=result.bytes_out, pixel_digest=result.pixel_digest,
+        object_digest=result.output_digest, frames=result.frames,
+    )
+    if result.destination:
+        try:
+            ds = pydicom.dcmread(staged, stop_before_pixels=True)
+            sop = check_uid(ds.get("SOPInstanceUID") or ds.file_meta.get("MediaStorageSOPInstanceUID"), "SOP Instance UID")
+            entry.update(
+                staged=str(staged), sop_uid=sop,
+                study_uid=check_uid(ds.get("StudyInstanceUID"), "Study Instance UID"),
+                series_uid=check_uid(ds.get("SeriesInstanceUID"), "Series Instance UID"),
+                transfer_syntax=str(ds.file_meta.TransferSyntaxUID), dicom_json=_json(ds),
+                frame_rows=[(n, off, ln, ix.to_dict()) for n, ((off, ln), ix)
+                            in enumerate(zip(result.frame_spans, result.frame_index))],
+            )
+        except InvalidUID as exc:
+            staged.unlink(missing_ok=True)
+            entry.update(outcome="failed", reason="invalid_uid", detail=str(exc), staged=None)
+    entry["seconds"] = time.perf_counter() - started
+    return entry
+
+
+def _die_with_parent() -> None:
+    """Worker initializer: on Linux, die when the coordinator dies (kill -9
+    included) instead of finishing a file nobody will place."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() == 1:  # the coordinator died before the call above
+        os._exit(1)
+
+
+def _subset(full: dict[str, Any], tags: tuple[str, ...]) -> str:
+    return json.dumps({tag: full[tag] for tag in tags if tag in full})
+
+
+class Ingest:
+    """One ingest run into `archive`. `progress(report, done, total)` is called
+    after every file."""
+
+    def __init__(
+        self,
+        archive: Archive,
+        *,
+        workers: int | None = None,
+        settings: EncodeSettings | None = None,
+        crosscheck: CrossCheck | str = CrossCheck.FIRST,
+        progress: Callable[[IngestReport, int, int], None] | None = None,
+    ) -> None:
+        cores = os.cpu_count() or 1
+        self.archive = archive
+        self.workers = max(1, workers or cores)
+        self.threads = max(1, cores // self.workers)
+        self.settings = settings or EncodeSettings()
+        self.crosscheck = CrossCheck(crosscheck).value
+        self.progress = progress
+        self.report = IngestReport()
+
+    def run(self, paths: Iterable[str | os.PathLike[str]]) -> IngestReport:
+        started = time.perf_counter()
+        index = self.archive.index
+        todo: list[str] = []
+        for path in discover(paths):
+            try:
+                stat = path.stat()
+            except OSError:
+                todo.append(str(path))  # the worker reports why it cannot be read
+                continue
+            if index.done(str(path), stat.st_size, stat.st_mtime_ns):
+                self.report.skipped += 1
+            else:
+                todo.append(str(path))
+        run_staging = self.archive.staging() / f"run-{uuid.uuid4().hex}"
+        run_staging.mkdir()
+        staging = str(run_staging)
+        context = multiprocessing.get_context("spawn")  # no fork of the SQLite connection or threads
+        with ProcessPoolExecutor(max_workers=self.workers, mp_context=context, initializer=_die_with_parent) as pool:
+            # Settled in discovery order, so that which of two copies of a SOP
+            # Instance UID is "the" instance does not depend on timing.
+            pending: deque[Future[dict[str, Any]]] = deque()
+            for source in todo:
+                pending.append(pool.submit(work, source, staging, self.settings, self.crosscheck, self.threads))
+                if len(pending) >= 2 * self.workers:  # bounded: discovery outruns the workers
+                    self._settle(pending.popleft().result(), len(todo))
+            while pending:
+                self._settle(pending.popleft().result(), len(todo))
+        shutil.rmtree(run_staging, ignore_errors=True)
+        self.report.seconds = time.perf_counter() - started
+        return self.report
+
+    def _settle(self, entry: dict[str, Any], total: int) -> None:
+        """Decide the outcome of one finished file, place its object, index it."""
+        staged = entry.pop("staged")
+        dicom_json = entry.pop("dicom_json", None)
+        frame_rows = entry.pop("frame_rows", [])
+        study_uid, series_uid = entry.pop("study_uid", None), entry.pop("series_uid", None)
+        transfer_syntax = entry.pop("transfer_syntax", None)
+        instance = conflict = None
+        if staged:
+            existing = self.archive.index.instance(entry["sop_uid"])
+            same = existing is not None and (
+                (entry["pixel_digest"] and entry["pixel_digest"] == existing.pixel_digest)
+                or entry["object_digest"] == existing.object_digest
+            )
+            if existing is not None and same:
+                Path(staged).unlink()
+                entry["outcome"] = IngestOutcome.DUPLICATE.value
+            elif existing is not None:
+                relative = conflict_path(entry["sop_uid"], entry["object_digest"])
+                self.archive.place(Path(staged), relative)
+                entry["outcome"] = IngestOutcome.CONFLICT.value
+                entry["reason"] = "conflict"
+                entry["detail"] = f"SOP Instance UID already archived with other content; kept at {relative}"
+                conflict = (relative, entry["object_digest"], entry["pixel_digest"])
+            else:
+                relative = object_path(study_uid, series_uid, entry["sop_uid"])
+                self.archive.place(Path(staged), relative)
+                instance = InstanceRow(
+                    entry["sop_uid"], series_uid, study_uid, relative, transfer_syntax, entry["outcome"],
+                    entry["reason"], entry["bytes_out"], entry["object_digest"], entry["pixel_digest"],
+                    entry["frames"], _dumps(dicom_json),
+                )
+        self.archive.index.record(
+            {k: entry.get(k) for k in _LEDGER},
+            instance=instance,
+            frames=[FrameRow(*row) for row in frame_rows] if instance else (),
+            study_json=_subset(dicom_json, STUDY_TAGS) if instance else None,
+            series_json=_subset(dicom_json, SERIES_TAGS) if instance else None,
+            conflict=conflict,
+        )
+        self.report.entries.append(entry)
+        if self.progress:
+            self.progress(self.report, len(self.report.entries), total)
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+_LEDGER = ("source_path", "source_size", "source_mtime_ns", "source_digest", "outcome", "reason", "detail",
+           "sop_uid", "bytes_in", "bytes_out", "pixel_digest", "object_digest", "frames", "seconds")
+
+
+def ingest(paths: Iterable[str | os.PathLike[str]], archive: Archive, **options: Any) -> IngestReport:
+    """Ingest every DICOM file under `paths` into `archive` (see `Ingest`)."""
+    return Ingest(archive, **options).run(paths)

@@ -1,0 +1,67 @@
+"""How an ingest shows itself: a live progress bar on a terminal, plain log
+lines otherwise, and the closing summary table."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+from tqdm import tqdm
+
+from transcode.pipeline import IngestOutcome, IngestReport
+
+
+class Progress:
+    """A `progress(report, done, total)` callback for `Ingest`.
+
+    On a terminal: a tqdm bar with files, frames, MB/s and ETA. Elsewhere
+    (a cron job, a log file): one line every `every` seconds and at the end.
+    """
+
+    def __init__(self, stream: TextIO | None = None, every: float = 10.0) -> None:
+        self.stream = stream or sys.stderr
+        self.every = every
+        self.bar: tqdm | None = None
+        self.started = time.monotonic()
+        self.last = 0.0
+
+    def __call__(self, report: IngestReport, done: int, total: int) -> None:
+        frames = sum(e.get("frames") or 0 for e in report.entries)
+        mb = sum(e.get("bytes_in") or 0 for e in report.entries) / 1e6
+        rate = mb / max(time.monotonic() - self.started, 1e-9)
+        if self.stream.isatty():
+            if self.bar is None:
+                self.bar = tqdm(total=total, unit="file", file=self.stream, dynamic_ncols=True)
+            self.bar.set_postfix_str(f"{frames} frames, {rate:.1f} MB/s", refresh=False)
+            self.bar.update(done - self.bar.n)
+            return
+        now = time.monotonic()
+        if now - self.last >= self.every or done == total:
+            self.last = now
+            left = (now - self.started) / done * (total - done) if done else 0.0
+            print(f"ingest: {done}/{total} files, {frames} frames, {mb:.1f} MB, {rate:.1f} MB/s, "
+                  f"ETA {time.strftime('%H:%M:%S', time.gmtime(left))}", file=self.stream, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def print_summary(report: IngestReport, out: TextIO | None = None) -> None:
+    """Counts per outcome, MB in and out, ratio, throughput; then the files
+    that need a person (failed, conflict) with their reasons."""
+    out = out or sys.stdout
+    counts = report.counts()
+    print(f"\n{'outcome':<12}{'files':>8}{'MB in':>11}{'MB out':>11}{'ratio':>8}", file=out)
+    for outcome in IngestOutcome:
+        bytes_in, bytes_out = report.bytes(outcome)
+        ratio = f"{bytes_out / bytes_in:8.3f}" if bytes_in and bytes_out else f"{'-':>8}"
+        print(f"{outcome.value:<12}{counts.get(outcome.value, 0):>8}{bytes_in / 1e6:>11.1f}{bytes_out / 1e6:>11.1f}{ratio}",
+              file=out)
+    total_in = sum(e.get("bytes_in") or 0 for e in report.entries)
+    print(f"{len(report.entries)} files in {report.seconds:.1f} s ({total_in / 1e6 / max(report.seconds, 1e-9):.1f} MB/s); "
+          f"{report.skipped} already done in an earlier run.", file=out)
+    for e in report.entries:
+        if e["outcome"] in (IngestOutcome.FAILED, IngestOutcome.CONFLICT):
+            print(f"  {e['outcome']}: {e['source_path']}: {e.get('reason')}: {e.get('detail')}", file=out)
