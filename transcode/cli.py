@@ -170,7 +170,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     try:
         with FolderArchive(args.archive, exclusive=True) as archive:
             report = ingest(
-                args.paths, archive, workers=args.workers, crosscheck=args.crosscheck, progress=progress,
+                args.paths, archive, workers=args.workers, threads=args.threads, crosscheck=args.crosscheck,
+                progress=progress,
                 settings=EncodeSettings(tile_threshold=args.tile_threshold, tile_size=args.tile_size),
             )
     except ArchiveBusy as exc:
@@ -228,6 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
     ingest_.add_argument("paths", nargs="+", help="files, folders (recursive) or DICOMDIR files; read only")
     ingest_.add_argument("--archive", required=True, help="archive folder (created if missing)")
     ingest_.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
+    ingest_.add_argument("--threads", type=int, default=None,
+                         help="threads per worker over frames (default: cores / workers)")
     ingest_.add_argument("--report", help="write every file's outcome to this JSON file")
     _encode_options(ingest_)
     ingest_.set_defaults(func=cmd_ingest)

@@ -41,7 +41,8 @@ from transcode.archive.layout import InvalidUID, check_uid, conflict_path, objec
 from transcode.archive.store import Archive
 from transcode.codecs.htj2k import EncodeSettings
 from transcode.digest import file_digest
-from transcode.transcoder import transcode_file
+from transcode.dicom.metadata import dicom_json
+from transcode.transcoder import OUTPUT_SYNTAX, transcode_file
 from transcode.verify import CrossCheck
 
 
@@ -117,16 +118,6 @@ def _dicomdir(path: Path, once: Callable[[Path], Iterator[Path]]) -> Iterator[Pa
             yield from once(referenced)
 
 
-def _json(ds: pydicom.Dataset) -> dict[str, Any]:
-    """PS3.18 F.2 JSON without Pixel Data; large values become BulkDataURIs
-    relative to the instance (the server prefixes them)."""
-    ds = ds.copy()
-    for tag in (0x7FE00010, 0x7FE00008, 0x7FE00009, 0x7FE00001, 0x7FE00002):
-        if tag in ds:
-            del ds[tag]
-    return ds.to_json_dict(bulk_data_threshold=1024, bulk_data_element_handler=lambda e: f"bulkdata/{e.tag:08X}")
-
-
 def work(source: str, staging: str, settings: EncodeSettings, crosscheck: str, threads: int) -> dict[str, Any]:
     """Runs in a worker process: transcode `source` into staging and describe it."""
     started = time.perf_counter()
@@ -138,7 +129,9 @@ def work(source: str, staging: str, settings: EncodeSettings, crosscheck: str, t
     except OSError as exc:
         return {**entry, "outcome": "failed", "reason": "unreadable", "detail": f"{exc.strerror or exc}"}
     staged = Path(staging, f"{uuid.uuid4().hex}.dcm")
-    result = transcode_file(path, staged, settings=settings, crosscheck=crosscheck, workers=threads)
+    # Not durable here: the coordinator fsyncs when it places the object.
+    result = transcode_file(path, staged, settings=settings, crosscheck=crosscheck, workers=threads,
+                            durable=False, metadata=True)
     entry.update(
         outcome=result.outcome.value, reason=result.reason.value if result.reason else None, detail=result.detail,
         bytes_in=result.bytes_in, bytes_out=result.bytes_out, pixel_digest=result.pixel_digest,
@@ -146,13 +139,16 @@ def work(source: str, staging: str, settings: EncodeSettings, crosscheck: str, t
     )
     if result.destination:
         try:
-            ds = pydicom.dcmread(staged, stop_before_pixels=True)
-            sop = check_uid(ds.get("SOPInstanceUID") or ds.file_meta.get("MediaStorageSOPInstanceUID"), "SOP Instance UID")
+            if result.metadata is None:  # kept as is: describe the copy
+                ds = pydicom.dcmread(staged, stop_before_pixels=True)
+                meta, tsyntax = dicom_json(ds), str(ds.file_meta.TransferSyntaxUID)
+            else:
+                meta, tsyntax = result.metadata, str(OUTPUT_SYNTAX)
             entry.update(
-                staged=str(staged), sop_uid=sop,
-                study_uid=check_uid(ds.get("StudyInstanceUID"), "Study Instance UID"),
-                series_uid=check_uid(ds.get("SeriesInstanceUID"), "Series Instance UID"),
-                transfer_syntax=str(ds.file_meta.TransferSyntaxUID), dicom_json=_json(ds),
+                staged=str(staged), dicom_json=meta, transfer_syntax=tsyntax,
+                sop_uid=check_uid(_value(meta, "00080018"), "SOP Instance UID"),
+                study_uid=check_uid(_value(meta, "0020000D"), "Study Instance UID"),
+                series_uid=check_uid(_value(meta, "0020000E"), "Series Instance UID"),
                 frame_rows=[(n, off, ln, ix.to_dict()) for n, ((off, ln), ix)
                             in enumerate(zip(result.frame_spans, result.frame_index))],
             )
@@ -161,6 +157,11 @@ def work(source: str, staging: str, settings: EncodeSettings, crosscheck: str, t
             entry.update(outcome="failed", reason="invalid_uid", detail=str(exc), staged=None)
     entry["seconds"] = time.perf_counter() - started
     return entry
+
+
+def _value(meta: dict[str, Any], tag: str) -> Any:
+    values = meta.get(tag, {}).get("Value") or [None]
+    return values[0]
 
 
 def _die_with_parent() -> None:
@@ -180,14 +181,16 @@ def _subset(full: dict[str, Any], tags: tuple[str, ...]) -> str:
 
 
 class Ingest:
-    """One ingest run into `archive`. `progress(report, done, total)` is called
-    after every file."""
+    """One ingest run into `archive`: `workers` processes over files, each
+    with `threads` threads over frames (default: the cores shared out).
+    `progress(report, done, total)` is called after every file."""
 
     def __init__(
         self,
         archive: Archive,
         *,
         workers: int | None = None,
+        threads: int | None = None,
         settings: EncodeSettings | None = None,
         crosscheck: CrossCheck | str = CrossCheck.FIRST,
         progress: Callable[[IngestReport, int, int], None] | None = None,
@@ -195,7 +198,7 @@ class Ingest:
         cores = os.cpu_count() or 1
         self.archive = archive
         self.workers = max(1, workers or cores)
-        self.threads = max(1, cores // self.workers)
+        self.threads = max(1, threads or cores // self.workers)
         self.settings = settings or EncodeSettings()
         self.crosscheck = CrossCheck(crosscheck).value
         self.progress = progress

@@ -24,6 +24,7 @@ from pydicom.uid import UID, HTJ2KLosslessRPCL
 from transcode.codecs import htj2k
 from transcode.codecs.codestream import CodestreamIndex
 from transcode.codecs.htj2k import EncodeSettings
+from transcode.dicom.metadata import dicom_json
 from transcode.dicom.read import Instance, PixelSpec, open_instance
 from transcode.dicom.write import EncapsulatedWriter, copy_atomically
 from transcode.digest import Digest
@@ -57,6 +58,8 @@ class TranscodeResult:
     frame_index: list[CodestreamIndex] = field(default_factory=list, repr=False)
     #: (offset, length) of each frame's codestream inside the output file
     frame_spans: list[tuple[int, int]] = field(default_factory=list, repr=False)
+    #: DICOM JSON of the transcoded instance as stored (with `metadata=True`)
+    metadata: dict[str, Any] | None = field(default=None, repr=False)
 
     @property
     def ratio(self) -> float | None:
@@ -68,6 +71,7 @@ class TranscodeResult:
         d["outcome"] = self.outcome.value
         d["reason"] = self.reason.value if self.reason else None
         d["frame_index"] = [ix.to_dict() for ix in self.frame_index]
+        d.pop("metadata")
         return d
 
 
@@ -174,6 +178,9 @@ def _transcode_frames(
     crosscheck: CrossCheck,
     pool: ThreadPoolExecutor,
     window: int,
+    *,
+    durable: bool,
+    metadata: bool,
 ) -> None:
     """Encode every frame on the pool, then write it while the pool proves it.
 
@@ -192,13 +199,15 @@ def _transcode_frames(
         while len(checks) > limit:
             checks.popleft().result()
 
+    changes = _changes(spec, instance.dataset)
     with EncapsulatedWriter(
         dst,
         instance.dataset,
         transfer_syntax=OUTPUT_SYNTAX,
         frames=spec.number_of_frames,
-        changes=_changes(spec, instance.dataset),
+        changes=changes,
         preamble=instance.dataset.preamble,
+        durable=durable,
     ) as writer:
 
         def drain(limit: int) -> None:
@@ -218,9 +227,13 @@ def _transcode_frames(
                     raise fail(Reason.BAD_PIXEL_DATA, f"more frames than Number of Frames ({spec.number_of_frames})")
                 frame = canonical_words(np.ascontiguousarray(frame), spec, i)
                 encoding.append((i, frame, pool.submit(_encode, frame, i, colour, settings)))
-                # While the pool encodes: hash (BLAKE3 releases the GIL) and, once, write the head.
+                # While the pool encodes: hash (BLAKE3 releases the GIL) and, once,
+                # write the head and describe the instance.
                 digest.update(frame.data)
-                writer.begin()
+                if i == 0:
+                    writer.begin()
+                    if metadata:
+                        result.metadata = dicom_json(instance.dataset, changes)
                 drain(window)
             drain(0)
             if len(result.frame_index) != spec.number_of_frames:
@@ -249,12 +262,19 @@ def transcode_file(
     crosscheck: CrossCheck | str = CrossCheck.FIRST,
     workers: int | None = None,
     copy_kept: bool = True,
+    durable: bool = True,
+    metadata: bool = False,
 ) -> TranscodeResult:
     """Transcode the DICOM file `src` to HTJ2K Lossless RPCL at `dst`.
 
     Never raises for bad input: the result says transcoded, kept (with
     `copy_kept`, `dst` is then an exact copy of `src`) or failed (nothing at
     `dst`). The source is only ever opened for reading.
+
+    `durable=False` skips the fsyncs, for a staging file whose caller makes
+    it durable itself (the ingest coordinator, off the workers' critical
+    path). `metadata=True` also returns the stored instance's DICOM JSON,
+    from the one parse of the source.
     """
     started = time.perf_counter()
     src_path, dst_path = Path(src), Path(dst)
@@ -273,7 +293,10 @@ def transcode_file(
             _check_identity(instance)
             _check_policy(instance.spec)
             window = _window(instance.spec, workers)
-            _transcode_frames(instance, dst_path, result, settings, crosscheck, frame_pool(workers), window)
+            _transcode_frames(
+                instance, dst_path, result, settings, crosscheck, frame_pool(workers), window,
+                durable=durable, metadata=metadata,
+            )
         result.outcome = Outcome.TRANSCODED
         result.destination = str(dst_path)
         result.bytes_out = dst_path.stat().st_size
@@ -282,7 +305,7 @@ def transcode_file(
         result.frame_index, result.frame_spans, result.frames, result.pixel_digest = [], [], 0, None
         result.bytes_out = 0
         if stop.outcome is Outcome.KEPT and copy_kept:
-            _keep_copy(src_path, dst_path, result)
+            _keep_copy(src_path, dst_path, result, durable)
     except OSError as exc:
         result.outcome, result.reason = Outcome.FAILED, Reason.WRITE_ERROR
         result.detail = f"{exc.strerror or exc}: {exc.filename or dst_path}"
@@ -293,9 +316,9 @@ def transcode_file(
     return result
 
 
-def _keep_copy(src: Path, dst: Path, result: TranscodeResult) -> None:
+def _keep_copy(src: Path, dst: Path, result: TranscodeResult, durable: bool) -> None:
     try:
-        result.output_digest = copy_atomically(src, dst)
+        result.output_digest = copy_atomically(src, dst, durable=durable)
     except OSError as exc:
         result.detail = f"to be kept as is ({result.reason}), but the copy failed: {exc.strerror or exc}"
         result.outcome, result.reason = Outcome.FAILED, Reason.WRITE_ERROR

@@ -86,6 +86,11 @@ class FolderArchive(Archive):
     def place(self, staged: Path, relative: str) -> None:
         target = self.layout.resolve(relative)
         target.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(staged, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # workers stage without fsync; durability starts here
+        finally:
+            os.close(fd)
         os.replace(staged, target)
         fsync_dir(target.parent)
 

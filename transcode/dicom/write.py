@@ -99,8 +99,10 @@ class EncapsulatedWriter:
         frames: int,
         changes: dict[str, Any],
         preamble: bytes | None,
+        durable: bool = True,
     ) -> None:
         self.dst = dst
+        self._durable = durable
         self._frames_expected = frames
         self._offsets: list[int] = []
         self._lengths: list[int] = []
@@ -201,7 +203,8 @@ class EncapsulatedWriter:
             f.seek(self._eot_at + 24 + size)
             f.write(struct.pack(f"<{self._frames_expected}Q", *self._lengths))
         f.flush()
-        os.fsync(f.fileno())
+        if self._durable:
+            os.fsync(f.fileno())
         f.close()
         self._digest = self._hash.hexdigest() if self._hash is not None else file_digest(self._tmp)
         return self._digest
@@ -210,7 +213,8 @@ class EncapsulatedWriter:
         """Give the finished file its final name, durably; return its digest."""
         digest = self.finish()
         os.replace(self._tmp, self.dst)
-        fsync_dir(self.dst.parent)
+        if self._durable:
+            fsync_dir(self.dst.parent)
         return digest
 
     def abort(self) -> None:
@@ -226,9 +230,9 @@ class EncapsulatedWriter:
             self.abort()
 
 
-def copy_atomically(src: Path, dst: Path) -> str:
+def copy_atomically(src: Path, dst: Path, *, durable: bool = True) -> str:
     """Copy `src` to `dst` byte for byte through a temporary file and a
-    rename; return the digest of what was copied."""
+    rename (fsynced unless `durable=False`); return the digest of the copy."""
     digest = Digest()
     fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".partial")
     try:
@@ -237,9 +241,11 @@ def copy_atomically(src: Path, dst: Path) -> str:
                 out.write(chunk)
                 digest.update(chunk)
             out.flush()
-            os.fsync(out.fileno())
+            if durable:
+                os.fsync(out.fileno())
         os.replace(tmp, dst)
-        fsync_dir(dst.parent)
+        if durable:
+            fsync_dir(dst.parent)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
