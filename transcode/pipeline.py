@@ -36,7 +36,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 from pydicom.fileset import FileSet
 
-from transcode.archive.index import FrameRow, InstanceRow
+from transcode.archive.index import FrameRow, InstanceRow, Record
 from transcode.archive.layout import InvalidUID, check_uid, conflict_path, object_path
 from transcode.archive.store import Archive
 from transcode.codecs.htj2k import EncodeSettings
@@ -224,69 +224,74 @@ class Ingest:
         context = multiprocessing.get_context("spawn")  # no fork of the SQLite connection or threads
         with ProcessPoolExecutor(max_workers=self.workers, mp_context=context, initializer=_die_with_parent) as pool:
             # Settled in discovery order, so that which of two copies of a SOP
-            # Instance UID is "the" instance does not depend on timing.
+            # Instance UID is "the" instance does not depend on timing; and in
+            # batches of whatever has finished, so that one directory fsync
+            # and one transaction serve many files.
             pending: deque[Future[dict[str, Any]]] = deque()
-            for source in todo:
-                pending.append(pool.submit(work, source, staging, self.settings, self.crosscheck, self.threads))
-                if len(pending) >= 2 * self.workers:  # bounded: discovery outruns the workers
-                    self._settle(pending.popleft().result(), len(todo))
-            while pending:
-                self._settle(pending.popleft().result(), len(todo))
+            sources = iter(todo)
+            while True:
+                for source in sources:
+                    pending.append(pool.submit(work, source, staging, self.settings, self.crosscheck, self.threads))
+                    if len(pending) >= 4 * self.workers:  # bounded: discovery outruns the workers
+                        break
+                if not pending:
+                    break
+                batch = [pending.popleft().result()]
+                while pending and pending[0].done() and len(batch) < 4 * self.workers:
+                    batch.append(pending.popleft().result())
+                self._settle(batch, len(todo))
         shutil.rmtree(run_staging, ignore_errors=True)
         self.report.seconds = time.perf_counter() - started
         return self.report
 
-    def _settle(self, entry: dict[str, Any], total: int) -> None:
-        """Decide the outcome of one finished file, place its object, index it."""
-        staged = entry.pop("staged")
-        dicom_json = entry.pop("dicom_json", None)
-        frame_rows = entry.pop("frame_rows", [])
-        study_uid, series_uid = entry.pop("study_uid", None), entry.pop("series_uid", None)
-        transfer_syntax = entry.pop("transfer_syntax", None)
-        instance = conflict = None
-        if staged:
-            existing = self.archive.index.instance(entry["sop_uid"])
-            same = existing is not None and (
-                (entry["pixel_digest"] and entry["pixel_digest"] == existing.pixel_digest)
-                or entry["object_digest"] == existing.object_digest
-            )
-            if existing is not None and same:
-                Path(staged).unlink()
-                entry["outcome"] = IngestOutcome.DUPLICATE.value
-            elif existing is not None:
-                relative = conflict_path(entry["sop_uid"], entry["object_digest"])
-                self.archive.place(Path(staged), relative)
-                entry["outcome"] = IngestOutcome.CONFLICT.value
-                entry["reason"] = "conflict"
-                entry["detail"] = f"SOP Instance UID already archived with other content; kept at {relative}"
-                conflict = (relative, entry["object_digest"], entry["pixel_digest"])
-            else:
-                relative = object_path(study_uid, series_uid, entry["sop_uid"])
-                self.archive.place(Path(staged), relative)
-                instance = InstanceRow(
-                    entry["sop_uid"], series_uid, study_uid, relative, transfer_syntax, entry["outcome"],
-                    entry["reason"], entry["bytes_out"], entry["object_digest"], entry["pixel_digest"],
-                    entry["frames"], _dumps(dicom_json),
-                )
-        self.archive.index.record(
-            {k: entry.get(k) for k in _LEDGER},
-            instance=instance,
-            frames=[FrameRow(*row) for row in frame_rows] if instance else (),
-            study_json=_subset(dicom_json, STUDY_TAGS) if instance else None,
-            series_json=_subset(dicom_json, SERIES_TAGS) if instance else None,
-            conflict=conflict,
-        )
-        self.report.entries.append(entry)
-        if self.progress:
-            self.progress(self.report, len(self.report.entries), total)
+    def _settle(self, batch: list[dict[str, Any]], total: int) -> None:
+        """Decide the outcome of finished files, place their objects, make
+        the placements durable, then index them all in one transaction."""
+        records = []
+        placed: dict[str, tuple[str | None, str]] = {}  # SOP UID -> digests, this batch
+        for entry in batch:
+            record = Record(ledger=entry)
+            staged = entry.pop("staged")
+            meta = entry.pop("dicom_json", None)
+            frame_rows = entry.pop("frame_rows", [])
+            study_uid, series_uid = entry.pop("study_uid", None), entry.pop("series_uid", None)
+            transfer_syntax = entry.pop("transfer_syntax", None)
+            if staged:
+                sop = entry["sop_uid"]
+                existing = self.archive.index.instance(sop)
+                known = placed.get(sop) or (existing and (existing.pixel_digest, existing.object_digest))
+                if known and ((entry["pixel_digest"] and entry["pixel_digest"] == known[0])
+                              or entry["object_digest"] == known[1]):
+                    Path(staged).unlink()
+                    entry["outcome"] = IngestOutcome.DUPLICATE.value
+                elif known:
+                    relative = conflict_path(sop, entry["object_digest"])
+                    self.archive.place(Path(staged), relative)
+                    entry.update(outcome=IngestOutcome.CONFLICT.value, reason="conflict",
+                                 detail=f"SOP Instance UID already archived with other content; kept at {relative}")
+                    record.conflict = (relative, entry["object_digest"], entry["pixel_digest"])
+                else:
+                    relative = object_path(study_uid, series_uid, sop)
+                    self.archive.place(Path(staged), relative)
+                    placed[sop] = (entry["pixel_digest"], entry["object_digest"])
+                    record.instance = InstanceRow(
+                        sop, series_uid, study_uid, relative, transfer_syntax, entry["outcome"], entry["reason"],
+                        entry["bytes_out"], entry["object_digest"], entry["pixel_digest"], entry["frames"],
+                        _dumps(meta),
+                    )
+                    record.frames = [FrameRow(*row) for row in frame_rows]
+                    record.study_json, record.series_json = _subset(meta, STUDY_TAGS), _subset(meta, SERIES_TAGS)
+            records.append(record)
+        self.archive.flush()  # objects durable before any row points at them
+        self.archive.index.record(records)
+        for record in records:
+            self.report.entries.append(record.ledger)
+            if self.progress:
+                self.progress(self.report, len(self.report.entries), total)
 
 
 def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
-
-
-_LEDGER = ("source_path", "source_size", "source_mtime_ns", "source_digest", "outcome", "reason", "detail",
-           "sop_uid", "bytes_in", "bytes_out", "pixel_digest", "object_digest", "frames", "seconds")
 
 
 def ingest(paths: Iterable[str | os.PathLike[str]], archive: Archive, **options: Any) -> IngestReport:

@@ -104,12 +104,29 @@ class InstanceRow:
     dicom_json: str
 
 
+LEDGER_COLUMNS = ("source_path", "source_size", "source_mtime_ns", "source_digest", "outcome", "reason", "detail",
+                  "sop_uid", "bytes_in", "bytes_out", "pixel_digest", "object_digest", "frames", "seconds")
+
+
 @dataclass(frozen=True, slots=True)
 class FrameRow:
     number: int
     offset: int
     length: int
     codestream: dict[str, Any]
+
+
+@dataclass
+class Record:
+    """What one source file adds to the index: always a ledger row; an
+    instance with its frames, or a conflict, when it placed an object."""
+
+    ledger: dict[str, Any]
+    instance: InstanceRow | None = None
+    frames: Sequence[FrameRow] = ()
+    study_json: str | None = None
+    series_json: str | None = None
+    conflict: tuple[str, str, str | None] | None = None
 
 
 class Index:
@@ -147,52 +164,42 @@ class Index:
         ).fetchone()
         return row is not None
 
-    def record(
-        self,
-        ledger: dict[str, Any],
-        *,
-        instance: InstanceRow | None = None,
-        frames: Sequence[FrameRow] = (),
-        study_json: str | None = None,
-        series_json: str | None = None,
-        conflict: tuple[str, str, str | None] | None = None,
-    ) -> None:
-        """Commit one source file's outcome, and what it added, atomically."""
+    def record(self, records: Sequence[Record]) -> None:
+        """Commit source files' outcomes, and what they added, in one transaction."""
         with self.db:  # BEGIN ... COMMIT, or ROLLBACK on error
             self.db.execute("BEGIN IMMEDIATE")
-            if instance is not None:
-                self.db.execute(
-                    "INSERT OR IGNORE INTO studies VALUES (?, ?)", (instance.study_uid, study_json or "{}")
-                )
-                self.db.execute(
-                    "INSERT OR IGNORE INTO series VALUES (?, ?, ?)",
-                    (instance.series_uid, instance.study_uid, series_json or "{}"),
-                )
-                self.db.execute(
-                    f"INSERT OR REPLACE INTO instances ({_COLUMNS}) VALUES ({', '.join('?' * 12)})",
-                    (
-                        instance.sop_uid, instance.series_uid, instance.study_uid, instance.path,
-                        instance.transfer_syntax, instance.outcome, instance.reason, instance.size,
-                        instance.object_digest, instance.pixel_digest, instance.frames, instance.dicom_json,
-                    ),
-                )
-                self.db.execute("DELETE FROM frames WHERE sop_uid = ?", (instance.sop_uid,))
-                self.db.executemany(
-                    "INSERT INTO frames VALUES (?, ?, ?, ?, ?)",
-                    [(instance.sop_uid, f.number, f.offset, f.length, json.dumps(f.codestream)) for f in frames],
-                )
-            if conflict is not None:
-                path, digest, pixel_digest = conflict
-                self.db.execute(
-                    "INSERT INTO conflicts (sop_uid, path, object_digest, pixel_digest, source_path, at) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
-                    (ledger["sop_uid"], path, digest, pixel_digest, ledger["source_path"], time.time()),
-                )
-            columns = list(ledger)
+            for record in records:
+                self._record(record)
+
+    def _record(self, record: Record) -> None:
+        instance, ledger = record.instance, record.ledger
+        if instance is not None:
+            self.db.execute("INSERT OR IGNORE INTO studies VALUES (?, ?)", (instance.study_uid, record.study_json or "{}"))
             self.db.execute(
-                f"INSERT INTO ledger ({', '.join(columns)}, at) VALUES ({', '.join('?' * (len(columns) + 1))})",
-                [*ledger.values(), time.time()],
+                "INSERT OR IGNORE INTO series VALUES (?, ?, ?)",
+                (instance.series_uid, instance.study_uid, record.series_json or "{}"),
             )
+            self.db.execute(
+                f"INSERT OR REPLACE INTO instances ({_COLUMNS}) VALUES ({', '.join('?' * 12)})",
+                tuple(getattr(instance, name) for name in InstanceRow.__slots__),
+            )
+            self.db.execute("DELETE FROM frames WHERE sop_uid = ?", (instance.sop_uid,))
+            self.db.executemany(
+                "INSERT INTO frames VALUES (?, ?, ?, ?, ?)",
+                [(instance.sop_uid, f.number, f.offset, f.length, json.dumps(f.codestream)) for f in record.frames],
+            )
+        if record.conflict is not None:
+            path, digest, pixel_digest = record.conflict
+            self.db.execute(
+                "INSERT INTO conflicts (sop_uid, path, object_digest, pixel_digest, source_path, at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (ledger["sop_uid"], path, digest, pixel_digest, ledger["source_path"], time.time()),
+            )
+        columns = [c for c in LEDGER_COLUMNS if c in ledger]
+        self.db.execute(
+            f"INSERT INTO ledger ({', '.join(columns)}, at) VALUES ({', '.join('?' * (len(columns) + 1))})",
+            [*(ledger[c] for c in columns), time.time()],
+        )
 
     def counts(self) -> dict[str, int]:
         return {

@@ -11,12 +11,21 @@ import fcntl
 import os
 import shutil
 from abc import ABC, abstractmethod
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
 
 from transcode.archive.index import Index
 from transcode.archive.layout import Layout
 from transcode.dicom.write import fsync_dir
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class ArchiveBusy(RuntimeError):
@@ -30,8 +39,14 @@ class Archive(ABC):
 
     @abstractmethod
     def place(self, staged: Path, relative: str) -> None:
-        """Make the finished file `staged` the object at `relative`, durably
-        and atomically (a reader sees the old object or the new, never part)."""
+        """Make the finished file `staged` the object at `relative`
+        atomically (a reader sees the old object or the new, never part).
+        Durable only after the next `flush`."""
+
+    @abstractmethod
+    def flush(self) -> None:
+        """Make every `place` so far durable. Index rows pointing at those
+        objects are committed only after this returns."""
 
     @abstractmethod
     def read(self, relative: str, start: int = 0, end: int | None = None) -> bytes:
@@ -82,17 +97,23 @@ class FolderArchive(Archive):
                 else:
                     leftover.unlink()
         self.index = Index(self.layout.index)
+        self._unsynced: list[Path] = []
+        self._syncer = ThreadPoolExecutor(max_workers=8, thread_name_prefix="fsync")
 
     def place(self, staged: Path, relative: str) -> None:
         target = self.layout.resolve(relative)
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(staged, os.O_RDONLY)
-        try:
-            os.fsync(fd)  # workers stage without fsync; durability starts here
-        finally:
-            os.close(fd)
         os.replace(staged, target)
-        fsync_dir(target.parent)
+        self._unsynced.append(target)
+
+    def flush(self) -> None:
+        """fsync the placed files (workers stage them without fsync) all at
+        once, so the file system can fold them into one journal commit, then
+        each of their folders once."""
+        files, self._unsynced = self._unsynced, []
+        list(self._syncer.map(_fsync_file, files))
+        for folder in {path.parent for path in files}:
+            fsync_dir(folder)
 
     def read(self, relative: str, start: int = 0, end: int | None = None) -> bytes:
         with open(self.layout.resolve(relative), "rb") as f:
@@ -110,6 +131,7 @@ class FolderArchive(Archive):
 
     def close(self) -> None:
         super().close()
+        self._syncer.shutdown()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
