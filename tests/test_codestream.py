@@ -35,7 +35,7 @@ def test_index_matches_the_codestream(shape: tuple[int, int], settings: EncodeSe
     assert index.tiles == (1 if settings.tile_for(shape[1], shape[0]) is None else 3 * 5)
     # Tile-parts tile the codestream exactly, each starting with SOT.
     assert index.tile_parts[0].offset == index.header_length
-    for a, b in zip(index.tile_parts, index.tile_parts[1:]):
+    for a, b in zip(index.tile_parts, index.tile_parts[1:], strict=False):
         assert a.end == b.offset
     assert all(data[tp.offset : tp.offset + 2] == b"\xff\x90" for tp in index.tile_parts)
     assert codestream.CodestreamIndex.from_dict(index.to_dict()) == index

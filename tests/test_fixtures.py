@@ -19,7 +19,13 @@ from pydicom.uid import (
 )
 
 from fixtures.generate import Spec, demo_study, write
-from tests.helpers import assert_only_allowed_changes, assert_pixels_equal, assert_profile_202, output_indexes, sha256
+from tests.helpers import (
+    assert_only_allowed_changes,
+    assert_pixels_equal,
+    assert_profile_202,
+    output_indexes,
+    sha256,
+)
 from transcode import Outcome, transcode_file
 from transcode.codecs.htj2k import EncodeSettings
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import PYDICOM_FILES, corpus_files, pydicom_files
+from tests.conftest import corpus_files, pydicom_files
 from tests.helpers import (
     assert_only_allowed_changes,
     assert_pixels_equal,

@@ -40,8 +40,8 @@ from transcode.archive.index import FrameRow, InstanceRow, Record
 from transcode.archive.layout import InvalidUID, check_uid, conflict_path, object_path
 from transcode.archive.store import Archive
 from transcode.codecs.htj2k import EncodeSettings
-from transcode.digest import file_digest
 from transcode.dicom.metadata import dicom_json
+from transcode.digest import file_digest
 from transcode.transcoder import OUTPUT_SYNTAX, transcode_file
 from transcode.verify import CrossCheck
 
@@ -150,7 +150,7 @@ def work(source: str, staging: str, settings: EncodeSettings, crosscheck: str, t
                 study_uid=check_uid(_value(meta, "0020000D"), "Study Instance UID"),
                 series_uid=check_uid(_value(meta, "0020000E"), "Series Instance UID"),
                 frame_rows=[(n, off, ln, ix.to_dict()) for n, ((off, ln), ix)
-                            in enumerate(zip(result.frame_spans, result.frame_index))],
+                            in enumerate(zip(result.frame_spans, result.frame_index, strict=True))],
             )
         except InvalidUID as exc:
             staged.unlink(missing_ok=True)

@@ -19,8 +19,8 @@ from pydicom.uid import (
     HTJ2KLosslessRPCL,
     ImplicitVRLittleEndian,
     JPEG2000Lossless,
-    JPEGLosslessSV1,
     JPEGLossless,
+    JPEGLosslessSV1,
     JPEGLSLossless,
     RLELossless,
 )

