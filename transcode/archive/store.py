@@ -17,15 +17,7 @@ from types import TracebackType
 
 from transcode.archive.index import Index
 from transcode.archive.layout import Layout
-from transcode.dicom.write import fsync_dir
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+from transcode.dicom.write import fsync_path
 
 
 class ArchiveBusy(RuntimeError):
@@ -111,9 +103,9 @@ class FolderArchive(Archive):
         once, so the file system can fold them into one journal commit, then
         each of their folders once."""
         files, self._unsynced = self._unsynced, []
-        list(self._syncer.map(_fsync_file, files))
+        list(self._syncer.map(fsync_path, files))
         for folder in {path.parent for path in files}:
-            fsync_dir(folder)
+            fsync_path(folder)
 
     def read(self, relative: str, start: int = 0, end: int | None = None) -> bytes:
         with open(self.layout.resolve(relative), "rb") as f:

@@ -115,8 +115,8 @@ def _new_file_meta(source: FileDataset, transfer_syntax: UID) -> FileMetaDataset
     return meta
 
 
-def fsync_dir(path: Path) -> None:
-    """Make a rename in `path` durable."""
+def fsync_path(path: Path) -> None:
+    """fsync a file, or a folder (which makes renames into it durable)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -252,7 +252,7 @@ class EncapsulatedWriter:
         digest = self.finish()
         os.replace(self._tmp, self.dst)
         if self._durable:
-            fsync_dir(self.dst.parent)
+            fsync_path(self.dst.parent)
         return digest
 
     def abort(self) -> None:
@@ -283,7 +283,7 @@ def copy_atomically(src: Path, dst: Path, *, durable: bool = True) -> str:
                 os.fsync(out.fileno())
         os.replace(tmp, dst)
         if durable:
-            fsync_dir(dst.parent)
+            fsync_path(dst.parent)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
