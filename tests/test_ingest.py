@@ -91,9 +91,12 @@ def test_ingest_outcomes_index_and_verify(tmp_path: Path) -> None:
                 assert digest.hexdigest() == row.pixel_digest
         assert verify_archive(archive) == []
 
-        # Running it again does no transcoding work.
+        # Running it again does no transcoding work; only failed files are tried again.
         again = ingest([tmp_path / "src"], archive, workers=2)
-        assert again.entries == [] and again.skipped == len(expected)
+        assert {Path(e["source_path"]).name: e["outcome"] for e in again.entries} == {
+            "notes.txt": "failed", "truncated.dcm": "failed"}
+        assert again.skipped == len(expected) - 2
+        assert archive.index.counts()["instances"] == 6
 
 
 def test_verify_finds_changed_missing_and_stray_files(tmp_path: Path) -> None:
@@ -124,6 +127,14 @@ def test_dicomdir_stands_for_the_files_it_lists(tmp_path: Path) -> None:
         report = ingest([tmp_path / "media" / "DICOMDIR"], archive, workers=2)
     assert len(report.entries) == len(listed)
     assert all(e["outcome"] in ("transcoded", "kept") for e in report.entries), report.counts()
+
+
+def test_an_archive_inside_the_source_folder_is_not_ingested(tmp_path: Path) -> None:
+    write(Spec("CT", 32, 32), tmp_path / "a.dcm")
+    for _ in range(2):
+        with FolderArchive(tmp_path / "archive", exclusive=True) as archive:
+            ingest([tmp_path], archive, workers=1)
+            assert archive.index.counts()["ledger"] == 1
 
 
 def test_cli_ingest_exit_codes_and_report(tmp_path: Path, capsys) -> None:

@@ -82,21 +82,24 @@ class IngestReport:
         return sum(e["bytes_in"] or 0 for e in chosen), sum(e["bytes_out"] or 0 for e in chosen)
 
 
-def discover(paths: Iterable[str | os.PathLike[str]]) -> Iterator[Path]:
-    """Every file under `paths`, once. Folders are walked without following
-    symlinked folders (no loops); a DICOMDIR stands for the files it lists."""
+def discover(paths: Iterable[str | os.PathLike[str]], exclude: Path | None = None) -> Iterator[Path]:
+    """Every file under `paths`, once, as an absolute path. Folders are walked
+    without following symlinked folders (no loops) and never into `exclude`
+    (the archive, should it lie inside a source folder); a DICOMDIR stands for
+    the files it lists."""
     seen: set[Path] = set()
+    skip = exclude.resolve() if exclude else None
 
     def once(path: Path) -> Iterator[Path]:
         key = path.absolute()
         if key not in seen:
             seen.add(key)
-            yield path
+            yield key
 
-    for top in map(Path, paths):
+    for top in (Path(p).absolute() for p in paths):
         if top.is_dir():
             for folder, dirs, files in os.walk(top):
-                dirs.sort()
+                dirs[:] = sorted(d for d in dirs if Path(folder, d).resolve() != skip)
                 for name in sorted(files):
                     path = Path(folder, name)
                     yield from _dicomdir(path, once) if name == "DICOMDIR" else once(path)
@@ -208,7 +211,7 @@ class Ingest:
         started = time.perf_counter()
         index = self.archive.index
         todo: list[str] = []
-        for path in discover(paths):
+        for path in discover(paths, exclude=self.archive.root):
             try:
                 stat = path.stat()
             except OSError:

@@ -157,9 +157,12 @@ class Index:
         return [FrameRow(n, o, ln, json.loads(cs)) for n, o, ln, cs in rows]
 
     def done(self, source: str, size: int, mtime_ns: int) -> bool:
-        """Has this very file (path, size, mtime) already reached an outcome?"""
+        """Has this very file (path, size, mtime) already been archived, kept
+        or found a duplicate? Failed files are tried again: the cause may
+        have been fixed (a full disk, a permission), and failing is cheap."""
         row = self.db.execute(
-            "SELECT 1 FROM ledger WHERE source_path = ? AND source_size = ? AND source_mtime_ns = ? LIMIT 1",
+            "SELECT 1 FROM ledger WHERE source_path = ? AND source_size = ? AND source_mtime_ns = ? "
+            "AND outcome != 'failed' LIMIT 1",
             (source, size, mtime_ns),
         ).fetchone()
         return row is not None

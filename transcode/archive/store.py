@@ -28,6 +28,8 @@ class Archive(ABC):
     """Stored objects by archive-relative path, plus the index."""
 
     index: Index
+    #: The local folder holding the archive, if it has one (never ingested from).
+    root: Path | None = None
 
     @abstractmethod
     def place(self, staged: Path, relative: str) -> None:
@@ -74,6 +76,7 @@ class FolderArchive(Archive):
 
     def __init__(self, root: str | os.PathLike[str], *, exclusive: bool = False) -> None:
         self.layout = Layout(Path(root))
+        self.root = self.layout.root
         self.layout.create()
         self._lock_fd: int | None = None
         if exclusive:
