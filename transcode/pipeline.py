@@ -148,7 +148,9 @@ def work(source: str, staging: str, settings: EncodeSettings, crosscheck: str, t
             else:
                 meta, tsyntax = result.metadata, str(OUTPUT_SYNTAX)
             entry.update(
-                staged=str(staged), dicom_json=meta, transfer_syntax=tsyntax,
+                # Serialised here, in parallel, not in the one coordinator.
+                staged=str(staged), transfer_syntax=tsyntax, dicom_json=_dumps(meta),
+                study_json=_dumps(_subset(meta, STUDY_TAGS)), series_json=_dumps(_subset(meta, SERIES_TAGS)),
                 sop_uid=check_uid(_value(meta, "00080018"), "SOP Instance UID"),
                 study_uid=check_uid(_value(meta, "0020000D"), "Study Instance UID"),
                 series_uid=check_uid(_value(meta, "0020000E"), "Series Instance UID"),
@@ -179,8 +181,8 @@ def _die_with_parent() -> None:
         os._exit(1)
 
 
-def _subset(full: dict[str, Any], tags: tuple[str, ...]) -> str:
-    return json.dumps({tag: full[tag] for tag in tags if tag in full})
+def _subset(full: dict[str, Any], tags: tuple[str, ...]) -> dict[str, Any]:
+    return {tag: full[tag] for tag in tags if tag in full}
 
 
 class Ingest:
@@ -256,6 +258,7 @@ class Ingest:
             record = Record(ledger=entry)
             staged = entry.pop("staged")
             meta = entry.pop("dicom_json", None)
+            study_json, series_json = entry.pop("study_json", None), entry.pop("series_json", None)
             frame_rows = entry.pop("frame_rows", [])
             study_uid, series_uid = entry.pop("study_uid", None), entry.pop("series_uid", None)
             transfer_syntax = entry.pop("transfer_syntax", None)
@@ -280,10 +283,10 @@ class Ingest:
                     record.instance = InstanceRow(
                         sop, series_uid, study_uid, relative, transfer_syntax, entry["outcome"], entry["reason"],
                         entry["bytes_out"], entry["object_digest"], entry["pixel_digest"], entry["frames"],
-                        _dumps(meta),
+                        meta,
                     )
                     record.frames = [FrameRow(*row) for row in frame_rows]
-                    record.study_json, record.series_json = _subset(meta, STUDY_TAGS), _subset(meta, SERIES_TAGS)
+                    record.study_json, record.series_json = study_json, series_json
             records.append(record)
         self.archive.flush()  # objects durable before any row points at them
         self.archive.index.record(records)

@@ -18,7 +18,11 @@ import ctypes
 import ctypes.util
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 _M_ARENA_MAX = -8
 _lock = threading.Lock()
@@ -42,8 +46,25 @@ def tune_allocator() -> None:
         pass
 
 
-def frame_pool(workers: int) -> ThreadPoolExecutor:
-    """The process's pool of `workers` threads for frame encoding and checks."""
+class InlineExecutor(Executor):
+    """Runs each task at once on the calling thread. With one thread per
+    instance (ingest workers sharing the cores out), a pool would only add
+    hand-offs and a second busy thread to a process meant to use one core."""
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        future: Future[T] = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as exc:  # delivered through the future, as a pool would
+            future.set_exception(exc)
+        return future
+
+
+def frame_pool(workers: int) -> Executor:
+    """The process's executor for frame encoding and checks: `workers`
+    threads, or the calling thread alone when `workers` is 1."""
+    if workers <= 1:
+        return InlineExecutor()
     with _lock:
         pool = _pools.get(workers)
         if pool is None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import time
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -176,7 +176,7 @@ def _transcode_frames(
     result: TranscodeResult,
     settings: EncodeSettings,
     crosscheck: CrossCheck,
-    pool: ThreadPoolExecutor,
+    pool: Executor,
     window: int,
     *,
     durable: bool,
