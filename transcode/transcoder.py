@@ -208,6 +208,7 @@ def _transcode_frames(
         changes=changes,
         preamble=instance.dataset.preamble,
         durable=durable,
+        raw=instance.raw,
     ) as writer:
 
         def drain(limit: int) -> None:

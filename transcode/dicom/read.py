@@ -98,6 +98,9 @@ class Instance:
         self._file: IO[bytes] = open(path, "rb")
         try:
             self.dataset = self._read()
+            #: The elements as parsed, before any access converts them: the
+            #: writer copies these bytes (see dicom/write.py).
+            self.raw = {tag: self.dataset.get_item(tag, keep_deferred=True) for tag in self.dataset.keys()}
             self.spec = self._pixel_spec()
         except BaseException:
             self._file.close()

@@ -16,11 +16,10 @@ and renamed: a half-written output never carries the final name.
 
 from __future__ import annotations
 
-import copy
 import os
 import struct
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from io import BytesIO
 from pathlib import Path
 from types import TracebackType
@@ -61,17 +60,22 @@ def _copies_raw(source: FileDataset) -> bool:
 
 
 def _encode_elements(
-    source: Dataset, keep: Callable[[BaseTag], bool], changes: dict[str, Any], raw_is_explicit_le: bool
+    source: Dataset,
+    raw: Mapping[BaseTag, Any],
+    keep: Callable[[BaseTag], bool],
+    changes: dict[str, Any],
+    raw_is_explicit_le: bool,
 ) -> bytes:
     """Explicit VR Little Endian bytes of the source's elements for which
     `keep(tag)`, with `changes` (keyword -> value) as new elements; retired
     group lengths are left out.
 
-    Raw elements read from an Explicit VR Little Endian source are copied
-    byte for byte: no decoding and re-encoding, so they are exactly the
-    source's bytes, and ten times faster than pydicom's writer. Sequences,
-    changed elements and elements from other encodings go through pydicom,
-    converted by the source data set, which knows their encoding.
+    Raw elements read from an Explicit VR Little Endian source (`raw`, as
+    parsed, before anything converted them) are copied byte for byte: no
+    decoding and re-encoding, so they are exactly the source's bytes, and ten
+    times faster than pydicom's writer. Sequences, changed elements and
+    elements from other encodings go through pydicom, converted by the source
+    data set, which knows their encoding.
     """
     new = {Tag(tag_for_keyword(k)): DataElement(tag_for_keyword(k), dictionary_VR(k), v) for k, v in changes.items()}
     tags = sorted({t for t in source.keys() if keep(t) and t.element != 0} | {t for t in new if keep(t)})
@@ -80,7 +84,9 @@ def _encode_elements(
     fp.is_little_endian, fp.is_implicit_VR = True, False
     encodings = source._character_set
     for tag in tags:
-        elem = new.get(tag) or source.get_item(tag)
+        elem = new.get(tag) or raw.get(tag)
+        if elem is None or (isinstance(elem, RawDataElement) and elem.value is None):  # deferred
+            elem = source.get_item(tag)
         if (raw_is_explicit_le and isinstance(elem, RawDataElement) and elem.value is not None
                 and elem.VR and elem.VR != "SQ" and elem.length != 0xFFFFFFFF):
             value, vr = elem.value, elem.VR.encode()
@@ -102,7 +108,9 @@ def _new_file_meta(source: FileDataset, transfer_syntax: UID) -> FileMetaDataset
     implementation fields. Media Storage SOP Class/Instance UIDs missing from
     the source's meta are taken from the data set, where Part 10 says they
     come from."""
-    meta = copy.deepcopy(source.file_meta)  # its elements are the source's: never change those
+    meta = FileMetaDataset()
+    for elem in source.file_meta:  # new elements: the source's must keep describing the source
+        meta.add(DataElement(elem.tag, elem.VR, elem.value))
     for meta_keyword, keyword in (
         ("MediaStorageSOPClassUID", "SOPClassUID"),
         ("MediaStorageSOPInstanceUID", "SOPInstanceUID"),
@@ -142,6 +150,7 @@ class EncapsulatedWriter:
         changes: dict[str, Any],
         preamble: bytes | None,
         durable: bool = True,
+        raw: Mapping[BaseTag, Any] | None = None,
     ) -> None:
         self.dst = dst
         self._durable = durable
@@ -151,6 +160,7 @@ class EncapsulatedWriter:
         #: (file offset, length) of each frame's codestream, for the archive index
         self.frame_spans: list[tuple[int, int]] = []
         self._head = (source, transfer_syntax, changes, preamble)
+        self._raw = raw if raw is not None else {}
         self._file: IO[bytes] | None = None
         self._digest: str | None = None
 
@@ -194,7 +204,7 @@ class EncapsulatedWriter:
         # The source's own elements, plus new ones for the changes: the
         # source data set must keep describing the source.
         in_header = lambda tag: tag < PIXEL_DATA and tag not in ENCAPSULATION_TAGS  # noqa: E731
-        self._write(_encode_elements(source, in_header, changes, _copies_raw(source)))
+        self._write(_encode_elements(source, self._raw, in_header, changes, _copies_raw(source)))
         self._eot_at: int | None = None
         if self._frames_expected > 1:
             size = 8 * self._frames_expected
@@ -231,7 +241,8 @@ class EncapsulatedWriter:
             raise RuntimeError(f"{len(self._offsets)} frames written, {self._frames_expected} expected")
         self.begin()
         self._write(_SEQUENCE_DELIMITER)
-        self._write(_encode_elements(self._source, lambda tag: tag > PIXEL_DATA, {}, _copies_raw(self._source)))
+        trailing = _encode_elements(self._source, self._raw, lambda tag: tag > PIXEL_DATA, {}, _copies_raw(self._source))
+        self._write(trailing)
         f = self._file
         assert f is not None
         if self._eot_at is not None:
