@@ -223,6 +223,8 @@ class Ingest:
                 self.report.skipped += 1
             else:
                 todo.append(str(path))
+        if self.progress:
+            self.progress(self.report, 0, len(todo))  # show the bar before the first file ends
         run_staging = self.archive.staging() / f"run-{uuid.uuid4().hex}"
         run_staging.mkdir()
         staging = str(run_staging)

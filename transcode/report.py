@@ -37,7 +37,7 @@ class Progress:
             self.bar.update(done - self.bar.n)
             return
         now = time.monotonic()
-        if now - self.last >= self.every or done == total:
+        if done and (now - self.last >= self.every or done == total):
             self.last = now
             left = (now - self.started) / done * (total - done) if done else 0.0
             print(f"ingest: {done}/{total} files, {frames} frames, {mb:.1f} MB, {rate:.1f} MB/s, "
