@@ -190,3 +190,26 @@ def test_hostile_input_never_writes_outside_the_archive(tmp_path: Path) -> None:
     written = {p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file() and "src" not in p.parts}
     assert all(p.parts[0] == "archive" for p in written)
     assert not any(p.parts[1] == "objects" for p in written)
+
+
+def crash_on_poison(source: str, *args: object) -> dict:
+    """A worker that dies like a segfaulting codec on files named poison*."""
+    if Path(source).name.startswith("poison"):
+        os._exit(139)
+    from transcode.pipeline import work
+
+    return work(source, *args)
+
+
+def test_a_worker_crash_fails_that_file_only(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    for n in range(6):
+        write(Spec("CT", 48, 48, seed=n), src / f"{n}.dcm")
+    write(Spec("CT", 48, 48, seed=9), src / "poison.dcm")
+    with FolderArchive(tmp_path / "archive", exclusive=True) as archive:
+        report = ingest([src], archive, workers=2, worker=crash_on_poison)
+        outcomes = {Path(e["source_path"]).name: (e["outcome"], e["reason"]) for e in report.entries}
+        assert outcomes.pop("poison.dcm") == ("failed", "worker_crashed")
+        assert set(outcomes.values()) == {("transcoded", None)} and len(outcomes) == 6
+        assert verify_archive(archive) == []

@@ -27,6 +27,7 @@ import uuid
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -199,6 +200,7 @@ class Ingest:
         settings: EncodeSettings | None = None,
         crosscheck: CrossCheck | str = CrossCheck.FIRST,
         progress: Callable[[IngestReport, int, int], None] | None = None,
+        worker: Callable[..., dict[str, Any]] | None = None,
     ) -> None:
         cores = os.cpu_count() or 1
         self.archive = archive
@@ -207,6 +209,9 @@ class Ingest:
         self.settings = settings or EncodeSettings()
         self.crosscheck = CrossCheck(crosscheck).value
         self.progress = progress
+        #: The function run per file in a worker process (`work`); replaceable
+        #: by any importable function with its signature.
+        self.worker = worker or work
         self.report = IngestReport()
 
     def run(self, paths: Iterable[str | os.PathLike[str]]) -> IngestReport:
@@ -227,29 +232,58 @@ class Ingest:
             self.progress(self.report, 0, len(todo))  # show the bar before the first file ends
         run_staging = self.archive.staging() / f"run-{uuid.uuid4().hex}"
         run_staging.mkdir()
-        staging = str(run_staging)
-        context = multiprocessing.get_context("spawn")  # no fork of the SQLite connection or threads
-        with ProcessPoolExecutor(max_workers=self.workers, mp_context=context, initializer=_die_with_parent) as pool:
-            # Settled in discovery order, so that which of two copies of a SOP
-            # Instance UID is "the" instance does not depend on timing; and in
-            # batches of whatever has finished, so that one directory fsync
-            # and one transaction serve many files.
-            pending: deque[Future[dict[str, Any]]] = deque()
-            sources = iter(todo)
+        self._staging = str(run_staging)
+        # Settled in discovery order, so that which of two copies of a SOP
+        # Instance UID is "the" instance does not depend on timing; and in
+        # batches of whatever has finished, so that one directory fsync and
+        # one transaction serve many files.
+        pool = self._pool(self.workers)
+        pending: deque[tuple[str, Future[dict[str, Any]]]] = deque()
+        sources = iter(todo)
+        try:
             while True:
                 for source in sources:
-                    pending.append(pool.submit(work, source, staging, self.settings, self.crosscheck, self.threads))
+                    pending.append((source, self._submit(pool, source)))
                     if len(pending) >= 4 * self.workers:  # bounded: discovery outruns the workers
                         break
                 if not pending:
                     break
-                batch = [pending.popleft().result()]
-                while pending and pending[0].done() and len(batch) < 4 * self.workers:
-                    batch.append(pending.popleft().result())
+                batch: list[dict[str, Any]] = []
+                try:
+                    while pending and (not batch or pending[0][1].done()) and len(batch) < 4 * self.workers:
+                        batch.append(pending[0][1].result())
+                        pending.popleft()
+                except BrokenProcessPool:
+                    # A worker died (a codec crashing on a malformed file, the
+                    # OOM killer): retry what was in flight one file per pool,
+                    # so only the file that kills its worker fails.
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    batch += [self._isolated(source) for source, _ in pending]
+                    pending.clear()
+                    pool = self._pool(self.workers)
                 self._settle(batch, len(todo))
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
         shutil.rmtree(run_staging, ignore_errors=True)
         self.report.seconds = time.perf_counter() - started
         return self.report
+
+    def _pool(self, workers: int) -> ProcessPoolExecutor:
+        context = multiprocessing.get_context("spawn")  # no fork of the SQLite connection or threads
+        return ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_die_with_parent)
+
+    def _submit(self, pool: ProcessPoolExecutor, source: str) -> Future[dict[str, Any]]:
+        return pool.submit(self.worker, source, self._staging, self.settings, self.crosscheck, self.threads)
+
+    def _isolated(self, source: str) -> dict[str, Any]:
+        """Run one file in a pool of its own; a crash fails that file alone."""
+        with self._pool(1) as pool:
+            try:
+                return self._submit(pool, source).result()
+            except BrokenProcessPool:
+                return {"source_path": source, "source_size": 0, "source_mtime_ns": 0, "staged": None,
+                        "outcome": IngestOutcome.FAILED.value, "reason": "worker_crashed",
+                        "detail": "the worker process died on this file (a decoder crash or out of memory)"}
 
     def _settle(self, batch: list[dict[str, Any]], total: int) -> None:
         """Decide the outcome of finished files, place their objects, make
