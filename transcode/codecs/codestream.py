@@ -13,7 +13,7 @@ Marker layouts follow ITU-T T.800 (ISO/IEC 15444-1) Annex A.
 from __future__ import annotations
 
 import struct
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 SOC = 0xFF4F
@@ -127,7 +127,7 @@ class CodestreamIndex:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready form, for the archive index."""
-        d = asdict(self)
+        d = {name: getattr(self, name) for name in self.__slots__ if name != "tile_parts"}
         d["tile_parts"] = [[tp.tile, tp.part, tp.offset, tp.length] for tp in self.tile_parts]
         return d
 

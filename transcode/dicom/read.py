@@ -143,7 +143,7 @@ class Instance:
                 raise fail(Reason.BAD_PIXEL_DATA, "Image Pixel module without Pixel Data: a truncated file?")
             return None
         try:
-            opts = as_pixel_options(ds)
+            opts = self._options = as_pixel_options(ds)
             spec = PixelSpec(
                 transfer_syntax=self.transfer_syntax,
                 rows=int(opts["rows"]),
@@ -222,7 +222,7 @@ class Instance:
         tsyntax = spec.transfer_syntax
         if tsyntax.is_encapsulated:
             self._check_items()
-        opts = as_pixel_options(self.dataset)
+        opts = dict(self._options)
         # An inflated deflated data set holds native little endian pixels.
         deflated = tsyntax == DeflatedExplicitVRLittleEndian
         opts["transfer_syntax_uid"] = ExplicitVRLittleEndian if deflated else tsyntax
