@@ -39,7 +39,8 @@ from transcode.digest import Digest, file_digest
 PIXEL_DATA = 0x7FE00010
 #: Encapsulation elements we (re)write; the source's copies are dropped.
 ENCAPSULATION_TAGS = frozenset({0x7FE00001, 0x7FE00002, 0x7FE00003, PIXEL_DATA})
-IMPLEMENTATION_CLASS_UID = "1.2.826.0.1.3680043.8.498.1.7"
+#: A UUID-derived UID (PS3.5 B.2): we have no organisation root of our own.
+IMPLEMENTATION_CLASS_UID = "2.25.66366106974202226047267457464850165023"
 IMPLEMENTATION_VERSION_NAME = f"TRANSCODE_{__version__}"[:16]
 
 _ITEM = struct.Struct("<HHI")
