@@ -93,11 +93,14 @@ class FolderArchive(Archive):
                     leftover.unlink()
         self.index = Index(self.layout.index)
         self._unsynced: list[Path] = []
+        self._folders: set[Path] = set()
         self._syncer = ThreadPoolExecutor(max_workers=8, thread_name_prefix="fsync")
 
     def place(self, staged: Path, relative: str) -> None:
         target = self.layout.resolve(relative)
-        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.parent not in self._folders:  # one mkdir walk per series, not per object
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self._folders.add(target.parent)
         os.replace(staged, target)
         self._unsynced.append(target)
 
