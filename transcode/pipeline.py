@@ -273,7 +273,14 @@ class Ingest:
         return ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_die_with_parent)
 
     def _submit(self, pool: ProcessPoolExecutor, source: str) -> Future[dict[str, Any]]:
-        return pool.submit(self.worker, source, self._staging, self.settings, self.crosscheck, self.threads)
+        """Submit one file; a pool found broken answers through the future,
+        like the files already in flight, so one handler deals with both."""
+        try:
+            return pool.submit(self.worker, source, self._staging, self.settings, self.crosscheck, self.threads)
+        except BrokenProcessPool as exc:
+            future: Future[dict[str, Any]] = Future()
+            future.set_exception(exc)
+            return future
 
     def _isolated(self, source: str) -> dict[str, Any]:
         """Run one file in a pool of its own; a crash fails that file alone."""
