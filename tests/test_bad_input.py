@@ -11,7 +11,7 @@ import pytest
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless
 
 from fixtures.generate import Spec, write
-from tests.helpers import sha256
+from tests.helpers import assert_pixels_equal, sha256
 from transcode import Outcome, transcode_file
 
 FAILED_OR_KEPT = {Outcome.FAILED, Outcome.KEPT}
@@ -119,3 +119,26 @@ def test_missing_destination_folder_fails_cleanly(tmp_path: Path) -> None:
     src = write(Spec(), tmp_path / "src.dcm")
     result = transcode_file(src, tmp_path / "nowhere" / "out.dcm")
     assert (result.outcome, result.reason) == (Outcome.FAILED, "write_error")
+
+
+def test_a_mismatch_seen_only_under_threads_is_proved_again_on_one_thread(tmp_path: Path, monkeypatch, caplog) -> None:
+    """A codec that misbehaves only beside other threads (seen, rarely, here):
+    the instance is proved again serially instead of being kept."""
+    import threading
+
+    from transcode.codecs import htj2k
+
+    real_encode = htj2k.encode
+
+    def flaky_encode(frame, **kwargs):
+        if threading.current_thread() is not threading.main_thread():
+            frame = frame.copy()
+            frame.reshape(-1)[0] ^= 1
+        return real_encode(frame, **kwargs)
+
+    monkeypatch.setattr(htj2k, "encode", flaky_encode)
+    src = write(Spec("CT", 64, 64, 3, 16, 12), tmp_path / "src.dcm")
+    result = transcode_file(src, tmp_path / "out.dcm", workers=2)
+    assert result.outcome is Outcome.TRANSCODED
+    assert "retrying on one thread" in caplog.text
+    assert_pixels_equal(src, tmp_path / "out.dcm")

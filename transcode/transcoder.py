@@ -10,11 +10,13 @@ count, never instance size. Nothing is published before every check passed.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections import deque
 from concurrent.futures import Executor, Future
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,7 @@ from transcode.policy import LOSSLESS_SOURCES, Outcome, Reason, Stop, fail, keep
 from transcode.runtime import frame_pool
 from transcode.verify import CrossCheck, crosscheck_frame, verify_frame
 
+LOG = logging.getLogger("transcode")
 OUTPUT_SYNTAX = UID(HTJ2KLosslessRPCL)
 _SUBSAMPLED = ("YBR_FULL_422", "YBR_PARTIAL_422", "YBR_PARTIAL_420")
 _COLOUR_TRANSFORM = ("RGB", "YBR_RCT")  # decoded as RGB; stored as YBR_RCT
@@ -255,6 +258,26 @@ def _transcode_frames(
     result.pixel_digest = digest.hexdigest()
 
 
+#: Reasons that may come from a codec misbehaving under concurrency.
+_CODEC_DOUBTS = frozenset({Reason.VERIFY_MISMATCH, Reason.ENCODER_ERROR, Reason.INDEPENDENT_DECODER_MISMATCH})
+
+
+def _attempt(
+    src: Path, dst: Path, result: TranscodeResult, settings: EncodeSettings, crosscheck: CrossCheck,
+    durable: bool, metadata: bool, workers: int,
+) -> None:
+    """One pass over the instance with `workers` threads; raises Stop."""
+    result.frame_index, result.frame_spans = [], []
+    with open_instance(src) as instance:
+        result.transfer_syntax = str(instance.transfer_syntax)
+        _check_identity(instance)
+        _check_policy(instance.spec)
+        _transcode_frames(
+            instance, dst, result, settings, crosscheck, frame_pool(workers), _window(instance.spec, workers),
+            durable=durable, metadata=metadata,
+        )
+
+
 def transcode_file(
     src: str | os.PathLike[str],
     dst: str | os.PathLike[str],
@@ -289,15 +312,17 @@ def transcode_file(
             raise fail(Reason.WRITE_ERROR, "destination is the source file: the source is never modified")
         if not dst_path.parent.is_dir():
             raise fail(Reason.WRITE_ERROR, f"destination folder {dst_path.parent} does not exist")
-        with open_instance(src_path) as instance:
-            result.transfer_syntax = str(instance.transfer_syntax)
-            _check_identity(instance)
-            _check_policy(instance.spec)
-            window = _window(instance.spec, workers)
-            _transcode_frames(
-                instance, dst_path, result, settings, crosscheck, frame_pool(workers), window,
-                durable=durable, metadata=metadata,
-            )
+        attempt = partial(_attempt, src_path, dst_path, result, settings, crosscheck, durable, metadata)
+        try:
+            attempt(workers)
+        except Stop as stop:
+            if stop.reason not in _CODEC_DOUBTS or workers == 1:
+                raise
+            # Seen here, rarely: a codec call failing or returning other pixels
+            # while other threads ran codecs too. Prove it again on one thread;
+            # a real codec problem fails the same way and keeps the instance.
+            LOG.warning("%s: %s with %d threads; retrying on one thread", src_path, stop.detail, workers)
+            attempt(1)
         result.outcome = Outcome.TRANSCODED
         result.destination = str(dst_path)
         result.bytes_out = dst_path.stat().st_size

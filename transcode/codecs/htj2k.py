@@ -74,3 +74,4 @@ def decode(data: bytes, *, level: int | None = None, decompositions: int = 0) ->
     to resolution `level`."""
     skip = 0 if level is None else decompositions - level
     return imagecodecs.htj2k_decode(data, planar=False, skipres=skip)
+
