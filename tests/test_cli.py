@@ -63,6 +63,6 @@ def test_info_prints_the_resolution_map(tmp_path: Path, capsys) -> None:
     assert "    0       25 x 38" in out and "100.0%" in out  # 200 x 300 after 3 decompositions
 
 
-def test_console_script_is_installed() -> None:
+def test_module_entry_point_prints_help() -> None:
     done = subprocess.run([sys.executable, "-m", "transcode.cli", "--help"], capture_output=True, text=True)
     assert done.returncode == 0 and "convert" in done.stdout

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pydicom
 import pytest
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
@@ -72,8 +73,6 @@ def test_large_multiframe_is_tiled_resolution_major_with_extended_offsets(tmp_pa
     assert len(indexes) == 3 and all(ix.tiles == 9 for ix in indexes)
     for ix in indexes:
         assert_profile_202(ix)
-    import pydicom
-
     ds = pydicom.dcmread(out)
     offsets = ds.ExtendedOffsetTable
     lengths = ds.ExtendedOffsetTableLengths

@@ -43,6 +43,7 @@ from transcode.archive.store import Archive
 from transcode.codecs.htj2k import EncodeSettings
 from transcode.dicom.metadata import dicom_json
 from transcode.digest import file_digest
+from transcode.policy import Reason
 from transcode.transcoder import OUTPUT_SYNTAX, transcode_file
 from transcode.verify import CrossCheck
 
@@ -131,7 +132,7 @@ def work(source: str, staging: str, settings: EncodeSettings, crosscheck: str, t
         stat = path.stat()
         entry.update(source_size=stat.st_size, source_mtime_ns=stat.st_mtime_ns, source_digest=file_digest(path))
     except OSError as exc:
-        return {**entry, "outcome": "failed", "reason": "unreadable", "detail": f"{exc.strerror or exc}"}
+        return {**entry, "outcome": "failed", "reason": Reason.UNREADABLE.value, "detail": f"{exc.strerror or exc}"}
     staged = Path(staging, f"{uuid.uuid4().hex}.dcm")
     # Not durable here: the coordinator fsyncs when it places the object.
     result = transcode_file(path, staged, settings=settings, crosscheck=crosscheck, workers=threads,
@@ -160,7 +161,7 @@ def work(source: str, staging: str, settings: EncodeSettings, crosscheck: str, t
             )
         except InvalidUID as exc:
             staged.unlink(missing_ok=True)
-            entry.update(outcome="failed", reason="invalid_uid", detail=str(exc), staged=None)
+            entry.update(outcome="failed", reason=Reason.INVALID_UID.value, detail=str(exc), staged=None)
     entry["seconds"] = time.perf_counter() - started
     return entry
 
@@ -289,7 +290,7 @@ class Ingest:
                 return self._submit(pool, source).result()
             except BrokenProcessPool:
                 return {"source_path": source, "source_size": 0, "source_mtime_ns": 0, "staged": None,
-                        "outcome": IngestOutcome.FAILED.value, "reason": "worker_crashed",
+                        "outcome": IngestOutcome.FAILED.value, "reason": Reason.WORKER_CRASHED.value,
                         "detail": "the worker process died on this file (a decoder crash or out of memory)"}
 
     def _settle(self, batch: list[dict[str, Any]], total: int) -> None:
@@ -316,7 +317,7 @@ class Ingest:
                 elif known:
                     relative = conflict_path(sop, entry["object_digest"])
                     self.archive.place(Path(staged), relative)
-                    entry.update(outcome=IngestOutcome.CONFLICT.value, reason="conflict",
+                    entry.update(outcome=IngestOutcome.CONFLICT.value, reason=Reason.CONFLICT.value,
                                  detail=f"SOP Instance UID already archived with other content; kept at {relative}")
                     record.conflict = (relative, entry["object_digest"], entry["pixel_digest"])
                 else:

@@ -56,6 +56,10 @@ class Reason(StrEnum):
     DECODE_ERROR = "decode_error"
     WRITE_ERROR = "write_error"
     INTERNAL_ERROR = "internal_error"
+    # ingest only: what became of a file in the archive
+    INVALID_UID = "invalid_uid"
+    WORKER_CRASHED = "worker_crashed"
+    CONFLICT = "conflict"
 
 
 class Stop(Exception):

@@ -55,12 +55,13 @@ def warm_up_codecs() -> None:
     """Encode and decode once with OpenJPH and OpenJPEG, gray and colour,
     tiled, on the calling thread, before any pool thread starts.
 
-    Measured here: in 1 of 40 fresh processes whose first OpenJPH and
-    OpenJPEG calls ran on three threads at once, a decode failed or returned
-    other pixels ("ojph error" swallowed inside imagecodecs), and
-    verification then kept a valid instance as is. With this first use done
-    on one thread, 0 of 60. The libraries set up process-wide state (kernel
-    selection) on first use; this does it once, in about a millisecond.
+    Seen here, rarely: with OpenJPH and OpenJPEG running on three threads at
+    once, a decode failed or returned other pixels ("ojph error" swallowed
+    inside imagecodecs) in 2 of 135 fresh stress processes; verification
+    caught it. With this first use done on one thread, 0 of 140: weak
+    evidence that first use (process-wide kernel selection) is the cause,
+    which is why `transcode_file` also proves a failed instance again on
+    one thread. About a millisecond, once per process.
     """
     settings = htj2k.EncodeSettings(tile_threshold=32, tile_size=32)
     gray = np.arange(64 * 48, dtype=np.uint16).reshape(64, 48)

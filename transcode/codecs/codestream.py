@@ -116,11 +116,6 @@ class CodestreamIndex:
             return self.length
         return self.tile_parts[(level + 1) * self.tiles - 1].end
 
-    def level_tile_parts(self, level: int) -> tuple[TilePart, ...]:
-        """The tile-parts (one per tile) that carry resolution `level`."""
-        self._check_level(level)
-        return tuple(tp for tp in self.tile_parts if tp.part == level)
-
     def _check_level(self, level: int) -> None:
         if not 0 <= level <= self.decompositions:
             raise ValueError(f"resolution level {level} outside 0..{self.decompositions}")

@@ -17,7 +17,7 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 import numpy as np
 import pydicom
@@ -55,25 +55,12 @@ class PixelSpec:
     bits_stored: int
     pixel_representation: int
     photometric: str
-    planar_configuration: int
     number_of_frames: int
-
-    @property
-    def frame_shape(self) -> tuple[int, ...]:
-        if self.samples_per_pixel == 1:
-            return (self.rows, self.columns)
-        return (self.rows, self.columns, self.samples_per_pixel)
 
     @property
     def frame_bytes(self) -> int:
         """Size of one decoded frame in memory (container words)."""
         return self.rows * self.columns * self.samples_per_pixel * max(1, self.bits_allocated // 8)
-
-    @property
-    def dtype(self) -> np.dtype[Any]:
-        """Container type of one stored sample."""
-        kind = "i" if self.pixel_representation else "u"
-        return np.dtype(f"{kind}{max(1, self.bits_allocated // 8)}")
 
 
 def _sniff(head: bytes) -> None:
@@ -153,7 +140,6 @@ class Instance:
                 bits_stored=int(opts.get("bits_stored", opts["bits_allocated"])),
                 pixel_representation=int(opts.get("pixel_representation", 0)),
                 photometric=str(opts.get("photometric_interpretation", "")).strip(),
-                planar_configuration=int(opts.get("planar_configuration", 0) or 0),
                 number_of_frames=int(opts["number_of_frames"]),
             )
         except (KeyError, ValueError, TypeError) as exc:
@@ -168,7 +154,7 @@ class Instance:
     def _check_native_length(self, spec: PixelSpec) -> None:
         """Native Pixel Data must fit in the file: a header that claims more
         (say 4 GB) is refused before anything is allocated for it."""
-        element = self.dataset.get_item(PIXEL_DATA, keep_deferred=True)
+        element = self.raw.get(PIXEL_DATA)
         tsyntax = spec.transfer_syntax
         if not tsyntax.is_transfer_syntax or tsyntax.is_encapsulated or not isinstance(element, RawDataElement):
             return
@@ -181,7 +167,7 @@ class Instance:
     def _pixel_source(self) -> IO[bytes] | bytes:
         """The Pixel Data value: the file positioned at it when it is still
         on disk, else the bytes (small values and deflated data sets)."""
-        element = self.dataset.get_item(PIXEL_DATA, keep_deferred=True)
+        element = self.raw.get(PIXEL_DATA)
         if isinstance(element, RawDataElement) and element.value is None:
             self._file.seek(element.value_tell)
             return self._file
@@ -227,7 +213,7 @@ class Instance:
         deflated = tsyntax == DeflatedExplicitVRLittleEndian
         opts["transfer_syntax_uid"] = ExplicitVRLittleEndian if deflated else tsyntax
         opts["pixel_keyword"] = "PixelData"
-        element = self.dataset.get_item(PIXEL_DATA, keep_deferred=True)
+        element = self.raw.get(PIXEL_DATA)
         if not tsyntax.is_implicit_VR and element is not None and element.VR:
             opts["pixel_vr"] = element.VR
         frames = get_decoder(tsyntax).iter_array(

@@ -154,16 +154,24 @@ class EncapsulatedWriter:
         raw: Mapping[BaseTag, Any] | None = None,
     ) -> None:
         self.dst = dst
+        self._source = source
+        self._raw = raw or {}
+        self._raw_is_explicit_le = _copies_raw(source)
+        self._transfer_syntax = transfer_syntax
+        self._changes = changes
+        self._preamble = preamble
         self._durable = durable
         self._frames_expected = frames
         self._offsets: list[int] = []
         self._lengths: list[int] = []
         #: (file offset, length) of each frame's codestream, for the archive index
         self.frame_spans: list[tuple[int, int]] = []
-        self._head = (source, transfer_syntax, changes, preamble)
-        self._raw = raw if raw is not None else {}
+        self._eot_at: int | None = None
         self._file: IO[bytes] | None = None
         self._digest: str | None = None
+        # With several frames the offset table is filled in at the end, so the
+        # digest must be taken from the finished file instead.
+        self._hash = Digest() if frames == 1 else None
 
     def begin(self) -> None:
         """Create the temporary file and write everything before the first
@@ -171,15 +179,10 @@ class EncapsulatedWriter:
         has a moment to spare (while the first frame is encoding)."""
         if self._file is not None:
             return
-        source = self._head[0]
-        self._source = source
         fd, tmp = tempfile.mkstemp(dir=self.dst.parent, prefix=f".{self.dst.name}.", suffix=".partial")
         self._tmp = Path(tmp)
         self._file = os.fdopen(fd, "wb")
-        # With several frames the offset table is filled in at the end, so the
-        # digest must be taken from the finished file instead.
-        self._hash = Digest() if self._frames_expected == 1 else None
-        self._write_head(*self._head)
+        self._write_head()
 
     def _write(self, data: bytes | memoryview) -> None:
         assert self._file is not None
@@ -197,16 +200,18 @@ class EncapsulatedWriter:
         write(fp)
         return buffer.getvalue()
 
-    def _write_head(self, source: FileDataset, tsyntax: UID, changes: dict[str, Any], preamble: bytes | None) -> None:
+    def _elements(self, keep: Callable[[BaseTag], bool], changes: dict[str, Any]) -> bytes:
+        return _encode_elements(self._source, self._raw, keep, changes, self._raw_is_explicit_le)
+
+    def _write_head(self) -> None:
+        preamble = self._preamble
         self._write(preamble if preamble and len(preamble) == 128 else bytes(128))
         self._write(b"DICM")
-        meta = _new_file_meta(source, tsyntax)
+        meta = _new_file_meta(self._source, self._transfer_syntax)
         self._write(self._encoded(lambda fp: write_file_meta_info(fp, meta, enforce_standard=True)))
         # The source's own elements, plus new ones for the changes: the
         # source data set must keep describing the source.
-        in_header = lambda tag: tag < PIXEL_DATA and tag not in ENCAPSULATION_TAGS  # noqa: E731
-        self._write(_encode_elements(source, self._raw, in_header, changes, _copies_raw(source)))
-        self._eot_at: int | None = None
+        self._write(self._elements(lambda tag: tag < PIXEL_DATA and tag not in ENCAPSULATION_TAGS, self._changes))
         if self._frames_expected > 1:
             size = 8 * self._frames_expected
             self._eot_at = self._file.tell()  # type: ignore[union-attr]
@@ -240,10 +245,8 @@ class EncapsulatedWriter:
             return self._digest
         if len(self._offsets) != self._frames_expected:
             raise RuntimeError(f"{len(self._offsets)} frames written, {self._frames_expected} expected")
-        self.begin()
         self._write(_SEQUENCE_DELIMITER)
-        trailing = _encode_elements(self._source, self._raw, lambda tag: tag > PIXEL_DATA, {}, _copies_raw(self._source))
-        self._write(trailing)
+        self._write(self._elements(lambda tag: tag > PIXEL_DATA, {}))
         f = self._file
         assert f is not None
         if self._eot_at is not None:
