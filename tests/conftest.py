@@ -30,3 +30,11 @@ def corpus() -> Path:
     if not CORPUS.is_dir():
         pytest.skip(f"corpus not found at {CORPUS} (set TRANSCODE_CORPUS)")
     return CORPUS
+
+
+@pytest.fixture(scope="session")
+def served(tmp_path_factory: pytest.TempPathFactory):  # -> tests.served.Served
+    """An archive of two studies, built once for all server tests."""
+    from tests.served import build
+
+    return build(tmp_path_factory.mktemp("served"))

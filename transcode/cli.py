@@ -1,4 +1,4 @@
-"""The `transcode` command: `convert`, `ingest`, `verify`, `info`.
+"""The `transcode` command: `convert`, `ingest`, `verify`, `serve`, `info`.
 
 Exit codes. `convert`: 0 every instance transcoded, 3 some kept as is (none
 failed), 1 at least one failed. `ingest`: 0 every file transcoded, kept or a
@@ -204,6 +204,24 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return EXIT_FAILED if problems else EXIT_OK
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    if not Path(args.archive, "index.sqlite").is_file():
+        print(f"transcode: {args.archive} is not an archive (no index.sqlite); run transcode ingest first",
+              file=sys.stderr)
+        return EXIT_USAGE
+    import uvicorn  # the server's dependencies load only when serving
+
+    from transcode.server import create_app
+
+    with FolderArchive(args.archive) as archive:
+        app = create_app(archive, cors_origins=args.cors_origin, stow_workers=args.stow_workers)
+        host = f"[{args.host}]" if ":" in args.host else args.host
+        print(f"DICOMweb root: http://{host}:{args.port}/dicomweb  (studies: http://{host}:{args.port}/dicomweb/studies)",
+              flush=True)
+        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, proxy_headers=True)
+    return EXIT_OK
+
+
 def _encode_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--crosscheck", choices=[c.value for c in CrossCheck], default=CrossCheck.FIRST.value,
@@ -242,6 +260,16 @@ def build_parser() -> argparse.ArgumentParser:
     verify = sub.add_parser("verify", help="re-read and re-decode every archived object against the index")
     verify.add_argument("--archive", required=True)
     verify.set_defaults(func=cmd_verify)
+
+    serve = sub.add_parser("serve", help="serve an archive over DICOMweb (QIDO-RS, WADO-RS, STOW-RS)")
+    serve.add_argument("--archive", required=True)
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    serve.add_argument("--port", type=int, default=8042, help="(default: %(default)s)")
+    serve.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                       help="allow browser calls from this origin (repeatable; '*' for any)")
+    serve.add_argument("--stow-workers", type=int, default=None, help="worker processes per STOW-RS request")
+    serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    serve.set_defaults(func=cmd_serve)
 
     info = sub.add_parser("info", help="transfer syntax, frames and the HTJ2K resolution map of a file")
     info.add_argument("file")

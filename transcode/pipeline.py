@@ -37,7 +37,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 from pydicom.fileset import FileSet
 
-from transcode.archive.index import FrameRow, InstanceRow, Record
+from transcode.archive.index import SERIES_TAGS, STUDY_TAGS, FrameRow, InstanceRow, Record
 from transcode.archive.layout import InvalidUID, check_uid, conflict_path, object_path
 from transcode.archive.store import Archive
 from transcode.codecs.htj2k import EncodeSettings
@@ -58,10 +58,6 @@ class IngestOutcome(StrEnum):
 
 #: Outcomes after which a migration may proceed without a person looking.
 CLEAN = frozenset({IngestOutcome.TRANSCODED, IngestOutcome.KEPT, IngestOutcome.DUPLICATE})
-#: Study- and series-level attributes copied into the studies/series rows.
-STUDY_TAGS = ("00080020", "00080030", "00080050", "00080090", "00081030", "00100010", "00100020",
-              "00100030", "00100040", "0020000D", "00200010", "00080005")
-SERIES_TAGS = ("00080060", "0008103E", "0020000E", "00200011", "00080021", "00080031", "00080005")
 
 
 @dataclass
@@ -147,6 +143,8 @@ def work(source: str, staging: str, settings: EncodeSettings, crosscheck: str, t
             if result.metadata is None:  # kept as is: describe the copy
                 ds = pydicom.dcmread(staged, stop_before_pixels=True)
                 meta, tsyntax = dicom_json(ds), str(ds.file_meta.TransferSyntaxUID)
+                if "Rows" in ds:  # an image, kept whole: its frames are served from the copy
+                    entry["frames"] = int(ds.get("NumberOfFrames") or 1)
             else:
                 meta, tsyntax = result.metadata, str(OUTPUT_SYNTAX)
             entry.update(

@@ -87,6 +87,12 @@ CREATE TABLE IF NOT EXISTS ledger (
 CREATE INDEX IF NOT EXISTS ledger_source ON ledger(source_path, source_size, source_mtime_ns);
 """
 
+#: Study- and series-level attributes held in the studies/series rows (the
+#: instances rows hold every attribute).
+STUDY_TAGS = ("00080020", "00080030", "00080050", "00080090", "00081030", "00100010", "00100020",
+              "00100030", "00100040", "0020000D", "00200010", "00080005")
+SERIES_TAGS = ("00080060", "0008103E", "0020000E", "00200011", "00080021", "00080031", "00080005")
+
 
 @dataclass(frozen=True, slots=True)
 class InstanceRow:
@@ -133,6 +139,7 @@ class Index:
     """The archive's SQLite index."""
 
     def __init__(self, path: Path) -> None:
+        self.path = path
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")

@@ -1,0 +1,124 @@
+"""The DICOMweb application: `create_app(archive)`.
+
+Routes live under `prefix` (default `/dicomweb`): QIDO-RS search, WADO-RS
+retrieval (instances, metadata, frames, bulk data, rendered, thumbnails)
+and STOW-RS. Errors are JSON, `{"error": reason, "detail": sentence}`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+from fastapi import APIRouter, FastAPI
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from transcode import __version__
+from transcode.archive.store import Archive
+from transcode.policy import Stop
+from transcode.server import qido, rendered, stow, wado
+from transcode.server.catalog import uid
+from transcode.server.errors import Problem
+from transcode.server.negotiate import NotAcceptable, accepts_json
+from transcode.server.qido import QueryError
+from transcode.server.service import Service
+
+EXPOSED = ["Content-Range", "Content-Length", "Content-Type", "Content-Location", "ETag", "Warning"]
+STUDY, SERIES = qido.STUDY_UID, qido.SERIES_UID
+
+
+def create_app(archive: Archive, *, prefix: str = "/dicomweb", cors_origins: Sequence[str] = (),
+               stow_workers: int | None = None) -> FastAPI:
+    """The application over `archive` (opened by the caller, who closes it).
+    `cors_origins`: origins allowed to call from a browser ("*" for any)."""
+    service = Service(archive, prefix)
+    app = FastAPI(title="transcode DICOMweb", version=__version__, docs_url=f"{prefix}/docs",
+                  openapi_url=f"{prefix}/openapi.json")
+    app.include_router(_qido_routes(service), prefix=prefix)
+    app.include_router(wado.routes(service), prefix=prefix)
+    app.include_router(rendered.routes(service), prefix=prefix)
+    app.include_router(stow.routes(service, stow_workers), prefix=prefix)
+    if cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST", "OPTIONS"],
+                           allow_headers=["*"], expose_headers=EXPOSED)
+    _error_handlers(app)
+    return app
+
+
+def _qido_routes(service: Service) -> APIRouter:
+    router = APIRouter()
+
+    def search(request: Request, level: str, scope: dict[str, str]) -> Response:
+        if not accepts_json(request.headers.get("accept")):
+            raise Problem(406, "not_acceptable", "search results are application/dicom+json")
+
+        def retrieve_url(study: str, series: str | None, sop: str | None) -> str:
+            return service.url(request, study, series, sop)
+
+        results, more = qido.search(service.catalog.db, level, list(request.query_params.multi_items()), scope,
+                                    retrieve_url)
+        headers = {"Warning": '299 transcode "There are additional results that can be requested"'} if more else {}
+        return Response(json.dumps(results), media_type="application/dicom+json", headers=headers)
+
+    @router.get("/studies")
+    def studies(request: Request) -> Response:
+        return search(request, "study", {})
+
+    @router.get("/series")
+    def all_series(request: Request) -> Response:
+        return search(request, "series", {})
+
+    @router.get("/instances")
+    def all_instances(request: Request) -> Response:
+        return search(request, "instance", {})
+
+    @router.get("/studies/{study}/series")
+    def study_series(request: Request, study: str) -> Response:
+        return search(request, "series", {STUDY: uid(study, "Study Instance UID")})
+
+    @router.get("/studies/{study}/instances")
+    def study_instances(request: Request, study: str) -> Response:
+        return search(request, "instance", {STUDY: uid(study, "Study Instance UID")})
+
+    @router.get("/studies/{study}/series/{series}/instances")
+    def series_instances(request: Request, study: str, series: str) -> Response:
+        return search(request, "instance",
+                      {STUDY: uid(study, "Study Instance UID"), SERIES: uid(series, "Series Instance UID")})
+
+    return router
+
+
+def _error(status: int, reason: str, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": reason, "detail": detail}, status_code=status, headers=headers)
+
+
+def _error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(Problem)
+    async def problem(_: Request, exc: Problem) -> JSONResponse:
+        return _error(exc.status, exc.reason, exc.detail, exc.headers)
+
+    @app.exception_handler(NotAcceptable)
+    async def not_acceptable(_: Request, exc: NotAcceptable) -> JSONResponse:
+        return _error(406, "not_acceptable", str(exc))
+
+    @app.exception_handler(QueryError)
+    async def bad_query(_: Request, exc: QueryError) -> JSONResponse:
+        return _error(400, "bad_query", str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+        where = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        return _error(400, "bad_request", where)
+
+    @app.exception_handler(Stop)
+    async def unreadable(_: Request, exc: Stop) -> JSONResponse:
+        return _error(500, exc.reason.value, f"the stored object cannot be read: {exc.detail}")
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
+        reason = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return _error(exc.status_code, reason, str(exc.detail), exc.headers)

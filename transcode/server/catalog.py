@@ -1,0 +1,80 @@
+"""The server's read side of the archive index.
+
+Each server thread has its own read-only SQLite connection: WAL lets them
+read while an ingest (a STOW-RS request, or `transcode ingest` in another
+process) writes, and every query sees the last committed state.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+
+from transcode.archive.index import InstanceRow
+from transcode.archive.layout import InvalidUID, check_uid
+from transcode.server.errors import Problem
+from transcode.server.frames import StoredInstance
+
+_COLUMNS = ", ".join(InstanceRow.__slots__)
+# Instances in the order viewers expect: by Instance Number, then arrival.
+_ORDER = "CAST(json_extract(dicom_json, '$.\"00200013\".Value[0]') AS INTEGER), rowid"
+
+
+def uid(value: str, what: str) -> str:
+    """A UID from a URL path, or 400."""
+    try:
+        return check_uid(value, what)
+    except InvalidUID as exc:
+        raise Problem(400, "invalid_uid", str(exc)) from None
+
+
+class Catalog:
+    """Lookups the server needs, answering 404 for what is not there."""
+
+    def __init__(self, index_path: Path) -> None:
+        self.path = index_path
+        self._local = threading.local()
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
+            db.execute("PRAGMA query_only=ON")
+            self._local.db = db
+        return db
+
+    def instance(self, study: str, series: str, sop: str) -> StoredInstance:
+        study, series, sop = uid(study, "Study Instance UID"), uid(series, "Series Instance UID"), \
+            uid(sop, "SOP Instance UID")
+        row = self.db.execute(
+            f"SELECT {_COLUMNS} FROM instances WHERE sop_uid = ? AND series_uid = ? AND study_uid = ?",
+            (sop, series, study),
+        ).fetchone()
+        if row is None:
+            raise Problem(404, "not_found", f"no instance {sop} in series {series} of study {study}")
+        frames = self.db.execute(
+            "SELECT number, offset, length, codestream FROM frames WHERE sop_uid = ? ORDER BY number", (sop,)
+        ).fetchall()
+        return StoredInstance.from_rows(InstanceRow(*row), frames)
+
+    def instances(self, study: str, series: str | None = None) -> list[InstanceRow]:
+        """Every instance of a study or series, or 404."""
+        study = uid(study, "Study Instance UID")
+        if series is None:
+            rows = self.db.execute(
+                f"SELECT {_COLUMNS} FROM instances WHERE study_uid = ? ORDER BY series_uid, {_ORDER}", (study,)
+            ).fetchall()
+            where = f"study {study}"
+        else:
+            series = uid(series, "Series Instance UID")
+            rows = self.db.execute(
+                f"SELECT {_COLUMNS} FROM instances WHERE study_uid = ? AND series_uid = ? ORDER BY {_ORDER}",
+                (study, series),
+            ).fetchall()
+            where = f"series {series} of study {study}"
+        if not rows:
+            raise Problem(404, "not_found", f"no instances in {where}")
+        return [InstanceRow(*row) for row in rows]
+

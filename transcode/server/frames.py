@@ -1,0 +1,138 @@
+"""Frames of archived instances: stored bytes, level prefixes, decoded pixels.
+
+A transcoded instance has a frames row per frame (byte offset, length and
+codestream index inside the stored object), so its frames and their
+resolution-level prefixes are byte ranges read without parsing the file.
+An instance kept as is (lossy source, 32-bit) has no frames rows: its
+frames are read through the DICOM reader, walking to the frame asked for.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import dataclass
+
+import numpy as np
+
+from transcode.archive.index import InstanceRow
+from transcode.archive.store import Archive
+from transcode.codecs import htj2k
+from transcode.codecs.codestream import CodestreamIndex
+from transcode.dicom.read import Instance, open_instance
+from transcode.server.errors import Problem
+
+EOC = b"\xff\xd9"
+
+
+@dataclass(frozen=True)
+class StoredInstance:
+    """One archived instance as the server sees it: its index row and its
+    frames rows (none for instances kept as is), codestream indexes parsed
+    only for the frames a request touches."""
+
+    row: InstanceRow
+    spans: tuple[tuple[int, int], ...]  # (offset, length) of each frame in the object
+    _indexes: tuple[str, ...]
+
+    @classmethod
+    def from_rows(cls, row: InstanceRow, frames: list[tuple[int, int, int, str]]) -> StoredInstance:
+        return cls(row, tuple((o, ln) for _, o, ln, _ in frames), tuple(cs for *_, cs in frames))
+
+    @property
+    def count(self) -> int:
+        return self.row.frames
+
+    @property
+    def bits_stored(self) -> int:
+        value = json.loads(self.row.dicom_json).get("00280101", {}).get("Value", [16])[0]
+        return int(value)
+
+    @property
+    def transcoded(self) -> bool:
+        return bool(self.spans)
+
+    def index(self, number: int) -> CodestreamIndex:
+        """The codestream index of 1-based frame `number` of a transcoded instance."""
+        return CodestreamIndex.from_dict(json.loads(self._indexes[number - 1]))
+
+
+class FrameReader:
+    """Reads frames of stored instances from an archive."""
+
+    def __init__(self, archive: Archive) -> None:
+        self.archive = archive
+
+    def check(self, instance: StoredInstance, numbers: list[int]) -> None:
+        bad = [n for n in numbers if not 1 <= n <= instance.count]
+        if bad:
+            raise Problem(404, "no_such_frame",
+                          f"frame {bad[0]} does not exist: the instance has {instance.count} frame(s)")
+
+    def stored(self, instance: StoredInstance, number: int, level: int | None = None) -> bytes:
+        """Frame `number` (1-based) as stored; for a transcoded frame and a
+        `level`, only the prefix holding resolution levels 0..level, plus
+        the two-byte EOC marker that ends a codestream."""
+        if instance.transcoded:
+            offset, length = instance.spans[number - 1]
+            if level is None:
+                return self.archive.read(instance.row.path, offset, offset + length)
+            end = self._level_end(instance, number, level)
+            prefix = self.archive.read(instance.row.path, offset, offset + end)
+            # closed by an EOC marker, a complete codestream that OpenJPEG reads too
+            return prefix if end == length else prefix + EOC
+        if level is not None:
+            raise Problem(400, "no_levels", "resolution levels exist only for frames stored as HTJ2K")
+        with self._open(instance) as source:
+            if source.transfer_syntax.is_encapsulated:
+                return next(itertools.islice(source.codestreams(), number - 1, None))
+            return _little_endian(next(itertools.islice(source.frames(), number - 1, None)))
+
+    def _level_end(self, instance: StoredInstance, number: int, level: int) -> int:
+        index = instance.index(number)
+        if not 0 <= level <= index.decompositions:
+            raise Problem(400, "no_such_level",
+                          f"level must be 0 (lowest resolution) to {index.decompositions} (full) for this frame")
+        return index.level_end(level)
+
+    def pixels(self, instance: StoredInstance, number: int, level: int | None = None) -> np.ndarray:
+        """Frame `number` decoded: (rows, columns[, samples]); for a
+        transcoded frame optionally only up to resolution `level`, which
+        reads and decodes only that level's prefix.
+
+        A reduced level's low-pass values may overshoot the stored range
+        near its ends (the 5/3 wavelet rings), and OpenJPH wraps them in the
+        container (-3 becomes 65533): they are clamped back into the range
+        of Bits Stored, as OpenJPEG does, so previews show no speckles."""
+        if instance.transcoded:
+            index = instance.index(number)
+            data = self.stored(instance, number, level)
+            frame = htj2k.decode(data, level=level, decompositions=index.decompositions)
+            if level is not None and level < index.decompositions:
+                frame = _clamp(frame, instance.bits_stored)
+            return frame
+        with self._open(instance) as source:
+            return next(itertools.islice(source.frames(), number - 1, None))
+
+    def native(self, instance: StoredInstance, number: int) -> bytes:
+        """Frame `number` as Explicit VR Little Endian pixel bytes."""
+        return _little_endian(self.pixels(instance, number))
+
+    def _open(self, instance: StoredInstance) -> Instance:
+        if self.archive.root is None:
+            raise Problem(501, "not_local", "frames of instances kept as is need a local archive")
+        return open_instance(self.archive.root / instance.row.path)
+
+
+def _clamp(frame: np.ndarray, bits: int) -> np.ndarray:
+    """Undo the container wrap of out-of-range values and clamp to `bits` bits."""
+    if frame.dtype.kind == "u":
+        low, high = 0, (1 << bits) - 1
+        wrapped = frame > (np.iinfo(frame.dtype).max >> 1) if bits < frame.dtype.itemsize * 8 else np.False_
+        return np.where(wrapped, low, np.minimum(frame, high)).astype(frame.dtype)
+    low, high = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    return np.clip(frame, low, high).astype(frame.dtype)
+
+
+def _little_endian(frame: np.ndarray) -> bytes:
+    return np.ascontiguousarray(frame, dtype=frame.dtype.newbyteorder("<")).tobytes()

@@ -1,0 +1,151 @@
+"""Rendered images and thumbnails (PS3.18 8.3.5, 10.4.1.1.3).
+
+Grey-scale frames go through the Modality LUT (Rescale Slope/Intercept or a
+Modality LUT Sequence), then the VOI transform: the `window` asked for, else
+the data set's VOI LUT Sequence, else its first Window Center/Width, else the
+frame's own range. MONOCHROME1 is inverted. Colour frames are shown as
+stored (YBR converted to RGB, palettes applied).
+
+A viewport smaller than the frame is served from a reduced resolution level
+of the HTJ2K codestream: only the bytes of the levels it needs are read and
+decoded, then Pillow resizes to the exact size.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+from pydicom.dataset import Dataset
+from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, convert_color_space
+
+from transcode.codecs.codestream import CodestreamIndex
+from transcode.server.errors import Problem
+
+WINDOW_FUNCTIONS = ("LINEAR", "LINEAR_EXACT", "SIGMOID")
+
+
+@dataclass(frozen=True)
+class Window:
+    center: float
+    width: float
+    function: str = "LINEAR"
+
+
+def parse_window(value: str | None) -> Window | None:
+    """`window=center,width[,function]` (PS3.18 8.3.5.1.4)."""
+    if not value:
+        return None
+    parts = value.split(",")
+    try:
+        center, width = float(parts[0]), float(parts[1])
+    except (IndexError, ValueError):
+        raise Problem(400, "bad_window", "window is center,width[,linear|linear-exact|sigmoid]") from None
+    function = (parts[2] if len(parts) > 2 else "linear").strip().upper().replace("-", "_")
+    if width < 1 or function not in WINDOW_FUNCTIONS:
+        raise Problem(400, "bad_window", "window width must be >= 1 and the function linear, linear-exact or sigmoid")
+    return Window(center, width, function)
+
+
+def parse_viewport(value: str | None) -> tuple[int, int] | None:
+    """`viewport=vw,vh` (a source region, the optional 3rd-6th values, is not supported)."""
+    if not value:
+        return None
+    parts = value.split(",")
+    try:
+        width, height = int(parts[0]), int(parts[1])
+    except (IndexError, ValueError):
+        raise Problem(400, "bad_viewport", "viewport is width,height in pixels") from None
+    if len(parts) > 2:
+        raise Problem(400, "bad_viewport", "viewport source regions (sx,sy,sw,sh) are not supported")
+    if not (1 <= width <= 8192 and 1 <= height <= 8192):
+        raise Problem(400, "bad_viewport", "viewport sides must be 1 to 8192 pixels")
+    return width, height
+
+
+def fit(width: int, height: int, viewport: tuple[int, int] | None) -> tuple[int, int]:
+    """The output size: the frame scaled down (never up) to fit the viewport."""
+    if viewport is None:
+        return width, height
+    scale = min(viewport[0] / width, viewport[1] / height, 1.0)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def level_for(index: CodestreamIndex, size: tuple[int, int]) -> int:
+    """The lowest resolution level at least as large as `size` on both sides."""
+    for level in range(index.resolutions):
+        width, height = index.resolution_size(level)
+        if width >= size[0] and height >= size[1]:
+            return level
+    return index.decompositions
+
+
+def apply_window(values: np.ndarray, window: Window) -> np.ndarray:
+    """PS3.3 C.11.2.1.2: modality values to 0..255 floats."""
+    c, w = window.center, window.width
+    if window.function == "SIGMOID":
+        return 255.0 / (1.0 + np.exp(-4.0 * (values - c) / w))
+    if window.function == "LINEAR_EXACT":
+        return np.clip((values - c) / w + 0.5, 0.0, 1.0) * 255.0
+    return np.clip((values - (c - 0.5)) / (w - 1) + 0.5, 0.0, 1.0) * 255.0
+
+
+def grey_levels(frame: np.ndarray, ds: Dataset, window: Window | None) -> np.ndarray:
+    """A grey-scale frame as 0..255 floats."""
+    values = apply_modality_lut(frame, ds).astype(np.float64)
+    if window is None and "VOILUTSequence" in ds:
+        lut = ds.VOILUTSequence[0]
+        bits = int(lut.LUTDescriptor[2])
+        out = apply_voi_lut(values, ds, index=0, prefer_lut=True) * (255.0 / ((1 << bits) - 1))
+    else:
+        if window is None:
+            window = _dataset_window(ds) or _range_window(values)
+        out = apply_window(values, window)
+    if ds.get("PhotometricInterpretation") == "MONOCHROME1":
+        out = 255.0 - out
+    return out
+
+
+def _dataset_window(ds: Dataset) -> Window | None:
+    center, width = ds.get("WindowCenter"), ds.get("WindowWidth")
+    if center is None or width is None:
+        return None
+    first = lambda v: float(v[0] if hasattr(v, "__len__") and not isinstance(v, str) else v)  # noqa: E731
+    function = str(ds.get("VOILUTFunction", "LINEAR")).upper()
+    return Window(first(center), max(first(width), 1.0), function if function in WINDOW_FUNCTIONS else "LINEAR")
+
+
+def _range_window(values: np.ndarray) -> Window:
+    low, high = float(values.min()), float(values.max())
+    return Window((low + high + 1) / 2, max(high - low + 1, 1.0), "LINEAR")
+
+
+def to_rgb_or_grey(frame: np.ndarray, ds: Dataset, window: Window | None) -> np.ndarray:
+    """uint8 (rows, columns) or (rows, columns, 3) for display."""
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
+    if photometric in ("MONOCHROME1", "MONOCHROME2"):
+        return np.rint(grey_levels(frame, ds, window)).astype(np.uint8)
+    if photometric == "PALETTE COLOR":
+        frame = apply_color_lut(frame, ds)
+    elif photometric.startswith("YBR_FULL"):
+        frame = convert_color_space(frame, photometric, "RGB")
+    if frame.dtype != np.uint8:  # 16-bit colour (palettes, rare sources): keep the high byte
+        shift = max(int(frame.max()).bit_length() - 8, 0) if frame.size else 0
+        frame = (frame >> shift).astype(np.uint8)
+    return frame
+
+
+def encode_image(pixels: np.ndarray, size: tuple[int, int], media_type: str, quality: int = 90) -> bytes:
+    """Resize to `size` and encode as JPEG or PNG."""
+    image = Image.fromarray(pixels)
+    if image.size != size:
+        image = image.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+    out = io.BytesIO()
+    if media_type == "image/png":
+        image.save(out, "PNG", compress_level=3)
+    else:
+        image.save(out, "JPEG", quality=quality)
+    return out.getvalue()
+

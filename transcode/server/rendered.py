@@ -1,0 +1,99 @@
+"""Rendered resources and thumbnails (PS3.18 10.4.1.1.3, 10.4.1.1.4).
+
+`/rendered` of a frame renders that frame; of an instance, its first frame;
+of a series, the first frame of its first instance. `/thumbnail` (default
+viewport 128x128) of a series or study shows the middle instance of the
+(first) series, the image a viewer's series list usually shows. Query
+parameters: `window=center,width[,function]`, `viewport=width,height`,
+`quality` (JPEG, 1-100), `accept` (image/jpeg or image/png).
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from starlette.requests import Request
+from starlette.responses import Response
+
+from transcode.archive.index import InstanceRow
+from transcode.server import render
+from transcode.server.errors import Problem
+from transcode.server.frames import StoredInstance
+from transcode.server.negotiate import choose_image
+from transcode.server.responses import cache_headers, etag, not_modified
+from transcode.server.service import Service
+
+THUMBNAIL = (128, 128)
+
+
+def routes(service: Service) -> APIRouter:
+    router = APIRouter()
+    catalog, reader = service.catalog, service.reader
+
+    def image(request: Request, stored: StoredInstance, number: int, viewport: tuple[int, int] | None,
+              immutable: bool) -> Response:
+        reader.check(stored, [number])
+        query = request.query_params
+        media_type = choose_image(request.headers.get("accept"), query.get("accept"))
+        window = render.parse_window(query.get("window"))
+        viewport = render.parse_viewport(query.get("viewport")) or viewport
+        quality = _quality(query.get("quality"))
+        headers = cache_headers(etag("rendered", stored.row.object_digest, str(number), media_type, str(window),
+                                     str(viewport), str(quality)), immutable)
+        if (cached := not_modified(request, headers)) is not None:
+            return cached
+        ds = service.header(stored.row.path)
+        size = render.fit(int(ds.Columns), int(ds.Rows), viewport)
+        level = render.level_for(stored.index(number), size) if stored.transcoded else None
+        pixels = render.to_rgb_or_grey(reader.pixels(stored, number, level), ds, window)
+        return Response(render.encode_image(pixels, size, media_type, quality), media_type=media_type, headers=headers)
+
+    def first(rows: list[InstanceRow]) -> StoredInstance:
+        row = rows[0]
+        return catalog.instance(row.study_uid, row.series_uid, row.sop_uid)
+
+    def middle(rows: list[InstanceRow]) -> StoredInstance:
+        row = rows[len(rows) // 2]
+        return catalog.instance(row.study_uid, row.series_uid, row.sop_uid)
+
+    base = "/studies/{study}/series/{series}/instances/{sop}"
+
+    @router.get(base + "/frames/{frame}/rendered")
+    def frame_rendered(request: Request, study: str, series: str, sop: str, frame: int) -> Response:
+        return image(request, catalog.instance(study, series, sop), frame, None, immutable=True)
+
+    @router.get(base + "/rendered")
+    def instance_rendered(request: Request, study: str, series: str, sop: str) -> Response:
+        return image(request, catalog.instance(study, series, sop), 1, None, immutable=True)
+
+    @router.get("/studies/{study}/series/{series}/rendered")
+    def series_rendered(request: Request, study: str, series: str) -> Response:
+        return image(request, first(catalog.instances(study, series)), 1, None, immutable=False)
+
+    @router.get(base + "/frames/{frame}/thumbnail")
+    def frame_thumbnail(request: Request, study: str, series: str, sop: str, frame: int) -> Response:
+        return image(request, catalog.instance(study, series, sop), frame, THUMBNAIL, immutable=True)
+
+    @router.get(base + "/thumbnail")
+    def instance_thumbnail(request: Request, study: str, series: str, sop: str) -> Response:
+        stored = catalog.instance(study, series, sop)
+        return image(request, stored, (stored.count + 1) // 2 or 1, THUMBNAIL, immutable=True)
+
+    @router.get("/studies/{study}/series/{series}/thumbnail")
+    def series_thumbnail(request: Request, study: str, series: str) -> Response:
+        return image(request, middle(catalog.instances(study, series)), 1, THUMBNAIL, immutable=False)
+
+    @router.get("/studies/{study}/thumbnail")
+    def study_thumbnail(request: Request, study: str) -> Response:
+        rows = catalog.instances(study)
+        first_series = [r for r in rows if r.series_uid == rows[0].series_uid]
+        return image(request, middle(first_series), 1, THUMBNAIL, immutable=False)
+
+    return router
+
+
+def _quality(value: str | None) -> int:
+    if value is None:
+        return 90
+    if not value.isdigit() or not 1 <= int(value) <= 100:
+        raise Problem(400, "bad_quality", "quality is 1 to 100")
+    return int(value)

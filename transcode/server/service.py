@@ -1,0 +1,50 @@
+"""What every resource handler needs: the archive, its catalog, the frame
+reader, and how to build the URLs the client should follow."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+
+import pydicom
+from pydicom.dataset import Dataset
+from starlette.requests import Request
+
+from transcode.archive.index import InstanceRow
+from transcode.archive.store import Archive
+from transcode.server.catalog import Catalog
+from transcode.server.errors import Problem
+from transcode.server.frames import FrameReader
+from transcode.server.responses import base_url
+
+
+@dataclass
+class Service:
+    archive: Archive
+    prefix: str = "/dicomweb"
+    catalog: Catalog = field(init=False)
+    reader: FrameReader = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.catalog = Catalog(self.archive.index.path)
+        self.reader = FrameReader(self.archive)
+        self.header = functools.lru_cache(maxsize=256)(self._header)
+
+    def url(self, request: Request, study: str, series: str | None = None, sop: str | None = None) -> str:
+        """The WADO-RS URL of a study, series or instance."""
+        url = f"{base_url(request, self.prefix)}/studies/{study}"
+        if series:
+            url += f"/series/{series}"
+        if sop:
+            url += f"/instances/{sop}"
+        return url
+
+    def instance_url(self, request: Request, row: InstanceRow) -> str:
+        return self.url(request, row.study_uid, row.series_uid, row.sop_uid)
+
+    def _header(self, path: str) -> Dataset:
+        """The stored object's data set without Pixel Data (for rendering
+        and bulk data), cached: stored objects never change."""
+        if self.archive.root is None:
+            raise Problem(501, "not_local", "this resource needs a local archive")
+        return pydicom.dcmread(self.archive.root / path, stop_before_pixels=True)

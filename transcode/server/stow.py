@@ -1,0 +1,129 @@
+"""STOW-RS (PS3.18 10.5): store instances through the ingest pipeline.
+
+The body is streamed to files in a temporary folder, then ingested exactly
+as `transcode ingest` would (same outcomes, same ledger), under the
+archive's ingest lock: while another ingest holds it the answer is 503 with
+Retry-After. The store response lists each instance as referenced
+(transcoded, kept as is, or already there) or failed with a PS3.18 failure
+reason; a conflicting copy is kept aside and reported as failed (0111).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+import pydicom
+from fastapi import APIRouter
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+
+from transcode.archive import ArchiveBusy, FolderArchive
+from transcode.pipeline import IngestOutcome, ingest
+from transcode.policy import Reason
+from transcode.server.catalog import uid
+from transcode.server.errors import Problem
+from transcode.server.multipart import save_parts
+from transcode.server.service import Service
+
+# Storage status codes (PS3.4 B.2.3) given as Failure Reason (0008,1197), as PS3.18 10.5.3 asks.
+PROCESSING_FAILURE, DUPLICATE_SOP, CANNOT_UNDERSTAND, WRONG_STUDY = 0x0110, 0x0111, 0xC000, 0xA900
+_UNDERSTANDING = {Reason.NOT_DICOM, Reason.MISSING_FILE_META, Reason.NO_SOP_INSTANCE_UID, Reason.BAD_PIXEL_DATA,
+                  Reason.DECODE_ERROR, Reason.INVALID_UID, Reason.UNREADABLE}
+_LOCK = threading.Lock()  # one STOW ingest at a time in this process
+
+
+def routes(service: Service, workers: int | None) -> APIRouter:
+    router = APIRouter()
+
+    async def store(request: Request, study: str | None) -> Response:
+        if service.archive.root is None:
+            raise Problem(501, "not_local", "STOW-RS needs a local archive")
+        if study is not None:
+            study = uid(study, "Study Instance UID")
+        with tempfile.TemporaryDirectory(prefix="stow-") as folder:
+            files = await save_parts(request.stream(), request.headers.get("content-type"), Path(folder))
+            status, body = await run_in_threadpool(_store, service, request, files, study, workers)
+        return Response(json.dumps(body), status_code=status, media_type="application/dicom+json")
+
+    @router.post("/studies")
+    async def stow(request: Request) -> Response:
+        return await store(request, None)
+
+    @router.post("/studies/{study}")
+    async def stow_study(request: Request, study: str) -> Response:
+        return await store(request, study)
+
+    return router
+
+
+def _identify(path: Path) -> tuple[str | None, str | None, str | None]:
+    """(SOP Class UID, SOP Instance UID, Study Instance UID) as sent, where readable."""
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID", "SOPInstanceUID",
+                                                                           "StudyInstanceUID"])
+    except Exception:  # anything unreadable: the ingest will say why
+        return None, None, None
+    return (str(ds.get("SOPClassUID", "")) or None, str(ds.get("SOPInstanceUID", "")) or None,
+            str(ds.get("StudyInstanceUID", "")) or None)
+
+
+def _store(service: Service, request: Request, files: list[Path], study: str | None,
+           workers: int | None) -> tuple[int, dict[str, Any]]:
+    sent = {str(path): _identify(path) for path in files}
+    failed: list[dict[str, Any]] = []
+    referenced: list[dict[str, Any]] = []
+    todo = []
+    for path, (_, _, study_uid) in sent.items():
+        if study is not None and study_uid is not None and study_uid != study:
+            failed.append(_failed(sent[path], WRONG_STUDY))
+        else:
+            todo.append(path)
+    if todo:
+        assert service.archive.root is not None
+        if not _LOCK.acquire(timeout=600):
+            raise Problem(503, "busy", "another STOW-RS request is being stored", {"Retry-After": "10"})
+        try:
+            with FolderArchive(service.archive.root, exclusive=True) as target:
+                report = ingest(todo, target, workers=min(len(todo), workers or 2))
+        except ArchiveBusy:
+            raise Problem(503, "busy", "an ingest is running into this archive", {"Retry-After": "60"}) from None
+        finally:
+            _LOCK.release()
+        for entry in report.entries:
+            sop_class, sop, study_uid = sent[entry["source_path"]]
+            outcome = entry["outcome"]
+            if outcome in (IngestOutcome.TRANSCODED, IngestOutcome.KEPT, IngestOutcome.DUPLICATE):
+                item = {"00081150": _ui(sop_class), "00081155": _ui(sop)}
+                row = service.catalog.db.execute(
+                    "SELECT study_uid, series_uid FROM instances WHERE sop_uid = ?", (entry["sop_uid"],)
+                ).fetchone()
+                if row is not None:
+                    item["00081190"] = {"vr": "UR", "Value": [service.url(request, row[0], row[1], entry["sop_uid"])]}
+                referenced.append(item)
+            else:
+                reason = entry.get("reason")
+                code = (DUPLICATE_SOP if outcome == IngestOutcome.CONFLICT
+                        else CANNOT_UNDERSTAND if reason in _UNDERSTANDING else PROCESSING_FAILURE)
+                failed.append(_failed((sop_class, sop, study_uid), code))
+    body: dict[str, Any] = {}
+    if study is not None:
+        body["00081190"] = {"vr": "UR", "Value": [service.url(request, study)]}
+    if failed:
+        body["00081198"] = {"vr": "SQ", "Value": failed}
+    if referenced:
+        body["00081199"] = {"vr": "SQ", "Value": referenced}
+    status = 200 if not failed else 202 if referenced else 409
+    return status, body
+
+
+def _ui(value: str | None) -> dict[str, Any]:
+    return {"vr": "UI", "Value": [value]} if value else {"vr": "UI"}
+
+
+def _failed(ids: tuple[str | None, str | None, str | None], code: int) -> dict[str, Any]:
+    return {"00081150": _ui(ids[0]), "00081155": _ui(ids[1]), "00081197": {"vr": "US", "Value": [code]}}

@@ -1,0 +1,195 @@
+"""WADO-RS (PS3.18 10.4): instances, metadata, frames and bulk data.
+
+Frames the client takes as HTJ2K (or `transfer-syntax=*`) are the stored
+codestream bytes, sliced from the object at the offsets in the index;
+`?level=N` (0 = lowest resolution, up to the frame's decomposition count =
+full) sends only the prefix holding levels 0..N. Clients that accept only
+uncompressed pixels get them decoded.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import pydicom
+from fastapi import APIRouter
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from transcode.archive.index import InstanceRow
+from transcode.server import multipart
+from transcode.server.errors import Problem
+from transcode.server.frames import StoredInstance
+from transcode.server.negotiate import accepts_json, choose_frames, choose_instances
+from transcode.server.responses import cache_headers, etag, not_modified, ranged
+from transcode.server.service import Service
+
+CHUNK = 1 << 20
+PIXEL_DATA = "7FE00010"
+
+
+def parse_frames(value: str) -> list[int]:
+    """`1,2,5` -> [1, 2, 5]; 400 for anything else."""
+    try:
+        numbers = [int(item) for item in value.split(",")]
+    except ValueError:
+        numbers = []
+    if not numbers or min(numbers) < 1:
+        raise Problem(400, "bad_frame_list", f"frames are 1-based numbers separated by commas, not {value!r}")
+    return numbers
+
+
+def parse_level(value: str | None) -> int | None:
+    if value is None:
+        return None
+    if not value.isdigit():
+        raise Problem(400, "no_such_level", f"level is a resolution level number, not {value!r}")
+    return int(value)
+
+
+def routes(service: Service) -> APIRouter:
+    router = APIRouter()
+    catalog, reader = service.catalog, service.reader
+
+    def retrieve(request: Request, rows: list[InstanceRow], immutable: bool) -> Response:
+        multi = choose_instances(request.headers.get("accept"), {r.transfer_syntax for r in rows},
+                                 single=len(rows) == 1)
+        headers = cache_headers(etag("instances", str(multi), *(r.object_digest for r in rows)), immutable)
+        if (cached := not_modified(request, headers)) is not None:
+            return cached
+
+        def read(row: InstanceRow) -> Iterator[bytes]:
+            for start in range(0, row.size, CHUNK):
+                yield service.archive.read(row.path, start, min(start + CHUNK, row.size))
+
+        if not multi:
+            row = rows[0]
+            headers["Content-Length"] = str(row.size)
+            return StreamingResponse(read(row), media_type="application/dicom", headers=headers)
+        boundary = multipart.boundary_for(headers["ETag"])
+        parts = [(f"application/dicom; transfer-syntax={r.transfer_syntax}", service.instance_url(request, r), read(r))
+                 for r in rows]
+        return StreamingResponse(multipart.body(parts, boundary),
+                                 media_type=multipart.content_type("application/dicom", boundary), headers=headers)
+
+    @router.get("/studies/{study}")
+    def study(request: Request, study: str) -> Response:
+        return retrieve(request, catalog.instances(study), immutable=False)
+
+    @router.get("/studies/{study}/series/{series}")
+    def series(request: Request, study: str, series: str) -> Response:
+        return retrieve(request, catalog.instances(study, series), immutable=False)
+
+    @router.get("/studies/{study}/series/{series}/instances/{sop}")
+    def instance(request: Request, study: str, series: str, sop: str) -> Response:
+        return retrieve(request, [catalog.instance(study, series, sop).row], immutable=True)
+
+    def metadata(request: Request, rows: list[InstanceRow], immutable: bool) -> Response:
+        if not accepts_json(request.headers.get("accept")):
+            raise Problem(406, "not_acceptable", "metadata is application/dicom+json")
+        headers = cache_headers(etag("metadata", *(r.object_digest for r in rows)), immutable)
+        if (cached := not_modified(request, headers)) is not None:
+            return cached
+        return Response("[" + ",".join(_instance_json(service.instance_url(request, r), r) for r in rows) + "]",
+                        media_type="application/dicom+json", headers=headers)
+
+    @router.get("/studies/{study}/metadata")
+    def study_metadata(request: Request, study: str) -> Response:
+        return metadata(request, catalog.instances(study), immutable=False)
+
+    @router.get("/studies/{study}/series/{series}/metadata")
+    def series_metadata(request: Request, study: str, series: str) -> Response:
+        return metadata(request, catalog.instances(study, series), immutable=False)
+
+    @router.get("/studies/{study}/series/{series}/instances/{sop}/metadata")
+    def instance_metadata(request: Request, study: str, series: str, sop: str) -> Response:
+        return metadata(request, [catalog.instance(study, series, sop).row], immutable=True)
+
+    def frames(request: Request, stored: StoredInstance, numbers: list[int], level: int | None) -> Response:
+        reader.check(stored, numbers)
+        row = stored.row
+        choice = choose_frames(request.headers.get("accept"), row.transfer_syntax, single=len(numbers) == 1)
+        if level is not None and (choice.decode or not stored.transcoded):
+            raise Problem(400, "no_levels", "level applies to frames sent as stored HTJ2K (accept image/jphc "
+                          "or application/octet-stream with transfer-syntax=*)")
+        key = ",".join(map(str, numbers))
+        headers = cache_headers(etag("frames", row.object_digest, key, choice.part_type, str(choice.multipart),
+                                     str(level)), immutable=True)
+        if (cached := not_modified(request, headers)) is not None:
+            return cached
+
+        def frame(number: int) -> bytes:
+            return reader.native(stored, number) if choice.decode else reader.stored(stored, number, level)
+
+        base = service.instance_url(request, row)
+        boundary = multipart.boundary_for(headers["ETag"])
+        parts = ((choice.part_type, f"{base}/frames/{n}", (frame(n),)) for n in numbers)
+        media_type = multipart.content_type(choice.media_type, boundary)
+        if len(numbers) == 1:  # small enough to hold; byte ranges need the whole body
+            if not choice.multipart:
+                return ranged(request, frame(numbers[0]), choice.part_type, headers)
+            return ranged(request, b"".join(multipart.body(parts, boundary)), media_type, headers)
+        return StreamingResponse(multipart.body(parts, boundary), media_type=media_type, headers=headers)
+
+    @router.get("/studies/{study}/series/{series}/instances/{sop}/frames/{frame_list}")
+    def instance_frames(request: Request, study: str, series: str, sop: str, frame_list: str) -> Response:
+        stored = catalog.instance(study, series, sop)
+        return frames(request, stored, parse_frames(frame_list), parse_level(request.query_params.get("level")))
+
+    @router.get("/studies/{study}/series/{series}/instances/{sop}/bulkdata/{tag}")
+    def bulkdata(request: Request, study: str, series: str, sop: str, tag: str) -> Response:
+        stored = catalog.instance(study, series, sop)
+        if tag.upper() == PIXEL_DATA:
+            return frames(request, stored, list(range(1, stored.count + 1)), None)
+        value = _bulk_value(service, stored.row, tag)
+        headers = cache_headers(etag("bulkdata", stored.row.object_digest, tag.upper()), immutable=True)
+        if (cached := not_modified(request, headers)) is not None:
+            return cached
+        boundary = multipart.boundary_for(headers["ETag"])
+        parts = [("application/octet-stream", str(request.url), (value,))]
+        return Response(b"".join(multipart.body(parts, boundary)),
+                        media_type=multipart.content_type("application/octet-stream", boundary), headers=headers)
+
+    return router
+
+
+def _instance_json(url: str, row: InstanceRow) -> str:
+    """The stored DICOM JSON with absolute BulkDataURIs, a Pixel Data
+    BulkDataURI and the Available Transfer Syntax UID (what frames are sent
+    in without decoding). Spliced as text: no parse of every instance."""
+    text = row.dicom_json.replace('"BulkDataURI":"bulkdata/', f'"BulkDataURI":"{url}/bulkdata/')
+    extra = {"00083002": {"vr": "UI", "Value": [row.transfer_syntax]}}
+    if '"00280010"' in text:  # Rows: an image
+        extra[PIXEL_DATA] = {"vr": "OB", "BulkDataURI": f"{url}/bulkdata/{PIXEL_DATA}"}
+    addition = json.dumps(extra, separators=(",", ":"))[1:-1]
+    return text[:-1] + ("," if len(text) > 2 else "") + addition + "}"
+
+
+def _bulk_value(service: Service, row: InstanceRow, tag: str) -> bytes:
+    """The raw value of the first element `tag` in the stored object, at the
+    top level or, failing that, inside a sequence (depth first)."""
+    try:
+        wanted = int(tag, 16)
+    except ValueError:
+        raise Problem(400, "bad_tag", f"{tag!r} is not a tag (8 hex digits)") from None
+    if service.archive.root is None:
+        raise Problem(501, "not_local", "bulk data needs a local archive")
+    ds = pydicom.dcmread(service.archive.root / row.path, stop_before_pixels=True)
+
+    def find(dataset: pydicom.Dataset) -> bytes | None:
+        if wanted in dataset:
+            element = dataset.get_item(wanted)
+            value = element.value
+            return value if isinstance(value, bytes) else str(value).encode()
+        for element in dataset:
+            if element.VR == "SQ":
+                for item in element.value:
+                    if (found := find(item)) is not None:
+                        return found
+        return None
+
+    value = find(ds)
+    if value is None:
+        raise Problem(404, "not_found", f"instance {row.sop_uid} has no element {tag}")
+    return value
