@@ -177,7 +177,7 @@ def search(
     base = _TABLES[level]
     joins = ""
     if level != "study":
-        joins += " JOIN studies st ON st.study_uid = {0}.study_uid".format(base.alias)
+        joins += f" JOIN studies st ON st.study_uid = {base.alias}.study_uid"
     if level == "instance":
         joins += " JOIN series se ON se.series_uid = i.series_uid"
     page = min(limit, MAX_RESULTS) if limit is not None else MAX_RESULTS

@@ -1,0 +1,69 @@
+"""Accept headers as real clients send them."""
+
+from __future__ import annotations
+
+import pytest
+
+from transcode.server.negotiate import (
+    NotAcceptable,
+    choose_frames,
+    choose_image,
+    choose_instances,
+    parse_accept,
+)
+
+HTJ2K = "1.2.840.10008.1.2.4.202"
+LE = "1.2.840.10008.1.2.1"
+
+
+def test_parse_quoted_unquoted_lists_and_q_values() -> None:
+    ranges = parse_accept('image/jpeg;q=0.5, multipart/related; type="application/octet-stream"; '
+                          'transfer-syntax=*, */*;q=0.1, text/html;q=0')
+    assert [r.kind for r in ranges] == ["multipart/related", "image/jpeg", "*/*"]
+    assert ranges[0].params == {"type": "application/octet-stream", "transfer-syntax": "*"}
+    (quoted,) = parse_accept('multipart/related; type="a, b; c"')
+    assert quoted.params["type"] == "a, b; c"
+    assert [r.kind for r in parse_accept(None)] == ["*/*"]
+
+
+@pytest.mark.parametrize(("accept", "stored", "expected"), [
+    ('multipart/related; type="application/octet-stream"; transfer-syntax=*', HTJ2K, (HTJ2K, False)),  # OHIF
+    ("multipart/related; type=application/octet-stream; transfer-syntax=*", HTJ2K, (HTJ2K, False)),  # Cornerstone3D
+    (f"multipart/related; type=application/octet-stream; transfer-syntax={HTJ2K}", HTJ2K, (HTJ2K, False)),
+    ('multipart/related; type="image/jphc"', HTJ2K, (HTJ2K, False)),
+    ('multipart/related; type="application/octet-stream"', HTJ2K, (LE, True)),  # PS3.18 default
+    ("*/*", HTJ2K, (LE, True)),
+    (None, HTJ2K, (LE, True)),
+    ('multipart/related; type="image/jpeg", multipart/related; type="image/jphc";q=0.5', HTJ2K, (HTJ2K, False)),
+    ('multipart/related; type="application/octet-stream"', LE, (LE, False)),
+    ('multipart/related; type="image/jpeg"', "1.2.840.10008.1.2.4.50", ("1.2.840.10008.1.2.4.50", False)),
+    ('multipart/related; type="application/octet-stream"; transfer-syntax=1.2.840.10008.1.2', HTJ2K,
+     ("1.2.840.10008.1.2", True)),
+])
+def test_frame_choices(accept, stored, expected) -> None:
+    choice = choose_frames(accept, stored, single=False)
+    assert (choice.transfer_syntax, choice.decode) == expected
+    assert choice.part_type.endswith(f"; transfer-syntax={expected[0]}")
+
+
+def test_single_part_only_for_one_frame() -> None:
+    assert choose_frames("image/jphc", HTJ2K, single=True).multipart is False
+    with pytest.raises(NotAcceptable, match="image/jphc"):
+        choose_frames("image/jphc", HTJ2K, single=False)
+
+
+def test_instances_are_returned_as_stored() -> None:
+    assert choose_instances(None, {HTJ2K}, single=False) is True
+    assert choose_instances("application/dicom", {HTJ2K}, single=True) is False
+    assert choose_instances(f'multipart/related; type="application/dicom"; transfer-syntax={HTJ2K}', {HTJ2K},
+                            single=False)
+    with pytest.raises(NotAcceptable):
+        choose_instances(f'multipart/related; type="application/dicom"; transfer-syntax={LE}', {HTJ2K}, single=False)
+
+
+def test_rendered_media_types() -> None:
+    assert choose_image(None) == "image/jpeg"
+    assert choose_image("image/png, image/jpeg;q=0.5") == "image/png"
+    assert choose_image("image/jpeg", "image/png") == "image/png"  # the accept query parameter wins
+    with pytest.raises(NotAcceptable):
+        choose_image("image/gif")

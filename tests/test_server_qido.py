@@ -1,0 +1,104 @@
+"""QIDO-RS: the matching OHIF relies on, over the archive index."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.served import Served
+from transcode.archive import FolderArchive
+from transcode.server import create_app
+
+
+@pytest.fixture(scope="module")
+def client(served: Served):
+    with FolderArchive(served.root) as archive:
+        yield TestClient(create_app(archive))
+
+
+def uids(client: TestClient, path: str, tag: str = "0020000D") -> set[str]:
+    r = client.get("/dicomweb" + path)
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "application/dicom+json"
+    return {item[tag]["Value"][0] for item in r.json()}
+
+
+@pytest.mark.parametrize(("query", "which"), [
+    ("", "ab"),
+    ("?PatientName=other*", "b"),            # wildcard, case-insensitive for names
+    ("?PatientName=*PATIENT", "a"),
+    ("?PatientName=Demo^Patient", "a"),
+    ("?00100020=PID-0002", "b"),             # a tag instead of a keyword
+    ("?PatientID=PID-000?", "ab"),
+    ("?StudyDate=20250101-20251231", "b"),   # date ranges
+    ("?StudyDate=-20251231", "b"),
+    ("?StudyDate=20260101-", "a"),
+    ("?StudyDate=20260101", "a"),
+    ("?AccessionNumber=ACC-0002", "b"),
+    ("?ModalitiesInStudy=US", "a"),          # matched against the study's series
+    ("?ModalitiesInStudy=CR", "b"),
+    ("?Modality=MR", "a"),
+    ("?StudyDescription=Chest [PA]", "b"),   # brackets are not a pattern
+    ("?SOPClassUID=1.2.840.10008.5.1.4.1.1.1", "b"),  # an instance-level key at study level
+    ("?PatientName=Nobody", ""),
+    ("?PatientName=&fuzzymatching=false", "ab"),    # empty: universal match
+])
+def test_study_matching(client, served, query, which) -> None:
+    expected = {"a": served.study_a, "b": served.study_b}
+    assert uids(client, "/studies" + query) == {expected[c] for c in which}
+
+
+def test_study_list_matching_by_uid_and_paging(client, served) -> None:
+    both = f"{served.study_a},{served.study_b}"
+    assert uids(client, f"/studies?StudyInstanceUID={both}") == {served.study_a, served.study_b}
+    first = uids(client, "/studies?limit=1")
+    second = uids(client, "/studies?limit=1&offset=1")
+    assert len(first) == len(second) == 1 and first != second
+    assert uids(client, "/studies?offset=2") == set()
+
+
+def test_study_results_carry_what_ohif_lists(client, served) -> None:
+    (study,) = client.get(f"/dicomweb/studies?StudyInstanceUID={served.study_a}").json()
+    assert study["00080061"]["Value"] == ["CT", "MR", "US"]
+    assert study["00201206"]["Value"] == [3] and study["00201208"]["Value"] == [6]
+    assert study["00100010"]["Value"] == [{"Alphabetic": "Demo^Patient"}]
+    assert study["00081190"]["Value"][0].endswith(f"/dicomweb/studies/{served.study_a}")
+    # includefield: from a representative instance when the study row does not hold it; empty if absent
+    (study,) = client.get(f"/dicomweb/studies?StudyInstanceUID={served.study_a}"
+                          "&includefield=00204000,SOPClassUID&includefield=00081030").json()
+    assert "00080016" in study and study["00204000"]["Value"] == ["Synthetic phantom ü — not a patient"]
+    assert study["00081030"] == {"vr": "LO"}
+
+
+def test_series_and_instances(client, served) -> None:
+    series = client.get(f"/dicomweb/studies/{served.study_a}/series").json()
+    assert sorted(s["00080060"]["Value"][0] for s in series) == ["CT", "MR", "US"]
+    ct = next(s for s in series if s["00080060"]["Value"][0] == "CT")
+    assert ct["00201209"]["Value"] == [3]
+    ct_uid = ct["0020000E"]["Value"][0]
+    instances = client.get(f"/dicomweb/studies/{served.study_a}/series/{ct_uid}/instances").json()
+    assert [i["00200013"]["Value"][0] for i in instances] == [1, 2, 3]
+    assert all(i["00083002"]["Value"] == ["1.2.840.10008.1.2.4.202"] for i in instances)
+    assert uids(client, "/series?Modality=CT", "0020000E") == {ct_uid}
+    assert uids(client, f"/series?SeriesInstanceUID={ct_uid}", "0020000D") == {served.study_a}
+    everything = client.get(f"/dicomweb/studies/{served.study_a}/instances?includefield=all").json()
+    assert len(everything) == 6 and all("00280100" in i and "00204000" in i for i in everything)
+    assert uids(client, "/instances?Modality=CR", "0020000D") == {served.study_b}
+    syntaxes = sorted(i["00083002"]["Value"][0] for i in everything)
+    assert syntaxes == ["1.2.840.10008.1.2.4.202"] * 5 + ["1.2.840.10008.1.2.4.50"]  # the JPEG kept as is
+
+
+@pytest.mark.parametrize(("query", "error"), [
+    ("?NoSuchKeyword=1", "bad_query"),
+    ("?limit=-1", "bad_query"),
+    ("?offset=x", "bad_query"),
+    ("?00081111.00081150=1.2", "bad_query"),
+])
+def test_bad_queries_are_400_with_a_reason(client, query, error) -> None:
+    r = client.get("/dicomweb/studies" + query)
+    assert r.status_code == 400 and r.json()["error"] == error
+
+
+def test_search_answers_json_only(client) -> None:
+    assert client.get("/dicomweb/studies", headers={"Accept": "application/xml"}).status_code == 406
+    assert client.get("/dicomweb/studies", headers={"Accept": "application/json"}).status_code == 200

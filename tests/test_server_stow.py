@@ -1,0 +1,69 @@
+"""STOW-RS in process: the store response for mixed bodies, bad requests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pydicom
+import pytest
+from fastapi.testclient import TestClient
+from pydicom.uid import JPEGBaseline8Bit, generate_uid
+
+from fixtures.generate import Spec, write
+from transcode.archive import FolderArchive
+from transcode.server import create_app
+
+BOUNDARY = "sent-by-a-test"
+CONTENT_TYPE = f'multipart/related; type="application/dicom"; boundary={BOUNDARY}'
+
+
+def body(*payloads: bytes) -> bytes:
+    parts = [f"--{BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\n".encode() + p + b"\r\n" for p in payloads]
+    return b"".join(parts) + f"--{BOUNDARY}--\r\n".encode()
+
+
+@pytest.fixture
+def client(tmp_path: Path):
+    with FolderArchive(tmp_path / "archive") as archive:
+        yield TestClient(create_app(archive, stow_workers=1))
+
+
+def test_mixed_body_gets_202_with_referenced_and_failed(client, tmp_path) -> None:
+    study = generate_uid()
+    good = write(Spec("MR", 32, 32, 2, 16, 12, seed=1), tmp_path / "good.dcm", study=study).read_bytes()
+    lossy = write(Spec("US", 16, 16, 1, 8, 8, samples=3, photometric="YBR_FULL_422",
+                       transfer_syntax=JPEGBaseline8Bit), tmp_path / "lossy.dcm", study=study).read_bytes()
+    r = client.post("/dicomweb/studies", content=body(good, lossy, b"not DICOM at all"),
+                    headers={"Content-Type": CONTENT_TYPE})
+    assert r.status_code == 202, r.text
+    answer = r.json()
+    assert len(answer["00081199"]["Value"]) == 2  # transcoded, and kept as is
+    (failed,) = answer["00081198"]["Value"]
+    assert failed["00081197"]["Value"] == [0xC000]
+    instances = client.get(f"/dicomweb/studies/{study}/instances").json()
+    assert sorted(i["00083002"]["Value"][0] for i in instances) == ["1.2.840.10008.1.2.4.202",
+                                                                    "1.2.840.10008.1.2.4.50"]
+
+
+def test_conflicting_copy_is_reported_failed(client, tmp_path) -> None:
+    path = write(Spec("CT", 16, 16, 1, 16, 12, seed=1), tmp_path / "a.dcm")
+    first = path.read_bytes()
+    ds = pydicom.dcmread(path)
+    ds.PixelData = bytes([ds.PixelData[0] ^ 1]) + ds.PixelData[1:]  # same SOP Instance UID, other pixels
+    ds.save_as(tmp_path / "b.dcm")
+    assert client.post("/dicomweb/studies", content=body(first), headers={"Content-Type": CONTENT_TYPE}).status_code == 200
+    r = client.post("/dicomweb/studies", content=body((tmp_path / "b.dcm").read_bytes()),
+                    headers={"Content-Type": CONTENT_TYPE})
+    assert r.status_code == 409
+    assert r.json()["00081198"]["Value"][0]["00081197"]["Value"] == [0x0111]
+
+
+@pytest.mark.parametrize(("content_type", "payload", "status"), [
+    ("application/dicom", b"x", 415),
+    ('multipart/related; type="application/dicom+json"; boundary=b', b"x", 415),
+    ('multipart/related; type="application/dicom"', b"x", 400),
+    (CONTENT_TYPE, b"--" + BOUNDARY.encode() + b"\r\nContent-Type: application/dicom\r\n\r\ntrunc", 400),
+])
+def test_bad_stow_requests(client, content_type, payload, status) -> None:
+    r = client.post("/dicomweb/studies", content=payload, headers={"Content-Type": content_type})
+    assert r.status_code == status and r.json()["detail"]
