@@ -12,6 +12,7 @@ slash, a dot-dot or an absolute path.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -49,6 +50,7 @@ class Layout:
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        self._real_root = os.path.realpath(root)
         self.objects = root / "objects"
         self.conflicts = root / "conflicts"
         self.staging = root / "staging"
@@ -60,8 +62,10 @@ class Layout:
             folder.mkdir(parents=True, exist_ok=True)
 
     def resolve(self, relative: str | Path) -> Path:
-        """The absolute path of an archive-relative one, never outside the root."""
-        path = (self.root / relative).resolve()
-        if not path.is_relative_to(self.root.resolve()):
+        """The absolute path of an archive-relative one, never outside the
+        root. Lexical (no symlinks are followed: the archive makes none), as
+        it runs for every object the server reads."""
+        path = os.path.normpath(os.path.join(self._real_root, relative))
+        if not path.startswith(self._real_root + os.sep):
             raise InvalidUID(f"{relative} points outside the archive")
-        return path
+        return Path(path)

@@ -38,8 +38,9 @@ def create_app(archive: Archive, *, prefix: str = "/dicomweb", cors_origins: Seq
     service = Service(archive, prefix)
     app = FastAPI(title="transcode DICOMweb", version=__version__, docs_url=f"{prefix}/docs",
                   openapi_url=f"{prefix}/openapi.json")
-    app.include_router(_qido_routes(service), prefix=prefix)
+    app.router.routes.insert(0, wado.frames_route(service, prefix))  # first: the hot path
     app.include_router(wado.routes(service), prefix=prefix)
+    app.include_router(_qido_routes(service), prefix=prefix)
     app.include_router(rendered.routes(service), prefix=prefix)
     app.include_router(stow.routes(service, stow_workers), prefix=prefix)
     if cors_origins:

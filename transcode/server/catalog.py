@@ -7,6 +7,8 @@ process) writes, and every query sees the last committed state.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import sqlite3
 import threading
 from pathlib import Path
@@ -35,6 +37,9 @@ class Catalog:
     def __init__(self, index_path: Path) -> None:
         self.path = index_path
         self._local = threading.local()
+        # Archived instances never change (a conflicting copy goes elsewhere), so
+        # lookups are cached; misses (404) are not, so new arrivals are seen.
+        self.instance = functools.lru_cache(maxsize=4096)(self._instance)  # type: ignore[method-assign]
 
     @property
     def db(self) -> sqlite3.Connection:
@@ -45,19 +50,26 @@ class Catalog:
             self._local.db = db
         return db
 
-    def instance(self, study: str, series: str, sop: str) -> StoredInstance:
+    def _instance(self, study: str, series: str, sop: str) -> StoredInstance:
         study, series, sop = uid(study, "Study Instance UID"), uid(series, "Series Instance UID"), \
             uid(sop, "SOP Instance UID")
-        row = self.db.execute(
-            f"SELECT {_COLUMNS} FROM instances WHERE sop_uid = ? AND series_uid = ? AND study_uid = ?",
+        rows = self.db.execute(
+            f"SELECT {_COLUMNS}, f.number, f.offset, f.length, f.codestream FROM instances"
+            " LEFT JOIN frames f USING (sop_uid) WHERE sop_uid = ? AND series_uid = ? AND study_uid = ?"
+            " ORDER BY f.number",
             (sop, series, study),
-        ).fetchone()
-        if row is None:
-            raise Problem(404, "not_found", f"no instance {sop} in series {series} of study {study}")
-        frames = self.db.execute(
-            "SELECT number, offset, length, codestream FROM frames WHERE sop_uid = ? ORDER BY number", (sop,)
         ).fetchall()
-        return StoredInstance.from_rows(InstanceRow(*row), frames)
+        if not rows:
+            raise Problem(404, "not_found", f"no instance {sop} in series {series} of study {study}")
+        width = len(InstanceRow.__slots__)
+        frames = [row[width:] for row in rows if row[width] is not None]
+        return StoredInstance.from_rows(InstanceRow(*rows[0][:width]), frames)
+
+    def row(self, study: str, series: str, sop: str) -> InstanceRow:
+        """The instance's index row with its DICOM JSON (not cached)."""
+        row = self.instance(study, series, sop).row
+        text = self.db.execute("SELECT dicom_json FROM instances WHERE sop_uid = ?", (row.sop_uid,)).fetchone()[0]
+        return dataclasses.replace(row, dicom_json=text)
 
     def instances(self, study: str, series: str | None = None) -> list[InstanceRow]:
         """Every instance of a study or series, or 404."""

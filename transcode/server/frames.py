@@ -9,6 +9,7 @@ frames are read through the DICOM reader, walking to the frame asked for.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 from dataclasses import dataclass
@@ -27,26 +28,25 @@ EOC = b"\xff\xd9"
 
 @dataclass(frozen=True)
 class StoredInstance:
-    """One archived instance as the server sees it: its index row and its
-    frames rows (none for instances kept as is), codestream indexes parsed
-    only for the frames a request touches."""
+    """One archived instance as the server sees it: its index row (without
+    its DICOM JSON, which can be large: servers cache these) and its frames
+    rows (none for instances kept as is), codestream indexes parsed only for
+    the frames a request touches."""
 
     row: InstanceRow
+    bits_stored: int
     spans: tuple[tuple[int, int], ...]  # (offset, length) of each frame in the object
     _indexes: tuple[str, ...]
 
     @classmethod
     def from_rows(cls, row: InstanceRow, frames: list[tuple[int, int, int, str]]) -> StoredInstance:
-        return cls(row, tuple((o, ln) for _, o, ln, _ in frames), tuple(cs for *_, cs in frames))
+        bits = json.loads(row.dicom_json).get("00280101", {}).get("Value", [16])[0]
+        return cls(dataclasses.replace(row, dicom_json=""), int(bits),
+                   tuple((o, ln) for _, o, ln, _ in frames), tuple(cs for *_, cs in frames))
 
     @property
     def count(self) -> int:
         return self.row.frames
-
-    @property
-    def bits_stored(self) -> int:
-        value = json.loads(self.row.dicom_json).get("00280101", {}).get("Value", [16])[0]
-        return int(value)
 
     @property
     def transcoded(self) -> bool:

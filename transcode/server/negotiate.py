@@ -11,6 +11,7 @@ Little Endian; `image/jphc` is HTJ2K.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 
@@ -121,6 +122,7 @@ def _frame_option(media_type: str, syntax: str | None, stored: str, decodable: b
     return None
 
 
+@functools.lru_cache(maxsize=1024)  # a pure function of what clients send again and again
 def choose_frames(accept: str | None, stored: str, *, single: bool, decodable: bool = True) -> FrameChoice:
     """Pick the representation of frames stored as `stored` for this Accept
     header. `single`: one frame was asked for, so a single-part body is

@@ -14,14 +14,16 @@ from collections.abc import Iterator
 
 import pydicom
 from fastapi import APIRouter
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
 
 from transcode.archive.index import InstanceRow
 from transcode.server import multipart
 from transcode.server.errors import Problem
 from transcode.server.frames import StoredInstance
-from transcode.server.negotiate import accepts_json, choose_frames, choose_instances
+from transcode.server.negotiate import NotAcceptable, accepts_json, choose_frames, choose_instances
 from transcode.server.responses import cache_headers, etag, not_modified, ranged
 from transcode.server.service import Service
 
@@ -48,9 +50,60 @@ def parse_level(value: str | None) -> int | None:
     return int(value)
 
 
+def send_frames(service: Service, request: Request, stored: StoredInstance, numbers: list[int],
+                level: int | None) -> Response:
+    """Frames `numbers` of `stored` in the representation the Accept header chooses."""
+    reader = service.reader
+    reader.check(stored, numbers)
+    row = stored.row
+    choice = choose_frames(request.headers.get("accept"), row.transfer_syntax, single=len(numbers) == 1)
+    if level is not None and (choice.decode or not stored.transcoded):
+        raise Problem(400, "no_levels", "level applies to frames sent as stored HTJ2K (accept image/jphc "
+                      "or application/octet-stream with transfer-syntax=*)")
+    key = ",".join(map(str, numbers))
+    headers = cache_headers(etag("frames", row.object_digest, key, choice.part_type, str(choice.multipart),
+                                 str(level)), immutable=True)
+    if (cached := not_modified(request, headers)) is not None:
+        return cached
+
+    def frame(number: int) -> bytes:
+        return reader.native(stored, number) if choice.decode else reader.stored(stored, number, level)
+
+    base = service.instance_url(request, row)
+    boundary = multipart.boundary_for(headers["ETag"])
+    parts = ((choice.part_type, f"{base}/frames/{n}", (frame(n),)) for n in numbers)
+    media_type = multipart.content_type(choice.media_type, boundary)
+    if len(numbers) == 1:  # small enough to hold; byte ranges need the whole body
+        if not choice.multipart:
+            return ranged(request, frame(numbers[0]), choice.part_type, headers)
+        return ranged(request, b"".join(multipart.body(parts, boundary)), media_type, headers)
+    return StreamingResponse(multipart.body(parts, boundary), media_type=media_type, headers=headers)
+
+
+def frames_route(service: Service, prefix: str) -> Route:
+    """`.../instances/{sop}/frames/{list}`, the hot path of a viewer, as a
+    plain Starlette route placed before all others: FastAPI's parameter
+    machinery and a walk past every other route cost more than the frame.
+
+    One frame as stored is an index lookup and one read from the page
+    cache, done on the event loop (a hop to the thread pool costs more
+    too). Decoding, and streams of many frames, go to the thread pool."""
+
+    async def endpoint(request: Request) -> Response:
+        p = request.path_params
+        stored = service.catalog.instance(p["study"], p["series"], p["sop"])
+        numbers, level = parse_frames(p["frames"]), parse_level(request.query_params.get("level"))
+        if len(numbers) == 1 and stored.transcoded and not _wants_decoded(request, stored):
+            return send_frames(service, request, stored, numbers, level)
+        return await run_in_threadpool(send_frames, service, request, stored, numbers, level)
+
+    return Route(prefix + "/studies/{study}/series/{series}/instances/{sop}/frames/{frames}", endpoint,
+                 methods=["GET"])
+
+
 def routes(service: Service) -> APIRouter:
     router = APIRouter()
-    catalog, reader = service.catalog, service.reader
+    catalog = service.catalog
 
     def retrieve(request: Request, rows: list[InstanceRow], immutable: bool) -> Response:
         multi = choose_instances(request.headers.get("accept"), {r.transfer_syntax for r in rows},
@@ -104,44 +157,13 @@ def routes(service: Service) -> APIRouter:
 
     @router.get("/studies/{study}/series/{series}/instances/{sop}/metadata")
     def instance_metadata(request: Request, study: str, series: str, sop: str) -> Response:
-        return metadata(request, [catalog.instance(study, series, sop).row], immutable=True)
-
-    def frames(request: Request, stored: StoredInstance, numbers: list[int], level: int | None) -> Response:
-        reader.check(stored, numbers)
-        row = stored.row
-        choice = choose_frames(request.headers.get("accept"), row.transfer_syntax, single=len(numbers) == 1)
-        if level is not None and (choice.decode or not stored.transcoded):
-            raise Problem(400, "no_levels", "level applies to frames sent as stored HTJ2K (accept image/jphc "
-                          "or application/octet-stream with transfer-syntax=*)")
-        key = ",".join(map(str, numbers))
-        headers = cache_headers(etag("frames", row.object_digest, key, choice.part_type, str(choice.multipart),
-                                     str(level)), immutable=True)
-        if (cached := not_modified(request, headers)) is not None:
-            return cached
-
-        def frame(number: int) -> bytes:
-            return reader.native(stored, number) if choice.decode else reader.stored(stored, number, level)
-
-        base = service.instance_url(request, row)
-        boundary = multipart.boundary_for(headers["ETag"])
-        parts = ((choice.part_type, f"{base}/frames/{n}", (frame(n),)) for n in numbers)
-        media_type = multipart.content_type(choice.media_type, boundary)
-        if len(numbers) == 1:  # small enough to hold; byte ranges need the whole body
-            if not choice.multipart:
-                return ranged(request, frame(numbers[0]), choice.part_type, headers)
-            return ranged(request, b"".join(multipart.body(parts, boundary)), media_type, headers)
-        return StreamingResponse(multipart.body(parts, boundary), media_type=media_type, headers=headers)
-
-    @router.get("/studies/{study}/series/{series}/instances/{sop}/frames/{frame_list}")
-    def instance_frames(request: Request, study: str, series: str, sop: str, frame_list: str) -> Response:
-        stored = catalog.instance(study, series, sop)
-        return frames(request, stored, parse_frames(frame_list), parse_level(request.query_params.get("level")))
+        return metadata(request, [catalog.row(study, series, sop)], immutable=True)
 
     @router.get("/studies/{study}/series/{series}/instances/{sop}/bulkdata/{tag}")
     def bulkdata(request: Request, study: str, series: str, sop: str, tag: str) -> Response:
         stored = catalog.instance(study, series, sop)
         if tag.upper() == PIXEL_DATA:
-            return frames(request, stored, list(range(1, stored.count + 1)), None)
+            return send_frames(service, request, stored, list(range(1, stored.count + 1)), None)
         value = _bulk_value(service, stored.row, tag)
         headers = cache_headers(etag("bulkdata", stored.row.object_digest, tag.upper()), immutable=True)
         if (cached := not_modified(request, headers)) is not None:
@@ -152,6 +174,13 @@ def routes(service: Service) -> APIRouter:
                         media_type=multipart.content_type("application/octet-stream", boundary), headers=headers)
 
     return router
+
+
+def _wants_decoded(request: Request, stored: StoredInstance) -> bool:
+    try:
+        return choose_frames(request.headers.get("accept"), stored.row.transfer_syntax, single=True).decode
+    except NotAcceptable:
+        return False  # answered where it is chosen again
 
 
 def _instance_json(url: str, row: InstanceRow) -> str:
