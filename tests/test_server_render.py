@@ -24,6 +24,10 @@ class CountingArchive(FolderArchive):
         self.reads.append((relative, start, end))
         return super().read(relative, start, end)
 
+    def read_into(self, relative: str, start: int, view: memoryview) -> None:
+        self.reads.append((relative, start, start + len(view)))
+        super().read_into(relative, start, view)
+
 
 @pytest.fixture(scope="module")
 def archive(served: Served):
@@ -110,7 +114,7 @@ def test_thumbnail_reads_and_decodes_only_the_levels_it_needs(client, served, ar
 def test_series_and_study_thumbnails(client, served) -> None:
     study, series, _ = served.find("CT")
     assert image(client.get(f"/dicomweb/studies/{study}/series/{series}/thumbnail?accept=image/png")).shape == (96, 128)
-    assert image(client.get(f"/dicomweb/studies/{study}/thumbnail?viewport=64,64&accept=image/png")).shape[1] == 64
+    assert max(image(client.get(f"/dicomweb/studies/{study}/thumbnail?viewport=64,64&accept=image/png")).shape[:2]) == 64
     assert image(client.get(f"/dicomweb/studies/{study}/series/{series}/rendered?accept=image/png")).shape == (96, 128)
 
 

@@ -46,6 +46,11 @@ class Archive(ABC):
     def read(self, relative: str, start: int = 0, end: int | None = None) -> bytes:
         """Bytes [start, end) of an object."""
 
+    def read_into(self, relative: str, start: int, view: memoryview) -> None:
+        """Fill `view` with the object's bytes from `start` (saves a copy
+        where the backend can read in place)."""
+        view[:] = self.read(relative, start, start + len(view))
+
     @abstractmethod
     def exists(self, relative: str) -> bool: ...
 
@@ -117,6 +122,15 @@ class FolderArchive(Archive):
         with open(self.layout.resolve(relative), "rb") as f:
             f.seek(start)
             return f.read(-1 if end is None else max(0, end - start))
+
+    def read_into(self, relative: str, start: int, view: memoryview) -> None:
+        with open(self.layout.resolve(relative), "rb", buffering=0) as f:
+            f.seek(start)
+            while view:
+                n = f.readinto(view)
+                if not n:
+                    raise EOFError(f"{relative} ends before byte {start + len(view)}")
+                view, start = view[n:], start + n
 
     def exists(self, relative: str) -> bool:
         return self.layout.resolve(relative).is_file()

@@ -69,24 +69,32 @@ class FrameReader:
             raise Problem(404, "no_such_frame",
                           f"frame {bad[0]} does not exist: the instance has {instance.count} frame(s)")
 
-    def stored(self, instance: StoredInstance, number: int, level: int | None = None) -> bytes:
+    def stored(self, instance: StoredInstance, number: int, level: int | None = None, *,
+               head: bytes = b"", tail: bytes = b"") -> bytes | memoryview:
         """Frame `number` (1-based) as stored; for a transcoded frame and a
         `level`, only the prefix holding resolution levels 0..level, plus
-        the two-byte EOC marker that ends a codestream."""
+        the two-byte EOC marker that ends a codestream (a complete
+        codestream, which OpenJPEG reads too). `head` and `tail` (multipart
+        framing) are put around it in the same buffer, the frame read in
+        place: one copy of the bytes, not three."""
         if instance.transcoded:
             offset, length = instance.spans[number - 1]
-            if level is None:
-                return self.archive.read(instance.row.path, offset, offset + length)
-            end = self._level_end(instance, number, level)
-            prefix = self.archive.read(instance.row.path, offset, offset + end)
-            # closed by an EOC marker, a complete codestream that OpenJPEG reads too
-            return prefix if end == length else prefix + EOC
+            end = length if level is None else self._level_end(instance, number, level)
+            closing = EOC if end < length else b""
+            buffer = bytearray(len(head) + end + len(closing) + len(tail))
+            view = memoryview(buffer)
+            view[:len(head)] = head
+            self.archive.read_into(instance.row.path, offset, view[len(head):len(head) + end])
+            view[len(head) + end:] = closing + tail
+            return view
         if level is not None:
             raise Problem(400, "no_levels", "resolution levels exist only for frames stored as HTJ2K")
         with self._open(instance) as source:
             if source.transfer_syntax.is_encapsulated:
-                return next(itertools.islice(source.codestreams(), number - 1, None))
-            return _little_endian(next(itertools.islice(source.frames(), number - 1, None)))
+                data = next(itertools.islice(source.codestreams(), number - 1, None))
+            else:
+                data = _little_endian(next(itertools.islice(source.frames(), number - 1, None)))
+        return head + data + tail
 
     def _level_end(self, instance: StoredInstance, number: int, level: int) -> int:
         index = instance.index(number)

@@ -34,14 +34,23 @@ def content_type(media_type: str, boundary: str) -> str:
     return f'multipart/related; type="{media_type}"; boundary={boundary}'
 
 
-def body(parts: Iterable[tuple[str, str, Iterable[bytes]]], boundary: str) -> Iterator[bytes]:
+def body(parts: Iterable[tuple[str, str, Iterable[bytes | memoryview]]], boundary: str) -> Iterator[bytes | memoryview]:
     """A multipart/related body, streamed: each part is (Content-Type,
     Content-Location, its bytes in pieces)."""
     for part_type, location, pieces in parts:
-        yield f"--{boundary}\r\nContent-Type: {part_type}\r\nContent-Location: {location}\r\n\r\n".encode()
+        yield part_head(boundary, part_type, location)
         yield from pieces
         yield b"\r\n"
     yield f"--{boundary}--\r\n".encode()
+
+
+def part_head(boundary: str, part_type: str, location: str) -> bytes:
+    return f"--{boundary}\r\nContent-Type: {part_type}\r\nContent-Location: {location}\r\n\r\n".encode()
+
+
+def closing(boundary: str) -> bytes:
+    """What follows the payload of a body's last part."""
+    return f"\r\n--{boundary}--\r\n".encode()
 
 
 async def save_parts(stream: AsyncIterator[bytes], request_type: str | None, folder: Path,

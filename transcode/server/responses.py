@@ -42,7 +42,7 @@ def not_modified(request: Request, headers: dict[str, str]) -> Response | None:
     return None
 
 
-def ranged(request: Request, body: bytes, media_type: str, headers: dict[str, str]) -> Response:
+def ranged(request: Request, body: bytes | memoryview, media_type: str, headers: dict[str, str]) -> Response:
     """The whole body (200), or the one byte range asked for (206 with
     Content-Range), or 416. Ranges count bytes of this response body, as
     Cornerstone3D's byte-range loader expects. A Range with several ranges

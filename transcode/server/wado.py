@@ -66,17 +66,20 @@ def send_frames(service: Service, request: Request, stored: StoredInstance, numb
     if (cached := not_modified(request, headers)) is not None:
         return cached
 
-    def frame(number: int) -> bytes:
-        return reader.native(stored, number) if choice.decode else reader.stored(stored, number, level)
+    def frame(number: int, head: bytes = b"", tail: bytes = b"") -> bytes | memoryview:
+        if choice.decode:
+            return head + reader.native(stored, number) + tail
+        return reader.stored(stored, number, level, head=head, tail=tail)
 
     base = service.instance_url(request, row)
     boundary = multipart.boundary_for(headers["ETag"])
-    parts = ((choice.part_type, f"{base}/frames/{n}", (frame(n),)) for n in numbers)
     media_type = multipart.content_type(choice.media_type, boundary)
     if len(numbers) == 1:  # small enough to hold; byte ranges need the whole body
         if not choice.multipart:
             return ranged(request, frame(numbers[0]), choice.part_type, headers)
-        return ranged(request, b"".join(multipart.body(parts, boundary)), media_type, headers)
+        head = multipart.part_head(boundary, choice.part_type, f"{base}/frames/{numbers[0]}")
+        return ranged(request, frame(numbers[0], head, multipart.closing(boundary)), media_type, headers)
+    parts = ((choice.part_type, f"{base}/frames/{n}", (frame(n),)) for n in numbers)
     return StreamingResponse(multipart.body(parts, boundary), media_type=media_type, headers=headers)
 
 
