@@ -105,3 +105,36 @@ def test_stow_runs_the_ingest_pipeline(tmp_path: Path) -> None:
             np.testing.assert_array_equal(web.retrieve_instance(study, found[0]["0020000E"]["Value"][0],
                                                                 found[0]["00080018"]["Value"][0]).pixel_array,
                                           pydicom.dcmread(good).pixel_array)
+
+
+def test_transcode_serve_command(served, tmp_path) -> None:
+    import json
+    import socket
+    import subprocess
+    import sys
+    import urllib.request
+
+    from transcode.cli import EXIT_USAGE, main
+
+    assert main(["serve", "--archive", str(tmp_path / "nothing")]) == EXIT_USAGE
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "transcode.cli", "serve", "--archive", str(served.root),
+                             "--port", str(port), "--log-level", "warning"], stdout=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert f"http://127.0.0.1:{port}/dicomweb" in line
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/dicomweb/studies") as response:
+                    studies = json.loads(response.read())
+                break
+            except OSError:
+                assert time.monotonic() < deadline and proc.poll() is None
+                time.sleep(0.1)
+        assert {s["0020000D"]["Value"][0] for s in studies} == {served.study_a, served.study_b}
+    finally:
+        proc.terminate()
+        proc.wait(10)

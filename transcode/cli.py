@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -211,14 +212,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     import uvicorn  # the server's dependencies load only when serving
 
-    from transcode.server import create_app
+    from transcode.server.app import SERVE_OPTIONS
 
-    with FolderArchive(args.archive) as archive:
-        app = create_app(archive, cors_origins=args.cors_origin, stow_workers=args.stow_workers)
-        host = f"[{args.host}]" if ":" in args.host else args.host
-        print(f"DICOMweb root: http://{host}:{args.port}/dicomweb  (studies: http://{host}:{args.port}/dicomweb/studies)",
-              flush=True)
-        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, proxy_headers=True)
+    # Each worker process builds its own app (and archive handle) from these.
+    os.environ[SERVE_OPTIONS] = json.dumps({"archive": str(Path(args.archive).resolve()),
+                                            "cors_origins": args.cors_origin, "stow_workers": args.stow_workers})
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    print(f"DICOMweb root: http://{host}:{args.port}/dicomweb  (studies: http://{host}:{args.port}/dicomweb/studies)",
+          flush=True)
+    uvicorn.run("transcode.server.app:app_from_environment", factory=True, workers=args.workers, host=args.host,
+                port=args.port, log_level=args.log_level, proxy_headers=True)
     return EXIT_OK
 
 
@@ -267,7 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8042, help="(default: %(default)s)")
     serve.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                        help="allow browser calls from this origin (repeatable; '*' for any)")
-    serve.add_argument("--stow-workers", type=int, default=None, help="worker processes per STOW-RS request")
+    serve.add_argument("--workers", type=int, default=1,
+                       help="server processes (default: %(default)s; frame serving scales with them)")
+    serve.add_argument("--stow-workers", type=int, default=None, help="ingest processes per STOW-RS request")
     serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     serve.set_defaults(func=cmd_serve)
 

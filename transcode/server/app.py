@@ -8,6 +8,7 @@ and STOW-RS. Errors are JSON, `{"error": reason, "detail": sentence}`.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 
 from fastapi import APIRouter, FastAPI
@@ -18,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from transcode import __version__
+from transcode.archive import FolderArchive
 from transcode.archive.store import Archive
 from transcode.policy import Stop
 from transcode.server import qido, rendered, stow, wado
@@ -27,6 +29,7 @@ from transcode.server.negotiate import NotAcceptable, accepts_json
 from transcode.server.qido import QueryError
 from transcode.server.service import Service
 
+SERVE_OPTIONS = "TRANSCODE_SERVE_OPTIONS"
 EXPOSED = ["Content-Range", "Content-Length", "Content-Type", "Content-Location", "ETag", "Warning"]
 STUDY, SERIES = qido.STUDY_UID, qido.SERIES_UID
 
@@ -48,6 +51,14 @@ def create_app(archive: Archive, *, prefix: str = "/dicomweb", cors_origins: Seq
                            allow_headers=["*"], expose_headers=EXPOSED)
     _error_handlers(app)
     return app
+
+
+def app_from_environment() -> FastAPI:
+    """The app of one `transcode serve` worker process, from the options the
+    command left in the environment (uvicorn starts workers by import path)."""
+    options = json.loads(os.environ[SERVE_OPTIONS])
+    return create_app(FolderArchive(options["archive"]), cors_origins=options["cors_origins"],
+                      stow_workers=options["stow_workers"])
 
 
 def _qido_routes(service: Service) -> APIRouter:
