@@ -124,3 +124,28 @@ def test_bad_rendering_parameters(client, served, query) -> None:
     study, series, sop = served.find("CT")
     r = client.get(url(study, series, sop) + "/rendered?" + query)
     assert r.status_code == 400 and r.json()["detail"]
+
+
+def test_voi_lut_sequence_is_applied(tmp_path) -> None:
+    from pydicom.dataset import Dataset
+    from pydicom.uid import generate_uid
+
+    from fixtures.generate import Spec, dataset
+    from transcode.pipeline import ingest
+
+    ds = dataset(Spec("CT", 40, 48, 1, 16, 12, seed=3), study=generate_uid(), series=generate_uid(), number=1)
+    del ds.WindowCenter, ds.WindowWidth
+    ds.RescaleIntercept, ds.RescaleSlope = 0, 1
+    lut = Dataset()
+    first, entries = 100, 3000
+    table = (np.sqrt(np.arange(entries) / (entries - 1)) * 4095).astype(np.uint16)  # a gamma curve, 12 bits
+    lut.LUTDescriptor, lut.LUTData = [entries, first, 12], table.astype("<u2").tobytes()
+    ds.VOILUTSequence = [lut]
+    ds.save_as(tmp_path / "voi.dcm", enforce_file_format=True)
+    with FolderArchive(tmp_path / "archive", exclusive=True) as archive:
+        assert ingest([tmp_path / "voi.dcm"], archive, workers=1).counts()["transcoded"] == 1
+        client = TestClient(create_app(archive))
+        png = image(client.get(url(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID) + "/rendered",
+                               headers={"Accept": "image/png"}))
+    reference = table[np.clip(ds.pixel_array.astype(int) - first, 0, entries - 1)].astype(float) * 255 / 4095
+    assert np.abs(png.astype(float) - reference).max() <= 1

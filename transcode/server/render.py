@@ -98,7 +98,9 @@ def grey_levels(frame: np.ndarray, ds: Dataset, window: Window | None) -> np.nda
     if window is None and "VOILUTSequence" in ds:
         lut = ds.VOILUTSequence[0]
         bits = int(lut.LUTDescriptor[2])
-        out = apply_voi_lut(values, ds, index=0, prefer_lut=True) * (255.0 / ((1 << bits) - 1))
+        # a LUT is indexed by whole modality values
+        indexed = apply_voi_lut(np.rint(values).astype(np.int64), ds, index=0, prefer_lut=True)
+        out = indexed.astype(np.float64) * (255.0 / ((1 << bits) - 1))
     else:
         if window is None:
             window = _dataset_window(ds) or _range_window(values)
