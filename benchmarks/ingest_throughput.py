@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,6 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fixtures.generate import Spec, frame_arrays, write, write_dbt  # noqa: E402
+from transcode.bench.measure import peak_rss  # noqa: E402
 from transcode.codecs import htj2k  # noqa: E402
 from transcode.codecs.htj2k import EncodeSettings  # noqa: E402
 
@@ -59,36 +58,10 @@ def steady_seconds(archive: Path, files: int) -> float:
     return (last - first) / (count - 1)
 
 
-def _tree_rss(pid: int) -> int:
-    """Resident bytes of `pid` and all its descendants."""
-    total, stack = 0, [pid]
-    while stack:
-        p = stack.pop()
-        try:
-            with open(f"/proc/{p}/status") as f:
-                total += next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
-            for task in os.listdir(f"/proc/{p}/task"):
-                with open(f"/proc/{p}/task/{task}/children") as f:
-                    stack.extend(int(c) for c in f.read().split())
-        except (OSError, StopIteration):
-            continue
-    return total
-
-
 def ingest_run(src: Path, archive: Path, workers: int, crosscheck: str) -> tuple[float, int]:
     """Wall seconds and peak RSS (all processes) of one `transcode ingest`."""
-    cmd = [sys.executable, "-m", "transcode.cli", "ingest", str(src), "--archive", str(archive),
-           "--workers", str(workers), "--threads", "1", "--crosscheck", crosscheck]
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    peak = 0
-    while proc.poll() is None:
-        peak = max(peak, _tree_rss(proc.pid))
-        time.sleep(0.01)
-    seconds = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise RuntimeError(f"ingest failed: {' '.join(cmd)}")
-    return seconds, peak
+    return peak_rss([sys.executable, "-m", "transcode.cli", "ingest", str(src), "--archive", str(archive),
+                     "--workers", str(workers), "--threads", "1", "--crosscheck", crosscheck])
 
 
 def main() -> int:

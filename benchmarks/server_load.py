@@ -1,19 +1,6 @@
-"""Frame serving on loopback, against a bare uvicorn endpoint in the same run.
-
-A CT series (300 single-frame 512x512 16-bit instances, generated and
-ingested) is served by `transcode serve` in its own process. Concurrent
-clients (threads with keep-alive connections, in this process) fetch every
-frame in turn, for a fixed time per case:
-
-- full frames as stored (HTJ2K, `transfer-syntax=*`, what OHIF asks for),
-- level-2 prefixes (`?level=2`, a quarter-size preview),
-- the bare endpoint: a minimal ASGI app under uvicorn, in its own process,
-  answering every request with one frame's multipart body from memory.
-
-Reported: frames per second and p50/p99 latency per case and concurrency;
-the ratio of full-frame serving to the bare endpoint (target: >= 0.5); and
-the time to a 128-pixel thumbnail (the server's /thumbnail path: level
-prefix decode + resize) against a full decode plus the same resize.
+"""Frame serving on loopback against a bare uvicorn endpoint (issue 4's load
+test); the measurement lives in `transcode.bench.server`, which
+`transcode bench` also runs.
 
     python benchmarks/server_load.py [--files 300] [--seconds 5] [--clients 1 8]
 """
@@ -21,127 +8,11 @@ prefix decode + resize) against a full decode plus the same resize.
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
-import socket
-import statistics
-import subprocess
 import sys
-import tempfile
-import threading
-import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from fixtures.generate import Spec, write  # noqa: E402
-
-ACCEPT = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start(cmd: list[str], port: int) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return proc
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError(f"server did not start: {' '.join(cmd)}")
-
-
-def load(port: int, paths: list[str], clients: int, seconds: float) -> dict[str, float]:
-    """`clients` threads, each on one keep-alive connection, cycling through
-    `paths` for `seconds`; frames per second and latency percentiles."""
-    latencies: list[float] = []
-    lock = threading.Lock()
-    stop = time.perf_counter() + seconds
-
-    def client(offset: int) -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", port)
-        mine, n = [], offset
-        while time.perf_counter() < stop:
-            began = time.perf_counter()
-            conn.request("GET", paths[n % len(paths)], headers={"Accept": ACCEPT})
-            response = conn.getresponse()
-            response.read()
-            if response.status != 200:
-                raise RuntimeError(f"{paths[n % len(paths)]}: {response.status}")
-            mine.append(time.perf_counter() - began)
-            n += 1
-        conn.close()
-        with lock:
-            latencies.extend(mine)
-
-    began = time.perf_counter()
-    threads = [threading.Thread(target=client, args=(i * len(paths) // clients,)) for i in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    elapsed = time.perf_counter() - began
-    latencies.sort()
-    return {"fps": len(latencies) / elapsed, "p50_ms": statistics.median(latencies) * 1e3,
-            "p99_ms": latencies[int(0.99 * (len(latencies) - 1))] * 1e3, "requests": len(latencies)}
-
-
-def bare_app(body: bytes, content_type: str):  # noqa: ANN201 - an ASGI callable
-    headers = [(b"content-type", content_type.encode()), (b"content-length", str(len(body)).encode())]
-
-    async def app(scope, receive, send) -> None:  # noqa: ANN001
-        if scope["type"] != "http":
-            return
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
-
-    return app
-
-
-def serve_bare(port: int, body_file: Path) -> None:
-    import uvicorn
-
-    content_type, body = json.loads(body_file.with_suffix(".json").read_text())["content_type"], body_file.read_bytes()
-    uvicorn.run(bare_app(body, content_type), host="127.0.0.1", port=port, log_level="warning")
-
-
-def thumbnail_times(archive: Path, repeats: int = 20) -> dict[str, float]:
-    """Seconds per 128-px thumbnail of one CT frame: the server's path (level
-    prefix decode) against a full decode and the same resize and encode."""
-    import pydicom
-
-    from transcode.archive import FolderArchive
-    from transcode.server import render
-    from transcode.server.catalog import Catalog
-    from transcode.server.frames import FrameReader
-
-    with FolderArchive(archive) as store:
-        catalog, reader = Catalog(store.index.path), FrameReader(store)
-        row = next(store.index.instances())
-        stored = catalog.instance(row.study_uid, row.series_uid, row.sop_uid)
-        index = stored.index(1)
-        size = render.fit(index.width, index.height, (128, 128))
-        level = render.level_for(index, size)
-        ds = pydicom.dcmread(store.root / row.path, stop_before_pixels=True)
-        best = {}
-        for name, chosen in (("thumbnail_s", level), ("full_decode_resize_s", None)):
-            times = []
-            for _ in range(repeats):
-                began = time.perf_counter()
-                pixels = render.to_rgb_or_grey(reader.pixels(stored, 1, chosen), ds, None)
-                render.encode_image(pixels, size, "image/jpeg")
-                times.append(time.perf_counter() - began)
-            best[name] = min(times)
-        best["thumbnail_bytes_read"] = index.level_end(level)
-        best["frame_bytes"] = index.length
-        return best
+from transcode.bench import report, server
 
 
 def main() -> int:
@@ -150,64 +21,13 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=5.0, help="per case and concurrency (default: 5)")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
-    parser.add_argument("--bare-serve", nargs=2, metavar=("PORT", "BODY"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.bare_serve:
-        serve_bare(int(args.bare_serve[0]), Path(args.bare_serve[1]))
-        return 0
-    results: dict[str, object] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        study, series = "1.2.826.0.1.3680043.8.498.1", "1.2.826.0.1.3680043.8.498.2"
-        (root / "src").mkdir()
-        for n in range(args.files):
-            write(Spec("CT", 512, 512, 1, 16, 12, signed=True, seed=n), root / "src" / f"{n:04d}.dcm",
-                  study=study, series=series, number=str(n + 1))
-        subprocess.run([sys.executable, "-m", "transcode.cli", "ingest", str(root / "src"), "--archive",
-                        str(root / "archive")], check=True, stdout=subprocess.DEVNULL)
-        ours = free_port()
-        server = start([sys.executable, "-m", "transcode.cli", "serve", "--archive", str(root / "archive"),
-                        "--port", str(ours), "--log-level", "warning"], ours)
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", ours)
-            conn.request("GET", f"/dicomweb/studies/{study}/series/{series}/instances")
-            sops = [i["00080018"]["Value"][0] for i in json.loads(conn.getresponse().read())]
-            base = f"/dicomweb/studies/{study}/series/{series}/instances"
-            full = [f"{base}/{sop}/frames/1" for sop in sops]
-            level2 = [f"{path}?level=2" for path in full]
-            conn.request("GET", full[0], headers={"Accept": ACCEPT})
-            response = conn.getresponse()
-            (root / "body.bin").write_bytes(response.read())
-            (root / "body.json").write_text(json.dumps({"content_type": response.getheader("content-type")}))
-            bare = free_port()
-            bare_server = start([sys.executable, __file__, "--bare-serve", str(bare), str(root / "body.bin")], bare)
-            try:
-                for clients in args.clients:
-                    results[f"bare_{clients}"] = load(bare, full, clients, args.seconds)
-                    results[f"full_{clients}"] = load(ours, full, clients, args.seconds)
-                    results[f"level2_{clients}"] = load(ours, level2, clients, args.seconds)
-            finally:
-                bare_server.terminate()
-        finally:
-            server.terminate()
-        results["thumbnail"] = thumbnail_times(root / "archive")
-        results["frame_body_bytes"] = (root / "body.bin").stat().st_size
-    rows = ["| case | clients | frames/s | p50 ms | p99 ms | vs bare |", "|---|---|---|---|---|---|"]
-    for clients in args.clients:
-        bare_fps = results[f"bare_{clients}"]["fps"]
-        for case in ("bare", "full", "level2"):
-            r = results[f"{case}_{clients}"]
-            rows.append(f"| {case} | {clients} | {r['fps']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
-                        f"{r['fps'] / bare_fps:.2f}x |")
-    t = results["thumbnail"]
-    rows += ["", "| 128-px thumbnail of a 512x512 CT frame | ms | bytes read |", "|---|---|---|",
-             f"| from the level prefix (server path) | {t['thumbnail_s'] * 1e3:.2f} | {t['thumbnail_bytes_read']} |",
-             f"| full decode + resize | {t['full_decode_resize_s'] * 1e3:.2f} | {t['frame_bytes']} |",
-             f"| ratio | {t['thumbnail_s'] / t['full_decode_resize_s']:.2f}x | |"]
+    results = server.run(args.files, args.seconds, args.clients)
+    table = report.server_table(results)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "server_load.json").write_text(json.dumps(results, indent=2))
-    (args.out / "server_load.md").write_text("\n".join(rows) + "\n")
-    print("\n".join(rows))
+    (args.out / "server_load.md").write_text(table)
+    print(table)
     return 0
 
 

@@ -1,4 +1,4 @@
-"""The `transcode` command: `convert`, `ingest`, `verify`, `serve`, `info`.
+"""The `transcode` command: `convert`, `ingest`, `verify`, `serve`, `bench`, `info`.
 
 Exit codes. `convert`: 0 every instance transcoded, 3 some kept as is (none
 failed), 1 at least one failed. `ingest`: 0 every file transcoded, kept or a
@@ -225,6 +225,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    try:
+        from transcode import bench
+    except ImportError as exc:  # matplotlib, for the charts
+        print(f"transcode: bench needs {exc.name}: pip install -e '.[bench]'", file=sys.stderr)
+        return EXIT_USAGE
+    missing = [p for p in args.paths if not Path(p).exists()]
+    if missing:
+        print(f"transcode: no such file or folder: {', '.join(missing)}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        results = bench.run(args.paths, Path(args.out), quick=args.quick, server=not args.no_server,
+                            log=lambda line: print(line, file=sys.stderr, flush=True))
+    except ValueError as exc:
+        print(f"transcode: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print((Path(args.out) / "results.md").read_text())
+    print(f"Results, tables and charts in {args.out} ({results['seconds']:.0f} s).")
+    return EXIT_OK
+
+
 def _encode_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--crosscheck", choices=[c.value for c in CrossCheck], default=CrossCheck.FIRST.value,
@@ -275,6 +296,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--stow-workers", type=int, default=None, help="ingest processes per STOW-RS request")
     serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     serve.set_defaults(func=cmd_serve)
+
+    bench_ = sub.add_parser("bench", help="speed, size, progressive and scaling benchmarks (generated data or yours)")
+    bench_.add_argument("paths", nargs="*", help="DICOM files or folders to measure on (default: generated phantoms)")
+    bench_.add_argument("--out", required=True, help="folder for results.json, results.md and the charts")
+    bench_.add_argument("--quick", action="store_true", help="small sizes and few repeats: under two minutes")
+    bench_.add_argument("--no-server", action="store_true", help="skip the DICOMweb load test")
+    bench_.set_defaults(func=cmd_bench)
 
     info = sub.add_parser("info", help="transfer syntax, frames and the HTJ2K resolution map of a file")
     info.add_argument("file")

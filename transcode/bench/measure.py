@@ -1,0 +1,91 @@
+"""Timing and memory primitives shared by the benchmark parts."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+
+def spread(values: Sequence[float]) -> dict[str, float]:
+    return {"min": min(values), "median": statistics.median(values), "max": max(values)}
+
+
+def repeat(fn: Callable[[], Any], repeats: int) -> list[float]:
+    """Wall seconds of `repeats` calls (one warm-up call first, not counted)."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        began = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - began)
+    return times
+
+
+def on_threads(fn: Callable[[Any], Any], items: Sequence[Any], threads: int) -> Callable[[], None]:
+    """A pass that runs `fn` over `threads` copies of `items` on `threads`
+    threads: the all-cores throughput of a codec that releases the GIL."""
+    def run() -> None:
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(fn, list(items) * threads))
+    return run
+
+
+def tree_rss(pid: int) -> int:
+    """Resident bytes of `pid` and all its descendants (Linux /proc)."""
+    total, stack = 0, [pid]
+    while stack:
+        p = stack.pop()
+        try:
+            with open(f"/proc/{p}/status") as f:
+                total += next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    stack.extend(int(c) for c in f.read().split())
+        except (OSError, StopIteration):
+            continue
+    return total
+
+
+def peak_rss(cmd: Sequence[str]) -> tuple[float, int]:
+    """Wall seconds and peak RSS (all processes, sampled every 10 ms) of a command."""
+    began = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    peak = 0
+    while proc.poll() is None:
+        peak = max(peak, tree_rss(proc.pid))
+        time.sleep(0.01)
+    seconds = time.perf_counter() - began
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed: {proc.stderr.read().decode()[-500:] if proc.stderr else ''}")
+    return seconds, peak
+
+
+def machine() -> dict[str, Any]:
+    """CPU, cores and library versions, for results.json."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    cpu = "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    libraries = {}
+    for name in ("transcode", "numpy", "pydicom", "imagecodecs", "pylibjpeg-openjpeg", "pylibjpeg-rle", "blake3",
+                 "fastapi", "uvicorn", "matplotlib"):
+        try:
+            libraries[name] = version(name)
+        except PackageNotFoundError:
+            libraries[name] = None
+    import imagecodecs
+
+    codecs = dict(item.split("-", 1) for item in imagecodecs.version().split(", ")[1:] if "-" in item)
+    for name in ("openjph", "openjpeg", "charls", "zlib", "zstd", "libjpeg_turbo"):
+        libraries[name] = codecs.get(name)
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "libraries": libraries}

@@ -1,0 +1,100 @@
+"""results.md: the benchmark's figures as Markdown tables."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transcode.bench.codecs import CODECS
+from transcode.bench.size import J2K, JLS
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def speed_table(speed: dict[str, Any]) -> str:
+    rows = []
+    for r in speed["rows"]:
+        mb, mp = r["mb_per_s"], r["mp_per_s"]
+        rows.append([r["codec"], r["operation"], str(r["cores"]),
+                     f"{mb['min']:.1f} / {mb['median']:.1f} / {mb['max']:.1f}", f"{mp['median']:.1f}",
+                     f"{r['vs_baseline']:.2f}x"])
+    return _table(["codec", "operation", "cores", "MB/s min / median / max", "MP/s (median)",
+                   "vs OpenJPH encode, 1 core"], rows)
+
+
+def size_tables(size: dict[str, Any]) -> str:
+    out = []
+    names = [c.name for c in CODECS]
+    for set_name, result in size.items():
+        for grouping in ("all", "by_modality", "by_bits"):
+            rows = []
+            for group, g in result[grouping].items():
+                ratios = [f"{g['ratio'][n]:.2f}" if n in g["ratio"] else "-" for n in names]
+                penalty = [f"{g['htj2k_penalty_percent'][other]:+.1f}%" if other in g["htj2k_penalty_percent"] else "-"
+                           for other in (J2K, JLS)]
+                rows.append([group, str(g["frames"]), *ratios, *penalty])
+            label = {"all": "all frames", "by_modality": "modality", "by_bits": "bits stored"}[grouping]
+            out.append(f"**{set_name}, by {label}** (compression ratio; HTJ2K size against J2K and JPEG-LS)\n\n"
+                       + _table([label, "frames", *names, "HTJ2K vs J2K", "HTJ2K vs JPEG-LS"], rows))
+    return "\n".join(out)
+
+
+def progressive_tables(progressive: list[dict[str, Any]]) -> str:
+    rows, thumbs = [], []
+    for p in progressive:
+        for lv in p["levels"]:
+            rows.append([f"{p['side']}²", str(lv["level"]), lv["scale"], f"{lv['width']}x{lv['height']}",
+                         str(lv["bytes"]), f"{lv['share']:.1%}", f"{lv['decode_s'] * 1e3:.2f}"])
+        t = p["thumbnail"]
+        thumbs.append([f"{p['side']}²", str(t["level"]), str(t["bytes"]), f"{t['bytes'] / p['codestream_bytes']:.1%}",
+                       f"{t['seconds'] * 1e3:.2f}", f"{t['full_decode_seconds'] * 1e3:.2f}"])
+    return (_table(["frame (12-bit)", "level", "scale", "size", "bytes (prefix)", "share", "decode ms"], rows) + "\n"
+            + _table(["frame", "thumbnail level", "bytes", "share", "128-px thumbnail ms",
+                      "full decode + resize ms"], thumbs))
+
+
+def scaling_tables(scaling: dict[str, Any]) -> str:
+    threads = _table(["threads", "pipeline MP/s", "bare encode MP/s"],
+                     [[str(r["threads"]), f"{r['pipeline_mp_per_s']:.1f}", f"{r['bare_encode_mp_per_s']:.1f}"]
+                      for r in scaling["threads"]])
+    sizes = _table(["frame", "encode MP/s", "decode MP/s", "pipeline MP/s"],
+                   [[f"{r['side']}²", f"{r['encode_mp_per_s']:.1f}", f"{r['decode_mp_per_s']:.1f}",
+                     f"{r['pipeline_mp_per_s']:.1f}"] for r in scaling["frame_sizes"]])
+    memory = _table(["frames", "instance MB", "peak RSS MB", "seconds"],
+                    [[str(r["frames"]), f"{r['instance_mb']:.1f}", f"{r['peak_rss_mb']:.0f}", f"{r['seconds']:.2f}"]
+                     for r in scaling["memory"]])
+    return f"{threads}\n{sizes}\n{memory}"
+
+
+def server_table(server: dict[str, Any]) -> str:
+    clients = sorted({int(k.split("_")[1]) for k in server if k.startswith("bare_")})
+    rows = []
+    for n in clients:
+        bare = server[f"bare_{n}"]["fps"]
+        for case in ("bare", "full", "level2"):
+            r = server[f"{case}_{n}"]
+            rows.append([case, str(n), f"{r['fps']:.0f}", f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}",
+                         f"{r['fps'] / bare:.2f}x"])
+    t = server["thumbnail"]
+    return (_table(["case", "clients", "frames/s", "p50 ms", "p99 ms", "vs bare"], rows) + "\n"
+            + _table(["128-px thumbnail of a 512x512 CT frame", "ms", "bytes read"],
+                     [["from the level prefix (server path)", f"{t['thumbnail_s'] * 1e3:.2f}",
+                       str(t["thumbnail_bytes_read"])],
+                      ["full decode + resize", f"{t['full_decode_resize_s'] * 1e3:.2f}", str(t["frame_bytes"])]]))
+
+
+def markdown(results: dict[str, Any]) -> str:
+    m = results["machine"]
+    parts = [f"# transcode bench\n\n{m['cpu']}, {m['cores']} cores, Python {m['python']}; "
+             f"{'quick' if results['quick'] else 'full'} run. Absolute figures depend on the machine; "
+             "the ratios are what carries over.\n",
+             "## Speed\n", speed_table(results["speed"]),
+             "## Size\n", size_tables(results["size"]),
+             "## Progressive\n", progressive_tables(results["progressive"]),
+             "## Scaling\n", scaling_tables(results["scaling"])]
+    if results.get("server"):
+        parts += ["## Server\n", server_table(results["server"])]
+    return "\n".join(parts)
