@@ -28,7 +28,7 @@ class Service:
     def __post_init__(self) -> None:
         self.catalog = Catalog(self.archive.index.path)
         self.reader = FrameReader(self.archive)
-        self.header = functools.lru_cache(maxsize=256)(self._header)
+        self.header = functools.lru_cache(maxsize=64)(self._header)
 
     def url(self, request: Request, study: str, series: str | None = None, sop: str | None = None) -> str:
         """The WADO-RS URL of a study, series or instance."""

@@ -33,10 +33,8 @@ PIXEL_DATA = "7FE00010"
 
 def parse_frames(value: str) -> list[int]:
     """`1,2,5` -> [1, 2, 5]; 400 for anything else."""
-    try:
-        numbers = [int(item) for item in value.split(",")]
-    except ValueError:
-        numbers = []
+    items = value.split(",")
+    numbers = [int(item) for item in items] if all(item.isdigit() and item.isascii() for item in items) else []
     if not numbers or min(numbers) < 1:
         raise Problem(400, "bad_frame_list", f"frames are 1-based numbers separated by commas, not {value!r}")
     return numbers
