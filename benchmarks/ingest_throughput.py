@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sqlite3
 import sys
 import tempfile
 import time
@@ -31,7 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fixtures.generate import Spec, frame_arrays, write, write_dbt  # noqa: E402
-from transcode.bench.measure import peak_rss  # noqa: E402
+from transcode.bench.measure import ingest_run, steady_seconds  # noqa: E402
 from transcode.codecs import htj2k  # noqa: E402
 from transcode.codecs.htj2k import EncodeSettings  # noqa: E402
 
@@ -47,21 +46,6 @@ def bare_seconds(specs: list[Spec]) -> float:
             htj2k.decode(data)
             total += time.perf_counter() - start
     return total
-
-
-def steady_seconds(archive: Path, files: int) -> float:
-    """Seconds per file between the first and the last file committed, from
-    the ledger: throughput without interpreter start-up and worker spawn."""
-    with sqlite3.connect(archive / "index.sqlite") as db:
-        first, last, count = db.execute("SELECT MIN(at), MAX(at), COUNT(*) FROM ledger").fetchone()
-    assert count == files, (count, files)
-    return (last - first) / (count - 1)
-
-
-def ingest_run(src: Path, archive: Path, workers: int, crosscheck: str) -> tuple[float, int]:
-    """Wall seconds and peak RSS (all processes) of one `transcode ingest`."""
-    return peak_rss([sys.executable, "-m", "transcode.cli", "ingest", str(src), "--archive", str(archive),
-                     "--workers", str(workers), "--threads", "1", "--crosscheck", crosscheck])
 
 
 def main() -> int:

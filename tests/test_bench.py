@@ -80,6 +80,8 @@ def test_scaling_and_server_figures_are_positive(quick) -> None:
     assert [r["threads"] for r in scaling["threads"]] == list(range(1, len(scaling["threads"]) + 1))
     assert all(r["pipeline_mp_per_s"] > 0 and r["bare_encode_mp_per_s"] > 0 for r in scaling["threads"])
     assert all(r["peak_rss_mb"] > 10 for r in scaling["memory"])
+    assert [r["workers"] for r in scaling["ingest_workers"]] == [r["threads"] for r in scaling["threads"]]
+    assert all(r["files_per_s"] > 0 and r["peak_rss_mb"] > 10 for r in scaling["ingest_workers"])
     server = results["server"]
     for key, r in server.items():
         if key[:4] in ("bare", "full", "leve"):

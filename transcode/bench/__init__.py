@@ -26,12 +26,13 @@ class Plan:
     repeats: int
     sizes: list[int]  # square frame sides for the progressive and frame-size parts
     thread_frames: tuple[int, int]  # frames, side of the instance for the threads curve
+    ingest_files: int  # 512x512 CT files for the ingest workers curve
     memory_frames: list[int]  # frame counts (of 1024x1024) for peak RSS
     server: tuple[int, float, list[int]]  # files, seconds per case, client counts
 
 
-QUICK = Plan(3, [256, 512, 1024], (8, 512), [1, 8, 32], (30, 1.0, [1, 4]))
-FULL = Plan(7, [256, 512, 1024, 2048, 4096], (32, 1024), [1, 16, 64, 128], (300, 5.0, [1, 8]))
+QUICK = Plan(3, [256, 512, 1024], (8, 512), 30, [1, 8, 32], (30, 1.0, [1, 4]))
+FULL = Plan(7, [256, 512, 1024, 2048, 4096], (32, 1024), 200, [1, 16, 64, 128], (300, 5.0, [1, 4, 8]))
 MAX_FILE_SAMPLES = 200
 
 
@@ -67,6 +68,7 @@ def run(paths: Sequence[str | os.PathLike[str]], out: Path, *, quick: bool = Fal
     part("size", lambda: size.run(sets))
     part("progressive", lambda: progressive.run(plan.sizes, plan.repeats))
     part("scaling", lambda: {"threads": scaling.threads(*plan.thread_frames, plan.repeats),
+                             "ingest_workers": scaling.ingest_workers(plan.ingest_files, 512),
                              "frame_sizes": scaling.frame_sizes(plan.sizes, plan.repeats),
                              "memory": scaling.memory(plan.memory_frames, 1024)})
     if server:

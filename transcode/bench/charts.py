@@ -74,15 +74,22 @@ def levels(progressive: list[dict[str, Any]], machine: dict[str, Any], path: Pat
 
 
 def scaling(result: dict[str, Any], machine: dict[str, Any], path: Path) -> Path:
-    fig, (a, b, c) = plt.subplots(1, 3, figsize=(14, 4.2))
+    fig, (a, w, b, c) = plt.subplots(1, 4, figsize=(18, 4.2))
     t = result["threads"]
     a.plot([r["threads"] for r in t], [r["pipeline_mp_per_s"] for r in t], marker="o", label="pipeline")
     a.plot([r["threads"] for r in t], [r["bare_encode_mp_per_s"] for r in t], marker="o", label="bare HTJ2K encode")
     a.set_xlabel("threads")
     a.set_xticks([r["threads"] for r in t])
     a.set_ylabel("megapixels/s")
-    a.set_title("Throughput against threads")
+    a.set_title("One instance: throughput\nagainst threads over frames")
     a.legend()
+    iw = result["ingest_workers"]
+    w.plot([r["workers"] for r in iw], [r["files_per_s"] for r in iw], marker="o")
+    w.set_xlabel("ingest worker processes (1 thread each)")
+    w.set_xticks([r["workers"] for r in iw])
+    w.set_ylabel("512x512 CT files/s (steady state)")
+    w.set_title("Ingest: files per second\nagainst worker processes")
+    w.set_ylim(bottom=0)
     s = result["frame_sizes"]
     for key, label in (("encode_mp_per_s", "encode"), ("decode_mp_per_s", "decode"), ("pipeline_mp_per_s", "pipeline")):
         b.plot([r["side"] for r in s], [r[key] for r in s], marker="o", label=label)

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 import platform
+import sqlite3
 import statistics
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 
@@ -64,6 +67,22 @@ def peak_rss(cmd: Sequence[str]) -> tuple[float, int]:
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed: {proc.stderr.read().decode()[-500:] if proc.stderr else ''}")
     return seconds, peak
+
+
+def ingest_run(src: Path, archive: Path, workers: int, crosscheck: str) -> tuple[float, int]:
+    """Wall seconds and peak RSS (all processes) of one `transcode ingest`
+    with `workers` processes of one thread each."""
+    return peak_rss([sys.executable, "-m", "transcode.cli", "ingest", str(src), "--archive", str(archive),
+                     "--workers", str(workers), "--threads", "1", "--crosscheck", crosscheck])
+
+
+def steady_seconds(archive: Path, files: int) -> float:
+    """Seconds per file between the first and the last file committed, from
+    the ledger: throughput without interpreter start-up and worker spawn."""
+    with sqlite3.connect(archive / "index.sqlite") as db:
+        first, last, count = db.execute("SELECT MIN(at), MAX(at), COUNT(*) FROM ledger").fetchone()
+    assert count == files, (count, files)
+    return (last - first) / (count - 1)
 
 
 def machine() -> dict[str, Any]:

@@ -60,13 +60,16 @@ def scaling_tables(scaling: dict[str, Any]) -> str:
     threads = _table(["threads", "pipeline MP/s", "bare encode MP/s"],
                      [[str(r["threads"]), f"{r['pipeline_mp_per_s']:.1f}", f"{r['bare_encode_mp_per_s']:.1f}"]
                       for r in scaling["threads"]])
+    workers = _table(["ingest workers", "files/s (steady state)", "command s", "peak RSS MB"],
+                     [[str(r["workers"]), f"{r['files_per_s']:.0f}", f"{r['command_seconds']:.2f}",
+                       f"{r['peak_rss_mb']:.0f}"] for r in scaling["ingest_workers"]])
     sizes = _table(["frame", "encode MP/s", "decode MP/s", "pipeline MP/s"],
                    [[f"{r['side']}²", f"{r['encode_mp_per_s']:.1f}", f"{r['decode_mp_per_s']:.1f}",
                      f"{r['pipeline_mp_per_s']:.1f}"] for r in scaling["frame_sizes"]])
     memory = _table(["frames", "instance MB", "peak RSS MB", "seconds"],
                     [[str(r["frames"]), f"{r['instance_mb']:.1f}", f"{r['peak_rss_mb']:.0f}", f"{r['seconds']:.2f}"]
                      for r in scaling["memory"]])
-    return f"{threads}\n{sizes}\n{memory}"
+    return f"{threads}\n{workers}\n{sizes}\n{memory}"
 
 
 def server_table(server: dict[str, Any]) -> str:

@@ -4,6 +4,9 @@ against instance size.
 - Threads: one multi-frame instance transcoded with 1, 2, ... threads over
   its frames (`transcode_file(workers=n)`), next to the bare OpenJPH encode
   of the same frames on as many threads.
+- Ingest workers: a folder of single-frame CT files ingested with 1, 2, ...
+  worker processes (one thread each), files per second in the steady state
+  (from the ledger: no interpreter start-up or worker spawn).
 - Frame size: bare encode and decode megapixels per second for square
   frames of 256 to 4096 pixels, and the full pipeline on each.
 - Memory: peak RSS of `transcode convert` (a child process, sampled every
@@ -23,7 +26,7 @@ import numpy as np
 
 from transcode.bench.codecs import CODECS
 from transcode.bench.dataset import write_instance
-from transcode.bench.measure import on_threads, peak_rss, repeat
+from transcode.bench.measure import ingest_run, on_threads, peak_rss, repeat, steady_seconds
 from transcode.phantom import phantom
 from transcode.transcoder import transcode_file
 
@@ -46,6 +49,21 @@ def threads(count: int, side: int, repeats: int) -> list[dict[str, Any]]:
             bare = min(repeat(on_threads(encode, chunk, n), repeats))  # n threads, count frames in all
             out.append({"threads": n, "pipeline_mp_per_s": megapixels / pipeline,
                         "bare_encode_mp_per_s": n * len(chunk) * side * side / 1e6 / bare})
+    return out
+
+
+def ingest_workers(files: int, side: int) -> list[dict[str, Any]]:
+    out = []
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        src = Path(tmp) / "src"
+        src.mkdir()
+        for n in range(files):
+            write_instance(phantom(side, side, bits=12, signed=True, seed=n), 12, src / f"{n:04d}.dcm")
+        for workers in range(1, (os.cpu_count() or 1) + 1):
+            archive = Path(tmp) / f"archive-{workers}"
+            seconds, peak = ingest_run(src, archive, workers, "none")
+            out.append({"workers": workers, "files_per_s": 1 / steady_seconds(archive, files),
+                        "command_seconds": seconds, "peak_rss_mb": peak / 1e6})
     return out
 
 
