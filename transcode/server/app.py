@@ -8,6 +8,7 @@ and STOW-RS. Errors are JSON, `{"error": reason, "detail": sentence}`.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Sequence
 
@@ -30,6 +31,7 @@ from transcode.server.qido import QueryError
 from transcode.server.service import Service
 
 SERVE_OPTIONS = "TRANSCODE_SERVE_OPTIONS"
+log = logging.getLogger("transcode.server")
 EXPOSED = ["Content-Range", "Content-Length", "Content-Type", "Content-Location", "ETag", "Warning"]
 STUDY, SERIES = qido.STUDY_UID, qido.SERIES_UID
 
@@ -129,6 +131,11 @@ def _error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Stop)
     async def unreadable(_: Request, exc: Stop) -> JSONResponse:
         return _error(500, exc.reason.value, f"the stored object cannot be read: {exc.detail}")
+
+    @app.exception_handler(Exception)
+    async def internal(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("%s %s failed", request.method, request.url.path)
+        return _error(500, "internal_error", f"{type(exc).__name__}: {exc}")
 
     @app.exception_handler(HTTPException)
     async def http_error(_: Request, exc: HTTPException) -> JSONResponse:

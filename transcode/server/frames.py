@@ -13,13 +13,17 @@ import dataclasses
 import itertools
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+from pydicom.pixels import iter_pixels
+from pydicom.uid import UID
 
 from transcode.archive.index import InstanceRow
 from transcode.archive.store import Archive
 from transcode.codecs import htj2k
 from transcode.codecs.codestream import CodestreamIndex
+from transcode.codecs.decode import register_plugins
 from transcode.dicom.read import Instance, open_instance
 from transcode.server.errors import Problem
 
@@ -35,13 +39,15 @@ class StoredInstance:
 
     row: InstanceRow
     bits_stored: int
+    bits_allocated: int
     spans: tuple[tuple[int, int], ...]  # (offset, length) of each frame in the object
     _indexes: tuple[str, ...]
 
     @classmethod
     def from_rows(cls, row: InstanceRow, frames: list[tuple[int, int, int, str]]) -> StoredInstance:
-        bits = json.loads(row.dicom_json).get("00280101", {}).get("Value", [16])[0]
-        return cls(dataclasses.replace(row, dicom_json=""), int(bits),
+        meta = json.loads(row.dicom_json)
+        stored, allocated = (meta.get(tag, {}).get("Value", [16])[0] for tag in ("00280101", "00280100"))
+        return cls(dataclasses.replace(row, dicom_json=""), int(stored), int(allocated),
                    tuple((o, ln) for _, o, ln, _ in frames), tuple(cs for *_, cs in frames))
 
     @property
@@ -89,11 +95,11 @@ class FrameReader:
             return view
         if level is not None:
             raise Problem(400, "no_levels", "resolution levels exist only for frames stored as HTJ2K")
-        with self._open(instance) as source:
-            if source.transfer_syntax.is_encapsulated:
+        if self._encapsulated(instance):
+            with self._open(instance) as source:
                 data = next(itertools.islice(source.codestreams(), number - 1, None))
-            else:
-                data = _little_endian(next(itertools.islice(source.frames(), number - 1, None)))
+        else:
+            data = self.native(instance, number)
         return head + data + tail
 
     def _level_end(self, instance: StoredInstance, number: int, level: int) -> int:
@@ -119,17 +125,42 @@ class FrameReader:
             if level is not None and level < index.decompositions:
                 frame = _clamp(frame, instance.bits_stored)
             return frame
-        with self._open(instance) as source:
-            return next(itertools.islice(source.frames(), number - 1, None))
+        return self._kept_pixels(instance, number)
 
     def native(self, instance: StoredInstance, number: int) -> bytes:
         """Frame `number` as Explicit VR Little Endian pixel bytes."""
+        if instance.bits_allocated == 1:  # bit-packed across frame boundaries: no per-frame bytes here
+            raise Problem(501, "one_bit_frames", "frames of 1-bit images are not served; retrieve the instance, "
+                          "or /rendered")
         return _little_endian(self.pixels(instance, number))
 
-    def _open(self, instance: StoredInstance) -> Instance:
+    def _local(self, instance: StoredInstance) -> Path:
         if self.archive.root is None:
             raise Problem(501, "not_local", "frames of instances kept as is need a local archive")
-        return open_instance(self.archive.root / instance.row.path)
+        return self.archive.root / instance.row.path
+
+    def _open(self, instance: StoredInstance) -> Instance:
+        return open_instance(self._local(instance))
+
+    def _encapsulated(self, instance: StoredInstance) -> bool:
+        try:
+            return UID(instance.row.transfer_syntax).is_encapsulated
+        except ValueError:  # a transfer syntax pydicom does not know
+            raise Problem(501, "unsupported_transfer_syntax",
+                          f"frames stored as {instance.row.transfer_syntax} cannot be served; retrieve the "
+                          "whole instance") from None
+
+    def _kept_pixels(self, instance: StoredInstance, number: int) -> np.ndarray:
+        """A frame of an instance kept as is, through pydicom's decoders
+        (which also read float and 1-bit pixels the transcoder keeps)."""
+        self._encapsulated(instance)  # refuses unknown transfer syntaxes with a reason
+        register_plugins()
+        try:
+            frames = iter_pixels(self._local(instance), raw=True)
+            return next(itertools.islice(frames, number - 1, None))
+        except Exception as exc:  # any decoder's complaint about the stored data
+            raise Problem(500, "cannot_decode", f"frame {number} of the stored object cannot be decoded: "
+                          f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
 
 
 def _clamp(frame: np.ndarray, bits: int) -> np.ndarray:

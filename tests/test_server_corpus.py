@@ -1,0 +1,57 @@
+"""Every instance of pydicom's test files (and the corpus, when present),
+ingested and served: each resource answers, or refuses with a reason; no
+request ends in an internal error; decoded frames of transcoded instances
+are the source's pixels."""
+
+from __future__ import annotations
+
+import numpy as np
+import pydicom
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.conftest import CORPUS, PYDICOM_FILES
+from tests.served import multipart_parts
+from transcode.archive import FolderArchive
+from transcode.pipeline import ingest
+from transcode.server import create_app
+
+STORED = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
+DECODED = 'multipart/related; type="application/octet-stream"; transfer-syntax=1.2.840.10008.1.2.1'
+# Refusals with a reason: frames of 1-bit images, transfer syntaxes pydicom cannot parse, data nobody decodes.
+REASONS = {"one_bit_frames", "unsupported_transfer_syntax", "cannot_decode"}
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory: pytest.TempPathFactory):
+    sources = [PYDICOM_FILES] + ([CORPUS] if CORPUS.is_dir() else [])
+    with FolderArchive(tmp_path_factory.mktemp("corpus") / "archive", exclusive=True) as archive:
+        ingest(sources, archive, workers=2)
+        yield archive
+
+
+def test_every_instance_is_served_or_refused_with_a_reason(archive) -> None:
+    client = TestClient(create_app(archive), raise_server_exceptions=False)
+    rows = list(archive.index.instances())
+    assert len(rows) > 50
+    checked = 0
+    for row in rows:
+        url = f"/dicomweb/studies/{row.study_uid}/series/{row.series_uid}/instances/{row.sop_uid}"
+        assert client.get(url + "/metadata").status_code == 200, row.path
+        if row.frames == 0:
+            continue
+        for accept in (STORED, DECODED):
+            r = client.get(url + "/frames/1", headers={"Accept": accept})
+            assert r.status_code == 200 or r.json()["error"] in REASONS, (row.path, r.text)
+        for resource in ("/rendered", "/thumbnail"):
+            r = client.get(url + resource, headers={"Accept": "image/png"})
+            assert r.status_code == 200 or r.json()["error"] in REASONS, (row.path, resource, r.text)
+        if row.outcome != "transcoded":
+            continue
+        r = client.get(url + "/frames/1", headers={"Accept": DECODED})
+        (_, payload), = multipart_parts(r.headers["content-type"], r.content)
+        ds = pydicom.dcmread(archive.root / row.path)
+        expected = ds.pixel_array if row.frames == 1 else ds.pixel_array[0]
+        assert payload == np.ascontiguousarray(expected, expected.dtype.newbyteorder("<")).tobytes(), row.path
+        checked += 1
+    assert checked > 20
