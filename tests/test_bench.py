@@ -44,6 +44,7 @@ def test_speed_figures_follow_from_the_timings(quick) -> None:
         assert 0 < mb["min"] <= mb["median"] <= mb["max"]
         # throughput is the pass's megabytes (once per core) over its seconds; odd repeat counts
         # make the median throughput the one of the median time
+        assert r["frames"] == speed["frames"] == len(samples.GENERATED)  # every codec took every frame
         assert mb["median"] == pytest.approx(r["cores"] * speed["megabytes_per_pass"] / seconds["median"], rel=1e-9)
         assert r["vs_baseline"] == pytest.approx(mb["median"] / baseline["mb_per_s"]["median"])
 

@@ -18,11 +18,16 @@ def speed_table(speed: dict[str, Any]) -> str:
     rows = []
     for r in speed["rows"]:
         mb, mp = r["mb_per_s"], r["mp_per_s"]
-        rows.append([r["codec"], r["operation"], str(r["cores"]),
+        rows.append([r["codec"], r["operation"], str(r["cores"]), str(r["frames"]),
                      f"{mb['min']:.1f} / {mb['median']:.1f} / {mb['max']:.1f}", f"{mp['median']:.1f}",
                      f"{r['vs_baseline']:.2f}x"])
-    return _table(["codec", "operation", "cores", "MB/s min / median / max", "MP/s (median)",
-                   "vs OpenJPH encode, 1 core"], rows)
+    table = _table(["codec", "operation", "cores", "frames", "MB/s min / median / max", "MP/s (median)",
+                    "vs OpenJPH encode, 1 core"], rows)
+    note = f"\n{speed['frames']} frames, {speed['megabytes_per_pass']:.1f} MB of raw pixels per pass."
+    if speed["excluded"]:
+        note += f" Left out where a codec cannot take them ({len(speed['excluded'])}): " + "; ".join(
+            f"{e['sample']} ({e['codec']}: {e['error'][:80]})" for e in speed["excluded"][:10])
+    return table + note + "\n"
 
 
 def size_tables(size: dict[str, Any]) -> str:
