@@ -39,7 +39,8 @@ class Catalog:
         self._local = threading.local()
         # Archived instances never change (a conflicting copy goes elsewhere), so
         # lookups are cached; misses (404) are not, so new arrivals are seen.
-        self.instance = functools.lru_cache(maxsize=4096)(self._instance)  # type: ignore[method-assign]
+        # An entry holds a frame index per frame (~70 kB for a 69-frame DBT).
+        self.instance = functools.lru_cache(maxsize=1024)(self._instance)  # type: ignore[method-assign]
 
     @property
     def db(self) -> sqlite3.Connection:
