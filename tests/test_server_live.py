@@ -12,6 +12,7 @@ import imagecodecs
 import numpy as np
 import pydicom
 import pytest
+import requests
 import uvicorn
 from dicomweb_client.api import DICOMwebClient
 from pydicom.uid import generate_uid
@@ -100,7 +101,7 @@ def test_stow_runs_the_ingest_pipeline(tmp_path: Path) -> None:
             assert [i["00083002"]["Value"][0] for i in found] == ["1.2.840.10008.1.2.4.202"]
             again = web.store_instances([pydicom.dcmread(good)])  # the same instance: a duplicate, referenced
             assert len(again.ReferencedSOPSequence) == 1
-            with pytest.raises(Exception, match="409"):
+            with pytest.raises(requests.HTTPError, match="409"):
                 web.store_instances([pydicom.dcmread(other)], study_instance_uid=study)
             np.testing.assert_array_equal(web.retrieve_instance(study, found[0]["0020000E"]["Value"][0],
                                                                 found[0]["00080018"]["Value"][0]).pixel_array,
