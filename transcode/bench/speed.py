@@ -31,20 +31,26 @@ def _compress(ds: Any) -> None:
     copy.deepcopy(ds).compress(JPEG2000Lossless, encoding_plugin="pylibjpeg")
 
 
-def common(samples: list[Sample]) -> tuple[list[Sample], list[dict[str, str]]]:
+def common(samples: list[Sample]) -> tuple[list[Sample], dict[str, list[bytes]], list[dict[str, str]]]:
     """The samples every codec compared takes, so every figure is over the
-    same frames; and why the others were left out."""
-    kept, excluded = [], []
+    same frames, with each codec's encoding of them (the decode timings'
+    input); and why the others were left out."""
+    kept: list[Sample] = []
+    encoded: dict[str, list[bytes]] = {codec.name: [] for codec in CODECS}
+    excluded = []
     for s in samples:
-        for codec in CODECS:
-            try:
-                codec.encode(s.frame)
-            except Exception as exc:  # a codec that cannot take this frame
-                excluded.append({"sample": s.name, "codec": codec.name, "error": _one_line(exc)})
-                break
-        else:
-            kept.append(s)
-    return kept, excluded
+        try:
+            outputs = {}
+            for codec in CODECS:
+                failing = codec.name
+                outputs[codec.name] = codec.encode(s.frame)
+        except Exception as exc:  # a codec that cannot take this frame
+            excluded.append({"sample": s.name, "codec": failing, "error": _one_line(exc)})
+            continue
+        kept.append(s)
+        for name, data in outputs.items():
+            encoded[name].append(data)
+    return kept, encoded, excluded
 
 
 def _one_line(exc: Exception) -> str:
@@ -53,7 +59,7 @@ def _one_line(exc: Exception) -> str:
 
 
 def run(samples: list[Sample], repeats: int) -> dict[str, Any]:
-    samples, excluded = common(samples)
+    samples, encodings, excluded = common(samples)
     if not samples:
         raise ValueError("no sample frame that every codec compared can encode")
     cores = os.cpu_count() or 1
@@ -69,8 +75,7 @@ def run(samples: list[Sample], repeats: int) -> dict[str, Any]:
                      "mp_per_s": spread([passes * megapixels / s for s in seconds])})
 
     for codec in CODECS:
-        encoded = [codec.encode(s.frame) for s in samples]
-        pairs = list(zip(encoded, samples, strict=True))
+        pairs = list(zip(encodings[codec.name], samples, strict=True))
         for threads in sorted({1, cores}):
             if threads == 1:
                 encode = lambda c=codec: [c.encode(s.frame) for s in samples]  # noqa: E731

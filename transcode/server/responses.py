@@ -68,6 +68,6 @@ def ranged(request: Request, body: bytes | memoryview, media_type: str, headers:
 
 
 def base_url(request: Request, prefix: str) -> str:
-    """The service root as the client reached it (behind a proxy: run
-    uvicorn with --proxy-headers)."""
+    """The service root as the client reached it (`transcode serve` trusts
+    X-Forwarded-* from a proxy on the same host)."""
     return str(request.base_url).rstrip("/") + prefix
