@@ -201,6 +201,32 @@ def crash_on_poison(source: str, *args: object) -> dict:
     return work(source, *args)
 
 
+def noting_threads(source: str, staging: str, settings: object, crosscheck: str, threads: int) -> dict:
+    """The real worker, with the number of threads it was given in its entry."""
+    from transcode.pipeline import work
+
+    return {**work(source, staging, settings, crosscheck, threads), "threads": threads}
+
+
+def test_files_left_alone_get_the_idle_workers_threads(tmp_path: Path) -> None:
+    """A lone file (a tomosynthesis object, the tail of a run) is not held
+    to one worker's share of the cores."""
+    src = tmp_path / "src"
+    src.mkdir()
+    write(Spec("CT", 48, 48, seed=1), src / "alone.dcm")
+    with FolderArchive(tmp_path / "one", exclusive=True) as archive:
+        report = ingest([src], archive, workers=3, threads=1, worker=noting_threads)
+    assert [e["threads"] for e in report.entries] == [3]
+    for n in range(1, 5):
+        write(Spec("CT", 48, 48, seed=n + 1), src / f"{n}.dcm")
+    with FolderArchive(tmp_path / "five", exclusive=True) as archive:
+        report = ingest([src], archive, workers=2, threads=1, worker=noting_threads)
+    # Five files in a window of eight: the last two to be submitted share
+    # the two workers with the files still in flight; none runs alone.
+    assert [e["threads"] for e in report.entries] == [1] * 5
+    assert {e["outcome"] for e in report.entries} == {"transcoded"}
+
+
 def test_a_worker_crash_fails_that_file_only(tmp_path: Path) -> None:
     src = tmp_path / "src"
     src.mkdir()

@@ -85,6 +85,14 @@ def steady_seconds(archive: Path, files: int) -> float:
     return (last - first) / (count - 1)
 
 
+def worker_seconds(archive: Path) -> float:
+    """Seconds the workers spent on the files, from the ledger: the time of
+    a lone file (a tomosynthesis object) without start-up and spawn."""
+    with sqlite3.connect(archive / "index.sqlite") as db:
+        (seconds,) = db.execute("SELECT SUM(seconds) FROM ledger").fetchone()
+    return seconds
+
+
 def machine() -> dict[str, Any]:
     """CPU, cores and library versions, for results.json."""
     from importlib.metadata import PackageNotFoundError, version
