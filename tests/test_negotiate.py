@@ -52,13 +52,24 @@ def test_single_part_only_for_one_frame() -> None:
         choose_frames("image/jphc", HTJ2K, single=False)
 
 
-def test_instances_are_returned_as_stored() -> None:
-    assert choose_instances(None, {HTJ2K}, single=False) is True
-    assert choose_instances("application/dicom", {HTJ2K}, single=True) is False
-    assert choose_instances(f'multipart/related; type="application/dicom"; transfer-syntax={HTJ2K}', {HTJ2K},
-                            single=False)
+def test_instances_as_stored_or_converted_when_named() -> None:
+    def choose(accept: str | None, single: bool = False, convertible: bool = True) -> tuple[bool, bool]:
+        choice = choose_instances(accept, {HTJ2K}, single=single, convertible=convertible)
+        return choice.multipart, choice.convert
+
+    assert choose(None) == (True, False)
+    assert choose("application/dicom", single=True) == (False, False)
+    assert choose(f'multipart/related; type="application/dicom"; transfer-syntax={HTJ2K}') == (True, False)
+    assert choose('multipart/related; type="application/dicom"; transfer-syntax=*') == (True, False)
+    assert choose(f'multipart/related; type="application/dicom"; transfer-syntax={LE}') == (True, True)
+    assert choose(f"application/dicom; transfer-syntax={LE}", single=True) == (False, True)
+    # Preference order holds: as stored first when the client prefers it.
+    assert choose(f'multipart/related; type="application/dicom"; transfer-syntax={LE}; q=0.5, '
+                  'multipart/related; type="application/dicom"; transfer-syntax=*') == (True, False)
+    with pytest.raises(NotAcceptable, match="transfer-syntax=\\*$"):
+        choose(f'multipart/related; type="application/dicom"; transfer-syntax={LE}', convertible=False)
     with pytest.raises(NotAcceptable):
-        choose_instances(f'multipart/related; type="application/dicom"; transfer-syntax={LE}', {HTJ2K}, single=False)
+        choose('multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.4.50')
 
 
 def test_rendered_media_types() -> None:

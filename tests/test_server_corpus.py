@@ -5,6 +5,8 @@ are the source's pixels."""
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pydicom
 import pytest
@@ -17,6 +19,8 @@ from transcode.pipeline import ingest
 from transcode.server import create_app
 
 STORED = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
+EXPLICIT_LE = "1.2.840.10008.1.2.1"
+AS_EXPLICIT_LE = f'multipart/related; type="application/dicom"; transfer-syntax={EXPLICIT_LE}'
 DECODED = 'multipart/related; type="application/octet-stream"; transfer-syntax=1.2.840.10008.1.2.1'
 # Refusals with a reason: frames of 1-bit images, transfer syntaxes pydicom cannot parse, data nobody decodes.
 REASONS = {"one_bit_frames", "unsupported_transfer_syntax", "cannot_decode"}
@@ -34,10 +38,19 @@ def test_every_instance_is_served_or_refused_with_a_reason(archive) -> None:
     client = TestClient(create_app(archive), raise_server_exceptions=False)
     rows = list(archive.index.instances())
     assert len(rows) > 50
-    checked = 0
+    checked = converted_instances = 0
     for row in rows:
         url = f"/dicomweb/studies/{row.study_uid}/series/{row.series_uid}/instances/{row.sop_uid}"
         assert client.get(url + "/metadata").status_code == 200, row.path
+        r = client.get(url, headers={"Accept": AS_EXPLICIT_LE})
+        assert r.status_code == 200 or r.json()["error"] == "not_acceptable", (row.path, r.text)
+        if r.status_code == 200:
+            (_, payload), = multipart_parts(r.headers["content-type"], r.content)
+            converted = pydicom.dcmread(io.BytesIO(payload))
+            assert converted.file_meta.TransferSyntaxUID == EXPLICIT_LE and converted.SOPInstanceUID == row.sop_uid
+            if row.outcome == "transcoded":  # the stored pixels, decoded
+                np.testing.assert_array_equal(converted.pixel_array, pydicom.dcmread(archive.root / row.path).pixel_array)
+            converted_instances += 1
         if row.frames == 0:
             continue
         for accept in (STORED, DECODED):
@@ -54,4 +67,4 @@ def test_every_instance_is_served_or_refused_with_a_reason(archive) -> None:
         expected = ds.pixel_array if row.frames == 1 else ds.pixel_array[0]
         assert payload == np.ascontiguousarray(expected, expected.dtype.newbyteorder("<")).tobytes(), row.path
         checked += 1
-    assert checked > 20
+    assert checked > 20 and converted_instances > 50

@@ -63,6 +63,10 @@ def test_instance_retrieval_decodes_to_the_source_pixels(web, served) -> None:
     ds = web.retrieve_instance(study, series, sop)
     assert ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.202"
     np.testing.assert_array_equal(ds.pixel_array, served.source(sop).pixel_array)
+    # A reader without an HTJ2K decoder names Explicit VR Little Endian.
+    native = web.retrieve_instance(study, series, sop, media_types=(("application/dicom", "1.2.840.10008.1.2.1"),))
+    assert native.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1" and native.SOPInstanceUID == sop
+    np.testing.assert_array_equal(native.pixel_array, served.source(sop).pixel_array)
 
 
 def test_frames_as_stored_and_decoded(web, served) -> None:

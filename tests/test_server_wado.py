@@ -3,6 +3,7 @@ instances, metadata, caching, errors."""
 
 from __future__ import annotations
 
+import io
 import json
 
 import imagecodecs
@@ -14,12 +15,14 @@ from pydicom.encaps import generate_frames
 
 from tests.served import Served, multipart_parts
 from transcode.archive import FolderArchive
+from transcode.archive.index import InstanceRow
 from transcode.codecs import codestream, htj2k
-from transcode.server import create_app
+from transcode.server import convert, create_app
 
 HTJ2K = "1.2.840.10008.1.2.4.202"
 OHIF = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
 CORNERSTONE = "multipart/related; type=application/octet-stream; transfer-syntax=*"
+LE = "1.2.840.10008.1.2.1"
 UNCOMPRESSED = 'multipart/related; type="application/octet-stream"; transfer-syntax=1.2.840.10008.1.2.1'
 
 
@@ -167,13 +170,53 @@ def test_instance_retrieval_is_the_stored_object(client, served) -> None:
     assert payload == stored.read_bytes()
     single = client.get(url(study, series, sop), headers={"Accept": "application/dicom"})
     assert single.headers["content-type"] == "application/dicom" and single.content == stored.read_bytes()
-    refused = client.get(url(study, series, sop),
-                         headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.1'})
-    assert refused.status_code == 406
     whole = client.get(f"/dicomweb/studies/{study}")
     parts = multipart_parts(whole.headers["content-type"], whole.content)
     assert len(parts) == 6
     assert all(pydicom.dcmread(__import__("io").BytesIO(p)).StudyInstanceUID == study for _, p in parts)
+
+
+@pytest.mark.parametrize("study_of", ["study_a", "study_b"])
+def test_instances_converted_to_explicit_little_endian_when_asked(client, served, study_of) -> None:
+    """Every instance, transcoded or kept (the lossy JPEG), comes back as a
+    native Explicit VR Little Endian object: the source's pixels (as pydicom
+    decodes them, colour as RGB) and the source's elements."""
+    study = getattr(served, study_of)
+    r = client.get(f"/dicomweb/studies/{study}",
+                   headers={"Accept": f'multipart/related; type="application/dicom"; transfer-syntax={LE}'})
+    assert r.status_code == 200
+    parts = multipart_parts(r.headers["content-type"], r.content)
+    assert len(parts) == (6 if study_of == "study_a" else 1)
+    for headers, payload in parts:
+        assert headers["Content-Type"] == f"application/dicom; transfer-syntax={LE}"
+        ds = pydicom.dcmread(io.BytesIO(payload))
+        source = served.source(ds.SOPInstanceUID)
+        assert ds.file_meta.TransferSyntaxUID == LE and not ds.file_meta.TransferSyntaxUID.is_compressed
+        np.testing.assert_array_equal(ds.pixel_array, source.pixel_array)
+        assert "ExtendedOffsetTable" not in ds
+        changed = {"PixelData", "ExtendedOffsetTable", "ExtendedOffsetTableLengths"}  # native: no offset tables
+        if source.PhotometricInterpretation.startswith("YBR"):
+            changed.add("PhotometricInterpretation")  # decoded to RGB
+            assert ds.PhotometricInterpretation == "RGB"
+        for element in source:
+            if element.keyword not in changed:
+                assert ds[element.tag] == element, element
+        assert {e.tag for e in ds} - {e.tag for e in source} == set()
+    single = client.get(url(*served.find("CR")), headers={"Accept": f"application/dicom; transfer-syntax={LE}"})
+    assert single.headers["content-type"] == "application/dicom"
+    assert pydicom.dcmread(io.BytesIO(single.content)).file_meta.TransferSyntaxUID == LE
+
+
+def test_which_kept_instances_convert() -> None:
+    def row(outcome: str, syntax: str) -> InstanceRow:
+        return InstanceRow("1.2", "1.2", "1.2", "x.dcm", syntax, outcome, None, 1, "d", None, 1, "{}")
+
+    assert convert.possible(row("transcoded", HTJ2K))
+    assert convert.possible(row("kept", "1.2.840.10008.1.2.4.50"))  # JPEG baseline: decompressed
+    assert convert.possible(row("kept", "1.2.840.10008.1.2"))  # implicit VR: re-encoded
+    assert not convert.possible(row("kept", "1.2.840.10008.1.2.4.100"))  # MPEG-2 video
+    assert not convert.possible(row("kept", "1.2.840.10008.1.2.2"))  # big endian
+    assert not convert.possible(row("kept", "1.2.3.4.5"))  # unknown
 
 
 def test_metadata_has_absolute_bulk_data_uris(client, served) -> None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import struct
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from io import BytesIO
 from pathlib import Path
 from types import TracebackType
@@ -31,7 +31,7 @@ from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.filebase import DicomFileLike
 from pydicom.filewriter import write_data_element, write_file_meta_info
 from pydicom.tag import BaseTag, Tag
-from pydicom.uid import UID
+from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from transcode import __version__
 from transcode.digest import Digest, file_digest
@@ -104,6 +104,60 @@ def _encode_elements(
     return bytes(out)
 
 
+def data_set_head(
+    source: FileDataset, raw: Mapping[BaseTag, Any], transfer_syntax: UID, changes: dict[str, Any],
+    preamble: bytes | None,
+) -> bytes:
+    """Everything a Part 10 file of `source` holds before Pixel Data: the
+    preamble, the File Meta for `transfer_syntax` and the source's own
+    elements (encapsulation elements left out) with `changes` as new
+    elements: the source data set must keep describing the source."""
+    meta = _new_file_meta(source, transfer_syntax)
+    return b"".join((
+        preamble if preamble and len(preamble) == 128 else bytes(128),
+        b"DICM",
+        _encoded(lambda fp: write_file_meta_info(fp, meta, enforce_standard=True)),
+        _encode_elements(source, raw, lambda tag: tag < PIXEL_DATA and tag not in ENCAPSULATION_TAGS, changes,
+                         _copies_raw(source)),
+    ))
+
+
+def data_set_tail(source: FileDataset, raw: Mapping[BaseTag, Any]) -> bytes:
+    """The source's elements after Pixel Data (trailing padding and the like)."""
+    return _encode_elements(source, raw, lambda tag: tag > PIXEL_DATA, {}, _copies_raw(source))
+
+
+def native_file(
+    source: FileDataset, raw: Mapping[BaseTag, Any], changes: dict[str, Any], frames: Iterable[bytes], *,
+    length: int, vr: str,
+) -> Iterator[bytes]:
+    """An Explicit VR Little Endian Part 10 file of `source`, as chunks, with
+    native Pixel Data (`vr` OB or OW) made of `frames` (`length` bytes in
+    all): for clients that cannot decode what is stored. One frame is in
+    memory at a time."""
+    yield data_set_head(source, raw, UID(ExplicitVRLittleEndian), changes, source.preamble)
+    yield struct.pack("<HH2sHI", 0x7FE0, 0x0010, vr.encode(), 0, length + (length & 1))
+    sent = 0
+    for frame in frames:
+        sent += len(frame)
+        yield frame
+    if sent != length:
+        raise RuntimeError(f"{sent} bytes of frames sent, {length} announced")
+    if length & 1:
+        yield b"\0"
+    yield data_set_tail(source, raw)
+
+
+def _encoded(write: Callable[[DicomFileLike], None]) -> bytes:
+    """Bytes that pydicom's writer `write(fp)` produces, explicit VR LE."""
+    buffer = BytesIO()
+    fp = DicomFileLike(buffer)
+    fp.is_little_endian = True
+    fp.is_implicit_VR = False
+    write(fp)
+    return buffer.getvalue()
+
+
 def _new_file_meta(source: FileDataset, transfer_syntax: UID) -> FileMetaDataset:
     """The source's File Meta with the new transfer syntax and our
     implementation fields. Media Storage SOP Class/Instance UIDs missing from
@@ -156,7 +210,6 @@ class EncapsulatedWriter:
         self.dst = dst
         self._source = source
         self._raw = raw or {}
-        self._raw_is_explicit_le = _copies_raw(source)
         self._transfer_syntax = transfer_syntax
         self._changes = changes
         self._preamble = preamble
@@ -190,28 +243,8 @@ class EncapsulatedWriter:
         if self._hash is not None:
             self._hash.update(data)
 
-    @staticmethod
-    def _encoded(write: Any) -> bytes:
-        """Bytes that pydicom's writer `write(fp)` produces, explicit VR LE."""
-        buffer = BytesIO()
-        fp = DicomFileLike(buffer)
-        fp.is_little_endian = True
-        fp.is_implicit_VR = False
-        write(fp)
-        return buffer.getvalue()
-
-    def _elements(self, keep: Callable[[BaseTag], bool], changes: dict[str, Any]) -> bytes:
-        return _encode_elements(self._source, self._raw, keep, changes, self._raw_is_explicit_le)
-
     def _write_head(self) -> None:
-        preamble = self._preamble
-        self._write(preamble if preamble and len(preamble) == 128 else bytes(128))
-        self._write(b"DICM")
-        meta = _new_file_meta(self._source, self._transfer_syntax)
-        self._write(self._encoded(lambda fp: write_file_meta_info(fp, meta, enforce_standard=True)))
-        # The source's own elements, plus new ones for the changes: the
-        # source data set must keep describing the source.
-        self._write(self._elements(lambda tag: tag < PIXEL_DATA and tag not in ENCAPSULATION_TAGS, self._changes))
+        self._write(data_set_head(self._source, self._raw, self._transfer_syntax, self._changes, self._preamble))
         if self._frames_expected > 1:
             size = 8 * self._frames_expected
             self._eot_at = self._file.tell()  # type: ignore[union-attr]
@@ -246,7 +279,7 @@ class EncapsulatedWriter:
         if len(self._offsets) != self._frames_expected:
             raise RuntimeError(f"{len(self._offsets)} frames written, {self._frames_expected} expected")
         self._write(_SEQUENCE_DELIMITER)
-        self._write(self._elements(lambda tag: tag > PIXEL_DATA, {}))
+        self._write(data_set_tail(self._source, self._raw))
         f = self._file
         assert f is not None
         if self._eot_at is not None:

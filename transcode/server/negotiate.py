@@ -147,24 +147,38 @@ def choose_frames(accept: str | None, stored: str, *, single: bool, decodable: b
     raise NotAcceptable(f"frames are stored as {stored}; acceptable: {' or '.join(offers)}")
 
 
-def choose_instances(accept: str | None, stored: set[str], *, single: bool) -> bool:
-    """Whether Part 10 objects in their stored transfer syntaxes satisfy the
-    client; returns True for multipart, False for a single application/dicom
-    body. Objects are not converted to other transfer syntaxes (their frames
-    can be decoded through /frames)."""
+@dataclass(frozen=True)
+class InstanceChoice:
+    """How instances go out: as multipart parts or one application/dicom
+    body; as stored, or converted to Explicit VR Little Endian."""
+
+    multipart: bool
+    convert: bool
+
+
+def choose_instances(accept: str | None, stored: set[str], *, single: bool, convertible: bool) -> InstanceChoice:
+    """Part 10 objects as stored (no transfer-syntax, `*`, or the one they
+    are stored in), or converted to Explicit VR Little Endian when the
+    client names that syntax and every instance can be (`convertible`).
+    Other syntaxes are not produced (frames decode through /frames)."""
     for r in parse_accept(accept):
         syntax = r.params.get("transfer-syntax")
-        fits = syntax in (None, "*") or stored <= {syntax}
+        as_stored = syntax in (None, "*") or stored <= {syntax}
+        convert = not as_stored and convertible and syntax == EXPLICIT_LE
+        if not (as_stored or convert):
+            continue
         if r.kind == "multipart/related" and r.params.get("type", "application/dicom").lower() == "application/dicom":
-            if fits:
-                return True
-        elif r.kind in ("*/*", "multipart/*") and fits:
-            return True
-        elif single and r.kind == "application/dicom" and fits:
-            return False
+            return InstanceChoice(multipart=True, convert=convert)
+        if r.kind in ("*/*", "multipart/*"):
+            return InstanceChoice(multipart=True, convert=convert)
+        if single and r.kind == "application/dicom":
+            return InstanceChoice(multipart=False, convert=convert)
+    offers = "no transfer-syntax, transfer-syntax=*"
+    if convertible:
+        offers += f" or transfer-syntax={EXPLICIT_LE}"
     raise NotAcceptable(
-        f"instances are returned as stored ({', '.join(sorted(stored))}); accept "
-        'multipart/related; type="application/dicom" with no transfer-syntax or transfer-syntax=*'
+        f"instances are stored as {', '.join(sorted(stored))}; accept "
+        f'multipart/related; type="application/dicom" with {offers}'
     )
 
 

@@ -10,7 +10,7 @@ uncompressed pixels get them decoded.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable
 
 import pydicom
 from fastapi import APIRouter
@@ -20,10 +20,16 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from transcode.archive.index import InstanceRow
-from transcode.server import multipart
+from transcode.server import convert, multipart
 from transcode.server.errors import Problem
 from transcode.server.frames import StoredInstance
-from transcode.server.negotiate import NotAcceptable, accepts_json, choose_frames, choose_instances
+from transcode.server.negotiate import (
+    EXPLICIT_LE,
+    NotAcceptable,
+    accepts_json,
+    choose_frames,
+    choose_instances,
+)
 from transcode.server.responses import cache_headers, etag, not_modified, ranged
 from transcode.server.service import Service
 
@@ -107,23 +113,26 @@ def routes(service: Service) -> APIRouter:
     catalog = service.catalog
 
     def retrieve(request: Request, rows: list[InstanceRow], immutable: bool) -> Response:
-        multi = choose_instances(request.headers.get("accept"), {r.transfer_syntax for r in rows},
-                                 single=len(rows) == 1)
-        headers = cache_headers(etag("instances", str(multi), *(r.object_digest for r in rows)), immutable)
+        choice = choose_instances(request.headers.get("accept"), {r.transfer_syntax for r in rows},
+                                  single=len(rows) == 1, convertible=all(convert.possible(r) for r in rows))
+        headers = cache_headers(etag("instances", str(choice), *(r.object_digest for r in rows)), immutable)
         if (cached := not_modified(request, headers)) is not None:
             return cached
 
-        def read(row: InstanceRow) -> Iterator[bytes]:
-            for start in range(0, row.size, CHUNK):
-                yield service.archive.read(row.path, start, min(start + CHUNK, row.size))
+        def read(row: InstanceRow) -> Iterable[bytes]:
+            if choice.convert:
+                return convert.explicit_le(service.reader, catalog.instance(row.study_uid, row.series_uid, row.sop_uid))
+            return (service.archive.read(row.path, start, min(start + CHUNK, row.size))
+                    for start in range(0, row.size, CHUNK))
 
-        if not multi:
+        if not choice.multipart:
             row = rows[0]
-            headers["Content-Length"] = str(row.size)
+            if not choice.convert:
+                headers["Content-Length"] = str(row.size)
             return StreamingResponse(read(row), media_type="application/dicom", headers=headers)
         boundary = multipart.boundary_for(headers["ETag"])
-        parts = [(f"application/dicom; transfer-syntax={r.transfer_syntax}", service.instance_url(request, r), read(r))
-                 for r in rows]
+        parts = [(f"application/dicom; transfer-syntax={EXPLICIT_LE if choice.convert else r.transfer_syntax}",
+                  service.instance_url(request, r), read(r)) for r in rows]
         return StreamingResponse(multipart.body(parts, boundary),
                                  media_type=multipart.content_type("application/dicom", boundary), headers=headers)
 
