@@ -27,7 +27,7 @@ from transcode.archive.check import verify_archive
 from transcode.cli import EXIT_FAILED, EXIT_OK, main
 from transcode.codecs import htj2k
 from transcode.digest import Digest
-from transcode.pipeline import ingest
+from transcode.pipeline import WorkerPool, ingest
 
 
 def make_study(root: Path) -> dict[str, str]:
@@ -225,6 +225,34 @@ def test_files_left_alone_get_the_idle_workers_threads(tmp_path: Path) -> None:
     # the two workers with the files still in flight; none runs alone.
     assert [e["threads"] for e in report.entries] == [1] * 5
     assert {e["outcome"] for e in report.entries} == {"transcoded"}
+
+
+def noting_pid(source: str, *args: object) -> dict:
+    """The real worker (or a crash on poison files), with its process id."""
+    return {**crash_on_poison(source, *args), "pid": os.getpid()}
+
+
+def test_a_worker_pool_serves_run_after_run_and_survives_a_crash(tmp_path: Path) -> None:
+    """STOW-RS ingests through one pool: no interpreter start per request,
+    and a crashing worker costs its file, not the next run."""
+    src = tmp_path / "src"
+    for n in range(4):
+        (src / f"run{n}").mkdir(parents=True)
+        write(Spec("CT", 48, 48, seed=n), src / f"run{n}" / "ct.dcm")
+    write(Spec("CT", 48, 48, seed=9), src / "run2" / "poison.dcm")
+    pool = WorkerPool(1)
+    try:
+        with FolderArchive(tmp_path / "archive", exclusive=True) as archive:
+            runs = [ingest([src / f"run{n}"], archive, pool=pool, worker=noting_pid).entries for n in range(4)]
+            assert verify_archive(archive) == []
+    finally:
+        pool.close()
+    outcomes = [{Path(e["source_path"]).name: e["outcome"] for e in run} for run in runs]
+    assert outcomes == [{"ct.dcm": "transcoded"}, {"ct.dcm": "transcoded"},
+                        {"ct.dcm": "transcoded", "poison.dcm": "failed"}, {"ct.dcm": "transcoded"}]
+    pids = [run[0]["pid"] for run in runs]
+    assert pids[0] == pids[1]  # the same worker process, run after run
+    assert pids[3] != pids[0]  # the pool the crash broke was replaced
 
 
 def test_a_worker_crash_fails_that_file_only(tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ import multiprocessing
 import os
 import shutil
 import signal
+import threading
 import time
 import uuid
 from collections import Counter, deque
@@ -201,13 +202,52 @@ def _subset(full: dict[str, Any], tags: tuple[str, ...]) -> dict[str, Any]:
     return {tag: full[tag] for tag in tags if tag in full}
 
 
+def _new_pool(workers: int) -> ProcessPoolExecutor:
+    context = multiprocessing.get_context("spawn")  # no fork of the SQLite connection or threads
+    return ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_die_with_parent)
+
+
+class WorkerPool:
+    """Worker processes that outlive one ingest run, for callers that ingest
+    a few files at a time, often: each STOW-RS request of the server would
+    otherwise pay for starting interpreters (about half a second) to
+    transcode one instance in milliseconds. Started on first use; a pool
+    broken by a crashing worker is replaced."""
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self._pool: ProcessPoolExecutor | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> ProcessPoolExecutor:
+        with self._lock:
+            if self._pool is None:
+                self._pool = _new_pool(self.workers)
+            return self._pool
+
+    def discard(self, pool: ProcessPoolExecutor) -> None:
+        """Forget `pool` (broken): the next `get` starts a new one."""
+        with self._lock:
+            if self._pool is pool:
+                self._pool = None
+        pool.shutdown(wait=False, cancel_futures=True)
+
+    def close(self) -> None:
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
 class Ingest:
     """One ingest run into `archive`: `workers` processes over files, each
     with `threads` threads over frames (default: the cores shared out).
     While fewer files than workers are left (a lone tomosynthesis object,
     the tail of a run), each gets the idle workers' threads as well, so the
     `workers x threads` cores stay busy and memory stays within that many
-    frames. `progress(report, done, total)` is called after every file."""
+    frames. `progress(report, done, total)` is called after every file.
+    With `pool`, files go to those worker processes (its size is
+    `workers`), which are left running for the next run."""
 
     def __init__(
         self,
@@ -219,10 +259,12 @@ class Ingest:
         crosscheck: CrossCheck | str = CrossCheck.FIRST,
         progress: Callable[[IngestReport, int, int], None] | None = None,
         worker: Callable[..., dict[str, Any]] | None = None,
+        pool: WorkerPool | None = None,
     ) -> None:
         cores = os.cpu_count() or 1
         self.archive = archive
-        self.workers = max(1, workers or cores)
+        self.shared = pool
+        self.workers = pool.workers if pool else max(1, workers or cores)
         self.threads = max(1, threads or cores // self.workers)
         self.settings = settings or EncodeSettings()
         self.crosscheck = CrossCheck(crosscheck).value
@@ -255,7 +297,7 @@ class Ingest:
         # Instance UID is "the" instance does not depend on timing; and in
         # batches of whatever has finished, so that one directory fsync and
         # one transaction serve many files.
-        pool = self._pool(self.workers)
+        pool = self._pool()
         pending: deque[tuple[str, Future[dict[str, Any]]]] = deque()
         sources = enumerate(todo)
         try:
@@ -276,20 +318,29 @@ class Ingest:
                     # A worker died (a codec crashing on a malformed file, the
                     # OOM killer): retry what was in flight one file per pool,
                     # so only the file that kills its worker fails.
-                    pool.shutdown(wait=False, cancel_futures=True)
+                    if self.shared:
+                        self.shared.discard(pool)
+                    else:
+                        pool.shutdown(wait=False, cancel_futures=True)
                     batch += [self._isolated(source) for source, _ in pending]
                     pending.clear()
-                    pool = self._pool(self.workers)
+                    pool = self._pool()
                 self._settle(batch, len(todo))
         finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+            for _, future in pending:  # an interrupted run: nothing more for the workers
+                future.cancel()
+            self._drop(pool)
         shutil.rmtree(run_staging, ignore_errors=True)
         self.report.seconds = time.perf_counter() - started
         return self.report
 
-    def _pool(self, workers: int) -> ProcessPoolExecutor:
-        context = multiprocessing.get_context("spawn")  # no fork of the SQLite connection or threads
-        return ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_die_with_parent)
+    def _pool(self) -> ProcessPoolExecutor:
+        return self.shared.get() if self.shared else _new_pool(self.workers)
+
+    def _drop(self, pool: ProcessPoolExecutor) -> None:
+        """Done with `pool`: shut down, or left running when shared and sound."""
+        if self.shared is None:
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def _threads_for(self, unsettled: int) -> int:
         """Threads for the next file when `unsettled` files are left to finish."""
@@ -307,7 +358,7 @@ class Ingest:
 
     def _isolated(self, source: str) -> dict[str, Any]:
         """Run one file in a pool of its own; a crash fails that file alone."""
-        with self._pool(1) as pool:
+        with _new_pool(1) as pool:
             try:
                 return self._submit(pool, source, self.threads).result()
             except BrokenProcessPool:

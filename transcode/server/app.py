@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, FastAPI
 from fastapi.exceptions import RequestValidationError
@@ -22,6 +23,7 @@ from starlette.responses import JSONResponse, Response
 from transcode import __version__
 from transcode.archive import FolderArchive
 from transcode.archive.store import Archive
+from transcode.pipeline import WorkerPool
 from transcode.policy import Stop
 from transcode.server import qido, rendered, stow, wado
 from transcode.server.catalog import uid
@@ -41,13 +43,20 @@ def create_app(archive: Archive, *, prefix: str = "/dicomweb", cors_origins: Seq
     """The application over `archive` (opened by the caller, who closes it).
     `cors_origins`: origins allowed to call from a browser ("*" for any)."""
     service = Service(archive, prefix)
+    stow_pool = WorkerPool(stow_workers or 2)  # started by the first STOW-RS request
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        stow_pool.close()
+
     app = FastAPI(title="transcode DICOMweb", version=__version__, docs_url=f"{prefix}/docs",
-                  openapi_url=f"{prefix}/openapi.json")
+                  openapi_url=f"{prefix}/openapi.json", lifespan=lifespan)
     app.router.routes.insert(0, wado.frames_route(service, prefix))  # first: the hot path
     app.include_router(wado.routes(service), prefix=prefix)
     app.include_router(_qido_routes(service), prefix=prefix)
     app.include_router(rendered.routes(service), prefix=prefix)
-    app.include_router(stow.routes(service, stow_workers), prefix=prefix)
+    app.include_router(stow.routes(service, stow_pool), prefix=prefix)
     if cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST", "OPTIONS"],
                            allow_headers=["*"], expose_headers=EXPOSED)

@@ -1,8 +1,8 @@
 """STOW-RS (PS3.18 10.5): store instances through the ingest pipeline.
 
 The body is streamed to files in a temporary folder, then ingested exactly
-as `transcode ingest` would (same outcomes, same ledger), under the
-archive's ingest lock: while another ingest holds it the answer is 503 with
+as `transcode ingest` would (same outcomes, same ledger) by worker processes
+kept running between requests, under the archive's ingest lock: while another ingest holds it the answer is 503 with
 Retry-After. The store response lists each instance as referenced
 (transcoded, kept as is, or already there) or failed with a PS3.18 failure
 reason; a conflicting copy is kept aside and reported as failed (0111).
@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from transcode.archive import ArchiveBusy, FolderArchive
-from transcode.pipeline import IngestOutcome, ingest
+from transcode.pipeline import IngestOutcome, WorkerPool, ingest
 from transcode.policy import Reason
 from transcode.server.catalog import uid
 from transcode.server.errors import Problem
@@ -37,7 +37,7 @@ _UNDERSTANDING = {Reason.NOT_DICOM, Reason.MISSING_FILE_META, Reason.NO_SOP_INST
 _LOCK = threading.Lock()  # one STOW ingest at a time in this process
 
 
-def routes(service: Service, workers: int | None) -> APIRouter:
+def routes(service: Service, pool: WorkerPool) -> APIRouter:
     router = APIRouter()
 
     async def store(request: Request, study: str | None) -> Response:
@@ -47,7 +47,7 @@ def routes(service: Service, workers: int | None) -> APIRouter:
             study = uid(study, "Study Instance UID")
         with tempfile.TemporaryDirectory(prefix="stow-") as folder:
             files = await save_parts(request.stream(), request.headers.get("content-type"), Path(folder))
-            status, body = await run_in_threadpool(_store, service, request, files, study, workers)
+            status, body = await run_in_threadpool(_store, service, request, files, study, pool)
         return Response(json.dumps(body), status_code=status, media_type="application/dicom+json")
 
     @router.post("/studies")
@@ -73,7 +73,7 @@ def _identify(path: Path) -> tuple[str | None, str | None, str | None]:
 
 
 def _store(service: Service, request: Request, files: list[Path], study: str | None,
-           workers: int | None) -> tuple[int, dict[str, Any]]:
+           pool: WorkerPool) -> tuple[int, dict[str, Any]]:
     sent = {str(path): _identify(path) for path in files}
     failed: list[dict[str, Any]] = []
     referenced: list[dict[str, Any]] = []
@@ -89,7 +89,7 @@ def _store(service: Service, request: Request, files: list[Path], study: str | N
             raise Problem(503, "busy", "another STOW-RS request is being stored", {"Retry-After": "10"})
         try:
             with FolderArchive(service.archive.root, exclusive=True) as target:
-                report = ingest(todo, target, workers=min(len(todo), workers or 2))
+                report = ingest(todo, target, pool=pool)
         except ArchiveBusy:
             raise Problem(503, "busy", "an ingest is running into this archive", {"Retry-After": "60"}) from None
         finally:
