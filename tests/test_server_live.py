@@ -121,25 +121,34 @@ def test_transcode_serve_command(served, tmp_path) -> None:
 
     from transcode.cli import EXIT_USAGE, main
 
-    assert main(["serve", "--archive", str(tmp_path / "nothing")]) == EXIT_USAGE
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "transcode.cli", "serve", "--archive", str(served.root),
-                             "--port", str(port), "--log-level", "warning"], stdout=subprocess.PIPE, text=True)
-    try:
-        line = proc.stdout.readline()
-        assert f"http://127.0.0.1:{port}/dicomweb" in line
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/dicomweb/studies") as response:
-                    studies = json.loads(response.read())
-                break
-            except OSError:
-                assert time.monotonic() < deadline and proc.poll() is None
-                time.sleep(0.1)
-        assert {s["0020000D"]["Value"][0] for s in studies} == {served.study_a, served.study_b}
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    not_an_archive = tmp_path / "sources"
+    not_an_archive.mkdir()
+    (not_an_archive / "image.dcm").write_bytes(b"not to be touched")
+    assert main(["serve", "--archive", str(not_an_archive)]) == EXIT_USAGE
+    assert [p.name for p in not_an_archive.iterdir()] == ["image.dcm"]
+
+    def studies_served(archive: Path) -> list[dict]:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        proc = subprocess.Popen([sys.executable, "-m", "transcode.cli", "serve", "--archive", str(archive),
+                                 "--port", str(port), "--log-level", "warning"], stdout=subprocess.PIPE, text=True)
+        try:
+            line = proc.stdout.readline()
+            assert f"http://127.0.0.1:{port}/dicomweb" in line
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/dicomweb/studies") as response:
+                        return json.loads(response.read())
+                except OSError:
+                    assert time.monotonic() < deadline and proc.poll() is None
+                    time.sleep(0.1)
+        finally:
+            proc.terminate()
+            proc.wait(10)
+
+    studies = studies_served(served.root)
+    assert {s["0020000D"]["Value"][0] for s in studies} == {served.study_a, served.study_b}
+    # A new folder becomes an empty archive, to be filled through STOW-RS.
+    assert studies_served(tmp_path / "new") == [] and (tmp_path / "new" / "index.sqlite").is_file()

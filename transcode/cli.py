@@ -206,10 +206,15 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    if not Path(args.archive, "index.sqlite").is_file():
-        print(f"transcode: {args.archive} is not an archive (no index.sqlite); run transcode ingest first",
-              file=sys.stderr)
-        return EXIT_USAGE
+    archive = Path(args.archive)
+    if not (archive / "index.sqlite").is_file():
+        if archive.exists() and (not archive.is_dir() or any(archive.iterdir())):
+            # Never turn a folder of something else (the sources, say) into an archive.
+            print(f"transcode: {archive} is not an archive (no index.sqlite) and not empty; run transcode "
+                  "ingest first, or give a new folder for an archive filled through STOW-RS", file=sys.stderr)
+            return EXIT_USAGE
+        FolderArchive(archive).close()  # a new, empty archive, to be filled through STOW-RS
+        print(f"transcode: new empty archive at {archive}", file=sys.stderr)
     import uvicorn  # the server's dependencies load only when serving
 
     from transcode.server.app import SERVE_OPTIONS
