@@ -298,7 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="allow browser calls from this origin (repeatable; '*' for any)")
     serve.add_argument("--workers", type=int, default=1,
                        help="server processes (default: %(default)s; frame serving scales with them)")
-    serve.add_argument("--stow-workers", type=int, default=None, help="ingest worker processes kept for STOW-RS requests (default: 2)")
+    serve.add_argument("--stow-workers", type=int, default=None,
+                       help="ingest worker processes kept for STOW-RS requests (default: 2)")
     serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     serve.set_defaults(func=cmd_serve)
 

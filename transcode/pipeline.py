@@ -318,10 +318,7 @@ class Ingest:
                     # A worker died (a codec crashing on a malformed file, the
                     # OOM killer): retry what was in flight one file per pool,
                     # so only the file that kills its worker fails.
-                    if self.shared:
-                        self.shared.discard(pool)
-                    else:
-                        pool.shutdown(wait=False, cancel_futures=True)
+                    self._drop(pool, broken=True)
                     batch += [self._isolated(source) for source, _ in pending]
                     pending.clear()
                     pool = self._pool()
@@ -329,7 +326,7 @@ class Ingest:
         finally:
             for _, future in pending:  # an interrupted run: nothing more for the workers
                 future.cancel()
-            self._drop(pool)
+            self._drop(pool, broken=False)
         shutil.rmtree(run_staging, ignore_errors=True)
         self.report.seconds = time.perf_counter() - started
         return self.report
@@ -337,10 +334,12 @@ class Ingest:
     def _pool(self) -> ProcessPoolExecutor:
         return self.shared.get() if self.shared else _new_pool(self.workers)
 
-    def _drop(self, pool: ProcessPoolExecutor) -> None:
-        """Done with `pool`: shut down, or left running when shared and sound."""
+    def _drop(self, pool: ProcessPoolExecutor, *, broken: bool) -> None:
+        """Done with `pool`: shut down, unless it is shared and sound."""
         if self.shared is None:
-            pool.shutdown(wait=True, cancel_futures=True)
+            pool.shutdown(wait=not broken, cancel_futures=True)
+        elif broken:
+            self.shared.discard(pool)
 
     def _threads_for(self, unsettled: int) -> int:
         """Threads for the next file when `unsettled` files are left to finish."""

@@ -2,8 +2,9 @@
 
 The body is streamed to files in a temporary folder, then ingested exactly
 as `transcode ingest` would (same outcomes, same ledger) by worker processes
-kept running between requests, under the archive's ingest lock: while another ingest holds it the answer is 503 with
-Retry-After. The store response lists each instance as referenced
+kept running between requests, under the archive's ingest lock: while
+another ingest holds it the answer is 503 with Retry-After. The store
+response lists each instance as referenced
 (transcoded, kept as is, or already there) or failed with a PS3.18 failure
 reason; a conflicting copy is kept aside and reported as failed (0111).
 """
