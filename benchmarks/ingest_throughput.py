@@ -22,7 +22,6 @@ the throughput of 1 worker; DBT peak RSS <= 300 MB with one worker.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -31,7 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fixtures.generate import Spec, frame_arrays, write, write_dbt  # noqa: E402
-from transcode.bench.measure import ingest_run, steady_seconds, worker_seconds  # noqa: E402
+from transcode.bench.measure import ingest_run, save, steady_seconds, worker_seconds  # noqa: E402
 from transcode.codecs import htj2k  # noqa: E402
 from transcode.codecs.htj2k import EncodeSettings  # noqa: E402
 
@@ -104,10 +103,7 @@ def main() -> int:
         f"{dbt['one_worker_s'] / dbt['two_workers_s']:.2f}x | "
         f"{dbt['peak_rss_one_worker_mb']:.0f} / {dbt['peak_rss_two_workers_mb']:.0f} MB |",
     ]
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "ingest_throughput.json").write_text(json.dumps(results, indent=2))
-    (args.out / "ingest_throughput.md").write_text("\n".join(rows) + "\n")
-    print("\n".join(rows))
+    save(args.out, "ingest_throughput", results, "\n".join(rows))
     return 0
 
 

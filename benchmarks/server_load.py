@@ -8,11 +8,11 @@ test); the measurement lives in `transcode.bench.server`, which
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from transcode.bench import report, server
+from transcode.bench.measure import save
 
 
 def main() -> int:
@@ -24,10 +24,7 @@ def main() -> int:
     args = parser.parse_args()
     results = server.run(args.files, args.seconds, args.clients)
     table = report.server_table(results)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "server_load.json").write_text(json.dumps(results, indent=2))
-    (args.out / "server_load.md").write_text(table)
-    print(table)
+    save(args.out, "server_load", results, table)
     return 0
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import http.client
-import json
 import statistics
 import sys
 import tempfile
@@ -26,6 +25,7 @@ import time
 from pathlib import Path
 
 from transcode.bench.dataset import write_instance
+from transcode.bench.measure import save
 from transcode.bench.server import free_port, start
 from transcode.phantom import phantom
 from transcode.transcoder import transcode_file
@@ -80,10 +80,7 @@ def main() -> int:
         f"| later requests, 90th percentile | {results['p90_s'] * 1e3:.1f} | {results['p90_s'] / reference:.2f}x |",
         f"| the transcode alone, in process (median) | {reference * 1e3:.1f} | 1.00x |",
     ]) + "\n"
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "stow_latency.json").write_text(json.dumps(results, indent=2))
-    (args.out / "stow_latency.md").write_text(table)
-    print(table)
+    save(args.out, "stow_latency", results, table)
     return 0
 
 

@@ -23,7 +23,6 @@ Targets (issue 2): one 2048x2048 16-bit frame <= 1.10 x bare; a 40-frame
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -41,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fixtures.generate import Spec, frame_arrays, write  # noqa: E402
 from transcode import transcode_file  # noqa: E402
+from transcode.bench.measure import save  # noqa: E402
 from transcode.codecs import htj2k  # noqa: E402
 from transcode.codecs.htj2k import EncodeSettings  # noqa: E402
 from transcode.runtime import frame_pool  # noqa: E402
@@ -123,11 +123,7 @@ def main() -> int:
                                      "median": {k: statistics.median(v) for k, v in times.items()}}
             rows.append(f"| {name} | {best['bare'] * 1e3:.1f} | {ratio['pipeline']:.2f}x | "
                         f"{ratio['pipeline+openjpeg']:.2f}x | {ratio['bare, all cores']:.2f}x | <= {target:.2f}x |")
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "transcode_overhead.json").write_text(json.dumps(report, indent=2))
-    table = "\n".join(rows)
-    (args.out / "transcode_overhead.md").write_text(table + "\n")
-    print(table)
+    save(args.out, "transcode_overhead", report, "\n".join(rows))
     return 0
 
 

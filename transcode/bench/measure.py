@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import sqlite3
@@ -91,6 +92,15 @@ def worker_seconds(archive: Path) -> float:
     with sqlite3.connect(archive / "index.sqlite") as db:
         (seconds,) = db.execute("SELECT SUM(seconds) FROM ledger").fetchone()
     return seconds
+
+
+def save(out: Path, name: str, results: Any, table: str) -> None:
+    """A benchmark script's figures as `name`.json and its table as
+    `name`.md under `out`; the table is printed too."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(results, indent=2))
+    (out / f"{name}.md").write_text(table.rstrip("\n") + "\n")
+    print(table.rstrip("\n"))
 
 
 def machine() -> dict[str, Any]:
