@@ -204,14 +204,7 @@ def _transcode_frames(
 
     changes = _changes(spec, instance.dataset)
     with EncapsulatedWriter(
-        dst,
-        instance.dataset,
-        transfer_syntax=OUTPUT_SYNTAX,
-        frames=spec.number_of_frames,
-        changes=changes,
-        preamble=instance.dataset.preamble,
-        durable=durable,
-        raw=instance.raw,
+        dst, instance, transfer_syntax=OUTPUT_SYNTAX, frames=spec.number_of_frames, changes=changes, durable=durable,
     ) as writer:
 
         def drain(limit: int) -> None:
@@ -237,7 +230,7 @@ def _transcode_frames(
                 if i == 0:
                     writer.begin()
                     if metadata:
-                        result.metadata = dicom_json(instance.dataset, changes)
+                        result.metadata = dicom_json(instance.dataset, changes, instance.raw)
                 drain(window)
             drain(0)
             if len(result.frame_index) != spec.number_of_frames:

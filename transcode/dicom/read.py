@@ -87,7 +87,7 @@ class Instance:
             self.dataset = self._read()
             #: The elements as parsed, before any access converts them: the
             #: writer copies these bytes (see dicom/write.py).
-            self.raw = {tag: self.dataset.get_item(tag, keep_deferred=True) for tag in self.dataset.keys()}
+            self.raw = dict(self.dataset.items())
             self.spec = self._pixel_spec()
         except BaseException:
             self._file.close()
@@ -120,6 +120,20 @@ class Instance:
     @property
     def transfer_syntax(self) -> UID:
         return UID(self.dataset.file_meta.TransferSyntaxUID)
+
+    @property
+    def explicit_le_on_disk(self) -> bool:
+        """Whether the file holds the data set as Explicit VR Little Endian
+        bytes, so that element offsets are file offsets (not deflated)."""
+        try:
+            syntax = self.transfer_syntax
+            return syntax != DeflatedExplicitVRLittleEndian and not syntax.is_implicit_VR and syntax.is_little_endian
+        except (AttributeError, ValueError):  # no transfer syntax, or a UID that is not one
+            return False
+
+    def read_at(self, offset: int, length: int) -> bytes:
+        """`length` bytes of the source file from `offset` (fewer at its end)."""
+        return os.pread(self._file.fileno(), length, offset)
 
     def _pixel_spec(self) -> PixelSpec | None:
         ds = self.dataset

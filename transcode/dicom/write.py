@@ -21,19 +21,21 @@ import struct
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from io import BytesIO
+from operator import attrgetter
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import DataElement, RawDataElement
-from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
+from pydicom.dataset import Dataset, FileDataset
 from pydicom.filebase import DicomFileLike
-from pydicom.filewriter import write_data_element, write_file_meta_info
+from pydicom.filewriter import write_data_element
 from pydicom.tag import BaseTag, Tag
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from transcode import __version__
+from transcode.dicom.read import Instance
 from transcode.digest import Digest, file_digest
 
 PIXEL_DATA = 0x7FE00010
@@ -79,7 +81,7 @@ def _encode_elements(
     data set, which knows their encoding.
     """
     new = {Tag(tag_for_keyword(k)): DataElement(tag_for_keyword(k), dictionary_VR(k), v) for k, v in changes.items()}
-    tags = sorted({t for t in source.keys() if keep(t) and t.element != 0} | {t for t in new if keep(t)})
+    tags = sorted({t for t in source.keys() if keep(t) and t.element != 0} | {t for t in new if keep(t)}, key=int)
     out = bytearray()
     fp = DicomFileLike(BytesIO())
     fp.is_little_endian, fp.is_implicit_VR = True, False
@@ -104,38 +106,81 @@ def _encode_elements(
     return bytes(out)
 
 
-def data_set_head(
-    source: FileDataset, raw: Mapping[BaseTag, Any], transfer_syntax: UID, changes: dict[str, Any],
-    preamble: bytes | None,
-) -> bytes:
-    """Everything a Part 10 file of `source` holds before Pixel Data: the
+def data_set_head(instance: Instance, transfer_syntax: UID, changes: dict[str, Any]) -> bytes:
+    """Everything a Part 10 file of `instance` holds before Pixel Data: the
     preamble, the File Meta for `transfer_syntax` and the source's own
     elements (encapsulation elements left out) with `changes` as new
     elements: the source data set must keep describing the source."""
-    meta = _new_file_meta(source, transfer_syntax)
+    source = instance.dataset
+    preamble = source.preamble
+    elements = _verbatim_head(instance, changes)
+    if elements is None:
+        elements = _encode_elements(
+            source, instance.raw, lambda tag: tag < PIXEL_DATA and tag not in ENCAPSULATION_TAGS, changes,
+            _copies_raw(source),
+        )
     return b"".join((
-        preamble if preamble and len(preamble) == 128 else bytes(128),
-        b"DICM",
-        _encoded(lambda fp: write_file_meta_info(fp, meta, enforce_standard=True)),
-        _encode_elements(source, raw, lambda tag: tag < PIXEL_DATA and tag not in ENCAPSULATION_TAGS, changes,
-                         _copies_raw(source)),
+        preamble if preamble and len(preamble) == 128 else bytes(128), b"DICM", file_meta(source, transfer_syntax),
+        elements,
     ))
 
 
-def data_set_tail(source: FileDataset, raw: Mapping[BaseTag, Any]) -> bytes:
+def data_set_tail(instance: Instance) -> bytes:
     """The source's elements after Pixel Data (trailing padding and the like)."""
-    return _encode_elements(source, raw, lambda tag: tag > PIXEL_DATA, {}, _copies_raw(source))
+    if max(map(int, instance.raw)) < PIXEL_DATA:  # int: BaseTag compares in Python
+        return b""
+    source = instance.dataset
+    return _encode_elements(source, instance.raw, lambda tag: tag > PIXEL_DATA, {}, _copies_raw(source))
+
+
+def _verbatim_head(instance: Instance, changes: dict[str, Any]) -> bytes | None:
+    """The source's elements before Pixel Data as the source file holds
+    them, read in one piece, or None where that would not be the data set
+    `_encode_elements` writes: changes to make, a data set that is not
+    Explicit VR Little Endian on disk, tags out of order, group lengths or
+    encapsulation elements (left out). Nothing is decoded or re-encoded, so
+    every byte is the source's (sequences included), at a fixed cost
+    whatever the header's size: 0.03 ms against 0.8 ms element by element
+    for a 250-element CT header (measured here)."""
+    if changes or not instance.explicit_le_on_disk:
+        return None
+    tags, elements = list(map(int, instance.raw)), list(instance.raw.values())  # file order
+    try:
+        n = tags.index(PIXEL_DATA)
+    except ValueError:
+        return None
+    head = tags[:n]
+    if not head or head != sorted(head) or not ENCAPSULATION_TAGS.isdisjoint(head):
+        return None
+    # Group lengths are left out; no VR means pydicom found implicit VR bytes
+    # under an explicit transfer syntax, which must be re-encoded. (map: no
+    # Python call per element.)
+    if 0 in map((0xFFFF).__and__, head) or not all(map(attrgetter("VR"), elements[:n])):
+        return None
+    first, pixels = elements[0], elements[n]
+    if pixels.VR not in ("OB", "OW", "UN"):
+        return None
+    start = _value_position(first) - (12 if first.VR in _LONG_VRS else 8)
+    end = _value_position(pixels) - 12
+    data = instance.read_at(start, end - start + 4)
+    if data[:4] != struct.pack("<HH", head[0] >> 16, head[0] & 0xFFFF) or data[-4:] != b"\xe0\x7f\x10\x00":
+        return None  # the offsets are not what they seemed: go element by element
+    return data[:-4]
+
+
+def _value_position(element: Any) -> int:
+    """Where an element's value starts in the file, raw or converted."""
+    return element.value_tell if isinstance(element, RawDataElement) else element.file_tell
 
 
 def native_file(
-    source: FileDataset, raw: Mapping[BaseTag, Any], changes: dict[str, Any], frames: Iterable[bytes], *,
-    length: int, vr: str,
+    instance: Instance, changes: dict[str, Any], frames: Iterable[bytes], *, length: int, vr: str,
 ) -> Iterator[bytes]:
-    """An Explicit VR Little Endian Part 10 file of `source`, as chunks, with
-    native Pixel Data (`vr` OB or OW) made of `frames` (`length` bytes in
-    all): for clients that cannot decode what is stored. One frame is in
+    """An Explicit VR Little Endian Part 10 file of `instance`, as chunks,
+    with native Pixel Data (`vr` OB or OW) made of `frames` (`length` bytes
+    in all): for clients that cannot decode what is stored. One frame is in
     memory at a time."""
-    yield data_set_head(source, raw, UID(ExplicitVRLittleEndian), changes, source.preamble)
+    yield data_set_head(instance, UID(ExplicitVRLittleEndian), changes)
     yield struct.pack("<HH2sHI", 0x7FE0, 0x0010, vr.encode(), 0, length + (length & 1))
     sent = 0
     for frame in frames:
@@ -145,7 +190,7 @@ def native_file(
         raise RuntimeError(f"{sent} bytes of frames sent, {length} announced")
     if length & 1:
         yield b"\0"
-    yield data_set_tail(source, raw)
+    yield data_set_tail(instance)
 
 
 def _encoded(write: Callable[[DicomFileLike], None]) -> bytes:
@@ -158,24 +203,53 @@ def _encoded(write: Callable[[DicomFileLike], None]) -> bytes:
     return buffer.getvalue()
 
 
-def _new_file_meta(source: FileDataset, transfer_syntax: UID) -> FileMetaDataset:
-    """The source's File Meta with the new transfer syntax and our
-    implementation fields. Media Storage SOP Class/Instance UIDs missing from
-    the source's meta are taken from the data set, where Part 10 says they
-    come from."""
-    meta = FileMetaDataset()
-    for elem in source.file_meta:  # new elements: the source's must keep describing the source
-        meta.add(DataElement(elem.tag, elem.VR, elem.value))
-    for meta_keyword, keyword in (
-        ("MediaStorageSOPClassUID", "SOPClassUID"),
-        ("MediaStorageSOPInstanceUID", "SOPInstanceUID"),
-    ):
-        if not meta.get(meta_keyword) and source.get(keyword):
-            setattr(meta, meta_keyword, source[keyword].value)
-    meta.TransferSyntaxUID = transfer_syntax
-    meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
-    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
-    return meta
+#: File Meta VRs encoded here; any other goes through pydicom's writer.
+_META_TEXT_VRS = frozenset({"AE", "CS", "LO", "SH", "UI", "UR"})
+_REQUIRED_META = {0x00020002: "Media Storage SOP Class UID", 0x00020003: "Media Storage SOP Instance UID"}
+
+
+def file_meta(source: FileDataset, transfer_syntax: UID) -> bytes:
+    """The File Meta Information group for a copy of `source` in
+    `transfer_syntax`: the source's own elements with the new transfer
+    syntax and our implementation fields. Media Storage SOP Class/Instance
+    UIDs missing from the source's meta are taken from the data set, where
+    Part 10 says they come from.
+
+    The bytes are those of pydicom's `write_file_meta_info` (a test holds
+    them equal over every test file), built directly: pydicom's data set
+    and validation machinery took 0.19 ms per file for seven elements."""
+    values = {int(elem.tag): (elem.VR, elem.value) for elem in source.file_meta if elem.tag.element}
+    for meta_tag, tag in ((0x00020002, 0x00080016), (0x00020003, 0x00080018)):
+        if not values.get(meta_tag, (None, None))[1] and source.get(tag):
+            values[meta_tag] = ("UI", source[tag].value)
+    missing = [name for tag, name in _REQUIRED_META.items() if not values.get(tag, (None, None))[1]]
+    if missing:
+        raise ValueError(f"missing required File Meta Information elements: {', '.join(missing)}")
+    values.setdefault(0x00020001, ("OB", b"\x00\x01"))
+    values[0x00020010] = ("UI", transfer_syntax)
+    values[0x00020012] = ("UI", IMPLEMENTATION_CLASS_UID)
+    values[0x00020013] = ("SH", IMPLEMENTATION_VERSION_NAME)
+    body = b"".join(_meta_element(tag, *values[tag]) for tag in sorted(values))
+    return struct.pack("<HH2sHI", 0x0002, 0x0000, b"UL", 4, len(body)) + body
+
+
+def _meta_element(tag: int, vr: str, value: Any) -> bytes:
+    """One File Meta element, Explicit VR Little Endian."""
+    try:
+        if vr in _META_TEXT_VRS:
+            data = value.encode("ascii")
+        elif vr in ("OB", "UN"):
+            data = bytes(value)
+        elif vr == "UL":
+            data = struct.pack("<I", value)
+        else:
+            raise TypeError(vr)
+        data += (b"\0" if vr in ("UI", "OB", "UN") else b" ") * (len(data) & 1)
+        if vr in _LONG_VRS:
+            return struct.pack("<HH2sHI", tag >> 16, tag & 0xFFFF, vr.encode(), 0, len(data)) + data
+        return struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, vr.encode(), len(data)) + data
+    except (AttributeError, TypeError, UnicodeEncodeError, struct.error):  # multi-valued, not ASCII, long: pydicom
+        return _encoded(lambda fp: write_data_element(fp, DataElement(tag, vr, value)))
 
 
 def fsync_path(path: Path) -> None:
@@ -198,21 +272,17 @@ class EncapsulatedWriter:
     def __init__(
         self,
         dst: Path,
-        source: FileDataset,
+        source: Instance,
         *,
         transfer_syntax: UID,
         frames: int,
         changes: dict[str, Any],
-        preamble: bytes | None,
         durable: bool = True,
-        raw: Mapping[BaseTag, Any] | None = None,
     ) -> None:
         self.dst = dst
         self._source = source
-        self._raw = raw or {}
         self._transfer_syntax = transfer_syntax
         self._changes = changes
-        self._preamble = preamble
         self._durable = durable
         self._frames_expected = frames
         self._offsets: list[int] = []
@@ -244,7 +314,7 @@ class EncapsulatedWriter:
             self._hash.update(data)
 
     def _write_head(self) -> None:
-        self._write(data_set_head(self._source, self._raw, self._transfer_syntax, self._changes, self._preamble))
+        self._write(data_set_head(self._source, self._transfer_syntax, self._changes))
         if self._frames_expected > 1:
             size = 8 * self._frames_expected
             self._eot_at = self._file.tell()  # type: ignore[union-attr]
@@ -279,7 +349,7 @@ class EncapsulatedWriter:
         if len(self._offsets) != self._frames_expected:
             raise RuntimeError(f"{len(self._offsets)} frames written, {self._frames_expected} expected")
         self._write(_SEQUENCE_DELIMITER)
-        self._write(data_set_tail(self._source, self._raw))
+        self._write(data_set_tail(self._source))
         f = self._file
         assert f is not None
         if self._eot_at is not None:

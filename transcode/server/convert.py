@@ -69,8 +69,8 @@ def _streamed(reader: FrameReader, stored: StoredInstance, path: Path) -> Iterat
         assert spec is not None  # transcoded instances have pixels
         changes = {"PhotometricInterpretation": "RGB"} if spec.photometric == "YBR_RCT" else {}
         frames = (reader.native(stored, n) for n in range(1, stored.count + 1))
-        yield from native_file(instance.dataset, instance.raw, changes, frames,
-                               length=spec.frame_bytes * stored.count, vr="OW" if spec.bits_allocated > 8 else "OB")
+        length = spec.frame_bytes * stored.count
+        yield from native_file(instance, changes, frames, length=length, vr="OW" if spec.bits_allocated > 8 else "OB")
 
 
 def _whole(path: Path) -> bytes:
