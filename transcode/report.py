@@ -25,10 +25,16 @@ class Progress:
         self.bar: tqdm | None = None
         self.started = time.monotonic()
         self.last = 0.0
+        # Running totals over the entries seen so far: summing all entries on
+        # every call made a run of n files cost n^2 / 2 additions.
+        self.seen = self.frames = self.bytes_in = 0
 
     def __call__(self, report: IngestReport, done: int, total: int) -> None:
-        frames = sum(e.get("frames") or 0 for e in report.entries)
-        mb = sum(e.get("bytes_in") or 0 for e in report.entries) / 1e6
+        for entry in report.entries[self.seen:]:
+            self.frames += entry.get("frames") or 0
+            self.bytes_in += entry.get("bytes_in") or 0
+        self.seen = len(report.entries)
+        frames, mb = self.frames, self.bytes_in / 1e6
         rate = mb / max(time.monotonic() - self.started, 1e-9)
         if self.stream.isatty():
             if self.bar is None:
