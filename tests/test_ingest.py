@@ -22,6 +22,7 @@ from pydicom.uid import (
 
 from fixtures.generate import Spec, write
 from tests.conftest import PYDICOM_FILES
+from transcode import pipeline
 from transcode.archive import FolderArchive
 from transcode.archive.check import verify_archive
 from transcode.cli import EXIT_FAILED, EXIT_OK, main
@@ -267,3 +268,21 @@ def test_a_worker_crash_fails_that_file_only(tmp_path: Path) -> None:
         assert outcomes.pop("poison.dcm") == ("failed", "worker_crashed")
         assert set(outcomes.values()) == {("transcoded", None)} and len(outcomes) == 6
         assert verify_archive(archive) == []
+
+
+def test_files_that_finish_together_are_committed_together(tmp_path: Path, monkeypatch) -> None:
+    """One index transaction (and one fsync per folder) serves every file
+    that finishes within the settle window, not one per file."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for n in range(12):
+        write(Spec("CT", 32, 32, seed=n), src / f"{n:02d}.dcm")
+    monkeypatch.setattr(pipeline, "SETTLE_WINDOW", 60.0)
+    with FolderArchive(tmp_path / "archive", exclusive=True) as archive:
+        batches: list[int] = []
+        record = archive.index.record
+        monkeypatch.setattr(archive.index, "record", lambda records: (batches.append(len(records)), record(records)))
+        report = ingest([src], archive, workers=2, threads=1)
+        assert batches == [12]
+        assert archive.index.counts()["instances"] == 12 and verify_archive(archive) == []
+    assert [Path(e["source_path"]).name for e in report.entries] == [f"{n:02d}.dcm" for n in range(12)]

@@ -173,6 +173,13 @@ def work(source: str, staging: str, settings: EncodeSettings, crosscheck: str, t
     return entry
 
 
+#: How long finished files wait for the next ones before they are settled
+#: together, and at most how many: per batch, not per file, the coordinator
+#: fsyncs folders and commits the index (measured: 0.4 ms of its CPU per
+#: file when each file was settled alone, with 3 ms files from 2 workers).
+SETTLE_WINDOW = 0.05
+SETTLE_BATCH = 64
+
 #: One thread per worker process for source digests.
 _HASHER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="source-digest")
 
@@ -295,25 +302,35 @@ class Ingest:
         self._staging = str(run_staging)
         # Settled in discovery order, so that which of two copies of a SOP
         # Instance UID is "the" instance does not depend on timing; and in
-        # batches of whatever has finished, so that one directory fsync and
-        # one transaction serve many files.
+        # batches (whatever finishes within SETTLE_WINDOW of the first), so
+        # that one directory fsync and one transaction serve many files.
         pool = self._pool()
         pending: deque[tuple[str, Future[dict[str, Any]]]] = deque()
         sources = enumerate(todo)
+
+        def feed() -> None:
+            for n, source in sources:
+                unsettled = len(todo) - n + len(pending)  # this file, those after it, those in flight
+                pending.append((source, self._submit(pool, source, self._threads_for(unsettled))))
+                if len(pending) >= 4 * self.workers:  # bounded: discovery outruns the workers
+                    return
+
         try:
             while True:
-                for n, source in sources:
-                    unsettled = len(todo) - n + len(pending)  # this file, those after it, those in flight
-                    pending.append((source, self._submit(pool, source, self._threads_for(unsettled))))
-                    if len(pending) >= 4 * self.workers:  # bounded: discovery outruns the workers
-                        break
+                feed()
                 if not pending:
                     break
                 batch: list[dict[str, Any]] = []
                 try:
-                    while pending and (not batch or pending[0][1].done()) and len(batch) < 4 * self.workers:
-                        batch.append(pending[0][1].result())
+                    closes = None
+                    while pending and len(batch) < SETTLE_BATCH:
+                        wait = None if closes is None else max(0.0, closes - time.monotonic())
+                        batch.append(pending[0][1].result(timeout=wait))
                         pending.popleft()
+                        closes = closes or time.monotonic() + SETTLE_WINDOW
+                        feed()
+                except TimeoutError:  # the window closed: settle what has finished
+                    pass
                 except BrokenProcessPool:
                     # A worker died (a codec crashing on a malformed file, the
                     # OOM killer): retry what was in flight one file per pool,
