@@ -24,7 +24,7 @@ from transcode.codecs.htj2k import EncodeSettings
 from transcode.dicom.read import open_instance
 from transcode.pipeline import ingest
 from transcode.policy import Outcome, Stop
-from transcode.report import Progress, print_summary
+from transcode.report import Progress, ReportFile, print_summary
 from transcode.transcoder import TranscodeResult, transcode_file
 from transcode.verify import CrossCheck
 
@@ -169,12 +169,19 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     progress = Progress()
     try:
+        report_file = ReportFile(Path(args.report)) if args.report else None
+    except OSError as exc:
+        print(f"transcode: cannot write the report: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
         with FolderArchive(args.archive, exclusive=True) as archive:
             report = ingest(
                 args.paths, archive, workers=args.workers, threads=args.threads, crosscheck=args.crosscheck,
-                progress=progress,
+                progress=progress, on_entry=report_file.add if report_file else None, keep_entries=False,
                 settings=EncodeSettings(tile_threshold=args.tile_threshold, tile_size=args.tile_size),
             )
+        if report_file:
+            report_file.finish(report)
     except ArchiveBusy as exc:
         print(f"transcode: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -184,11 +191,9 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     finally:
         progress.close()
+        if report_file:
+            report_file.close()
     print_summary(report)
-    if args.report:
-        Path(args.report).write_text(json.dumps(
-            {"seconds": report.seconds, "skipped": report.skipped, "counts": report.counts(),
-             "instances": report.entries}, indent=1))
     return EXIT_OK if report.clean else EXIT_FAILED
 
 

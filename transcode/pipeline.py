@@ -63,22 +63,51 @@ CLEAN = frozenset({IngestOutcome.TRANSCODED, IngestOutcome.KEPT, IngestOutcome.D
 
 @dataclass
 class IngestReport:
-    """Every source file's outcome in this run, and the totals."""
+    """Every source file's outcome in this run, and running totals.
+
+    `entries` holds every file's entry unless the run passes them on as they
+    come instead (`Ingest(on_entry=..., keep_entries=False)`, as the command
+    line does): at about 1 KB an entry, a million-file migration would hold
+    a gigabyte. The totals, and the entries that need a person (failed,
+    conflict), are kept either way.
+    """
 
     entries: list[dict[str, Any]] = field(default_factory=list)
     skipped: int = 0
     seconds: float = 0.0
+    #: Failed and conflicting files' entries.
+    attention: list[dict[str, Any]] = field(default_factory=list)
+    files: int = 0
+    frames: int = 0
+    _counts: Counter[str] = field(default_factory=Counter)
+    _bytes_in: Counter[str] = field(default_factory=Counter)
+    _bytes_out: Counter[str] = field(default_factory=Counter)
+
+    def add(self, entry: dict[str, Any], *, keep: bool = True) -> None:
+        """Count one settled file (and keep its entry with `keep`)."""
+        outcome = entry["outcome"]
+        self.files += 1
+        self.frames += entry.get("frames") or 0
+        self._counts[outcome] += 1
+        self._bytes_in[outcome] += entry.get("bytes_in") or 0
+        self._bytes_out[outcome] += entry.get("bytes_out") or 0
+        if keep:
+            self.entries.append(entry)
+        if outcome not in CLEAN:
+            self.attention.append(entry)
 
     def counts(self) -> Counter[str]:
-        return Counter(e["outcome"] for e in self.entries)
+        return Counter(self._counts)
 
     @property
     def clean(self) -> bool:
-        return all(e["outcome"] in CLEAN for e in self.entries)
+        return not self.attention
 
-    def bytes(self, outcome: str = IngestOutcome.TRANSCODED) -> tuple[int, int]:
-        chosen = [e for e in self.entries if e["outcome"] == outcome]
-        return sum(e["bytes_in"] or 0 for e in chosen), sum(e["bytes_out"] or 0 for e in chosen)
+    def bytes(self, outcome: str | None = IngestOutcome.TRANSCODED) -> tuple[int, int]:
+        """Bytes in and out of the files with `outcome` (None: all files)."""
+        if outcome is None:
+            return sum(self._bytes_in.values()), sum(self._bytes_out.values())
+        return self._bytes_in[outcome], self._bytes_out[outcome]
 
 
 def discover(paths: Iterable[str | os.PathLike[str]], exclude: Path | None = None) -> Iterator[Path]:
@@ -252,7 +281,8 @@ class Ingest:
     While fewer files than workers are left (a lone tomosynthesis object,
     the tail of a run), each gets the idle workers' threads as well, so the
     `workers x threads` cores stay busy and memory stays within that many
-    frames. `progress(report, done, total)` is called after every file.
+    frames. `progress(report, done, total)` is called after every file,
+    and `on_entry(entry)` with each file's entry once it is committed.
     With `pool`, files go to those worker processes (its size is
     `workers`), which are left running for the next run."""
 
@@ -267,6 +297,8 @@ class Ingest:
         progress: Callable[[IngestReport, int, int], None] | None = None,
         worker: Callable[..., dict[str, Any]] | None = None,
         pool: WorkerPool | None = None,
+        on_entry: Callable[[dict[str, Any]], None] | None = None,
+        keep_entries: bool = True,
     ) -> None:
         cores = os.cpu_count() or 1
         self.archive = archive
@@ -279,6 +311,8 @@ class Ingest:
         #: The function run per file in a worker process (`work`); replaceable
         #: by any importable function with its signature.
         self.worker = worker or work
+        self.on_entry = on_entry
+        self.keep_entries = keep_entries
         self.report = IngestReport()
 
     def run(self, paths: Iterable[str | os.PathLike[str]]) -> IngestReport:
@@ -424,9 +458,11 @@ class Ingest:
         self.archive.flush()  # objects durable before any row points at them
         self.archive.index.record(records)
         for record in records:
-            self.report.entries.append(record.ledger)
+            self.report.add(record.ledger, keep=self.keep_entries)
+            if self.on_entry:
+                self.on_entry(record.ledger)
             if self.progress:
-                self.progress(self.report, len(self.report.entries), total)
+                self.progress(self.report, self.report.files, total)
 
 
 def _dumps(value: Any) -> str:

@@ -3,9 +3,12 @@ lines otherwise, and the closing summary table."""
 
 from __future__ import annotations
 
+import json
+import os
 import sys
 import time
-from typing import TextIO
+from pathlib import Path
+from typing import Any, TextIO
 
 from tqdm import tqdm
 
@@ -25,16 +28,9 @@ class Progress:
         self.bar: tqdm | None = None
         self.started = time.monotonic()
         self.last = 0.0
-        # Running totals over the entries seen so far: summing all entries on
-        # every call made a run of n files cost n^2 / 2 additions.
-        self.seen = self.frames = self.bytes_in = 0
 
     def __call__(self, report: IngestReport, done: int, total: int) -> None:
-        for entry in report.entries[self.seen:]:
-            self.frames += entry.get("frames") or 0
-            self.bytes_in += entry.get("bytes_in") or 0
-        self.seen = len(report.entries)
-        frames, mb = self.frames, self.bytes_in / 1e6
+        frames, mb = report.frames, report.bytes(None)[0] / 1e6
         rate = mb / max(time.monotonic() - self.started, 1e-9)
         if self.stream.isatty():
             if self.bar is None:
@@ -65,9 +61,36 @@ def print_summary(report: IngestReport, out: TextIO | None = None) -> None:
         ratio = f"{bytes_out / bytes_in:8.3f}" if bytes_in and bytes_out else f"{'-':>8}"
         print(f"{outcome.value:<12}{counts.get(outcome.value, 0):>8}{bytes_in / 1e6:>11.1f}{bytes_out / 1e6:>11.1f}{ratio}",
               file=out)
-    total_in = sum(e.get("bytes_in") or 0 for e in report.entries)
-    print(f"{len(report.entries)} files in {report.seconds:.1f} s ({total_in / 1e6 / max(report.seconds, 1e-9):.1f} MB/s); "
+    total_in = report.bytes(None)[0]
+    print(f"{report.files} files in {report.seconds:.1f} s ({total_in / 1e6 / max(report.seconds, 1e-9):.1f} MB/s); "
           f"{report.skipped} already done in an earlier run.", file=out)
-    for e in report.entries:
-        if e["outcome"] in (IngestOutcome.FAILED, IngestOutcome.CONFLICT):
-            print(f"  {e['outcome']}: {e['source_path']}: {e.get('reason')}: {e.get('detail')}", file=out)
+    for e in report.attention:
+        print(f"  {e['outcome']}: {e['source_path']}: {e.get('reason')}: {e.get('detail')}", file=out)
+
+
+class ReportFile:
+    """`--report FILE.json`, written as the run goes: each file's entry once
+    it is committed, so that a run of a million files does not hold its
+    report in memory; the totals last. Until `finish` it is FILE.json.partial:
+    a report cut short (a crash, a full disk) never looks complete."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.partial = path.with_name(f"{path.name}.partial")
+        self._file = open(self.partial, "w", encoding="utf-8")
+        self._file.write('{"instances": [')
+        self._separator = "\n"
+
+    def add(self, entry: dict[str, Any]) -> None:
+        self._file.write(self._separator + json.dumps(entry))
+        self._separator = ",\n"
+
+    def finish(self, report: IngestReport) -> None:
+        totals = {"seconds": report.seconds, "skipped": report.skipped, "counts": report.counts()}
+        self._file.write(f"\n], {json.dumps(totals)[1:]}\n")
+        self._file.close()
+        os.replace(self.partial, self.path)
+
+    def close(self) -> None:
+        """Stop writing; an unfinished report stays FILE.json.partial."""
+        self._file.close()
