@@ -148,7 +148,12 @@ def test_cli_ingest_exit_codes_and_report(tmp_path: Path, capsys) -> None:
     assert json.loads(report.read_text())["instances"][0]["outcome"] == "transcoded"
     assert "transcoded" in capsys.readouterr().out
     (src / "bad.dcm").write_bytes(b"nonsense")
-    assert main(["ingest", str(src), "--archive", str(archive), "--workers", "1"]) == EXIT_FAILED
+    assert main(["ingest", str(src), "--archive", str(archive), "--report", str(report), "--workers", "1"]) == EXIT_FAILED
+    written = json.loads(report.read_text())  # this run's files only: a.dcm was done already
+    assert [(Path(e["source_path"]).name, e["outcome"]) for e in written["instances"]] == [("bad.dcm", "failed")]
+    assert written["counts"] == {"failed": 1} and written["skipped"] == 1
+    assert not report.with_name("report.json.partial").exists()
+    assert main(["ingest", str(src), "--archive", str(archive), "--report", str(tmp_path / "no" / "r.json")]) == 2
     assert main(["ingest", "/no/such/path", "--archive", str(archive)]) == 2
     assert main(["verify", "--archive", str(archive)]) == EXIT_OK
 

@@ -185,8 +185,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     except ArchiveBusy as exc:
         print(f"transcode: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except OSError as exc:  # the archive itself failed (disk full, read-only): stop, rerun later
-        print(f"transcode: cannot write to the archive: {exc}. Everything committed so far is safe; "
+    except OSError as exc:  # the archive or the report failed (disk full, read-only): stop, rerun later
+        print(f"transcode: cannot write: {exc}. Everything committed so far is safe; "
               "rerun the same command once fixed.", file=sys.stderr)
         return EXIT_FAILED
     finally:

@@ -76,12 +76,12 @@ class IngestReport:
     skipped: int = 0
     seconds: float = 0.0
     #: Failed and conflicting files' entries.
-    attention: list[dict[str, Any]] = field(default_factory=list)
-    files: int = 0
-    frames: int = 0
-    _counts: Counter[str] = field(default_factory=Counter)
-    _bytes_in: Counter[str] = field(default_factory=Counter)
-    _bytes_out: Counter[str] = field(default_factory=Counter)
+    attention: list[dict[str, Any]] = field(default_factory=list, init=False)
+    files: int = field(default=0, init=False)
+    frames: int = field(default=0, init=False)
+    _counts: Counter[str] = field(default_factory=Counter, init=False, repr=False)
+    _bytes_in: Counter[str] = field(default_factory=Counter, init=False, repr=False)
+    _bytes_out: Counter[str] = field(default_factory=Counter, init=False, repr=False)
 
     def add(self, entry: dict[str, Any], *, keep: bool = True) -> None:
         """Count one settled file (and keep its entry with `keep`)."""
