@@ -113,7 +113,12 @@ def test_remembered_json_equals_a_fresh_conversion(tmp_path: Path) -> None:
     for path in paths:  # the second and third mostly from memory
         with open_instance(path) as instance:
             got = metadata.dicom_json(instance.dataset, {}, instance.raw)
-        assert json.dumps(got) == json.dumps(_cold_json(pydicom.dcmread(path)))
+        assert json.dumps(got.elements) == json.dumps(_cold_json(pydicom.dcmread(path)))
+        assert got.text() == json.dumps(got.elements, separators=(",", ":"))
+        some = ("0020000D", "00100010", "00099999", "00080005")  # one absent
+        assert got.text(some) == json.dumps({t: got.elements[t] for t in some if t in got.elements},
+                                            separators=(",", ":"))
+        assert got.first("00200013") == int(path.stem)
     assert metadata._remembered
 
 
@@ -143,7 +148,7 @@ def test_same_bytes_in_another_context_are_converted_again(implicit: bool) -> No
                              ("ISO_IR 192", "SOMEONE ELSE")):
         ds = _one(charset, creator, implicit=implicit)
         raw = dict(ds.items())
-        got = metadata.dicom_json(ds, {}, raw)
+        got = metadata.dicom_json(ds, {}, raw).elements
         assert json.dumps(got) == json.dumps(_cold_json(ds))
         seen.append((got["00100010"]["Value"][0]["Alphabetic"], got["00091001"]["vr"]))
     assert seen[0][0] == "CafÃ©" and seen[1][0] == seen[2][0] == "Café"

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import json
 import multiprocessing
 import os
 import shutil
@@ -187,11 +186,11 @@ def work(source: str, staging: str, settings: EncodeSettings, crosscheck: str, t
                 meta, tsyntax = result.metadata, str(OUTPUT_SYNTAX)
             entry.update(
                 # Serialised here, in parallel, not in the one coordinator.
-                staged=str(staged), transfer_syntax=tsyntax, dicom_json=_dumps(meta),
-                study_json=_dumps(_subset(meta, STUDY_TAGS)), series_json=_dumps(_subset(meta, SERIES_TAGS)),
-                sop_uid=check_uid(_value(meta, "00080018"), "SOP Instance UID"),
-                study_uid=check_uid(_value(meta, "0020000D"), "Study Instance UID"),
-                series_uid=check_uid(_value(meta, "0020000E"), "Series Instance UID"),
+                staged=str(staged), transfer_syntax=tsyntax, dicom_json=meta.text(),
+                study_json=meta.text(STUDY_TAGS), series_json=meta.text(SERIES_TAGS),
+                sop_uid=check_uid(meta.first("00080018"), "SOP Instance UID"),
+                study_uid=check_uid(meta.first("0020000D"), "Study Instance UID"),
+                series_uid=check_uid(meta.first("0020000E"), "Series Instance UID"),
                 frame_rows=[(n, off, ln, ix.to_dict()) for n, ((off, ln), ix)
                             in enumerate(zip(result.frame_spans, result.frame_index, strict=True))],
             )
@@ -217,11 +216,6 @@ def _unreadable(exc: OSError) -> dict[str, Any]:
     return {"outcome": IngestOutcome.FAILED.value, "reason": Reason.UNREADABLE.value, "detail": f"{exc.strerror or exc}"}
 
 
-def _value(meta: dict[str, Any], tag: str) -> Any:
-    values = meta.get(tag, {}).get("Value") or [None]
-    return values[0]
-
-
 def _die_with_parent() -> None:
     """Worker initializer: on Linux, die when the coordinator dies (kill -9
     included) instead of finishing a file nobody will place."""
@@ -232,10 +226,6 @@ def _die_with_parent() -> None:
         pass
     if os.getppid() == 1:  # the coordinator died before the call above
         os._exit(1)
-
-
-def _subset(full: dict[str, Any], tags: tuple[str, ...]) -> dict[str, Any]:
-    return {tag: full[tag] for tag in tags if tag in full}
 
 
 def _new_pool(workers: int) -> ProcessPoolExecutor:
@@ -463,10 +453,6 @@ class Ingest:
                 self.on_entry(record.ledger)
             if self.progress:
                 self.progress(self.report, self.report.files, total)
-
-
-def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"))
 
 
 def ingest(paths: Iterable[str | os.PathLike[str]], archive: Archive, **options: Any) -> IngestReport:

@@ -26,7 +26,7 @@ from pydicom.uid import UID, HTJ2KLosslessRPCL
 from transcode.codecs import htj2k
 from transcode.codecs.codestream import CodestreamIndex
 from transcode.codecs.htj2k import EncodeSettings
-from transcode.dicom.metadata import dicom_json
+from transcode.dicom.metadata import DicomJson, dicom_json
 from transcode.dicom.read import Instance, PixelSpec, open_instance
 from transcode.dicom.write import EncapsulatedWriter, copy_atomically
 from transcode.digest import Digest
@@ -62,7 +62,7 @@ class TranscodeResult:
     #: (offset, length) of each frame's codestream inside the output file
     frame_spans: list[tuple[int, int]] = field(default_factory=list, repr=False)
     #: DICOM JSON of the transcoded instance as stored (with `metadata=True`)
-    metadata: dict[str, Any] | None = field(default=None, repr=False)
+    metadata: DicomJson | None = field(default=None, repr=False)
 
     @property
     def ratio(self) -> float | None:

@@ -8,12 +8,15 @@ pydicom converts each element (raw bytes to value to JSON) at about 14 µs
 an element: 3.5 ms for a 250-element CT header, more than the codec needs
 for its 512x512 pixels. Most of a header repeats from one instance of a
 series to the next, so each process remembers the JSON of the raw elements
-it has converted (`_remembered`) and converts only what changed.
+it has converted (`_remembered`), value and serialised text, and converts
+only what changed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from pydicom.datadict import dictionary_VR, tag_for_keyword
@@ -28,15 +31,38 @@ SPECIFIC_CHARACTER_SET = 0x00080005
 #: ones are bulk data), at most this many (about 2 MB), then start afresh.
 _REMEMBER_BYTES = BULK_DATA_THRESHOLD
 _REMEMBER_COUNT = 8192
-_remembered: dict[tuple[Any, ...], dict[str, Any]] = {}
+_remembered: dict[tuple[Any, ...], tuple[dict[str, Any], str]] = {}
+
+
+@dataclass(frozen=True, slots=True)
+class DicomJson:
+    """An instance's DICOM JSON: each element's JSON value, by tag
+    ("GGGGEEEE", ascending), and its compact serialised text. The index
+    stores text; joining the elements' texts costs a fifth of serialising
+    the whole again (0.2 ms for a 250-element header)."""
+
+    elements: dict[str, dict[str, Any]]
+    texts: dict[str, str]
+
+    def text(self, tags: Iterable[str] | None = None) -> str:
+        """The JSON text of every element, or of those of `tags` present
+        (in that order)."""
+        chosen = self.texts if tags is None else [tag for tag in tags if tag in self.texts]
+        return "{" + ",".join(f'"{tag}":{self.texts[tag]}' for tag in chosen) + "}"
+
+    def first(self, tag: str) -> Any:
+        """The element's first value, or None."""
+        values = self.elements.get(tag, {}).get("Value") or [None]
+        return values[0]
 
 
 def _bulk_data_uri(element: DataElement) -> str:
     return f"bulkdata/{element.tag:08X}"
 
 
-def _to_json(element: DataElement) -> dict[str, Any]:
-    return element.to_json_dict(bulk_data_element_handler=_bulk_data_uri, bulk_data_threshold=BULK_DATA_THRESHOLD)
+def _to_json(element: DataElement) -> tuple[dict[str, Any], str]:
+    value = element.to_json_dict(bulk_data_element_handler=_bulk_data_uri, bulk_data_threshold=BULK_DATA_THRESHOLD)
+    return value, json.dumps(value, separators=(",", ":"))
 
 
 def _key(raw: Any, elements: Mapping[BaseTag, Any], charset: Any) -> tuple[Any, ...] | None:
@@ -64,7 +90,7 @@ def _key(raw: Any, elements: Mapping[BaseTag, Any], charset: Any) -> tuple[Any, 
 
 def dicom_json(
     ds: Dataset, changes: dict[str, Any] | None = None, raw: Mapping[BaseTag, Any] | None = None
-) -> dict[str, Any]:
+) -> DicomJson:
     """The JSON model of `ds` with `changes` (keyword -> value) applied.
 
     `raw` holds the elements as parsed, before anything converted them (see
@@ -72,28 +98,30 @@ def dicom_json(
     converted before. The returned element values may be shared with later
     calls: treat them as read-only.
     """
-    elements = raw if raw is not None else {tag: ds.get_item(tag, keep_deferred=True) for tag in ds.keys()}
+    elements = raw if raw is not None else dict(ds.items())
     charset_element = elements.get(SPECIFIC_CHARACTER_SET)
     charset = charset_element.value if isinstance(charset_element, RawDataElement) else ds.get("SpecificCharacterSet")
     if not isinstance(charset, str | bytes | None):  # several character sets: a MultiValue
         charset = tuple(charset)
     new = {Tag(tag_for_keyword(keyword)): value for keyword, value in (changes or {}).items()}
-    out: dict[str, Any] = {}
+    values: dict[str, dict[str, Any]] = {}
+    texts: dict[str, str] = {}
     # Sorted and tested as plain ints: BaseTag compares in Python, which
     # cost a quarter of the time here.
     for tag in sorted({*ds.keys(), *new}, key=int):
         if tag in PIXEL_AND_ENCAPSULATION or not tag & 0xFFFF:  # group lengths are retired
             continue
         if tag in new:
-            out[f"{tag:08X}"] = _to_json(DataElement(tag, dictionary_VR(tag), new[tag]))
-            continue
-        key = _key(elements.get(tag), elements, charset)
-        value = _remembered.get(key) if key is not None else None
-        if value is None:
-            value = _to_json(ds[tag])
-            if key is not None:
-                if len(_remembered) >= _REMEMBER_COUNT:
-                    _remembered.clear()
-                _remembered[key] = value
-        out[f"{tag:08X}"] = value
-    return out
+            converted = _to_json(DataElement(tag, dictionary_VR(tag), new[tag]))
+        else:
+            key = _key(elements.get(tag), elements, charset)
+            converted = _remembered.get(key) if key is not None else None
+            if converted is None:
+                converted = _to_json(ds[tag])
+                if key is not None:
+                    if len(_remembered) >= _REMEMBER_COUNT:
+                        _remembered.clear()
+                    _remembered[key] = converted
+        name = f"{tag:08X}"
+        values[name], texts[name] = converted
+    return DicomJson(values, texts)
