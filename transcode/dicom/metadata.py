@@ -28,7 +28,8 @@ PIXEL_AND_ENCAPSULATION = frozenset({0x7FE00010, 0x7FE00008, 0x7FE00009, 0x7FE00
 BULK_DATA_THRESHOLD = 1024
 SPECIFIC_CHARACTER_SET = 0x00080005
 #: Raw elements whose JSON is remembered: those up to this size (larger
-#: ones are bulk data), at most this many (about 2 MB), then start afresh.
+#: ones are bulk data), at most this many, then start afresh. A few MB
+#: (about 2 MB for 8192 typical elements; 4 KB each at worst).
 _REMEMBER_BYTES = BULK_DATA_THRESHOLD
 _REMEMBER_COUNT = 8192
 _remembered: dict[tuple[Any, ...], tuple[dict[str, Any], str]] = {}
