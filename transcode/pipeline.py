@@ -76,7 +76,6 @@ class IngestReport:
     seconds: float = 0.0
     #: Failed and conflicting files' entries.
     attention: list[dict[str, Any]] = field(default_factory=list, init=False)
-    files: int = field(default=0, init=False)
     frames: int = field(default=0, init=False)
     _counts: Counter[str] = field(default_factory=Counter, init=False, repr=False)
     _bytes_in: Counter[str] = field(default_factory=Counter, init=False, repr=False)
@@ -85,7 +84,6 @@ class IngestReport:
     def add(self, entry: dict[str, Any], *, keep: bool = True) -> None:
         """Count one settled file (and keep its entry with `keep`)."""
         outcome = entry["outcome"]
-        self.files += 1
         self.frames += entry.get("frames") or 0
         self._counts[outcome] += 1
         self._bytes_in[outcome] += entry.get("bytes_in") or 0
@@ -94,6 +92,11 @@ class IngestReport:
             self.entries.append(entry)
         if outcome not in CLEAN:
             self.attention.append(entry)
+
+    @property
+    def files(self) -> int:
+        """Files settled so far."""
+        return self._counts.total()
 
     def counts(self) -> Counter[str]:
         return Counter(self._counts)
