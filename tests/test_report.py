@@ -47,6 +47,19 @@ def test_log_lines_carry_running_totals() -> None:
     assert lines[1].startswith("ingest: 4/4 files, 71 frames, 644.0 MB,")
 
 
+def test_first_line_right_after_boot(monkeypatch) -> None:
+    """The monotonic clock counts from boot: a machine up for less than
+    `every` seconds must still print the first file's line (it printed
+    nothing until the end for the first hour after boot)."""
+    monkeypatch.setattr("transcode.report.time.monotonic", lambda: 5.0)
+    stream = io.StringIO()
+    progress = Progress(stream, every=3600.0)
+    report = IngestReport()
+    report.add(ENTRIES[0])
+    progress(report, 1, len(ENTRIES))
+    assert stream.getvalue().startswith("ingest: 1/4 files")
+
+
 def test_report_file_is_partial_until_finished(tmp_path: Path) -> None:
     path = tmp_path / "report.json"
     report, writer = IngestReport(skipped=3), ReportFile(path)

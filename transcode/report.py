@@ -27,7 +27,10 @@ class Progress:
         self.every = every
         self.bar: tqdm | None = None
         self.started = time.monotonic()
-        self.last = 0.0
+        #: When the last line was printed; None until the first, which comes
+        #: with the first file (the monotonic clock counts from boot, so no
+        #: number stands for "never").
+        self.last: float | None = None
 
     def __call__(self, report: IngestReport, done: int, total: int) -> None:
         frames, mb = report.frames, report.bytes(None)[0] / 1e6
@@ -39,7 +42,7 @@ class Progress:
             self.bar.update(done - self.bar.n)
             return
         now = time.monotonic()
-        if done and (now - self.last >= self.every or done == total):
+        if done and (self.last is None or now - self.last >= self.every or done == total):
             self.last = now
             left = (now - self.started) / done * (total - done) if done else 0.0
             print(f"ingest: {done}/{total} files, {frames} frames, {mb:.1f} MB, {rate:.1f} MB/s, "
