@@ -47,6 +47,9 @@ class Reason(StrEnum):
     INDEPENDENT_DECODER_MISMATCH = "independent_decoder_mismatch"
     VERIFY_MISMATCH = "verify_mismatch"
     ENCODER_ERROR = "encoder_error"
+    #: the data set is not well-formed in its transfer syntax, so no copy of
+    #: it could carry every element's bytes unchanged
+    MALFORMED_DATA_SET = "malformed_data_set"
     # failed: the input is broken or the output could not be written
     NOT_DICOM = "not_dicom"
     MISSING_FILE_META = "missing_file_meta"

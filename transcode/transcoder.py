@@ -26,6 +26,7 @@ from pydicom.uid import UID, HTJ2KLosslessRPCL
 from transcode.codecs import htj2k
 from transcode.codecs.codestream import CodestreamIndex
 from transcode.codecs.htj2k import EncodeSettings
+from transcode.dicom.elements import MalformedDataSet
 from transcode.dicom.metadata import DicomJson, dicom_json
 from transcode.dicom.read import Instance, PixelSpec, open_instance
 from transcode.dicom.write import EncapsulatedWriter, copy_atomically
@@ -265,10 +266,13 @@ def _attempt(
         result.transfer_syntax = str(instance.transfer_syntax)
         _check_identity(instance)
         _check_policy(instance.spec)
-        _transcode_frames(
-            instance, dst, result, settings, crosscheck, frame_pool(workers), _window(instance.spec, workers),
-            durable=durable, metadata=metadata,
-        )
+        try:
+            _transcode_frames(
+                instance, dst, result, settings, crosscheck, frame_pool(workers), _window(instance.spec, workers),
+                durable=durable, metadata=metadata,
+            )
+        except MalformedDataSet as exc:
+            raise keep(Reason.MALFORMED_DATA_SET, f"the data set cannot be copied byte for byte: {exc}") from exc
 
 
 def transcode_file(

@@ -19,22 +19,23 @@ from __future__ import annotations
 import os
 import struct
 import tempfile
-from collections.abc import Callable, Iterable, Iterator, Mapping
+import zlib
+from collections.abc import Callable, Iterable, Iterator
 from io import BytesIO
 from operator import attrgetter
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any
+from typing import IO, Any, BinaryIO
 
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import DataElement, RawDataElement
-from pydicom.dataset import Dataset, FileDataset
+from pydicom.dataset import FileDataset
 from pydicom.filebase import DicomFileLike
 from pydicom.filewriter import write_data_element
-from pydicom.tag import BaseTag, Tag
-from pydicom.uid import UID, ExplicitVRLittleEndian
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ExplicitVRLittleEndian
 
 from transcode import __version__
+from transcode.dicom.elements import LONG_VRS, VRS, Encoding, explicit_le
 from transcode.dicom.read import Instance
 from transcode.digest import Digest, file_digest
 
@@ -50,60 +51,57 @@ _ITEM_TAG = (0xFFFE, 0xE000)
 _SEQUENCE_DELIMITER = _ITEM.pack(0xFFFE, 0xE0DD, 0)
 
 
-_LONG_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"})
-
-
-def _copies_raw(source: FileDataset) -> bool:
-    """Are the source's raw elements already Explicit VR Little Endian?"""
-    try:
-        tsyntax = UID(source.file_meta.TransferSyntaxUID)
-        return not tsyntax.is_implicit_VR and tsyntax.is_little_endian
-    except (AttributeError, ValueError):
-        return False
-
-
-def _encode_elements(
-    source: Dataset,
-    raw: Mapping[BaseTag, Any],
-    keep: Callable[[BaseTag], bool],
-    changes: dict[str, Any],
-    raw_is_explicit_le: bool,
-) -> bytes:
+def _encode_elements(instance: Instance, keep: Callable[[int], bool], changes: dict[str, Any]) -> bytes:
     """Explicit VR Little Endian bytes of the source's elements for which
-    `keep(tag)`, with `changes` (keyword -> value) as new elements; retired
-    group lengths are left out.
+    `keep(tag)`, each with the source's value bytes (see dicom/elements.py),
+    and `changes` (keyword -> value) in place of or beside them, in tag
+    order. Raises `MalformedDataSet` where that cannot be done exactly."""
+    new = {}
+    for keyword, value in changes.items():
+        tag = tag_for_keyword(keyword)
+        new[tag] = _encoded(lambda fp: write_data_element(fp, DataElement(tag, dictionary_VR(keyword), value)))
+    pending = sorted(tag for tag in new if keep(tag))
+    parts = []
+    fp, start, end, encoding = _data_set_bytes(instance)
+    with fp:
+        representation = instance.dataset.get("PixelRepresentation", 0)
+        for tag, data in explicit_le(fp, start, end, encoding, keep=keep, pixel_representation=representation):
+            while pending and pending[0] < tag:
+                parts.append(new[pending.pop(0)])
+            if pending and pending[0] == tag:
+                data = new[pending.pop(0)]
+            parts.append(data)
+    parts += (new[tag] for tag in pending)
+    return b"".join(parts)
 
-    Raw elements read from an Explicit VR Little Endian source (`raw`, as
-    parsed, before anything converted them) are copied byte for byte: no
-    decoding and re-encoding, so they are exactly the source's bytes, and ten
-    times faster than pydicom's writer. Sequences, changed elements and
-    elements from other encodings go through pydicom, converted by the source
-    data set, which knows their encoding.
-    """
-    new = {Tag(tag_for_keyword(k)): DataElement(tag_for_keyword(k), dictionary_VR(k), v) for k, v in changes.items()}
-    tags = sorted({t for t in source.keys() if keep(t) and t.element != 0} | {t for t in new if keep(t)}, key=int)
-    out = bytearray()
-    fp = DicomFileLike(BytesIO())
-    fp.is_little_endian, fp.is_implicit_VR = True, False
-    encodings = source._character_set
-    for tag in tags:
-        elem = new.get(tag) or raw.get(tag)
-        if elem is None or (isinstance(elem, RawDataElement) and elem.value is None):  # deferred
-            elem = source.get_item(tag)
-        if (raw_is_explicit_le and isinstance(elem, RawDataElement) and elem.value is not None
-                and elem.VR and elem.VR != "SQ" and elem.length != 0xFFFFFFFF):
-            value, vr = elem.value, elem.VR.encode()
-            if elem.VR in _LONG_VRS:
-                out += struct.pack("<HH2sHI", tag.group, tag.element, vr, 0, len(value)) + value
-                continue
-            if len(value) <= 0xFFFF:
-                out += struct.pack("<HH2sH", tag.group, tag.element, vr, len(value)) + value
-                continue
-        fp.parent.seek(0)
-        fp.parent.truncate()
-        write_data_element(fp, new.get(tag) or source[tag], encodings)
-        out += fp.parent.getvalue()
-    return bytes(out)
+
+def _data_set_bytes(instance: Instance) -> tuple[BinaryIO, int, int, Encoding]:
+    """A file object holding the source's data set (the file itself, or the
+    inflated data set of a deflated one), where it starts and ends, and its
+    encoding. The encoding is the transfer syntax's, except that Explicit
+    and Implicit VR are told apart by the first element, as pydicom does."""
+    fp: BinaryIO = open(instance.path, "rb")
+    try:
+        head = fp.read(132)
+        start = 132 if head[128:132] == b"DICM" else 0
+        fp.seek(start)
+        while (header := fp.read(8))[:2] == b"\x02\x00":  # File Meta: always Explicit VR LE
+            vr = header[4:6].decode("latin-1")
+            length = struct.unpack("<I", fp.read(4))[0] if vr in LONG_VRS else struct.unpack("<H", header[6:])[0]
+            start = fp.seek(length, 1)
+        syntax = instance.transfer_syntax
+        if syntax == DeflatedExplicitVRLittleEndian:
+            fp.seek(start)
+            inflated = zlib.decompressobj(-zlib.MAX_WBITS).decompress(fp.read())
+            fp.close()
+            fp, start = BytesIO(inflated), 0
+        end = fp.seek(0, os.SEEK_END)
+        fp.seek(start + 4)
+        explicit = fp.read(2).decode("latin-1") in VRS
+        return fp, start, end, Encoding(implicit=not explicit, little=syntax != ExplicitVRBigEndian)
+    except BaseException:
+        fp.close()
+        raise
 
 
 def data_set_head(instance: Instance, transfer_syntax: UID, changes: dict[str, Any]) -> bytes:
@@ -115,10 +113,7 @@ def data_set_head(instance: Instance, transfer_syntax: UID, changes: dict[str, A
     preamble = source.preamble
     elements = _verbatim_head(instance, changes)
     if elements is None:
-        elements = _encode_elements(
-            source, instance.raw, lambda tag: tag < PIXEL_DATA and tag not in ENCAPSULATION_TAGS, changes,
-            _copies_raw(source),
-        )
+        elements = _encode_elements(instance, _head_element, changes)
     return b"".join((
         preamble if preamble and len(preamble) == 128 else bytes(128), b"DICM", file_meta(source, transfer_syntax),
         elements,
@@ -129,8 +124,14 @@ def data_set_tail(instance: Instance) -> bytes:
     """The source's elements after Pixel Data (trailing padding and the like)."""
     if max(map(int, instance.raw)) < PIXEL_DATA:  # int: BaseTag compares in Python
         return b""
-    source = instance.dataset
-    return _encode_elements(source, instance.raw, lambda tag: tag > PIXEL_DATA, {}, _copies_raw(source))
+    return _encode_elements(instance, lambda tag: tag > PIXEL_DATA, {})
+
+
+def _head_element(tag: int) -> bool:
+    """Written before Pixel Data: all but the encapsulation elements we
+    write ourselves and top-level group lengths (retired, PS3.5 7.2, and
+    wrong once anything changes)."""
+    return tag < PIXEL_DATA and tag not in ENCAPSULATION_TAGS and tag & 0xFFFF != 0
 
 
 def _verbatim_head(instance: Instance, changes: dict[str, Any]) -> bytes | None:
@@ -160,7 +161,7 @@ def _verbatim_head(instance: Instance, changes: dict[str, Any]) -> bytes | None:
     first, pixels = elements[0], elements[n]
     if pixels.VR not in ("OB", "OW", "UN"):
         return None
-    start = _value_position(first) - (12 if first.VR in _LONG_VRS else 8)
+    start = _value_position(first) - (12 if first.VR in LONG_VRS else 8)
     end = _value_position(pixels) - 12
     data = instance.read_at(start, end - start + 4)
     if data[:4] != struct.pack("<HH", head[0] >> 16, head[0] & 0xFFFF) or data[-4:] != b"\xe0\x7f\x10\x00":
@@ -245,11 +246,26 @@ def _meta_element(tag: int, vr: str, value: Any) -> bytes:
         else:
             raise TypeError(vr)
         data += (b"\0" if vr in ("UI", "OB", "UN") else b" ") * (len(data) & 1)
-        if vr in _LONG_VRS:
+        if vr in LONG_VRS:
             return struct.pack("<HH2sHI", tag >> 16, tag & 0xFFFF, vr.encode(), 0, len(data)) + data
         return struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, vr.encode(), len(data)) + data
     except (AttributeError, TypeError, UnicodeEncodeError, struct.error):  # multi-valued, not ASCII, long: pydicom
         return _encoded(lambda fp: write_data_element(fp, DataElement(tag, vr, value)))
+
+
+#: The process's file creation mask, read once at import (reading it means
+#: setting it, which is not safe once threads run).
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
+def temporary_beside(dst: Path) -> tuple[int, Path]:
+    """A new temporary file in `dst`'s folder, open for writing, with the
+    mode a plain `open` would give `dst` (0644 under the usual umask; mkstemp
+    makes 0600, which a PACS service account reading the output could not)."""
+    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".partial")
+    os.fchmod(fd, 0o666 & ~_UMASK)
+    return fd, Path(tmp)
 
 
 def fsync_path(path: Path) -> None:
@@ -302,8 +318,7 @@ class EncapsulatedWriter:
         has a moment to spare (while the first frame is encoding)."""
         if self._file is not None:
             return
-        fd, tmp = tempfile.mkstemp(dir=self.dst.parent, prefix=f".{self.dst.name}.", suffix=".partial")
-        self._tmp = Path(tmp)
+        fd, self._tmp = temporary_beside(self.dst)
         self._file = os.fdopen(fd, "wb")
         self._write_head()
 
@@ -390,7 +405,7 @@ def copy_atomically(src: Path, dst: Path, *, durable: bool = True) -> str:
     """Copy `src` to `dst` byte for byte through a temporary file and a
     rename (fsynced unless `durable=False`); return the digest of the copy."""
     digest = Digest()
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".partial")
+    fd, tmp = temporary_beside(dst)
     try:
         with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
             while chunk := inp.read(1 << 20):
@@ -403,6 +418,6 @@ def copy_atomically(src: Path, dst: Path, *, durable: bool = True) -> str:
         if durable:
             fsync_path(dst.parent)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return digest.hexdigest()
