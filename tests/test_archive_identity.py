@@ -139,6 +139,17 @@ def test_an_archive_made_before_markers_is_adopted_when_its_index_lists_every_ob
     assert not (archive / "archive.json").exists()
 
 
+def test_an_unreadable_marker_is_refused_not_guessed(archive: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (archive / "archive.json").write_text("{")
+    with pytest.raises(ArchiveMismatch, match="archive.json cannot be read"):
+        FolderArchive(archive, exclusive=True)
+    assert main(["verify", "--archive", str(archive)]) == EXIT_FAILED
+    assert "archive.json cannot be read" in capsys.readouterr().out
+    assert main(["verify", "--archive", str(archive), "--rebuild-index"]) == EXIT_OK
+    with FolderArchive(archive) as opened:
+        assert opened.index.counts()["instances"] == 7
+
+
 def test_verify_writes_nothing(archive: Path, capsys: pytest.CaptureFixture[str]) -> None:
     marker = (archive / "archive.json").read_bytes()
     assert main(["verify", "--archive", str(archive)]) == EXIT_OK

@@ -102,8 +102,8 @@ class FolderArchive(Archive):
 
     def __init__(self, root: str | os.PathLike[str], *, exclusive: bool = False, read_only: bool = False,
                  check: bool = True) -> None:
-        if exclusive and read_only:
-            raise ValueError("a write session cannot be read-only")
+        if exclusive and (read_only or not check):
+            raise ValueError("a write session is neither read-only nor unchecked")
         self.layout = Layout(Path(root))
         self.root = self.layout.root
         self.read_only = read_only
@@ -139,7 +139,10 @@ class FolderArchive(Archive):
         creating or adopting the identity where it may write; (None, why) for
         one that does not. Nothing is written for a mismatch."""
         layout = self.layout
-        marker = read_marker(layout.marker)
+        try:
+            marker = read_marker(layout.marker)
+        except ArchiveMismatch as exc:
+            return None, f"{exc}: {identity.REBUILD.format(root=layout.root)}"
         if marker is not None and not layout.index.is_file() and not self.read_only:
             return None, identity.check(marker, None, layout.root)  # not even an empty file is created
         try:
