@@ -21,12 +21,14 @@ import pytest
 from fastapi.testclient import TestClient
 from pydicom.uid import generate_uid
 
+from fixtures.generate import Spec, write
 from tests.served import Served
 from tests.test_server_stow import CONTENT_TYPE, body
 from transcode.archive import ArchiveMismatch, FolderArchive
 from transcode.archive.identity import Identity, read_marker, write_marker
 from transcode.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, main
 from transcode.digest import file_digest
+from transcode.pipeline import ingest
 from transcode.server import create_app
 
 REBUILD = "transcode verify --archive"
@@ -51,15 +53,20 @@ def a_stored_instance(served: Served, root: Path) -> tuple[Path, pydicom.Dataset
     return root / "objects" / study / series / f"{sop}.dcm", resent
 
 
-def test_a_new_archive_gets_an_identity_and_each_write_session_raises_its_generation(tmp_path: Path) -> None:
+def test_a_new_archive_gets_an_identity_and_each_storing_session_raises_its_generation(tmp_path: Path) -> None:
+    src = write(Spec("CT", 16, 16), tmp_path / "ct.dcm")
     with FolderArchive(tmp_path / "a", exclusive=True) as archive:
-        started = read_marker(archive.layout.marker)
-        assert started is not None and archive.index.identity() == started
-    ended = read_marker(tmp_path / "a" / "archive.json")
-    assert ended == Identity(started.archive, started.generation + 1)
-    with FolderArchive(tmp_path / "a") as archive:  # a reader raises nothing
-        assert archive.identity == ended and archive.mismatch is None
-    assert read_marker(tmp_path / "a" / "archive.json") == ended
+        created = read_marker(archive.layout.marker)
+        assert created is not None and archive.index.identity() == created
+        ingest([src], archive, workers=1)
+        assert read_marker(archive.layout.marker) == archive.index.identity() == created.next()  # before the object
+    stored = created.next().next()  # and when the session ended
+    assert read_marker(tmp_path / "a" / "archive.json") == stored
+    with FolderArchive(tmp_path / "a", exclusive=True) as archive:  # the same file again: a duplicate
+        assert ingest([src], archive, workers=1).skipped == 1
+    with FolderArchive(tmp_path / "a") as archive:  # nor does a reader write
+        assert archive.identity == stored and archive.mismatch is None
+    assert read_marker(tmp_path / "a" / "archive.json") == stored
 
 
 def test_an_emptied_index_is_refused_by_ingest_and_serve_and_nothing_is_written(

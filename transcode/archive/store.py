@@ -93,9 +93,11 @@ class FolderArchive(Archive):
     index lists every stored file.
 
     `exclusive=True` (ingest, STOW-RS) is a write session: it takes a lock
-    so two writers cannot interleave, clears what a killed run left in
-    staging (never placed, so nothing refers to it), and raises the
-    generation when it starts and when it closes. `read_only=True` (verify,
+    so two writers cannot interleave and clears what a killed run left in
+    staging (never placed, so nothing refers to it). The generation is
+    raised before the first object is placed and again at `close`; a
+    session that places nothing (a finished ingest rerun, a duplicate sent
+    again) leaves it as it was. `read_only=True` (verify,
     a read-only folder) creates and writes nothing, not even the schema;
     `place` then raises ArchiveReadOnly.
     """
@@ -109,6 +111,8 @@ class FolderArchive(Archive):
         self.read_only = read_only
         self._lock_fd: int | None = None
         self._syncer: ThreadPoolExecutor | None = None
+        #: Whether this session has placed an object (and so raised the generation).
+        self._writing = False
         if not read_only:
             self.layout.create()
         if exclusive:
@@ -129,7 +133,6 @@ class FolderArchive(Archive):
                     shutil.rmtree(leftover, ignore_errors=True)
                 else:
                     leftover.unlink()
-            self._next_generation()
         self._unsynced: list[Path] = []
         self._folders: set[Path] = set()
         self._syncer = ThreadPoolExecutor(max_workers=8, thread_name_prefix="fsync")
@@ -171,12 +174,12 @@ class FolderArchive(Archive):
         return adopted, None
 
     def _next_generation(self) -> None:
-        """Start or end a write session: the index first, then the marker
-        (see identity.py for why that order)."""
+        """Start or end a write session that places objects: the index
+        first, then the marker (see identity.py for why that order)."""
         assert self.identity is not None
         self.identity = self.identity.next()
         self.index.set_identity(self.identity)
-        write_marker(self.layout.marker, self.identity)
+        write_marker(self.layout.marker, self.identity, durable=False)  # why not durable: identity.py
 
     def _release(self) -> None:
         if getattr(self, "index", None) is not None:
@@ -188,6 +191,9 @@ class FolderArchive(Archive):
     def place(self, staged: Path, relative: str) -> None:
         if self.read_only:
             raise ArchiveReadOnly(f"{self.root} is open read-only")
+        if not self._writing:  # the first object of this session
+            self._next_generation()
+            self._writing = True
         target = self.layout.resolve(relative)
         if target.parent not in self._folders:  # one mkdir walk per series, not per object
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -232,7 +238,8 @@ class FolderArchive(Archive):
 
     def close(self) -> None:
         try:
-            if self._lock_fd is not None:
+            if self._writing:
+                self._writing = False
                 self._next_generation()  # the write session ends
         finally:
             if self._syncer is not None:
