@@ -60,6 +60,8 @@ def test_an_emptied_index_is_rebuilt_with_the_same_rows_and_served_again(
 
 def test_a_readable_index_keeps_its_ledger_and_conflicts(tmp_path: Path) -> None:
     make_study(tmp_path / "src")
+    # The conflicting content sent twice: one file in conflicts/, two rows.
+    shutil.copy(tmp_path / "src" / "zz" / "conflict.dcm", tmp_path / "src" / "zz" / "conflict_again.dcm")
     with FolderArchive(tmp_path / "archive", exclusive=True) as archive:
         ingest([tmp_path / "src"], archive, workers=1)
     everything = (*CATALOG, "conflicts", "ledger")
@@ -67,7 +69,8 @@ def test_a_readable_index_keeps_its_ledger_and_conflicts(tmp_path: Path) -> None
     marker = read_marker(tmp_path / "archive" / "archive.json")
 
     rebuilt = rebuild_index(tmp_path / "archive")
-    assert (rebuilt.instances, rebuilt.frames, rebuilt.conflicts, rebuilt.ledger) == (6, 9, 1, 10)
+    assert (rebuilt.instances, rebuilt.frames, rebuilt.conflicts, rebuilt.ledger) == (6, 9, 1, 11)
+    assert len(before["conflicts"]) == 2
     assert rows(tmp_path / "archive", everything) == before
     assert marker is not None and rebuilt.identity == marker.next()
     assert read_marker(tmp_path / "archive" / "archive.json") == rebuilt.identity

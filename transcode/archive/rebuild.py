@@ -69,7 +69,8 @@ class _Old:
 
     identity: Identity | None = None
     kept: dict[str, tuple[str, str | None]] = field(default_factory=dict)  # path -> (object digest, reason)
-    conflicts: dict[str, tuple[str, float]] = field(default_factory=dict)  # path -> (source path, time)
+    #: path -> (object digest, source path, time) of each source file that conflicted with that content
+    conflicts: dict[str, list[tuple[str, str, float]]] = field(default_factory=dict)
     ledger_columns: list[str] = field(default_factory=list)
 
 
@@ -81,8 +82,9 @@ def _read_old(index: Index) -> _Old:
         rows = db.execute("SELECT path, object_digest, reason FROM instances WHERE outcome = 'kept'")
         old.kept = {path: (digest, reason) for path, digest, reason in rows}
     if "conflicts" in tables:
-        old.conflicts = {path: (source, at) for path, source, at in
-                         db.execute("SELECT path, source_path, at FROM conflicts")}
+        for path, digest, source, at in db.execute(
+                "SELECT path, object_digest, source_path, at FROM conflicts ORDER BY id"):
+            old.conflicts.setdefault(path, []).append((digest, source, at))
     if "ledger" in tables:
         present = {row[1] for row in db.execute("PRAGMA table_info(ledger)")}
         old.ledger_columns = [c for c in ("id", *LEDGER_COLUMNS, "at") if c in present]
@@ -211,11 +213,13 @@ def _index_objects(layout: Layout, new: Index, old: _Old, report: Rebuilt) -> No
                 report.problems.append(Problem(relative, f"not indexed: {type(exc).__name__}: {exc}"))
                 continue
             if path.is_relative_to(layout.conflicts):
-                source, at = old.conflicts.get(relative, ("", path.stat().st_mtime))
-                new.db.execute(
+                # One row per source file that sent this content, as ingest wrote them.
+                sources = [(source, at) for digest, source, at in old.conflicts.get(relative, [])
+                           if digest == obj.object_digest] or [("", path.stat().st_mtime)]
+                new.db.executemany(
                     "INSERT INTO conflicts (sop_uid, path, object_digest, pixel_digest, source_path, at) "
                     "VALUES (?, ?, ?, ?, ?, ?)",
-                    (obj.sop_uid, relative, obj.object_digest, obj.pixel_digest, source, at),
+                    [(obj.sop_uid, relative, obj.object_digest, obj.pixel_digest, source, at) for source, at in sources],
                 )
                 report.conflicts += 1
             elif obj.sop_uid in seen:
