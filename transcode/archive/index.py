@@ -154,7 +154,6 @@ class Index:
 
     def __init__(self, path: Path, *, read_only: bool = False) -> None:
         self.path = path
-        self.read_only = read_only
         if read_only:
             self.db = sqlite3.connect(read_uri(path), uri=True, isolation_level=None, check_same_thread=False)
             self.db.execute("PRAGMA query_only=ON")
@@ -278,6 +277,7 @@ def read_uri(path: Path) -> str:
     """The SQLite URI that opens the index at `path` read-only. In a folder
     this process cannot write (a read-only mount, another owner), SQLite
     cannot create the WAL index file a reader needs; the database is then
-    opened as immutable: nobody can be writing it."""
+    opened as immutable: nobody can be writing it (and a -wal file left
+    beside it by a writer that was killed is not read)."""
     uri = f"{path.absolute().as_uri()}?mode=ro"
     return uri if os.access(path.parent, os.W_OK) else f"{uri}&immutable=1"
