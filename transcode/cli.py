@@ -3,7 +3,9 @@
 Exit codes. `convert`: 0 every instance transcoded, 3 some kept as is (none
 failed), 1 at least one failed. `ingest`: 0 every file transcoded, kept or a
 duplicate, 1 any failed or conflicted. `verify`: 0 whole, 1 problems. All:
-2 for usage errors.
+2 for usage errors and refusals (an archive busy, an index that is not the
+archive's); 141 (128 + SIGPIPE, as for cat) when the reader of the output
+went away.
 """
 
 from __future__ import annotations
@@ -11,14 +13,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TextIO
 
-from transcode.archive import ArchiveBusy, FolderArchive
+from transcode.archive import ArchiveBusy, ArchiveMismatch, FolderArchive
 from transcode.archive.check import verify_archive
+from transcode.archive.rebuild import rebuild_index
 from transcode.codecs import codestream
 from transcode.codecs.htj2k import EncodeSettings
 from transcode.dicom.read import open_instance
@@ -29,6 +33,7 @@ from transcode.transcoder import TranscodeResult, transcode_file
 from transcode.verify import CrossCheck
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_KEPT = 0, 1, 2, 3
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
 
 
 def _pairs(src: Path, dst: Path) -> Iterator[tuple[Path, Path]]:
@@ -182,7 +187,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             )
         if report_file:
             report_file.finish(report)
-    except ArchiveBusy as exc:
+    except (ArchiveBusy, ArchiveMismatch) as exc:
         print(f"transcode: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except OSError as exc:  # the archive or the report failed (disk full, read-only): stop, rerun later
@@ -198,34 +203,65 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    if not Path(args.archive, "index.sqlite").is_file():
-        print(f"transcode: {args.archive} is not an archive (no index.sqlite)", file=sys.stderr)
+    root = Path(args.archive)
+    if args.rebuild_index:
+        return _rebuild(root)
+    if not (root / "index.sqlite").is_file():
+        stored = (root / "archive.json").is_file() or any((root / "objects").glob("*"))
+        hint = ": objects are stored, `transcode verify --rebuild-index` rebuilds it" if stored else ""
+        print(f"transcode: {root} has no index (no index.sqlite){hint}", file=sys.stderr)
         return EXIT_USAGE
-    with FolderArchive(args.archive) as archive:
+    with FolderArchive(root, read_only=True, check=False) as archive:
         problems = verify_archive(archive)
-        checked = archive.index.counts()["instances"]
+        checked = 0 if archive.mismatch else archive.index.counts()["instances"]
     for problem in problems:
         print(f"{problem.path}: {problem.what}")
     print(f"{checked} instances checked, {len(problems)} problem(s).")
     return EXIT_FAILED if problems else EXIT_OK
 
 
+def _rebuild(root: Path) -> int:
+    try:
+        rebuilt = rebuild_index(root)
+    except (ArchiveBusy, FileNotFoundError) as exc:
+        print(f"transcode: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    for problem in rebuilt.problems:
+        print(f"{problem.path}: {problem.what}")
+    print(f"Index rebuilt from the stored objects: {rebuilt.instances} instances, {rebuilt.frames} frames, "
+          f"{rebuilt.conflicts} conflicting copies, {len(rebuilt.problems)} problem(s).")
+    if rebuilt.ledger_kept:
+        print(f"Kept from the old index: {rebuilt.ledger} ledger rows (the ledger records sources, not objects).")
+    else:
+        print("The old index held no ledger (emptied, missing or unreadable): the ledger of ingested source files "
+              "starts empty, and why instances were kept as is was decided again.")
+    return EXIT_FAILED if rebuilt.problems else EXIT_OK
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     archive = Path(args.archive)
+    read_only = args.read_only or any(path.exists() and not os.access(path, os.W_OK)
+                                      for path in (archive, archive / "index.sqlite"))
     if not (archive / "index.sqlite").is_file():
-        if archive.exists() and (not archive.is_dir() or any(archive.iterdir())):
+        if read_only or (archive.exists() and (not archive.is_dir() or any(archive.iterdir()))):
             # Never turn a folder of something else (the sources, say) into an archive.
             print(f"transcode: {archive} is not an archive (no index.sqlite) and not empty; run transcode "
                   "ingest first, or give a new folder for an archive filled through STOW-RS", file=sys.stderr)
             return EXIT_USAGE
-        FolderArchive(archive).close()  # a new, empty archive, to be filled through STOW-RS
         print(f"transcode: new empty archive at {archive}", file=sys.stderr)
+    try:  # a new folder becomes an empty archive, to be filled through STOW-RS
+        FolderArchive(archive, read_only=read_only).close()
+    except ArchiveMismatch as exc:  # never serve (nor store into) an index that is not the archive's
+        print(f"transcode: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if read_only:
+        print(f"transcode: {archive} is served read-only: STOW-RS answers 503", file=sys.stderr)
     import uvicorn  # the server's dependencies load only when serving
 
     from transcode.server.app import SERVE_OPTIONS
 
     # Each worker process builds its own app (and archive handle) from these.
-    os.environ[SERVE_OPTIONS] = json.dumps({"archive": str(Path(args.archive).resolve()),
+    os.environ[SERVE_OPTIONS] = json.dumps({"archive": str(Path(args.archive).resolve()), "read_only": read_only,
                                             "cors_origins": args.cors_origin, "stow_workers": args.stow_workers})
     host = f"[{args.host}]" if ":" in args.host else args.host
     print(f"DICOMweb root: http://{host}:{args.port}/dicomweb  (studies: http://{host}:{args.port}/dicomweb/studies)",
@@ -293,6 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     verify = sub.add_parser("verify", help="re-read and re-decode every archived object against the index")
     verify.add_argument("--archive", required=True)
+    verify.add_argument("--rebuild-index", action="store_true",
+                        help="replace the index by one rebuilt from the stored objects (keeps the old ledger)")
     verify.set_defaults(func=cmd_verify)
 
     serve = sub.add_parser("serve", help="serve an archive over DICOMweb (QIDO-RS, WADO-RS, STOW-RS)")
@@ -305,6 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="server processes (default: %(default)s; frame serving scales with them)")
     serve.add_argument("--stow-workers", type=int, default=None,
                        help="ingest worker processes kept for STOW-RS requests (default: 2)")
+    serve.add_argument("--read-only", action="store_true",
+                       help="write nothing: STOW-RS answers 503 (the default for a folder this user cannot write)")
     serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     serve.set_defaults(func=cmd_serve)
 
@@ -328,7 +368,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:
         return EXIT_USAGE if exc.code else EXIT_OK
-    return int(args.func(args))
+    try:
+        code = int(args.func(args))
+        sys.stdout.flush()  # here, where a closed pipe can still be caught
+    except BrokenPipeError:
+        # The reader went away (`transcode info FILE | head`): stop quietly, as
+        # cat and grep do, with the status a shell gives them (128 + SIGPIPE).
+        # Output still buffered goes to /dev/null, so the flush at exit cannot fail.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+    return code
 
 
 if __name__ == "__main__":

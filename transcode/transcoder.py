@@ -326,6 +326,7 @@ def transcode_file(
     except Stop as stop:
         result.outcome, result.reason, result.detail = stop.outcome, stop.reason, stop.detail
         result.frame_index, result.frame_spans, result.frames, result.pixel_digest = [], [], 0, None
+        result.metadata = None  # described the transcoded instance, which was not written
         result.bytes_out = 0
         if stop.outcome is Outcome.KEPT and copy_kept:
             _keep_copy(src_path, dst_path, result, durable)

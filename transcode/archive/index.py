@@ -11,11 +11,18 @@ object is durably in place. synchronous=NORMAL: a commit survives a killed
 process; a power cut may lose the last few commits, which a rerun redoes
 (the objects they point at were fsynced first, so no row ever points at a
 missing object, and the rerun is idempotent).
+
+Opening writes nothing: the schema is created (`create`) only once the
+archive has checked that this index is its own (identity.py), so that an
+emptied or foreign index is refused as it is, not turned into an empty one.
+A read-only index (`read_only=True`, `transcode verify`, a read-only
+archive) is opened through SQLite's `mode=ro`.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Iterator, Sequence
@@ -23,7 +30,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from transcode.archive.identity import Identity
+
 SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS studies (
     study_uid TEXT PRIMARY KEY,
     dicom_json TEXT NOT NULL
@@ -124,10 +137,11 @@ class FrameRow:
 
 @dataclass
 class Record:
-    """What one source file adds to the index: always a ledger row; an
-    instance with its frames, or a conflict, when it placed an object."""
+    """What one source file adds to the index: a ledger row (none for an
+    instance rebuilt from its stored object, rebuild.py); an instance with
+    its frames, or a conflict, when it placed an object."""
 
-    ledger: dict[str, Any]
+    ledger: dict[str, Any] | None
     instance: InstanceRow | None = None
     frames: Sequence[FrameRow] = ()
     study_json: str | None = None
@@ -138,13 +152,49 @@ class Record:
 class Index:
     """The archive's SQLite index."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, read_only: bool = False) -> None:
         self.path = path
-        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        if read_only:
+            self.db = sqlite3.connect(read_uri(path), uri=True, isolation_level=None, check_same_thread=False)
+            self.db.execute("PRAGMA query_only=ON")
+        else:
+            self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.execute("PRAGMA foreign_keys=ON")
+
+    def create(self) -> None:
+        """Create what is missing of the schema (WAL mode, tables)."""
         self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.execute("PRAGMA foreign_keys=ON")
         self.db.executescript(SCHEMA)
+
+    def _has(self, table: str) -> bool:
+        return self.db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)).fetchone() \
+            is not None
+
+    def identity(self) -> Identity | None:
+        """The archive identity this index was written for; None for an
+        index without one (empty, or made before identities existed).
+        Raises sqlite3.DatabaseError for a file that is not an index."""
+        if not self._has("meta"):
+            return None
+        meta = dict(self.db.execute("SELECT key, value FROM meta WHERE key IN ('archive', 'generation')"))
+        if len(meta) != 2:
+            return None
+        return Identity(meta["archive"], int(meta["generation"]))
+
+    def set_identity(self, identity: Identity) -> None:
+        """Record `identity` (committed before this returns)."""
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            self.db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                                [("archive", identity.archive), ("generation", str(identity.generation))])
+
+    def listed(self) -> tuple[int, int]:
+        """(instances, conflicts) rows: what the index says is stored."""
+        return tuple(  # type: ignore[return-value]
+            self.db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0] if self._has(table) else 0
+            for table in ("instances", "conflicts")
+        )
 
     def close(self) -> None:
         self.db.close()
@@ -200,16 +250,18 @@ class Index:
             )
         if record.conflict is not None:
             path, digest, pixel_digest = record.conflict
+            assert ledger is not None
             self.db.execute(
                 "INSERT INTO conflicts (sop_uid, path, object_digest, pixel_digest, source_path, at) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
                 (ledger["sop_uid"], path, digest, pixel_digest, ledger["source_path"], time.time()),
             )
-        columns = [c for c in LEDGER_COLUMNS if c in ledger]
-        self.db.execute(
-            f"INSERT INTO ledger ({', '.join(columns)}, at) VALUES ({', '.join('?' * (len(columns) + 1))})",
-            [*(ledger[c] for c in columns), time.time()],
-        )
+        if ledger is not None:
+            columns = [c for c in LEDGER_COLUMNS if c in ledger]
+            self.db.execute(
+                f"INSERT INTO ledger ({', '.join(columns)}, at) VALUES ({', '.join('?' * (len(columns) + 1))})",
+                [*(ledger[c] for c in columns), time.time()],
+            )
 
     def counts(self) -> dict[str, int]:
         return {
@@ -219,3 +271,13 @@ class Index:
 
 
 _COLUMNS = ", ".join(InstanceRow.__slots__)
+
+
+def read_uri(path: Path) -> str:
+    """The SQLite URI that opens the index at `path` read-only. In a folder
+    this process cannot write (a read-only mount, another owner), SQLite
+    cannot create the WAL index file a reader needs; the database is then
+    opened as immutable: nobody can be writing it (and a -wal file left
+    beside it by a writer that was killed is not read)."""
+    uri = f"{path.absolute().as_uri()}?mode=ro"
+    return uri if os.access(path.parent, os.W_OK) else f"{uri}&immutable=1"

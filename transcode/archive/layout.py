@@ -4,6 +4,7 @@
     ROOT/conflicts/SOP/DIGEST.dcm                 same SOP UID, other content
     ROOT/staging/                                 workers' output before it is placed
     ROOT/index.sqlite                             the index (index.py)
+    ROOT/archive.json                             which archive this is (identity.py)
 
 UIDs become path components only after `check_uid`: digits and dots,
 PS3.5 9.1 components, at most 64 characters. Nothing else can produce a
@@ -55,11 +56,17 @@ class Layout:
         self.conflicts = root / "conflicts"
         self.staging = root / "staging"
         self.index = root / "index.sqlite"
+        self.marker = root / "archive.json"
         self.lock = root / ".lock"
 
     def create(self) -> None:
         for folder in (self.objects, self.conflicts, self.staging):
             folder.mkdir(parents=True, exist_ok=True)
+
+    def stored(self, folder: Path) -> list[Path]:
+        """The files under `folder` (`objects` or `conflicts`), sorted;
+        none when it does not exist."""
+        return sorted(path for path in folder.rglob("*") if path.is_file())
 
     def resolve(self, relative: str | Path) -> Path:
         """The absolute path of an archive-relative one, never outside the

@@ -8,20 +8,30 @@ implements the same four byte operations; the index stays SQLite.
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import shutil
+import sqlite3
 from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
 
+from transcode.archive import identity
+from transcode.archive.identity import ArchiveMismatch, Identity, read_marker, write_marker
 from transcode.archive.index import Index
 from transcode.archive.layout import Layout
 from transcode.dicom.write import fsync_path
 
+log = logging.getLogger(__name__)
+
 
 class ArchiveBusy(RuntimeError):
     """Another process is ingesting into this archive."""
+
+
+class ArchiveReadOnly(RuntimeError):
+    """The archive was opened read-only (a read-only folder, `verify`)."""
 
 
 class Archive(ABC):
@@ -30,6 +40,8 @@ class Archive(ABC):
     index: Index
     #: The local folder holding the archive, if it has one (never ingested from).
     root: Path | None = None
+    #: Opened for reading only: nothing may be placed or indexed.
+    read_only: bool = False
 
     @abstractmethod
     def place(self, staged: Path, relative: str) -> None:
@@ -74,34 +86,114 @@ class Archive(ABC):
 class FolderArchive(Archive):
     """The embedded default: objects in a folder tree, index in SQLite.
 
-    `exclusive=True` (ingest) takes a lock so two ingests cannot interleave,
-    and clears what a killed run left in staging: those files were never
-    placed, so nothing refers to them.
+    Opening checks that the index is this archive's (identity.py) and raises
+    ArchiveMismatch when it is not (with `check=False`, `verify` reads on and
+    reports `mismatch`). A new folder becomes an empty archive with a new
+    identity; an archive from before identities existed is adopted when its
+    index lists every stored file.
+
+    `exclusive=True` (ingest, STOW-RS) is a write session: it takes a lock
+    so two writers cannot interleave and clears what a killed run left in
+    staging (never placed, so nothing refers to it). The generation is
+    raised before the first object is placed and again at `close`; a
+    session that places nothing (a finished ingest rerun, a duplicate sent
+    again) leaves it as it was. `read_only=True` (verify,
+    a read-only folder) creates and writes nothing, not even the schema;
+    `place` then raises ArchiveReadOnly.
     """
 
-    def __init__(self, root: str | os.PathLike[str], *, exclusive: bool = False) -> None:
+    def __init__(self, root: str | os.PathLike[str], *, exclusive: bool = False, read_only: bool = False,
+                 check: bool = True) -> None:
+        if exclusive and (read_only or not check):
+            raise ValueError("a write session is neither read-only nor unchecked")
         self.layout = Layout(Path(root))
         self.root = self.layout.root
-        self.layout.create()
+        self.read_only = read_only
         self._lock_fd: int | None = None
+        self._syncer: ThreadPoolExecutor | None = None
+        #: Whether this session has placed an object (and so raised the generation).
+        self._writing = False
+        if not read_only:
+            self.layout.create()
         if exclusive:
-            self._lock_fd = os.open(self.layout.lock, os.O_CREAT | os.O_RDWR, 0o644)
-            try:
-                fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError as exc:
-                os.close(self._lock_fd)
-                raise ArchiveBusy(f"another ingest holds {self.layout.lock}") from exc
+            self._lock_fd = take_lock(self.layout.lock)
+        try:
+            if read_only and not self.layout.index.is_file():
+                raise FileNotFoundError(f"{self.layout.index} does not exist")
+            self.index = Index(self.layout.index, read_only=read_only)
+            self.identity, self.mismatch = self._check()
+            if self.mismatch and check:
+                raise ArchiveMismatch(self.mismatch)
+        except BaseException:
+            self._release()
+            raise
+        if exclusive:
             for leftover in self.layout.staging.iterdir():  # what killed runs staged
                 if leftover.is_dir():
                     shutil.rmtree(leftover, ignore_errors=True)
                 else:
                     leftover.unlink()
-        self.index = Index(self.layout.index)
         self._unsynced: list[Path] = []
         self._folders: set[Path] = set()
         self._syncer = ThreadPoolExecutor(max_workers=8, thread_name_prefix="fsync")
 
+    def _check(self) -> tuple[Identity | None, str | None]:
+        """(identity, None) for an index that describes this archive, after
+        creating or adopting the identity where it may write; (None, why) for
+        one that does not. Nothing is written for a mismatch."""
+        layout = self.layout
+        try:
+            marker = read_marker(layout.marker)
+        except ArchiveMismatch as exc:
+            return None, f"{exc}: {identity.REBUILD.format(root=layout.root)}"
+        if marker is not None and not layout.index.is_file() and not self.read_only:
+            return None, identity.check(marker, None, layout.root)  # not even an empty file is created
+        try:
+            indexed = self.index.identity()
+        except sqlite3.DatabaseError as exc:
+            return None, (f"{layout.index} is not a readable SQLite index ({exc}): "
+                          f"{identity.REBUILD.format(root=layout.root)}")
+        if marker is not None:
+            why = identity.check(marker, indexed, layout.root)
+            if why is None and not self.read_only:
+                self.index.create()
+                if indexed != marker:  # a crash between the index and the marker: repair the marker
+                    write_marker(layout.marker, indexed)  # type: ignore[arg-type]
+            return (None if why else indexed), why
+        stored = (len(layout.stored(layout.objects)), len(layout.stored(layout.conflicts)))
+        why = identity.counts_match(stored, self.index.listed(), layout.root)
+        if why is not None or self.read_only:
+            return indexed, why
+        # A new archive, or one made before identities: adopted, index first.
+        self.index.create()
+        adopted = indexed or Identity.new()
+        if indexed is None:
+            self.index.set_identity(adopted)
+        write_marker(layout.marker, adopted)
+        log.info("%s: archive identity %s recorded in %s", layout.root, adopted.archive, layout.marker)
+        return adopted, None
+
+    def _next_generation(self) -> None:
+        """Start or end a write session that places objects: the index
+        first, then the marker (see identity.py for why that order)."""
+        assert self.identity is not None
+        self.identity = self.identity.next()
+        self.index.set_identity(self.identity)
+        write_marker(self.layout.marker, self.identity, durable=False)  # why not durable: identity.py
+
+    def _release(self) -> None:
+        if getattr(self, "index", None) is not None:
+            self.index.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
     def place(self, staged: Path, relative: str) -> None:
+        if self.read_only:
+            raise ArchiveReadOnly(f"{self.root} is open read-only")
+        if not self._writing:  # the first object of this session
+            self._next_generation()
+            self._writing = True
         target = self.layout.resolve(relative)
         if target.parent not in self._folders:  # one mkdir walk per series, not per object
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -145,8 +237,23 @@ class FolderArchive(Archive):
         return self.layout.staging
 
     def close(self) -> None:
-        super().close()
-        self._syncer.shutdown()
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        try:
+            if self._writing:
+                self._writing = False
+                self._next_generation()  # the write session ends
+        finally:
+            if self._syncer is not None:
+                self._syncer.shutdown()
+            self._release()
+
+
+def take_lock(path: Path) -> int:
+    """Hold the archive's writer lock (released when the returned descriptor
+    is closed); ArchiveBusy when another process holds it."""
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as exc:
+        os.close(fd)
+        raise ArchiveBusy(f"another ingest holds {path}") from exc
+    return fd

@@ -68,8 +68,8 @@ def app_from_environment() -> FastAPI:
     """The app of one `transcode serve` worker process, from the options the
     command left in the environment (uvicorn starts workers by import path)."""
     options = json.loads(os.environ[SERVE_OPTIONS])
-    return create_app(FolderArchive(options["archive"]), cors_origins=options["cors_origins"],
-                      stow_workers=options["stow_workers"])
+    return create_app(FolderArchive(options["archive"], read_only=options["read_only"]),
+                      cors_origins=options["cors_origins"], stow_workers=options["stow_workers"])
 
 
 def _qido_routes(service: Service) -> APIRouter:

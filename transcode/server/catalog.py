@@ -13,7 +13,7 @@ import sqlite3
 import threading
 from pathlib import Path
 
-from transcode.archive.index import InstanceRow
+from transcode.archive.index import InstanceRow, read_uri
 from transcode.archive.layout import InvalidUID, check_uid
 from transcode.server.errors import Problem
 from transcode.server.frames import StoredInstance
@@ -46,7 +46,7 @@ class Catalog:
     def db(self) -> sqlite3.Connection:
         db = getattr(self._local, "db", None)
         if db is None:
-            db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
+            db = sqlite3.connect(read_uri(self.path), uri=True, check_same_thread=False)
             db.execute("PRAGMA query_only=ON")
             self._local.db = db
         return db

@@ -3,7 +3,9 @@
 The body is streamed to files in a temporary folder, then ingested exactly
 as `transcode ingest` would (same outcomes, same ledger) by worker processes
 kept running between requests, under the archive's ingest lock: while
-another ingest holds it the answer is 503 with Retry-After. The store
+another ingest holds it the answer is 503 with Retry-After. A read-only
+archive, or one whose index is not the archive's (identity.py), stores
+nothing: 503 with the reason. The store
 response lists each instance as referenced
 (transcoded, kept as is, or already there) or failed with a PS3.18 failure
 reason; a conflicting copy is kept aside and reported as failed (0111).
@@ -23,7 +25,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
-from transcode.archive import ArchiveBusy, FolderArchive
+from transcode.archive import ArchiveBusy, ArchiveMismatch, FolderArchive
 from transcode.pipeline import IngestOutcome, WorkerPool, ingest
 from transcode.policy import Reason
 from transcode.server.catalog import uid
@@ -44,6 +46,8 @@ def routes(service: Service, pool: WorkerPool) -> APIRouter:
     async def store(request: Request, study: str | None) -> Response:
         if service.archive.root is None:
             raise Problem(501, "not_local", "STOW-RS needs a local archive")
+        if service.archive.read_only:
+            raise Problem(503, "read_only", "this archive is served read-only: it stores nothing")
         if study is not None:
             study = uid(study, "Study Instance UID")
         with tempfile.TemporaryDirectory(prefix="stow-") as folder:
@@ -93,6 +97,8 @@ def _store(service: Service, request: Request, files: list[Path], study: str | N
                 report = ingest(todo, target, pool=pool)
         except ArchiveBusy:
             raise Problem(503, "busy", "an ingest is running into this archive", {"Retry-After": "60"}) from None
+        except ArchiveMismatch as exc:  # the index was emptied or replaced while serving: store nothing
+            raise Problem(503, "index_mismatch", str(exc)) from None
         finally:
             _LOCK.release()
         for entry in report.entries:
