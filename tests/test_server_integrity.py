@@ -9,13 +9,13 @@ import logging
 import os
 import shutil
 import sqlite3
+import zlib
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import imagecodecs
 import numpy as np
 import pytest
-from blake3 import blake3
 from fastapi.testclient import TestClient
 
 from tests.served import Served
@@ -88,7 +88,7 @@ def assert_refused(copy: Copy, response, reason: str) -> None:
     assert str(copy.root) not in response.text and ".dcm" not in response.text and "objects/" not in response.text
 
 
-def test_ingest_records_the_digest_of_each_stored_frame(copy) -> None:
+def test_ingest_records_the_frame_digest_each_stored_frame(copy) -> None:
     rows = [row for row in copy.archive.index.instances() if row.outcome == "transcoded"]
     assert len(rows) == 6
     for row in rows:
@@ -97,8 +97,12 @@ def test_ingest_records_the_digest_of_each_stored_frame(copy) -> None:
         assert len(frames) == row.frames
         for frame in frames:
             stored = data[frame.offset:frame.offset + frame.length]
-            assert frame.digest == f"blake3:{blake3(stored).hexdigest()}"
             assert stored.endswith(b"\xff\xd9")  # the whole codestream, not its fragment's padding
+            index = CodestreamIndex.from_dict(frame.codestream)
+            ends = [index.level_end(level) for level in range(index.resolutions)]
+            # zlib's CRC-32, not the server's own code: each level's prefix, the last the whole frame
+            assert frame.digest == "crc32:" + ",".join(f"{zlib.crc32(stored[:end]):08x}" for end in ends)
+            assert ends[-1] == frame.length
 
 
 def test_a_damaged_frame_is_refused_wherever_it_would_be_sent(copy, caplog) -> None:
@@ -115,7 +119,7 @@ def test_a_damaged_frame_is_refused_wherever_it_would_be_sent(copy, caplog) -> N
     for path, accept, extra in [
         ("/frames/2", OHIF, {}),
         ("/frames/2", JPHC, {"Range": "bytes=0-99"}),  # a range of the frame's first bytes, which are intact
-        ("/frames/2?level=0", JPHC, {}),  # the lowest level's prefix, which is intact
+        (f"/frames/2?level={index.decompositions}", JPHC, {}),  # the full level
         ("/frames/2", UNCOMPRESSED, {}),  # decoded
         ("/frames/2,3", OHIF, {}),  # a multipart body that would start with it
         ("/frames/2/rendered", "image/png", {}),
@@ -134,8 +138,17 @@ def test_a_damaged_frame_is_refused_wherever_it_would_be_sent(copy, caplog) -> N
     assert r.status_code == 200 and r.headers["cache-control"] == "private, max-age=31536000, immutable"
     source = copy.served.source(mr.sop_uid).pixel_array
     np.testing.assert_array_equal(imagecodecs.htj2k_decode(r.content), source[0])
-    assert copy.client.get(f"{u}/frames/3?level=0", headers={"Accept": JPHC}).status_code == 200
     assert copy.client.get(f"{u}/frames/1/rendered").status_code == 200
+    # a level prefix holds only the bytes checked for it: frame 2's lower levels are intact and served
+    low = copy.client.get(f"{u}/frames/2?level={index.decompositions - 1}", headers={"Accept": JPHC})
+    assert low.status_code == 200
+    assert low.content == good.content[:index.level_end(index.decompositions - 1)] + b"\xff\xd9"
+    # damage inside frame 3's level-0 prefix: every level of it is refused
+    third = copy.frame(mr, 3)
+    copy.flip(mr, third.offset + CodestreamIndex.from_dict(third.codestream).level_end(0) - 12)
+    for level in range(index.resolutions):
+        assert_refused(copy, copy.client.get(f"{u}/frames/3?level={level}", headers={"Accept": JPHC}),
+                       "integrity_error")
 
 
 def test_the_etag_belongs_to_the_recorded_frame(copy) -> None:

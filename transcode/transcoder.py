@@ -29,7 +29,7 @@ from transcode.codecs.htj2k import EncodeSettings
 from transcode.dicom.metadata import DicomJson, dicom_json
 from transcode.dicom.read import Instance, PixelSpec, open_instance
 from transcode.dicom.write import EncapsulatedWriter, copy_atomically
-from transcode.digest import Digest, digest_of
+from transcode.digest import Digest, frame_digest
 from transcode.policy import LOSSLESS_SOURCES, Outcome, Reason, Stop, fail, keep
 from transcode.runtime import frame_pool
 from transcode.verify import CrossCheck, crosscheck_frame, verify_frame
@@ -218,7 +218,7 @@ def _transcode_frames(
                     checks.append(pool.submit(crosscheck_frame, frame, data, index=i))
                 writer.add_frame(data)
                 result.frame_index.append(cs_index)
-                result.frame_digests.append(digest_of(data))
+                result.frame_digests.append(frame_digest(data, cs_index))
                 settle(window)
 
         try:

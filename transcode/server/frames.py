@@ -97,22 +97,20 @@ class FrameReader:
         the two-byte EOC marker that ends a codestream (a complete
         codestream, which OpenJPEG reads too). `head` and `tail` (multipart
         framing) are put around it in the same buffer, the frame read in
-        place: one copy of the bytes, not three. The whole frame is read and
-        checked against its digest before any part of it is returned."""
+        place: one copy of the bytes, not three. What is read is checked
+        against the checksum recorded for it before it is returned."""
         if instance.transcoded:
             offset, length = instance.spans[number - 1]
             end = length if level is None else self._level_end(instance, number, level)
             closing = EOC if end < length else b""
-            recorded = instance.digests[number - 1]
-            read = length if self.objects.checked and recorded is not None else end
-            start = len(head)
-            view = memoryview(bytearray(start + max(read, end + len(closing) + len(tail))))
-            view[:start] = head
-            self.objects.read_into(instance.row, offset, view[start:start + read])
-            self.objects.check_frame(instance.row, number, view[start:start + read], recorded)
-            stop = start + end + len(closing) + len(tail)
-            view[start + end:stop] = closing + tail
-            return view[:stop]
+            view = memoryview(bytearray(len(head) + end + len(closing) + len(tail)))
+            view[:len(head)] = head
+            frame = view[len(head):len(head) + end]
+            self.objects.read_into(instance.row, offset, frame)
+            self.objects.check_frame(instance.row, number, frame, instance.digests[number - 1],
+                                     -1 if end == length else level)
+            view[len(head) + end:] = closing + tail
+            return view
         if level is not None:
             raise Problem(400, "no_levels", "resolution levels exist only for frames stored as HTJ2K")
         if self._encapsulated(instance):

@@ -2,10 +2,11 @@
 
 What the server sends is proved first, never assumed:
 
-- A frame of a transcoded instance is read whole and checked against its
-  own digest (frames rows), also when only a byte range or a level prefix
-  of it goes out: a prefix alone cannot be checked against the frame's
-  digest, and the rest of the frame costs one read from the page cache.
+- A frame of a transcoded instance, or the prefix of it that holds
+  resolution levels 0..N, is checked against the checksum recorded at ingest
+  for exactly those bytes (`transcode.digest.frame_digest`): every byte sent
+  is checked, and no more is read than is sent. A byte range is cut from the
+  whole frame, which is checked whole.
 - A whole object (instance retrieval) is checked against the object digest
   while it streams: the last chunk is held back until the digest matches, so
   a damaged object ends in a broken transfer, never in a complete-looking
@@ -31,7 +32,7 @@ from collections.abc import Iterator
 
 from transcode.archive.index import InstanceRow
 from transcode.archive.store import Archive
-from transcode.digest import Digest, digest_of
+from transcode.digest import Digest, frame_prefix_matches
 from transcode.server.errors import StoredDataError
 
 log = logging.getLogger(__name__)
@@ -68,14 +69,15 @@ class StoredObjects:
             raise self._error(row, "object_unreadable", f"cannot be read ({exc.strerror or type(exc).__name__})") \
                 from None
 
-    def check_frame(self, row: InstanceRow, number: int, data: memoryview, recorded: str | None) -> None:
-        """Frame `number`'s codestream `data` matches its `recorded` digest
-        (without one, the whole object is proved instead)."""
+    def check_frame(self, row: InstanceRow, number: int, data: memoryview, recorded: str | None, level: int) -> None:
+        """`data`, frame `number`'s codestream up to the end of resolution
+        `level` (-1: all of it), matches its `recorded` checksums (without
+        them, the whole object is proved against its digest instead)."""
         if not self.checked:
             return
         if recorded is None:
             self.check_object(row)
-        elif digest_of(data) != recorded:
+        elif not frame_prefix_matches(data, recorded, level):
             raise self._error(row, "integrity_error",
                               f"frame {number} does not match the digest recorded at ingest: the stored bytes are "
                               "damaged")
