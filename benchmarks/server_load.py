@@ -1,6 +1,7 @@
 """Frame serving on loopback against a bare uvicorn endpoint (issue 4's load
-test); the measurement lives in `transcode.bench.server`, which
-`transcode bench` also runs.
+test), and with integrity checks against without (issue 11: at least 0.9x);
+the measurement lives in `transcode.bench.server`, which `transcode bench`
+also runs.
 
     python benchmarks/server_load.py [--files 300] [--seconds 5] [--clients 1 8]
 """

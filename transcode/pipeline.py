@@ -194,8 +194,9 @@ def work(source: str, staging: str, settings: EncodeSettings, crosscheck: str, t
                 sop_uid=check_uid(meta.first("00080018"), "SOP Instance UID"),
                 study_uid=check_uid(meta.first("0020000D"), "Study Instance UID"),
                 series_uid=check_uid(meta.first("0020000E"), "Series Instance UID"),
-                frame_rows=[(n, off, ln, ix.to_dict()) for n, ((off, ln), ix)
-                            in enumerate(zip(result.frame_spans, result.frame_index, strict=True))],
+                frame_rows=[(n, off, ln, ix.to_dict(), d) for n, ((off, ln), ix, d)
+                            in enumerate(zip(result.frame_spans, result.frame_index, result.frame_digests,
+                                             strict=True))],
             )
         except InvalidUID as exc:
             staged.unlink(missing_ok=True)

@@ -30,7 +30,7 @@ from transcode.dicom.elements import MalformedDataSet
 from transcode.dicom.metadata import DicomJson, dicom_json
 from transcode.dicom.read import Instance, PixelSpec, open_instance
 from transcode.dicom.write import EncapsulatedWriter, copy_atomically
-from transcode.digest import Digest
+from transcode.digest import Digest, frame_digest
 from transcode.policy import LOSSLESS_SOURCES, Outcome, Reason, Stop, fail, keep
 from transcode.runtime import frame_pool
 from transcode.verify import CrossCheck, crosscheck_frame, verify_frame
@@ -62,6 +62,8 @@ class TranscodeResult:
     frame_index: list[CodestreamIndex] = field(default_factory=list, repr=False)
     #: (offset, length) of each frame's codestream inside the output file
     frame_spans: list[tuple[int, int]] = field(default_factory=list, repr=False)
+    #: digest of each frame's codestream as stored (the server checks every read against it)
+    frame_digests: list[str] = field(default_factory=list, repr=False)
     #: DICOM JSON of the transcoded instance as stored (with `metadata=True`)
     metadata: DicomJson | None = field(default=None, repr=False)
 
@@ -217,6 +219,7 @@ def _transcode_frames(
                     checks.append(pool.submit(crosscheck_frame, frame, data, index=i))
                 writer.add_frame(data)
                 result.frame_index.append(cs_index)
+                result.frame_digests.append(frame_digest(data, cs_index))
                 settle(window)
 
         try:
@@ -261,7 +264,7 @@ def _attempt(
     durable: bool, metadata: bool, workers: int,
 ) -> None:
     """One pass over the instance with `workers` threads; raises Stop."""
-    result.frame_index, result.frame_spans = [], []
+    result.frame_index, result.frame_spans, result.frame_digests = [], [], []
     with open_instance(src) as instance:
         result.transfer_syntax = str(instance.transfer_syntax)
         _check_identity(instance)
@@ -326,6 +329,7 @@ def transcode_file(
     except Stop as stop:
         result.outcome, result.reason, result.detail = stop.outcome, stop.reason, stop.detail
         result.frame_index, result.frame_spans, result.frames, result.pixel_digest = [], [], 0, None
+        result.frame_digests = []
         result.metadata = None  # described the transcoded instance, which was not written
         result.bytes_out = 0
         if stop.outcome is Outcome.KEPT and copy_kept:

@@ -68,6 +68,7 @@ CREATE TABLE IF NOT EXISTS frames (
     offset INTEGER NOT NULL,
     length INTEGER NOT NULL,
     codestream TEXT NOT NULL,
+    digest TEXT,
     PRIMARY KEY (sop_uid, number)
 );
 CREATE TABLE IF NOT EXISTS conflicts (
@@ -129,10 +130,15 @@ LEDGER_COLUMNS = ("source_path", "source_size", "source_mtime_ns", "source_diges
 
 @dataclass(frozen=True, slots=True)
 class FrameRow:
+    """A stored frame: its codestream's byte range in the object, its
+    codestream index, and the digest of those bytes (which the server checks
+    on every read; None in an index written before frames had digests)."""
+
     number: int
     offset: int
     length: int
     codestream: dict[str, Any]
+    digest: str | None = None
 
 
 @dataclass
@@ -166,6 +172,14 @@ class Index:
         """Create what is missing of the schema (WAL mode, tables)."""
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.executescript(SCHEMA)
+        self._add_frame_digests()
+
+    def _add_frame_digests(self) -> None:
+        """Give an index from before frame digests their column (empty: those
+        frames are checked against their object's digest instead)."""
+        columns = {row[1] for row in self.db.execute("PRAGMA table_info(frames)")}
+        if "digest" not in columns:
+            self.db.execute("ALTER TABLE frames ADD COLUMN digest TEXT")
 
     def _has(self, table: str) -> bool:
         return self.db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)).fetchone() \
@@ -209,9 +223,10 @@ class Index:
 
     def frames(self, sop_uid: str) -> list[FrameRow]:
         rows = self.db.execute(
-            "SELECT number, offset, length, codestream FROM frames WHERE sop_uid = ? ORDER BY number", (sop_uid,)
+            "SELECT number, offset, length, codestream, digest FROM frames WHERE sop_uid = ? ORDER BY number",
+            (sop_uid,),
         )
-        return [FrameRow(n, o, ln, json.loads(cs)) for n, o, ln, cs in rows]
+        return [FrameRow(n, o, ln, json.loads(cs), d) for n, o, ln, cs, d in rows]
 
     def done(self, source: str, size: int, mtime_ns: int) -> bool:
         """Has this very file (path, size, mtime) already been archived, kept
@@ -245,8 +260,9 @@ class Index:
             )
             self.db.execute("DELETE FROM frames WHERE sop_uid = ?", (instance.sop_uid,))
             self.db.executemany(
-                "INSERT INTO frames VALUES (?, ?, ?, ?, ?)",
-                [(instance.sop_uid, f.number, f.offset, f.length, json.dumps(f.codestream)) for f in record.frames],
+                "INSERT INTO frames (sop_uid, number, offset, length, codestream, digest) VALUES (?, ?, ?, ?, ?, ?)",
+                [(instance.sop_uid, f.number, f.offset, f.length, json.dumps(f.codestream), f.digest)
+                 for f in record.frames],
             )
         if record.conflict is not None:
             path, digest, pixel_digest = record.conflict

@@ -82,12 +82,16 @@ def server_table(server: dict[str, Any]) -> str:
     rows = []
     for n in clients:
         bare = server[f"bare_{n}"]["fps"]
-        for case in ("bare", "full", "level2"):
+        for case in ("bare", "full", "full-unchecked", "level2", "level2-unchecked"):
             r = server[f"{case}_{n}"]
+            off = server.get(f"{case}-unchecked_{n}")  # integrity checks on, against off in the same run
             rows.append([case, str(n), f"{r['fps']:.0f}", f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}",
-                         f"{r['fps'] / bare:.2f}x"])
+                         f"{r['fps'] / bare:.2f}x", f"{r['cpu_us']:.0f}" if "cpu_us" in r else "",
+                         f"{r['fps'] / off['fps']:.2f}x / {off['cpu_us'] / r['cpu_us']:.2f}x" if off else ""])
     t = server["thumbnail"]
-    return (_table(["case", "clients", "frames/s", "p50 ms", "p99 ms", "vs bare"], rows) + "\n"
+    columns = ["case", "clients", "frames/s", "p50 ms", "p99 ms", "vs bare", "server CPU µs/frame",
+               "checked vs unchecked (frames/s / CPU)"]
+    return (_table(columns, rows) + "\n"
             + _table(["128-px thumbnail of a 512x512 CT frame", "ms", "bytes read"],
                      [["from the level prefix (server path)", f"{t['thumbnail_s'] * 1e3:.2f}",
                        str(t["thumbnail_bytes_read"])],

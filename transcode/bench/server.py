@@ -10,16 +10,25 @@ turn, for a fixed time per case:
 - the bare endpoint: a minimal ASGI app under uvicorn, in its own process,
   answering every request with one frame's multipart body from memory.
 
+Full frames and level-2 prefixes are also served by a second server over the
+same archive with integrity checks turned off (`TRANSCODE_UNCHECKED_READS`),
+alternating with the checked one in eighths of each case's time (checked,
+unchecked, unchecked, checked, twice), so that both see the same machine;
+for these the server process's CPU time per frame is reported too (from
+/proc), which other load on the machine disturbs less than throughput.
+
 Reported: frames per second and p50/p99 latency per case and concurrency;
-the ratio of full-frame serving to the bare endpoint; and the time to a
-128-pixel thumbnail (the server's /thumbnail path: level prefix decode +
-resize) against a full decode plus the same resize.
+the ratio of full-frame serving to the bare endpoint and of checked to
+unchecked serving; and the time to a 128-pixel thumbnail (the server's
+/thumbnail path: level prefix read, checked and decoded, then resized)
+against a full decode plus the same resize.
 """
 
 from __future__ import annotations
 
 import http.client
 import json
+import os
 import socket
 import statistics
 import subprocess
@@ -39,6 +48,7 @@ from transcode.phantom import phantom
 from transcode.server import render
 from transcode.server.catalog import Catalog
 from transcode.server.frames import FrameReader
+from transcode.server.integrity import UNCHECKED
 
 ACCEPT = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
 
@@ -49,8 +59,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(cmd: list[str], port: int) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def start(cmd: list[str], port: int, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
@@ -65,6 +75,43 @@ def start(cmd: list[str], port: int) -> subprocess.Popen[bytes]:
 def load(port: int, paths: list[str], clients: int, seconds: float) -> dict[str, float]:
     """`clients` threads, each on one keep-alive connection, cycling through
     `paths` for `seconds`; frames per second and latency percentiles."""
+    return summary(*_requests(port, paths, clients, seconds))
+
+
+def paired(servers: tuple[tuple[int, int], tuple[int, int]], paths: list[str], clients: int,
+           seconds: float) -> tuple[dict[str, float], ...]:
+    """`load` on two servers (port, process id), `seconds` each, in eight
+    alternating slices (A B B A A B B A); each also with the server process's
+    CPU time per request, which other load on the machine disturbs less."""
+    runs: list[list[tuple[list[float], float]]] = [[], []]
+    cpu = [0.0, 0.0]
+    for which in (0, 1, 1, 0) * 2:
+        port, pid = servers[which]
+        before = cpu_seconds(pid)
+        runs[which].append(_requests(port, paths, clients, seconds / 8))
+        cpu[which] += cpu_seconds(pid) - before
+    results = []
+    for run, used in zip(runs, cpu, strict=True):
+        result = summary([t for times, _ in run for t in times], sum(e for _, e in run))
+        result["cpu_us"] = used / result["requests"] * 1e6
+        results.append(result)
+    return tuple(results)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def summary(latencies: list[float], elapsed: float) -> dict[str, float]:
+    latencies = sorted(latencies)
+    return {"fps": len(latencies) / elapsed, "p50_ms": statistics.median(latencies) * 1e3,
+            "p99_ms": latencies[int(0.99 * (len(latencies) - 1))] * 1e3, "requests": len(latencies)}
+
+
+def _requests(port: int, paths: list[str], clients: int, seconds: float) -> tuple[list[float], float]:
+    """Each request's latency, and the seconds they took in all."""
     latencies: list[float] = []
     lock = threading.Lock()
     stop = time.perf_counter() + seconds
@@ -91,10 +138,7 @@ def load(port: int, paths: list[str], clients: int, seconds: float) -> dict[str,
         t.start()
     for t in threads:
         t.join()
-    elapsed = time.perf_counter() - began
-    latencies.sort()
-    return {"fps": len(latencies) / elapsed, "p50_ms": statistics.median(latencies) * 1e3,
-            "p99_ms": latencies[int(0.99 * (len(latencies) - 1))] * 1e3, "requests": len(latencies)}
+    return latencies, time.perf_counter() - began
 
 
 def bare_app(body: bytes, content_type: str):  # noqa: ANN201 - an ASGI callable
@@ -116,7 +160,8 @@ def serve_bare(port: int, body_file: Path) -> None:
 
 def thumbnail_times(archive: Path, repeats: int = 20) -> dict[str, float]:
     """Seconds per 128-px thumbnail of one CT frame: the server's path (level
-    prefix decode) against a full decode and the same resize and encode."""
+    prefix read, checked and decoded) against a full decode and the same
+    resize and encode."""
     with FolderArchive(archive) as store:
         catalog, reader = Catalog(store.index.path), FrameReader(store)
         row = next(store.index.instances())
@@ -152,9 +197,13 @@ def run(files: int, seconds: float, clients: list[int]) -> dict[str, Any]:
             write_instance(frame, 12, root / "src" / f"{n:04d}.dcm", study=study, series=series, number=n + 1)
         subprocess.run([sys.executable, "-m", "transcode.cli", "ingest", str(root / "src"), "--archive",
                         str(root / "archive")], check=True, stdout=subprocess.DEVNULL)
-        ours = free_port()
-        server = start([sys.executable, "-m", "transcode.cli", "serve", "--archive", str(root / "archive"),
-                        "--port", str(ours), "--log-level", "warning"], ours)
+        ours, unchecked = free_port(), free_port()
+
+        def serve(port: int, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+            return start([sys.executable, "-m", "transcode.cli", "serve", "--archive", str(root / "archive"),
+                          "--port", str(port), "--log-level", "warning"], port, env)
+
+        server, server_unchecked = serve(ours), serve(unchecked, {**os.environ, UNCHECKED: "1"})
         try:
             conn = http.client.HTTPConnection("127.0.0.1", ours)
             conn.request("GET", f"/dicomweb/studies/{study}/series/{series}/instances")
@@ -172,12 +221,14 @@ def run(files: int, seconds: float, clients: list[int]) -> dict[str, Any]:
             try:
                 for n in clients:
                     results[f"bare_{n}"] = load(bare, full, n, seconds)
-                    results[f"full_{n}"] = load(ours, full, n, seconds)
-                    results[f"level2_{n}"] = load(ours, level2, n, seconds)
+                    pair = ((ours, server.pid), (unchecked, server_unchecked.pid))
+                    results[f"full_{n}"], results[f"full-unchecked_{n}"] = paired(pair, full, n, seconds)
+                    results[f"level2_{n}"], results[f"level2-unchecked_{n}"] = paired(pair, level2, n, seconds)
             finally:
                 bare_server.terminate()
         finally:
             server.terminate()
+            server_unchecked.terminate()
         results["thumbnail"] = thumbnail_times(root / "archive")
         results["frame_body_bytes"] = (root / "body.bin").stat().st_size
     return results

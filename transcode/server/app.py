@@ -144,7 +144,7 @@ def _error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def internal(request: Request, exc: Exception) -> JSONResponse:
         log.exception("%s %s failed", request.method, request.url.path)
-        return _error(500, "internal_error", f"{type(exc).__name__}: {exc}")
+        return _error(500, "internal_error", f"{type(exc).__name__} (the server log has the details)")
 
     @app.exception_handler(HTTPException)
     async def http_error(_: Request, exc: HTTPException) -> JSONResponse:

@@ -51,11 +51,18 @@ class Catalog:
             self._local.db = db
         return db
 
+    @functools.cached_property
+    def _frame_digest(self) -> str:
+        """`f.digest`, or NULL in an index from before frame digests left
+        without the column (read-only): those frames' objects are proved whole."""
+        columns = {row[1] for row in self.db.execute("PRAGMA table_info(frames)")}
+        return "f.digest" if "digest" in columns else "NULL"
+
     def _instance(self, study: str, series: str, sop: str) -> StoredInstance:
         study, series, sop = uid(study, "Study Instance UID"), uid(series, "Series Instance UID"), \
             uid(sop, "SOP Instance UID")
         rows = self.db.execute(
-            f"SELECT {_COLUMNS}, f.number, f.offset, f.length, f.codestream FROM instances"
+            f"SELECT {_COLUMNS}, f.number, f.offset, f.length, f.codestream, {self._frame_digest} FROM instances"
             " LEFT JOIN frames f USING (sop_uid) WHERE sop_uid = ? AND series_uid = ? AND study_uid = ?"
             " ORDER BY f.number",
             (sop, series, study),

@@ -13,3 +13,14 @@ class Problem(Exception):
         self.reason = reason
         self.detail = detail
         self.headers = headers or {}
+
+
+class StoredDataError(Problem):
+    """A stored object is not what the index recorded: damaged bytes
+    (`integrity_error`), a missing object (`object_missing`) or a short one
+    (`object_truncated`). Answered as 500 with `Cache-Control: no-store`, so
+    that no cache keeps the error in place of the frame once it is repaired.
+    The detail names the instance, never a path: paths go to the log."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(500, reason, detail, {"Cache-Control": "no-store"})

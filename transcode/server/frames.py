@@ -5,6 +5,8 @@ codestream index inside the stored object), so its frames and their
 resolution-level prefixes are byte ranges read without parsing the file.
 An instance kept as is (lossy source, 32-bit) has no frames rows: its
 frames are read through the DICOM reader, walking to the frame asked for.
+Every read is checked against the digests recorded at ingest (see
+`integrity`): a damaged, short or missing object raises `StoredDataError`.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from transcode.codecs.codestream import CodestreamIndex
 from transcode.codecs.decode import register_plugins
 from transcode.dicom.read import Instance, open_instance
 from transcode.server.errors import Problem
+from transcode.server.integrity import StoredObjects
 
 EOC = b"\xff\xd9"
 
@@ -42,13 +45,17 @@ class StoredInstance:
     bits_allocated: int
     spans: tuple[tuple[int, int], ...]  # (offset, length) of each frame in the object
     _indexes: tuple[str, ...]
+    digests: tuple[str | None, ...]  # of each frame's codestream (None: indexed before frames had digests)
 
     @classmethod
-    def from_rows(cls, row: InstanceRow, frames: list[tuple[int, int, int, str]]) -> StoredInstance:
+    def from_rows(cls, row: InstanceRow, frames: list[tuple[int, int, int, str, str | None]]) -> StoredInstance:
+        """From the instance's row and its frames rows (number, offset,
+        length, codestream index as JSON, digest)."""
         meta = json.loads(row.dicom_json)
         stored, allocated = (meta.get(tag, {}).get("Value", [16])[0] for tag in ("00280101", "00280100"))
         return cls(dataclasses.replace(row, dicom_json=""), int(stored), int(allocated),
-                   tuple((o, ln) for _, o, ln, _ in frames), tuple(cs for *_, cs in frames))
+                   tuple((o, ln) for _, o, ln, _, _ in frames), tuple(cs for *_, cs, _ in frames),
+                   tuple(d for *_, d in frames))
 
     @property
     def count(self) -> int:
@@ -62,12 +69,20 @@ class StoredInstance:
         """The codestream index of 1-based frame `number` of a transcoded instance."""
         return CodestreamIndex.from_dict(json.loads(self._indexes[number - 1]))
 
+    def content(self, numbers: list[int]) -> list[str]:
+        """The recorded digests that what frames `numbers` hold derives from
+        (an ETag's input): their own, or the object's where they have none."""
+        if not self.transcoded:
+            return [self.row.object_digest]
+        return [self.digests[n - 1] or self.row.object_digest for n in numbers]
+
 
 class FrameReader:
     """Reads frames of stored instances from an archive."""
 
     def __init__(self, archive: Archive) -> None:
         self.archive = archive
+        self.objects = StoredObjects(archive)
 
     def check(self, instance: StoredInstance, numbers: list[int]) -> None:
         bad = [n for n in numbers if not 1 <= n <= instance.count]
@@ -82,15 +97,18 @@ class FrameReader:
         the two-byte EOC marker that ends a codestream (a complete
         codestream, which OpenJPEG reads too). `head` and `tail` (multipart
         framing) are put around it in the same buffer, the frame read in
-        place: one copy of the bytes, not three."""
+        place: one copy of the bytes, not three. What is read is checked
+        against the checksum recorded for it before it is returned."""
         if instance.transcoded:
             offset, length = instance.spans[number - 1]
             end = length if level is None else self._level_end(instance, number, level)
             closing = EOC if end < length else b""
-            buffer = bytearray(len(head) + end + len(closing) + len(tail))
-            view = memoryview(buffer)
+            view = memoryview(bytearray(len(head) + end + len(closing) + len(tail)))
             view[:len(head)] = head
-            self.archive.read_into(instance.row.path, offset, view[len(head):len(head) + end])
+            frame = view[len(head):len(head) + end]
+            self.objects.read_into(instance.row, offset, frame)
+            self.objects.check_frame(instance.row, number, frame, instance.digests[number - 1],
+                                     -1 if end == length else level)
             view[len(head) + end:] = closing + tail
             return view
         if level is not None:
@@ -135,8 +153,11 @@ class FrameReader:
         return _little_endian(self.pixels(instance, number))
 
     def _local(self, instance: StoredInstance) -> Path:
+        """The object's file, proved whole against its digest (once per
+        process and file state), for the DICOM reader to walk."""
         if self.archive.root is None:
             raise Problem(501, "not_local", "frames of instances kept as is need a local archive")
+        self.objects.check_object(instance.row)
         return self.archive.root / instance.row.path
 
     def _open(self, instance: StoredInstance) -> Instance:
@@ -155,8 +176,9 @@ class FrameReader:
         (which also read float and 1-bit pixels the transcoder keeps)."""
         self._encapsulated(instance)  # refuses unknown transfer syntaxes with a reason
         register_plugins()
+        path = self._local(instance)
         try:
-            frames = iter_pixels(self._local(instance), raw=True)
+            frames = iter_pixels(path, raw=True)
             return next(itertools.islice(frames, number - 1, None))
         except Exception as exc:  # any decoder's complaint about the stored data
             raise Problem(500, "cannot_decode", f"frame {number} of the stored object cannot be decoded: "

@@ -5,12 +5,20 @@ codestream bytes, sliced from the object at the offsets in the index;
 `?level=N` (0 = lowest resolution, up to the frame's decomposition count =
 full) sends only the prefix holding levels 0..N. Clients that accept only
 uncompressed pixels get them decoded.
+
+Everything sent is first checked against the digests recorded at ingest
+(`integrity`). A streamed body produces its first piece before the response
+starts, so that a damaged or missing first frame or object is an error
+response; one found later aborts the transfer (the client sees it broken,
+not complete), as nothing else can be said once the status line is out.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
 
 import pydicom
 from fastapi import APIRouter
@@ -33,8 +41,8 @@ from transcode.server.negotiate import (
 from transcode.server.responses import cache_headers, etag, not_modified, ranged
 from transcode.server.service import Service
 
-CHUNK = 1 << 20
 PIXEL_DATA = "7FE00010"
+T = TypeVar("T")
 
 
 def parse_frames(value: str) -> list[int]:
@@ -65,7 +73,7 @@ def send_frames(service: Service, request: Request, stored: StoredInstance, numb
         raise Problem(400, "no_levels", "level applies to frames sent as stored HTJ2K (accept image/jphc "
                       "or application/octet-stream with transfer-syntax=*)")
     key = ",".join(map(str, numbers))
-    headers = cache_headers(etag("frames", row.object_digest, key, choice.part_type, str(choice.multipart),
+    headers = cache_headers(etag("frames", *stored.content(numbers), key, choice.part_type, str(choice.multipart),
                                  str(level)), immutable=True)
     if (cached := not_modified(request, headers)) is not None:
         return cached
@@ -83,8 +91,8 @@ def send_frames(service: Service, request: Request, stored: StoredInstance, numb
             return ranged(request, frame(numbers[0]), choice.part_type, headers)
         head = multipart.part_head(boundary, choice.part_type, f"{base}/frames/{numbers[0]}")
         return ranged(request, frame(numbers[0], head, multipart.closing(boundary)), media_type, headers)
-    parts = ((choice.part_type, f"{base}/frames/{n}", (frame(n),)) for n in numbers)
-    return StreamingResponse(multipart.body(parts, boundary), media_type=media_type, headers=headers)
+    parts = ((choice.part_type, f"{base}/frames/{n}", (frame(n),)) for n in numbers)  # each read as its part starts
+    return StreamingResponse(_started(multipart.body(parts, boundary)), media_type=media_type, headers=headers)
 
 
 def frames_route(service: Service, prefix: str) -> Route:
@@ -120,19 +128,21 @@ def routes(service: Service) -> APIRouter:
             return cached
 
         def read(row: InstanceRow) -> Iterable[bytes]:
-            if choice.convert:
+            if choice.convert:  # the header comes from the object: proved whole first
+                service.reader.objects.check_object(row)
                 return convert.explicit_le(service.reader, catalog.instance(row.study_uid, row.series_uid, row.sop_uid))
-            return (service.archive.read(row.path, start, min(start + CHUNK, row.size))
-                    for start in range(0, row.size, CHUNK))
+            return service.reader.objects.stream(row)
 
         if not choice.multipart:
             row = rows[0]
             if not choice.convert:
                 headers["Content-Length"] = str(row.size)
-            return StreamingResponse(read(row), media_type="application/dicom", headers=headers)
+            return StreamingResponse(_started(read(row)), media_type="application/dicom", headers=headers)
         boundary = multipart.boundary_for(headers["ETag"])
+        pieces = [read(r) for r in rows]
+        pieces[0] = _started(pieces[0])
         parts = [(f"application/dicom; transfer-syntax={EXPLICIT_LE if choice.convert else r.transfer_syntax}",
-                  service.instance_url(request, r), read(r)) for r in rows]
+                  service.instance_url(request, r), p) for r, p in zip(rows, pieces, strict=True)]
         return StreamingResponse(multipart.body(parts, boundary),
                                  media_type=multipart.content_type("application/dicom", boundary), headers=headers)
 
@@ -186,6 +196,16 @@ def routes(service: Service) -> APIRouter:
     return router
 
 
+def _started(pieces: Iterable[T]) -> Iterator[T]:
+    """`pieces` with the first one already produced, so that what fails
+    before the first byte (a missing object, a damaged first frame) is
+    answered as an error rather than breaking a response already begun."""
+    rest = iter(pieces)
+    for first in rest:
+        return itertools.chain((first,), rest)
+    return rest
+
+
 def _wants_decoded(request: Request, stored: StoredInstance) -> bool:
     try:
         return choose_frames(request.headers.get("accept"), stored.row.transfer_syntax, single=True).decode
@@ -214,6 +234,7 @@ def _bulk_value(service: Service, row: InstanceRow, tag: str) -> bytes:
         raise Problem(400, "bad_tag", f"{tag!r} is not a tag (8 hex digits)") from None
     if service.archive.root is None:
         raise Problem(501, "not_local", "bulk data needs a local archive")
+    service.reader.objects.check_object(row)
     ds = pydicom.dcmread(service.archive.root / row.path, stop_before_pixels=True)
 
     def find(dataset: pydicom.Dataset) -> bytes | None:
