@@ -28,7 +28,7 @@ from transcode.codecs import codestream, htj2k
 from transcode.dicom.metadata import DicomJson, dicom_json
 from transcode.dicom.read import Instance, open_instance
 from transcode.dicom.write import IMPLEMENTATION_CLASS_UID
-from transcode.digest import Digest, file_digest
+from transcode.digest import Digest, file_digest, frame_digest
 from transcode.policy import Reason, fail
 from transcode.transcoder import OUTPUT_SYNTAX
 
@@ -101,7 +101,7 @@ def frame_rows(instance: Instance) -> tuple[list[FrameRow], str]:
         if len(data) < length:
             raise fail(Reason.BAD_PIXEL_DATA, f"frame {len(rows)} ends after the end of the file")
         index = codestream.parse(data)  # a padding byte after EOC is not part of the codestream
-        rows.append(FrameRow(len(rows), start, index.length, index.to_dict()))
+        rows.append(FrameRow(len(rows), start, index.length, index.to_dict(), frame_digest(data[: index.length], index)))
         digest.update(htj2k.decode(data[: index.length]).data)
     if len(rows) != spec.number_of_frames:
         raise fail(Reason.BAD_PIXEL_DATA, f"{len(rows)} fragments for {spec.number_of_frames} frames")
