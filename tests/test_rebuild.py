@@ -132,7 +132,7 @@ def test_the_rebuild_waits_for_readers_to_let_go(served: Served, tmp_path: Path)
 def test_a_damaged_frame_is_reported_not_indexed(served: Served, tmp_path: Path,
                                                  capsys: pytest.CaptureFixture[str]) -> None:
     archive = Path(shutil.copytree(served.root, tmp_path / "archive"))
-    study, series, sop = served.find("CT")
+    sop = served.find("CT")[2]
     with FolderArchive(archive, read_only=True) as opened:
         (frame,) = opened.index.frames(sop)
         path = opened.layout.resolve(opened.index.instance(sop).path)
