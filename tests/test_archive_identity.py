@@ -131,8 +131,14 @@ def test_a_crash_between_index_and_marker_is_accepted_and_the_marker_repaired(ar
 
 def test_an_archive_made_before_markers_is_adopted_when_its_index_lists_every_object(archive: Path) -> None:
     (archive / "archive.json").unlink()
+    # A conflicting copy sent by two source files: one file, two rows.
+    copy = archive / "conflicts" / "1.2.3" / "0123456789abcdef0123456789abcdef.dcm"
+    copy.parent.mkdir(parents=True)
+    copy.write_bytes(b"a conflicting copy")
     with closing(sqlite3.connect(archive / "index.sqlite", isolation_level=None)) as db:
         db.execute("DROP TABLE meta")
+        db.executemany("INSERT INTO conflicts (sop_uid, path, object_digest, source_path, at) VALUES (?, ?, ?, ?, 0)",
+                       [("1.2.3", str(copy.relative_to(archive)), "blake3:0", source) for source in ("/a", "/b")])
     with FolderArchive(archive) as opened:
         assert opened.identity is not None and opened.index.counts()["instances"] == 7
     assert read_marker(archive / "archive.json") == opened.identity
@@ -141,7 +147,7 @@ def test_an_archive_made_before_markers_is_adopted_when_its_index_lists_every_ob
     with closing(sqlite3.connect(archive / "index.sqlite", isolation_level=None)) as db:
         db.execute("DELETE FROM frames")
         db.execute("DELETE FROM instances WHERE outcome = 'kept'")
-    with pytest.raises(ArchiveMismatch, match="has 7 objects and 0 conflicting copies but its index lists 6"):
+    with pytest.raises(ArchiveMismatch, match="has 7 objects and 1 conflicting copies but its index lists 6 and 1"):
         FolderArchive(archive)
     assert not (archive / "archive.json").exists()
 

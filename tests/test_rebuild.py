@@ -127,3 +127,20 @@ def test_the_rebuild_waits_for_readers_to_let_go(served: Served, tmp_path: Path)
     assert not (archive / "index.sqlite.rebuild").exists()
     with FolderArchive(archive, exclusive=True):  # the lock was let go
         pass
+
+
+def test_a_damaged_frame_is_reported_not_indexed(served: Served, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    archive = Path(shutil.copytree(served.root, tmp_path / "archive"))
+    sop = served.find("CT")[2]
+    with FolderArchive(archive, read_only=True) as opened:
+        (frame,) = opened.index.frames(sop)
+        path = opened.layout.resolve(opened.index.instance(sop).path)
+    data = bytearray(path.read_bytes())
+    last = frame.offset + frame.codestream["tile_parts"][-1][2]  # inside the last tile-part's packets
+    data[last + 20:last + 60] = bytes(b ^ 0xFF for b in data[last + 20:last + 60])
+    path.write_bytes(data)
+    assert main(["verify", "--archive", str(archive), "--rebuild-index"]) == EXIT_FAILED
+    out = capsys.readouterr().out
+    assert f"{path.relative_to(archive)}: not indexed: Stop: decode_error: frame 0 cannot be decoded" in out
+    assert "6 instances" in out and path.exists()

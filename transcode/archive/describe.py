@@ -73,8 +73,8 @@ def is_transcoded(file_meta: pydicom.Dataset) -> bool:
 def frame_rows(instance: Instance) -> tuple[list[FrameRow], str]:
     """The frames rows of a transcoded object, as ingest records them, and
     the digest of its decoded frames (the instance's pixel digest). Raises
-    `Stop` (bad_pixel_data) or `codestream.CodestreamError` for an object
-    whose Pixel Data is not one HTJ2K codestream per frame."""
+    `Stop` (bad_pixel_data, decode_error) or `codestream.CodestreamError`
+    for an object whose Pixel Data is not one HTJ2K codestream per frame."""
     spec = instance.spec
     element = instance.raw.get(PIXEL_DATA)
     if spec is None or not isinstance(element, RawDataElement) or not instance.explicit_le_on_disk:
@@ -101,8 +101,12 @@ def frame_rows(instance: Instance) -> tuple[list[FrameRow], str]:
         if len(data) < length:
             raise fail(Reason.BAD_PIXEL_DATA, f"frame {len(rows)} ends after the end of the file")
         index = codestream.parse(data)  # a padding byte after EOC is not part of the codestream
+        try:
+            pixels = htj2k.decode(data[: index.length])
+        except Exception as exc:  # the codec's complaint, whatever its type
+            raise fail(Reason.DECODE_ERROR, f"frame {len(rows)} cannot be decoded: {exc}") from exc
         rows.append(FrameRow(len(rows), start, index.length, index.to_dict(), frame_digest(data[: index.length], index)))
-        digest.update(htj2k.decode(data[: index.length]).data)
+        digest.update(pixels.data)
     if len(rows) != spec.number_of_frames:
         raise fail(Reason.BAD_PIXEL_DATA, f"{len(rows)} fragments for {spec.number_of_frames} frames")
     return rows, digest.hexdigest()

@@ -30,7 +30,7 @@ rebuilding write it durably.
 
 An archive made before markers existed (objects, an index, no marker) is
 adopted, the marker written, when its index lists as many instances and
-conflicts as there are files under objects/ and conflicts/; refused
+conflict paths as there are files under objects/ and conflicts/; refused
 otherwise.
 """
 

@@ -204,9 +204,10 @@ class Index:
                                 [("archive", identity.archive), ("generation", str(identity.generation))])
 
     def listed(self) -> tuple[int, int]:
-        """(instances, conflicts) rows: what the index says is stored."""
+        """(instances, conflict paths): how many stored files the index lists
+        (the same conflicting content sent twice is two rows, one file)."""
         return tuple(  # type: ignore[return-value]
-            self.db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0] if self._has(table) else 0
+            self.db.execute(f"SELECT COUNT(DISTINCT path) FROM {table}").fetchone()[0] if self._has(table) else 0
             for table in ("instances", "conflicts")
         )
 
