@@ -143,6 +143,12 @@ class Version:
     header: str
     incomplete: bool
 
+    @classmethod
+    def of(cls, object_digest: str, pixel_digest: str | None, header: str, reason: str | None) -> Version:
+        """The version of a copy kept or transcoded with `reason`: kept as
+        `no_pixel_data` while its header has Rows, it is incomplete."""
+        return cls(object_digest, pixel_digest, header, reason == Reason.NO_PIXEL_DATA and '"00280010"' in header)
+
 
 @dataclass(frozen=True, slots=True)
 class Decision:
