@@ -14,6 +14,7 @@ import pytest
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000Lossless, RLELossless
 
 from fixtures.generate import Spec, write
+from tests.conftest import PYDICOM_FILES
 from tests.helpers import assert_pixels_equal, sha256
 from transcode import Outcome, transcode_file
 
@@ -133,6 +134,75 @@ def test_a_bare_data_set_with_encapsulated_pixels_is_not_given_a_guessed_syntax(
     src.write_bytes(_drop_file_meta(good.read_bytes()))
     result = transcode_file(src, tmp_path / "out.dcm")
     assert (result.outcome, result.reason) == (Outcome.FAILED, "missing_file_meta"), result.detail
+
+
+def _sequence(depth: int, item: bytes) -> bytes:
+    """(0008,1115) nested `depth` deep, undefined lengths, around one item's elements (Explicit VR LE)."""
+    for _ in range(depth):
+        item = (b"\x08\x00\x15\x11SQ\x00\x00\xff\xff\xff\xff" + b"\xfe\xff\x00\xe0\xff\xff\xff\xff" + item
+                + b"\xfe\xff\x0d\xe0\x00\x00\x00\x00" + b"\xfe\xff\xdd\xe0\x00\x00\x00\x00")
+    return item
+
+
+def _before(data: bytes, tag: bytes, inserted: bytes) -> bytes:
+    at = data.index(tag)
+    return data[:at] + inserted + data[at:]
+
+
+def _ct() -> bytes:
+    return (PYDICOM_FILES / "CT_small.dcm").read_bytes()
+
+
+def _rt_image_with_curve(path: Path) -> None:
+    """An implicit VR RT Image with retired Curve Data, whose VR (OB or OW) only context tells."""
+    ds = pydicom.dcmread(PYDICOM_FILES / "MR_small_implicit.dcm")
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.481.1"
+    ds.add_new(0x50000005, "US", 1)
+    ds.add_new(0x50003000, "OW", b"\x01\x02" * 20)
+    ds.save_as(path, enforce_file_format=True)
+
+
+def _big_endian_with_un_sequence() -> bytes:
+    """A private UN element of undefined length (an Implicit VR LE sequence, PS3.5 6.2.2) in a big endian set."""
+    item = b"\x08\x00\x50\x11\x06\x00\x00\x001.2.3\x00"
+    private = (b"\x00\x09\x00\x10LO\x00\x08ACME 1.0" + b"\x00\x09\x10\x01UN\x00\x00\xff\xff\xff\xff"
+               + b"\xfe\xff\x00\xe0\xff\xff\xff\xff" + item + b"\xfe\xff\x0d\xe0\x00\x00\x00\x00"
+               + b"\xfe\xff\xdd\xe0\x00\x00\x00\x00")
+    return _before((PYDICOM_FILES / "MR_small_bigendian.dcm").read_bytes(), b"\x00\x10\x00\x10PN", private)
+
+
+#: Whole files that dcmtk reads and that carry a SOP Instance UID, which
+#: failed before (internal_error, unreadable, decode_error): each is archived.
+READABLE: dict[str, tuple[Callable[[Path], None], set[tuple[Outcome, str | None]]]] = {
+    "deep-sequences": (lambda p: p.write_bytes(_before(_ct(), b"\x09\x00\x10\x00LO", _sequence(400, b""))),
+                       {(KEPT, "reader_error")}),
+    "item-element-without-vr": (
+        lambda p: p.write_bytes(_before(_ct(), b"\x09\x00\x10\x00LO",
+                                        _sequence(1, b"\x08\x00\x50\x11\x00\x00\x06\x001.2.3\x00"))),
+        {(KEPT, "reader_error")}),
+    "big-endian-un-sequence": (lambda p: p.write_bytes(_big_endian_with_un_sequence()), {(KEPT, "reader_error")}),
+    "empty-pixel-data": (
+        lambda p: p.write_bytes(_ct()[: _ct().index(b"\xe0\x7f\x10\x00OW")] + b"\xe0\x7f\x10\x00OW" + bytes(6)),
+        {(KEPT, "no_pixel_data")}),
+    # The data set writer may learn the VR one day: transcoded is as good.
+    "rt-image-curve-data": (_rt_image_with_curve, {(KEPT, "transcode_error"), (Outcome.TRANSCODED, None)}),
+}
+
+
+@pytest.mark.parametrize("case", READABLE, ids=list(READABLE))
+def test_every_readable_instance_is_archived(case: str, tmp_path: Path) -> None:
+    make, outcomes = READABLE[case]
+    src = tmp_path / "src.dcm"
+    make(src)
+    if DCMDUMP:  # the oracle: a stricter reader reads it whole
+        assert subprocess.run([DCMDUMP, str(src)], capture_output=True).returncode == 0
+    result = transcode_file(src, tmp_path / "out.dcm", metadata=True)
+    assert (result.outcome, result.reason) in outcomes, result.detail
+    if result.reason == "reader_error":  # indexed by what could be read of it: its identity
+        base = "MR_small_bigendian.dcm" if case.startswith("big-endian") else "CT_small.dcm"
+        assert result.metadata.first("00080018") == pydicom.dcmread(PYDICOM_FILES / base).SOPInstanceUID
+    if result.outcome is KEPT:
+        assert sha256(tmp_path / "out.dcm") == sha256(src)  # as received
 
 
 def test_verification_mismatch_is_kept_and_never_written_as_transcoded(tmp_path: Path, monkeypatch) -> None:

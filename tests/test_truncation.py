@@ -90,8 +90,12 @@ def test_the_walk_follows_undefined_lengths_and_gives_up_on_nonsense() -> None:
     for end in range(12, len(sequence), 4):  # every cut inside the sequence
         with pytest.raises(Truncated):
             walk(sequence[:end], 0, ExplicitVRLittleEndian)
-    with pytest.raises(Unfollowable, match="no valid VR"):
-        walk(b"\x08\x00\x05\x00\x00\x00\x02\x00AB", 0, ExplicitVRLittleEndian)
+    # A VR that is not one is read with a 2-byte length, as dcmtk does.
+    assert list(walk(b"\x08\x00\x05\x00\x00\x00\x02\x00AB", 0, ExplicitVRLittleEndian).elements) == [0x00080005]
+    with pytest.raises(Unfollowable, match="where it does not belong"):
+        walk(b"\xfe\xff\x0d\xe0\x00\x00\x00\x00", 0, ExplicitVRLittleEndian)
+    with pytest.raises(Unfollowable, match="undefined length with VR UT"):
+        walk(b"\x08\x00\x05\x00UT\x00\x00\xff\xff\xff\xff", 0, ExplicitVRLittleEndian)
 
 
 @pytest.mark.skipif(DCMDUMP is None, reason="dcmdump (Debian package dcmtk) is not installed")

@@ -10,9 +10,12 @@ must end exactly at the end of the file. It answers one of three things:
 
 - the data set is whole (`Walk`, with the top-level elements' positions);
 - `Truncated`: the file ends inside an element, an item or a sequence;
-- `Unfollowable`: the bytes are not a structure this walk can follow (a
-  VR that is not one, an item where none belongs): no verdict, the caller
-  keeps whatever pydicom made of the file.
+- `Unfollowable`: the bytes are not a structure this walk can follow (an
+  item where none belongs, an undefined length where none may be): no
+  verdict, the caller keeps whatever pydicom made of the file.
+
+An explicit VR element whose VR is not a standard one is read with a 2-byte
+length, as dcmtk does ("non-standard VR ... assuming 2 byte length field").
 
 Values are skipped by their length, never read, so the cost is one
 `struct` unpack per element header (Pixel Data items included), whatever
@@ -121,14 +124,12 @@ def walk(data: bytes | memoryview, start: int, syntax: UID) -> Walk:
             vr, length, header = None, u32(data, pos + 4)[0], 8
         else:
             vr = data[pos + 4 : pos + 6]
-            if vr in SHORT_VRS:
-                length, header = u16(data, pos + 6)[0], 8
-            elif vr in LONG_VRS:
+            if vr in LONG_VRS:
                 if end - pos < 12:
                     raise Truncated(f"the file ends inside the header of {_name(tag)} at byte {pos}")
                 length, header = u32(data, pos + 8)[0], 12
-            else:
-                raise Unfollowable(f"{_name(tag)} at byte {pos} has no valid VR ({bytes(vr)!r})")
+            else:  # a standard short VR, or one that is not a VR: a 2-byte length, as dcmtk reads it
+                length, header = u16(data, pos + 6)[0], 8
         if length == UNDEFINED:
             if vr is not None and vr not in _OPEN_VRS:
                 raise Unfollowable(f"{_name(tag)} at byte {pos}: undefined length with VR {bytes(vr).decode()}")
