@@ -105,6 +105,7 @@ def _store(service: Service, request: Request, files: list[Path], study: str | N
             _LOCK.release()
         for entry in report.entries:
             sop_class, sop, study_uid = sent[entry["source_path"]]
+            sop = sop or entry.get("sop_uid")  # one pydicom cannot parse: as the ingest read it
             outcome = entry["outcome"]
             if outcome in _STORED:
                 item = {"00081150": _ui(sop_class), "00081155": _ui(sop)}
