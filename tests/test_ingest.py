@@ -294,18 +294,22 @@ def test_files_that_finish_together_are_committed_together(tmp_path: Path, monke
 
 
 def test_readable_instances_are_archived_whatever_pydicom_makes_of_them(tmp_path: Path) -> None:
-    """A data set pydicom cannot parse (sequences 400 deep) and a bare data set
-    without File Meta are archived: indexed by what could be read, stored as
-    received (the bare one behind File Meta built for it)."""
+    """A data set pydicom cannot parse (sequences 400 deep), a bare data set
+    without File Meta and a header with a value pydicom cannot convert are
+    archived: indexed by what could be read, stored as received (the bare one
+    behind File Meta built for it)."""
     from tests.test_bad_input import _before, _ct, _sequence
 
     src = tmp_path / "src"
     src.mkdir()
     (src / "deep.dcm").write_bytes(_before(_ct(), b"\x09\x00\x10\x00LO", _sequence(400, b"")))
     shutil.copy(PYDICOM_FILES / "rtstruct.dcm", src / "bare.dcm")
+    shutil.copy(PYDICOM_FILES / "badVR.dcm", src / "badVR.dcm")  # an IS of "1A": no DICOM JSON for it
     with FolderArchive(tmp_path / "archive", exclusive=True) as archive:
         report = ingest([src], archive, workers=1)
         entries = {Path(e["source_path"]).name: e for e in report.entries}
+        assert (entries["badVR.dcm"]["outcome"], entries["badVR.dcm"]["reason"]) == ("kept", "bad_pixel_data")
+        assert "identifying elements only" in entries["badVR.dcm"]["detail"]
         assert (entries["deep.dcm"]["outcome"], entries["deep.dcm"]["reason"]) == ("kept", "reader_error")
         assert (entries["bare.dcm"]["outcome"], entries["bare.dcm"]["file_meta_constructed"]) == ("kept", True)
         for name, base in (("deep.dcm", PYDICOM_FILES / "CT_small.dcm"), ("bare.dcm", PYDICOM_FILES / "rtstruct.dcm")):

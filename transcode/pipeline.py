@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import pydicom
+from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.fileset import FileSet
 
@@ -41,7 +42,8 @@ from transcode.archive.index import SERIES_TAGS, STUDY_TAGS, FrameRow, InstanceR
 from transcode.archive.layout import InvalidUID, check_uid, conflict_path, object_path
 from transcode.archive.store import Archive
 from transcode.codecs.htj2k import EncodeSettings
-from transcode.dicom.metadata import dicom_json
+from transcode.dicom.metadata import DicomJson, dicom_json
+from transcode.dicom.read import IDENTITY
 from transcode.digest import file_digest
 from transcode.policy import OnConflict, Outcome, Reason, Resend, Version, resend
 from transcode.transcoder import OUTPUT_SYNTAX, transcode_file
@@ -186,10 +188,10 @@ def work(source: str, staging: str, settings: EncodeSettings, crosscheck: str, t
         try:
             if result.metadata is None:  # kept as is: describe the copy
                 ds = pydicom.dcmread(staged, stop_before_pixels=True)
-                meta, tsyntax = dicom_json(ds), str(ds.file_meta.TransferSyntaxUID)
-                if "Rows" in ds and result.reason is not Reason.NO_PIXEL_DATA:
+                meta, tsyntax = _describe(ds, entry), str(ds.file_meta.TransferSyntaxUID)
+                if "Rows" in ds and result.reason not in (Reason.NO_PIXEL_DATA, Reason.BAD_PIXEL_DATA):
                     # an image, kept whole: its frames are served from the copy
-                    entry["frames"] = int(ds.get("NumberOfFrames") or 1)
+                    entry["frames"] = _frames(ds)
             elif result.outcome is Outcome.KEPT:  # kept, described by what could be read of it
                 meta, tsyntax = result.metadata, str(result.transfer_syntax)
             else:
@@ -209,6 +211,33 @@ def work(source: str, staging: str, settings: EncodeSettings, crosscheck: str, t
             entry.update(outcome="failed", reason=Reason.INVALID_UID.value, detail=str(exc), staged=None)
     entry["seconds"] = time.perf_counter() - started
     return entry
+
+
+def _frames(ds: Dataset) -> int:
+    """Number of Frames of a kept image (0, none served, where it is not a number)."""
+    try:
+        return int(ds.get("NumberOfFrames") or 1)
+    except (TypeError, ValueError):
+        return 0
+
+
+def _describe(ds: Dataset, entry: dict[str, Any]) -> DicomJson:
+    """The DICOM JSON of a kept copy; where a value does not convert (an IS
+    of "1A"), the JSON of its identifying elements, and the entry's detail
+    says so: the copy is archived as received all the same."""
+    try:
+        return dicom_json(ds)
+    except Exception as exc:  # pydicom's conversions, on values they do not expect: any error
+        identity = Dataset()
+        for keyword in IDENTITY:
+            try:
+                if keyword in ds:
+                    identity.update({keyword: ds[keyword].value})
+            except Exception:  # a value that does not convert is left out
+                continue
+        entry["detail"] += (f"; indexed by its identifying elements only: its header does not convert to "
+                            f"DICOM JSON ({type(exc).__name__}: {exc})")
+        return dicom_json(identity)
 
 
 #: How long finished files wait for the next ones before they are settled

@@ -69,8 +69,8 @@ class PixelSpec:
 _IMAGE_PIXEL = {0x00280002: "Samples per Pixel", 0x00280004: "Photometric Interpretation", 0x00280010: "Rows",
                 0x00280011: "Columns", 0x00280100: "Bits Allocated", 0x00280101: "Bits Stored",
                 0x00280102: "High Bit", 0x00280103: "Pixel Representation"}
-#: What a kept copy of an instance pydicom cannot parse is indexed by.
-_IDENTITY = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "Modality", "PatientID",
+#: What a kept copy is indexed by where its header cannot be read or described whole.
+IDENTITY = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "Modality", "PatientID",
              "StudyDate", "InstanceNumber")
 
 
@@ -131,7 +131,7 @@ def _stub(walked: Walk, data: bytes | mmap.mmap, syntax: UID | None) -> FileData
     """A data set of the identifying elements the walk found, for a file
     pydicom cannot parse: enough to archive it and find it again."""
     ds = FileDataset("", Dataset(), file_meta=FileMetaDataset(), preamble=bytes(data[:128]))
-    for keyword in _IDENTITY:
+    for keyword in IDENTITY:
         value = walked.value(data, tag_for_keyword(keyword))
         if value:
             ds.update({keyword: value.decode("ascii", "replace").strip("\0 ")})
