@@ -525,6 +525,7 @@ class Ingest:
                 for start in range(0, size, _COPY_CHUNK):
                     out.write(self.archive.read(relative, start, min(size, start + _COPY_CHUNK)))
             self.archive.place(staged, aside)
+            self.archive.flush()  # durable before the replacement overwrites the original
         return aside
 
 

@@ -30,7 +30,15 @@ from pydicom.pixels import as_pixel_options, get_decoder
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
 
 from transcode.codecs.decode import register_plugins
-from transcode.dicom.structure import Truncated, Unfollowable, Walk, guess_syntax, meta_end, walk
+from transcode.dicom.structure import (
+    Truncated,
+    Unfollowable,
+    Walk,
+    data_set_syntax,
+    guess_syntax,
+    meta_end,
+    walk,
+)
 from transcode.policy import Reason, Stop, fail, keep
 
 PIXEL_DATA = 0x7FE00010
@@ -100,7 +108,7 @@ def _walk(data: bytes | mmap.mmap, start: int, syntax: UID) -> Walk | None:
     if syntax == DeflatedExplicitVRLittleEndian or not syntax.is_transfer_syntax:
         return None
     try:
-        return walk(data, start, syntax)
+        return walk(data, start, data_set_syntax(data, start, syntax))
     except Unfollowable:
         return None
 

@@ -183,6 +183,18 @@ def _element_span(data: bytes | memoryview, pos: int) -> tuple[int, int]:
     raise Unfollowable(f"File Meta element at byte {pos} has no valid VR ({vr!r})")
 
 
+def data_set_syntax(data: bytes | memoryview, start: int, syntax: UID) -> UID:
+    """The encoding of the data set at `start` whose File Meta names
+    `syntax`: an explicit VR little endian syntax whose first element has
+    no VR after its tag is Implicit VR Little Endian in fact (as pydicom
+    reads it: writers that mislabel their data sets exist)."""
+    if syntax.is_implicit_VR or not syntax.is_little_endian or len(data) - start < 8:
+        return syntax
+    if bytes(data[start + 4 : start + 6]) in LONG_VRS | SHORT_VRS:
+        return syntax
+    return UID(ImplicitVRLittleEndian)
+
+
 def guess_syntax(data: bytes | memoryview, start: int) -> UID | None:
     """The encoding of a data set that has no File Meta to name it, as
     dcmtk guesses it: the first element's group (0008, little or big
