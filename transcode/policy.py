@@ -8,6 +8,7 @@ never renamed, only added.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -114,6 +115,12 @@ LOSSLESS_SOURCES: frozenset[UID] = frozenset(
 )
 
 
+#: Rows (0028,0010), as a DICOM JSON key.
+ROWS = "00280010"
+#: DICOM JSON of a value above the bulk data threshold: the value itself is not in the text.
+_BULK = '"BulkDataURI"'
+
+
 class OnConflict(StrEnum):
     """What a re-sent SOP Instance UID with other content does (`resend`)."""
 
@@ -146,8 +153,9 @@ class Version:
     @classmethod
     def of(cls, object_digest: str, pixel_digest: str | None, header: str, reason: str | None) -> Version:
         """The version of a copy kept or transcoded with `reason`: kept as
-        `no_pixel_data` while its header has Rows, it is incomplete."""
-        return cls(object_digest, pixel_digest, header, reason == Reason.NO_PIXEL_DATA and '"00280010"' in header)
+        `no_pixel_data` while its data set has Rows, it is incomplete."""
+        incomplete = reason == Reason.NO_PIXEL_DATA and ROWS in json.loads(header)  # top level: not an icon's
+        return cls(object_digest, pixel_digest, header, incomplete)
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,10 +164,6 @@ class Decision:
     #: what differs (None for a duplicate)
     reason: Reason | None
     detail: str
-
-
-#: DICOM JSON of a value above the bulk data threshold: the value itself is not in the text.
-_BULK = '"BulkDataURI"'
 
 
 def resend(archived: Version, newcomer: Version, on_conflict: OnConflict) -> Decision:
