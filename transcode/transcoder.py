@@ -106,18 +106,17 @@ class _Copy:
     start: int = 0
     metadata: DicomJson | None = None
 
-    @classmethod
-    def of(cls, instance: Instance) -> _Copy:
-        copy = cls(metadata=dicom_json(instance.dataset) if instance.unparsed is not None else None)
+    def plan(self, instance: Instance) -> None:
+        """Set the copy up for `instance` (opened, its identity checked)."""
+        self.metadata = dicom_json(instance.dataset) if instance.unparsed is not None else None
         if instance.meta_constructed:
             preamble = instance.dataset.preamble
             try:
                 meta = file_meta(instance.dataset, instance.transfer_syntax)
             except ValueError as exc:  # no SOP Class UID to name in it
                 raise fail(Reason.MISSING_FILE_META, f"no File Meta, and none can be built: {exc}") from exc
-            copy.prefix = b"".join((preamble if preamble and len(preamble) == 128 else bytes(128), b"DICM", meta))
-            copy.start = instance.data_set_start
-        return copy
+            self.prefix = b"".join((preamble if preamble and len(preamble) == 128 else bytes(128), b"DICM", meta))
+            self.start = instance.data_set_start
 
 
 def _check_policy(spec: PixelSpec | None) -> None:
@@ -307,8 +306,7 @@ def _attempt(
             result.detail = (f"no File Meta naming the transfer syntax: the data set reads whole as "
                              f"{instance.transfer_syntax.name}, and File Meta was built for it")
         _check_identity(instance)
-        copied = _Copy.of(instance)
-        copy.prefix, copy.start, copy.metadata = copied.prefix, copied.start, copied.metadata
+        copy.plan(instance)
         _check_parsed(instance)
         try:
             _check_policy(instance.spec)
