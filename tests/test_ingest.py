@@ -191,7 +191,7 @@ def test_hostile_input_never_writes_outside_the_archive(tmp_path: Path) -> None:
         report = ingest([src], archive, workers=2)
         entries = {Path(e["source_path"]).name: (e["outcome"], e["reason"]) for e in report.entries}
     assert {entries[f"uid{n}.dcm"] for n in range(4)} == {("failed", "invalid_uid")}
-    assert entries["huge.dcm"] == ("failed", "bad_pixel_data")
+    assert entries["huge.dcm"] == ("failed", "truncated")  # the file ends 4 GB before its Pixel Data does
     assert entries["broken-link.dcm"] == ("failed", "unreadable")
     written = {p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file() and "src" not in p.parts}
     assert all(p.parts[0] == "archive" for p in written)
@@ -291,3 +291,30 @@ def test_files_that_finish_together_are_committed_together(tmp_path: Path, monke
         assert batches == [12]
         assert archive.index.counts()["instances"] == 12 and verify_archive(archive) == []
     assert [Path(e["source_path"]).name for e in report.entries] == [f"{n:02d}.dcm" for n in range(12)]
+
+
+def test_readable_instances_are_archived_whatever_pydicom_makes_of_them(tmp_path: Path) -> None:
+    """A data set pydicom cannot parse (sequences 400 deep), a bare data set
+    without File Meta and a header with a value pydicom cannot convert are
+    archived: indexed by what could be read, stored as received (the bare one
+    behind File Meta built for it)."""
+    from tests.test_bad_input import _before, _ct, _sequence
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "deep.dcm").write_bytes(_before(_ct(), b"\x09\x00\x10\x00LO", _sequence(400, b"")))
+    shutil.copy(PYDICOM_FILES / "rtstruct.dcm", src / "bare.dcm")
+    shutil.copy(PYDICOM_FILES / "badVR.dcm", src / "badVR.dcm")  # an IS of "1A": no DICOM JSON for it
+    with FolderArchive(tmp_path / "archive", exclusive=True) as archive:
+        report = ingest([src], archive, workers=1)
+        entries = {Path(e["source_path"]).name: e for e in report.entries}
+        assert (entries["badVR.dcm"]["outcome"], entries["badVR.dcm"]["reason"]) == ("kept", "bad_pixel_data")
+        assert "identifying elements only" in entries["badVR.dcm"]["detail"]
+        assert (entries["deep.dcm"]["outcome"], entries["deep.dcm"]["reason"]) == ("kept", "reader_error")
+        assert (entries["bare.dcm"]["outcome"], entries["bare.dcm"]["file_meta_constructed"]) == ("kept", True)
+        for name, base in (("deep.dcm", PYDICOM_FILES / "CT_small.dcm"), ("bare.dcm", PYDICOM_FILES / "rtstruct.dcm")):
+            row = archive.index.instance(entries[name]["sop_uid"])
+            assert row.sop_uid == pydicom.dcmread(base, force=True).SOPInstanceUID and row.frames == 0
+            stored = archive.read(row.path)
+            assert stored[128:132] == b"DICM" and stored.endswith((src / name).read_bytes())
+        assert verify_archive(archive) == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pydicom
 import pytest
 
 from tests.conftest import corpus_files, pydicom_files
@@ -56,15 +57,14 @@ EXPECTED = {
     "SC_ybr_full_422_uncompressed.dcm": "chroma_subsampled",
     # values up to 4095 in a signed 12-bit image: the 13th bit is real data
     "mlut_18.dcm": "bits_above_high_bit",
-    # failed: broken or unidentifiable input
-    "MR_truncated.dcm": "decode_error",
+    # kept: damaged pixel description (an IS value "1A" in the Image Pixel module)
     "badVR.dcm": "bad_pixel_data",
-    "nested_priv_SQ.dcm": "bad_pixel_data",
-    "ExplVR_LitEndNoMeta.dcm": "missing_file_meta",
-    "OT-PAL-8-face.dcm": "missing_file_meta",
-    "rtstruct.dcm": "missing_file_meta",
+    # failed: not an instance that can be archived (truncated, unidentifiable, not DICOM)
+    "MR_truncated.dcm": "truncated",
+    "rtplan_truncated.dcm": "truncated",
+    "emri_small_jpeg_2k_lossless_too_short.dcm": "truncated",
+    "nested_priv_SQ.dcm": "no_sop_instance_uid",
     "meta_missing_tsyntax.dcm": "missing_file_meta",
-    "ExplVR_BigEndNoMeta.dcm": "not_dicom",
     "no_meta.dcm": "not_dicom",
     "LICENSE": "not_dicom",
     "empty_charset_LEI.dcm": "no_sop_instance_uid",
@@ -72,11 +72,13 @@ EXPECTED = {
     "JLSL_RGB_ILV1.dcm": "no_sop_instance_uid",
     "JLSL_RGB_ILV2.dcm": "no_sop_instance_uid",
     "JLSN_RGB_ILV0.dcm": "no_sop_instance_uid",
-    "emri_small_jpeg_2k_lossless_too_short.dcm": "unreadable",
 }
-FAILED = {"unreadable", "decode_error", "bad_pixel_data", "missing_file_meta", "not_dicom", "no_sop_instance_uid"}
-NO_PIXELS = {"reportsi.dcm", "reportsi_with_empty_number_tags.dcm", "rtplan.dcm", "rtplan_truncated.dcm",
-             "test-SR.dcm", "waveform_ecg.dcm", "UN_sequence.dcm", "no_meta_group_length.dcm", "priv_SQ.dcm"}
+FAILED = {"unreadable", "truncated", "missing_file_meta", "not_dicom", "no_sop_instance_uid"}
+NO_PIXELS = {"reportsi.dcm", "reportsi_with_empty_number_tags.dcm", "rtplan.dcm", "test-SR.dcm", "waveform_ecg.dcm",
+             "UN_sequence.dcm", "no_meta_group_length.dcm", "priv_SQ.dcm", "ExplVR_BigEndNoMeta.dcm",
+             "ExplVR_LitEndNoMeta.dcm", "rtstruct.dcm"}
+#: Bare data sets (no File Meta): stored with File Meta built for the syntax they read whole in.
+NO_FILE_META = {"ExplVR_BigEndNoMeta.dcm", "ExplVR_LitEndNoMeta.dcm", "rtstruct.dcm", "OT-PAL-8-face.dcm"}
 
 
 def _name(path: Path) -> str:
@@ -90,8 +92,13 @@ def check_file(src: Path, tmp_path: Path) -> None:
     assert sha256(src) == before, "the source was modified"
     name = src.name
     expected = EXPECTED.get(name, "no_pixel_data" if name in NO_PIXELS else None)
+    assert result.file_meta_constructed == (name in NO_FILE_META)
     if expected is None:
         assert result.outcome is Outcome.TRANSCODED, f"{result.reason}: {result.detail}"
+        if name in NO_FILE_META:  # compared with the source as pydicom reads it in the syntax found
+            ds = pydicom.dcmread(src, force=True)
+            ds.file_meta.TransferSyntaxUID = result.transfer_syntax
+            ds.save_as(src := tmp_path / "source-with-meta.dcm")
         assert result.frames >= 1 and result.pixel_digest
         assert result.output_digest == file_digest(dst)
         assert_pixels_equal(src, dst)
@@ -105,6 +112,11 @@ def check_file(src: Path, tmp_path: Path) -> None:
     assert result.detail
     if expected in FAILED:
         assert result.outcome is Outcome.FAILED and not dst.exists()
+    elif name in NO_FILE_META:  # the source's bytes after a preamble and the File Meta built for them
+        assert result.outcome is Outcome.KEPT and result.file_meta_constructed
+        copy = dst.read_bytes()
+        assert copy[128:132] == b"DICM" and copy.endswith(src.read_bytes())
+        assert pydicom.dcmread(dst).file_meta.TransferSyntaxUID == result.transfer_syntax
     else:
         assert result.outcome is Outcome.KEPT and sha256(dst) == before  # an exact copy
 

@@ -1,9 +1,9 @@
 """The `transcode` command: `convert`, `ingest`, `verify`, `serve`, `bench`, `info`.
 
 Exit codes. `convert`: 0 every instance transcoded, 3 some kept as is (none
-failed), 1 at least one failed. `ingest`: 0 every file transcoded, kept or a
-duplicate, 1 any failed or conflicted. `verify`: 0 whole, 1 problems. All:
-2 for usage errors and refusals (an archive busy, an index that is not the
+failed), 1 at least one failed. `ingest`: 0 every file transcoded, kept, a
+duplicate or replaced, 1 any failed or conflicted. `verify`: 0 whole, 1 problems.
+All: 2 for usage errors and refusals (an archive busy, an index that is not the
 archive's); 141 (128 + SIGPIPE, as for cat) when the reader of the output
 went away.
 """
@@ -27,7 +27,7 @@ from transcode.codecs import codestream
 from transcode.codecs.htj2k import EncodeSettings
 from transcode.dicom.read import open_instance
 from transcode.pipeline import ingest
-from transcode.policy import Outcome, Stop
+from transcode.policy import OnConflict, Outcome, Stop
 from transcode.report import Progress, ReportFile, print_summary
 from transcode.transcoder import TranscodeResult, transcode_file
 from transcode.verify import CrossCheck
@@ -183,6 +183,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             report = ingest(
                 args.paths, archive, workers=args.workers, threads=args.threads, crosscheck=args.crosscheck,
                 progress=progress, on_entry=report_file.add if report_file else None, keep_entries=False,
+                on_conflict=args.on_conflict,
                 settings=EncodeSettings(tile_threshold=args.tile_threshold, tile_size=args.tile_size),
             )
         if report_file:
@@ -262,7 +263,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     # Each worker process builds its own app (and archive handle) from these.
     os.environ[SERVE_OPTIONS] = json.dumps({"archive": str(Path(args.archive).resolve()), "read_only": read_only,
-                                            "cors_origins": args.cors_origin, "stow_workers": args.stow_workers})
+                                            "cors_origins": args.cors_origin, "stow_workers": args.stow_workers,
+                                            "on_conflict": args.on_conflict})
     host = f"[{args.host}]" if ":" in args.host else args.host
     print(f"DICOMweb root: http://{host}:{args.port}/dicomweb  (studies: http://{host}:{args.port}/dicomweb/studies)",
           flush=True)
@@ -303,6 +305,14 @@ def _encode_options(parser: argparse.ArgumentParser) -> None:
                         help="tile side in pixels (default: %(default)s)")
 
 
+def _conflict_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--on-conflict", choices=[c.value for c in OnConflict], default=OnConflict.KEEP.value,
+        help="an archived SOP Instance UID sent again with another header or other pixels: keep the archived "
+             "copy and store the new one beside it, or replace it and keep the old one beside (default: keep)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="transcode", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -325,6 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="threads per worker over frames (default: cores / workers)")
     ingest_.add_argument("--report", help="write every file's outcome to this JSON file")
     _encode_options(ingest_)
+    _conflict_option(ingest_)
     ingest_.set_defaults(func=cmd_ingest)
 
     verify = sub.add_parser("verify", help="re-read and re-decode every archived object against the index")
@@ -345,6 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="ingest worker processes kept for STOW-RS requests (default: 2)")
     serve.add_argument("--read-only", action="store_true",
                        help="write nothing: STOW-RS answers 503 (the default for a folder this user cannot write)")
+    _conflict_option(serve)
     serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     serve.set_defaults(func=cmd_serve)
 

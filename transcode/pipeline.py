@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import pydicom
+from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.fileset import FileSet
 
@@ -41,9 +42,10 @@ from transcode.archive.index import SERIES_TAGS, STUDY_TAGS, FrameRow, InstanceR
 from transcode.archive.layout import InvalidUID, check_uid, conflict_path, object_path
 from transcode.archive.store import Archive
 from transcode.codecs.htj2k import EncodeSettings
-from transcode.dicom.metadata import dicom_json
+from transcode.dicom.metadata import DicomJson, dicom_json
+from transcode.dicom.read import IDENTITY
 from transcode.digest import file_digest
-from transcode.policy import Reason
+from transcode.policy import OnConflict, Outcome, Reason, Resend, Version, resend
 from transcode.transcoder import OUTPUT_SYNTAX, transcode_file
 from transcode.verify import CrossCheck
 
@@ -52,12 +54,16 @@ class IngestOutcome(StrEnum):
     TRANSCODED = "transcoded"
     KEPT = "kept"
     DUPLICATE = "duplicate"
+    #: became the instance in place of an archived copy, which is kept beside it (`policy.resend`)
+    REPLACED = "replaced"
     CONFLICT = "conflict"
     FAILED = "failed"
 
 
 #: Outcomes after which a migration may proceed without a person looking.
-CLEAN = frozenset({IngestOutcome.TRANSCODED, IngestOutcome.KEPT, IngestOutcome.DUPLICATE})
+CLEAN = frozenset({IngestOutcome.TRANSCODED, IngestOutcome.KEPT, IngestOutcome.DUPLICATE, IngestOutcome.REPLACED})
+#: Objects set aside are copied in pieces of this size (any backend, bounded memory).
+_COPY_CHUNK = 16 << 20
 
 
 @dataclass
@@ -176,15 +182,18 @@ def work(source: str, staging: str, settings: EncodeSettings, crosscheck: str, t
     entry.update(
         outcome=result.outcome.value, reason=result.reason.value if result.reason else None, detail=result.detail,
         bytes_in=result.bytes_in, bytes_out=result.bytes_out, pixel_digest=result.pixel_digest,
-        object_digest=result.output_digest, frames=result.frames,
+        object_digest=result.output_digest, frames=result.frames, file_meta_constructed=result.file_meta_constructed,
     )
     if result.destination:
         try:
             if result.metadata is None:  # kept as is: describe the copy
                 ds = pydicom.dcmread(staged, stop_before_pixels=True)
-                meta, tsyntax = dicom_json(ds), str(ds.file_meta.TransferSyntaxUID)
-                if "Rows" in ds:  # an image, kept whole: its frames are served from the copy
-                    entry["frames"] = int(ds.get("NumberOfFrames") or 1)
+                meta, tsyntax = _describe(ds, entry), str(ds.file_meta.TransferSyntaxUID)
+                if "Rows" in ds and result.reason not in (Reason.NO_PIXEL_DATA, Reason.BAD_PIXEL_DATA):
+                    # an image, kept whole: its frames are served from the copy
+                    entry["frames"] = _frames(ds)
+            elif result.outcome is Outcome.KEPT:  # kept, described by what could be read of it
+                meta, tsyntax = result.metadata, str(result.transfer_syntax)
             else:
                 meta, tsyntax = result.metadata, str(OUTPUT_SYNTAX)
             entry.update(
@@ -203,6 +212,33 @@ def work(source: str, staging: str, settings: EncodeSettings, crosscheck: str, t
             entry.update(outcome="failed", reason=Reason.INVALID_UID.value, detail=str(exc), staged=None)
     entry["seconds"] = time.perf_counter() - started
     return entry
+
+
+def _frames(ds: Dataset) -> int:
+    """Number of Frames of a kept image (0, none served, where it is not a number)."""
+    try:
+        return int(ds.get("NumberOfFrames") or 1)
+    except (TypeError, ValueError):
+        return 0
+
+
+def _describe(ds: Dataset, entry: dict[str, Any]) -> DicomJson:
+    """The DICOM JSON of a kept copy; where a value does not convert (an IS
+    of "1A"), the JSON of its identifying elements, and the entry's detail
+    says so: the copy is archived as received all the same."""
+    try:
+        return dicom_json(ds)
+    except Exception as exc:  # pydicom's conversions, on values they do not expect: any error
+        identity = Dataset()
+        for keyword in IDENTITY:
+            try:
+                if keyword in ds:
+                    identity.update({keyword: ds[keyword].value})
+            except Exception:  # a value that does not convert is left out
+                continue
+        entry["detail"] += (f"; indexed by its identifying elements only: its header does not convert to "
+                            f"DICOM JSON ({type(exc).__name__}: {exc})")
+        return dicom_json(identity)
 
 
 #: How long finished files wait for the next ones before they are settled
@@ -277,6 +313,8 @@ class Ingest:
     `workers x threads` cores stay busy and memory stays within that many
     frames. `progress(report, done, total)` is called after every file,
     and `on_entry(entry)` with each file's entry once it is committed.
+    A SOP Instance UID archived already is settled by `policy.resend`
+    with `on_conflict`.
     With `pool`, files go to those worker processes (its size is
     `workers`), which are left running for the next run."""
 
@@ -293,6 +331,7 @@ class Ingest:
         pool: WorkerPool | None = None,
         on_entry: Callable[[dict[str, Any]], None] | None = None,
         keep_entries: bool = True,
+        on_conflict: OnConflict | str = OnConflict.KEEP,
     ) -> None:
         cores = os.cpu_count() or 1
         self.archive = archive
@@ -307,6 +346,7 @@ class Ingest:
         self.worker = worker or work
         self.on_entry = on_entry
         self.keep_entries = keep_entries
+        self.on_conflict = OnConflict(on_conflict)
         self.report = IngestReport()
 
     def run(self, paths: Iterable[str | os.PathLike[str]]) -> IngestReport:
@@ -414,7 +454,7 @@ class Ingest:
         """Decide the outcome of finished files, place their objects, make
         the placements durable, then index them all in one transaction."""
         records = []
-        placed: dict[str, tuple[str | None, str]] = {}  # SOP UID -> digests, this batch
+        placed: dict[str, tuple[Version, str]] = {}  # SOP UID -> version and path placed in this batch
         for entry in batch:
             record = Record(ledger=entry)
             staged = entry.pop("staged")
@@ -425,24 +465,32 @@ class Ingest:
             transfer_syntax = entry.pop("transfer_syntax", None)
             if staged:
                 sop = entry["sop_uid"]
-                existing = self.archive.index.instance(sop)
-                known = placed.get(sop) or (existing and (existing.pixel_digest, existing.object_digest))
-                if known and ((entry["pixel_digest"] and entry["pixel_digest"] == known[0])
-                              or entry["object_digest"] == known[1]):
+                stored = entry["outcome"], entry["reason"]  # what the instance row says, whatever the ledger says
+                newcomer = Version.of(entry["object_digest"], entry["pixel_digest"], meta, entry["reason"])
+                archived = placed.get(sop) or self._archived(sop)
+                decision = resend(archived[0], newcomer, self.on_conflict) if archived else None
+                if decision is not None and decision.action is Resend.DUPLICATE:
                     Path(staged).unlink()
-                    entry["outcome"] = IngestOutcome.DUPLICATE.value
-                elif known:
+                    entry.update(outcome=IngestOutcome.DUPLICATE.value, detail=decision.detail)
+                elif decision is not None and decision.action is Resend.CONFLICT:
                     relative = conflict_path(sop, entry["object_digest"])
                     self.archive.place(Path(staged), relative)
-                    entry.update(outcome=IngestOutcome.CONFLICT.value, reason=Reason.CONFLICT.value,
-                                 detail=f"SOP Instance UID already archived with other content; kept at {relative}")
+                    entry.update(outcome=IngestOutcome.CONFLICT.value, reason=decision.reason.value,
+                                 detail=f"{decision.detail}; this copy is kept at {relative} for review")
                     record.conflict = (relative, entry["object_digest"], entry["pixel_digest"])
                 else:
-                    relative = object_path(study_uid, series_uid, sop)
+                    if archived is not None and decision is not None:  # replace: the old copy goes aside first
+                        previous, relative = archived
+                        aside = self._set_aside(sop, previous, relative)
+                        entry.update(outcome=IngestOutcome.REPLACED.value, reason=decision.reason.value,
+                                     detail=f"{decision.detail}; the previous copy is kept at {aside}")
+                        record.conflict = (aside, previous.object_digest, previous.pixel_digest)
+                    else:
+                        relative = object_path(study_uid, series_uid, sop)
                     self.archive.place(Path(staged), relative)
-                    placed[sop] = (entry["pixel_digest"], entry["object_digest"])
+                    placed[sop] = (newcomer, relative)
                     record.instance = InstanceRow(
-                        sop, series_uid, study_uid, relative, transfer_syntax, entry["outcome"], entry["reason"],
+                        sop, series_uid, study_uid, relative, transfer_syntax, stored[0], stored[1],
                         entry["bytes_out"], entry["object_digest"], entry["pixel_digest"], entry["frames"],
                         meta,
                     )
@@ -457,6 +505,29 @@ class Ingest:
                 self.on_entry(record.ledger)
             if self.progress:
                 self.progress(self.report, self.report.files, total)
+
+    def _archived(self, sop: str) -> tuple[Version, str] | None:
+        """The archived copy of `sop` and its path, if there is one."""
+        row = self.archive.index.instance(sop)
+        if row is None:
+            return None
+        return Version.of(row.object_digest, row.pixel_digest, row.dicom_json, row.reason), row.path
+
+    def _set_aside(self, sop: str, previous: Version, relative: str) -> str:
+        """Copy the object at `relative` (the version `previous`) to its
+        place beside the instance, where a replaced copy is kept, before
+        the replacement takes its path. A rerun after a crash finds it
+        there already (named by its digest) and leaves it."""
+        aside = conflict_path(sop, previous.object_digest)
+        if not self.archive.exists(aside):
+            staged = Path(self._staging, f"{uuid.uuid4().hex}.aside")
+            size = self.archive.size(relative)
+            with open(staged, "wb") as out:
+                for start in range(0, size, _COPY_CHUNK):
+                    out.write(self.archive.read(relative, start, min(size, start + _COPY_CHUNK)))
+            self.archive.place(staged, aside)
+            self.archive.flush()  # durable before the replacement overwrites the original
+        return aside
 
 
 def ingest(paths: Iterable[str | os.PathLike[str]], archive: Archive, **options: Any) -> IngestReport:

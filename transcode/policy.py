@@ -8,6 +8,8 @@ never renamed, only added.
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from enum import StrEnum
 
 from pydicom.uid import (
@@ -35,7 +37,7 @@ class Outcome(StrEnum):
 class Reason(StrEnum):
     """Why an instance was kept as is or failed. Values are the stable codes."""
 
-    # kept as is: valid input we must not or cannot transcode losslessly
+    # kept as is: a readable instance we must not or cannot transcode losslessly
     LOSSY_SOURCE = "lossy_source"
     FLOAT_PIXELS = "float_pixels"
     ONE_BIT_PIXELS = "one_bit_pixels"
@@ -50,19 +52,30 @@ class Reason(StrEnum):
     #: the data set is not well-formed in its transfer syntax, so no copy of
     #: it could carry every element's bytes unchanged
     MALFORMED_DATA_SET = "malformed_data_set"
-    # failed: the input is broken or the output could not be written
+    #: the pixels, or the Image Pixel module describing them, are malformed
+    BAD_PIXEL_DATA = "bad_pixel_data"
+    DECODE_ERROR = "decode_error"
+    #: pydicom cannot parse a data set whose structure reads whole
+    READER_ERROR = "reader_error"
+    #: an unexpected error once the instance's identity was read (a bug)
+    TRANSCODE_ERROR = "transcode_error"
+    # failed: nothing that can be an archived instance, or the output could not be written
     NOT_DICOM = "not_dicom"
     MISSING_FILE_META = "missing_file_meta"
     NO_SOP_INSTANCE_UID = "no_sop_instance_uid"
     UNREADABLE = "unreadable"
-    BAD_PIXEL_DATA = "bad_pixel_data"
-    DECODE_ERROR = "decode_error"
+    TRUNCATED = "truncated"
     WRITE_ERROR = "write_error"
     INTERNAL_ERROR = "internal_error"
     # ingest only: what became of a file in the archive
     INVALID_UID = "invalid_uid"
     WORKER_CRASHED = "worker_crashed"
+    #: an archived SOP Instance UID with other content (kept instances: not known whether pixels differ)
     CONFLICT = "conflict"
+    #: an archived SOP Instance UID, the same pixels, another header
+    HEADER_CHANGED = "header_changed"
+    #: an archived SOP Instance UID with other pixels
+    PIXELS_CHANGED = "pixels_changed"
 
 
 class Stop(Exception):
@@ -103,3 +116,91 @@ LOSSLESS_SOURCES: frozenset[UID] = frozenset(
         HTJ2KLosslessRPCL,
     }
 )
+
+
+#: Rows (0028,0010), as a DICOM JSON key.
+ROWS = "00280010"
+#: DICOM JSON of a value above the bulk data threshold: the value itself is not in the text.
+_BULK = '"BulkDataURI"'
+
+
+class OnConflict(StrEnum):
+    """What a re-sent SOP Instance UID with other content does (`resend`)."""
+
+    #: the archived instance stays; the newcomer is stored beside it, for review
+    KEEP = "keep"
+    #: the newcomer becomes the instance; the archived one is stored beside it
+    REPLACE = "replace"
+
+
+class Resend(StrEnum):
+    DUPLICATE = "duplicate"  # nothing new: not stored twice
+    CONFLICT = "conflict"  # stored beside the archived instance, for review
+    REPLACE = "replace"  # becomes the instance; the archived one is stored beside it
+
+
+@dataclass(frozen=True, slots=True)
+class Version:
+    """What the re-send policy compares of one copy of an instance.
+
+    `header` is the data set's DICOM JSON (Pixel Data left out), as the
+    index holds it; `pixel_digest` the digest of the decoded pixels, known
+    for transcoded copies only; `incomplete` marks a header that describes
+    an image while the file holds no pixels (kept as `no_pixel_data`)."""
+
+    object_digest: str
+    pixel_digest: str | None
+    header: str
+    incomplete: bool
+
+    @classmethod
+    def of(cls, object_digest: str, pixel_digest: str | None, header: str, reason: str | None) -> Version:
+        """The version of a copy kept or transcoded with `reason`: kept as
+        `no_pixel_data` while its data set has Rows, it is incomplete."""
+        incomplete = reason == Reason.NO_PIXEL_DATA and ROWS in json.loads(header)  # top level: not an icon's
+        return cls(object_digest, pixel_digest, header, incomplete)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    action: Resend
+    #: what differs (None for a duplicate)
+    reason: Reason | None
+    detail: str
+
+
+def resend(archived: Version, newcomer: Version, on_conflict: OnConflict) -> Decision:
+    """Decide what becomes of `newcomer`, a copy of an instance whose SOP
+    Instance UID the archive holds as `archived`. The one rule for ingest,
+    STOW-RS and any later door:
+
+    - a duplicate is the same object, or the same pixels with the same
+      header; a header whose JSON holds bulk data (values it leaves out)
+      is only the same as a byte-identical object;
+    - a complete copy replaces an incomplete one (an image header without
+      pixels), whatever `on_conflict` says;
+    - any other difference is a conflict, told apart as `header_changed`
+      (same pixels), `pixels_changed`, or `conflict` (pixels not compared:
+      a copy kept as is); with `OnConflict.REPLACE` the newcomer replaces
+      the archived copy, unless it is itself incomplete. Either way both
+      copies stay in the archive: nothing is dropped.
+    """
+    if newcomer.object_digest == archived.object_digest:
+        return Decision(Resend.DUPLICATE, None, "the same object is archived already")
+    if archived.incomplete and not newcomer.incomplete:
+        return Decision(Resend.REPLACE, Reason.NO_PIXEL_DATA,
+                        "the archived copy is an image header without pixels; this complete copy replaces it")
+    same_pixels = newcomer.pixel_digest is not None and newcomer.pixel_digest == archived.pixel_digest
+    if same_pixels and newcomer.header == archived.header and _BULK not in newcomer.header:
+        return Decision(Resend.DUPLICATE, None, "the same pixels and header are archived already")
+    if same_pixels:
+        reason, what = Reason.HEADER_CHANGED, "the same pixels as the archived copy, another header"
+    elif newcomer.pixel_digest is not None and archived.pixel_digest is not None:
+        reason, what = Reason.PIXELS_CHANGED, "other pixels than the archived copy"
+    else:
+        reason, what = Reason.CONFLICT, "other content than the archived copy (a copy kept as is: pixels not compared)"
+    if newcomer.incomplete:
+        what = "an image header without pixels, for an instance archived with other content"
+    if on_conflict is OnConflict.REPLACE and not newcomer.incomplete:
+        return Decision(Resend.REPLACE, reason, f"{what}: replaces it (--on-conflict replace)")
+    return Decision(Resend.CONFLICT, reason, what)

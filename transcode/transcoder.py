@@ -29,7 +29,7 @@ from transcode.codecs.htj2k import EncodeSettings
 from transcode.dicom.elements import MalformedDataSet
 from transcode.dicom.metadata import DicomJson, dicom_json
 from transcode.dicom.read import Instance, PixelSpec, open_instance
-from transcode.dicom.write import EncapsulatedWriter, copy_atomically
+from transcode.dicom.write import EncapsulatedWriter, copy_atomically, file_meta
 from transcode.digest import Digest, frame_digest
 from transcode.policy import LOSSLESS_SOURCES, Outcome, Reason, Stop, fail, keep
 from transcode.runtime import frame_pool
@@ -64,7 +64,11 @@ class TranscodeResult:
     frame_spans: list[tuple[int, int]] = field(default_factory=list, repr=False)
     #: digest of each frame's codestream as stored (the server checks every read against it)
     frame_digests: list[str] = field(default_factory=list, repr=False)
-    #: DICOM JSON of the transcoded instance as stored (with `metadata=True`)
+    #: The source had no File Meta naming its transfer syntax: the stored
+    #: object has File Meta built from its data set (see `dicom.read.Instance`)
+    file_meta_constructed: bool = False
+    #: DICOM JSON of the instance as stored (with `metadata=True`: of a
+    #: transcoded one, or of one kept as is that pydicom cannot parse)
     metadata: DicomJson | None = field(default=None, repr=False)
 
     @property
@@ -82,9 +86,40 @@ class TranscodeResult:
 
 
 def _check_identity(instance: Instance) -> None:
+    """An instance is archived only with a SOP Instance UID."""
     ds = instance.dataset
     if not (ds.get("SOPInstanceUID") or ds.file_meta.get("MediaStorageSOPInstanceUID")):
         raise fail(Reason.NO_SOP_INSTANCE_UID, "no SOP Instance UID: the instance has no identity to keep")
+
+
+def _check_parsed(instance: Instance) -> None:
+    """Where pydicom could not parse the instance (`Instance.unparsed`), it is kept as received."""
+    if instance.unparsed is not None:
+        raise keep(Reason.READER_ERROR, f"pydicom cannot parse the data set ({instance.unparsed}), which a strict "
+                   "walk of its structure reads whole: kept as received, indexed by its identifying elements")
+
+
+@dataclass
+class _Copy:
+    """How a copy of the source is made when it is kept: `prefix` (a
+    preamble and constructed File Meta, where the source has none that
+    names its transfer syntax) and the source's bytes from `start`."""
+
+    prefix: bytes = b""
+    start: int = 0
+    metadata: DicomJson | None = None
+
+    def plan(self, instance: Instance) -> None:
+        """Set the copy up for `instance` (opened, its identity checked)."""
+        self.metadata = dicom_json(instance.dataset) if instance.unparsed is not None else None
+        if instance.meta_constructed:
+            preamble = instance.dataset.preamble
+            try:
+                meta = file_meta(instance.dataset, instance.transfer_syntax)
+            except ValueError as exc:  # no SOP Class UID to name in it
+                raise fail(Reason.MISSING_FILE_META, f"no File Meta, and none can be built: {exc}") from exc
+            self.prefix = b"".join((preamble if preamble and len(preamble) == 128 else bytes(128), b"DICM", meta))
+            self.start = instance.data_set_start
 
 
 def _check_policy(spec: PixelSpec | None) -> None:
@@ -101,7 +136,7 @@ def _check_policy(spec: PixelSpec | None) -> None:
     if spec.bits_allocated not in (8, 16, 32):
         raise keep(Reason.UNSUPPORTED_PIXEL_FORMAT, f"Bits Allocated {spec.bits_allocated} has no HTJ2K container")
     if not 1 <= spec.bits_stored <= spec.bits_allocated:
-        raise fail(Reason.BAD_PIXEL_DATA, f"Bits Stored {spec.bits_stored} with Bits Allocated {spec.bits_allocated}")
+        raise keep(Reason.BAD_PIXEL_DATA, f"Bits Stored {spec.bits_stored} with Bits Allocated {spec.bits_allocated}")
     if spec.photometric == "YBR_ICT":
         raise keep(Reason.LOSSY_SOURCE, "YBR_ICT means the irreversible colour transform: lossy")
     if spec.photometric in _SUBSAMPLED:
@@ -225,7 +260,7 @@ def _transcode_frames(
         try:
             for i, frame in enumerate(instance.frames()):
                 if i >= spec.number_of_frames:
-                    raise fail(Reason.BAD_PIXEL_DATA, f"more frames than Number of Frames ({spec.number_of_frames})")
+                    raise keep(Reason.BAD_PIXEL_DATA, f"more frames than Number of Frames ({spec.number_of_frames})")
                 frame = canonical_words(np.ascontiguousarray(frame), spec, i)
                 encoding.append((i, frame, pool.submit(_encode, frame, i, colour, settings)))
                 # While the pool encodes: hash (BLAKE3 releases the GIL) and, once,
@@ -238,7 +273,7 @@ def _transcode_frames(
                 drain(window)
             drain(0)
             if len(result.frame_index) != spec.number_of_frames:
-                raise fail(
+                raise keep(
                     Reason.BAD_PIXEL_DATA,
                     f"{len(result.frame_index)} frames decoded, Number of Frames says {spec.number_of_frames}",
                 )
@@ -261,21 +296,35 @@ _CODEC_DOUBTS = frozenset({Reason.VERIFY_MISMATCH, Reason.ENCODER_ERROR, Reason.
 
 def _attempt(
     src: Path, dst: Path, result: TranscodeResult, settings: EncodeSettings, crosscheck: CrossCheck,
-    durable: bool, metadata: bool, workers: int,
+    durable: bool, metadata: bool, workers: int, copy: _Copy,
 ) -> None:
-    """One pass over the instance with `workers` threads; raises Stop."""
+    """One pass over the instance with `workers` threads; raises Stop, and
+    fills in `copy` for the instance kept as is, once its identity is read.
+    An unexpected error after that keeps the instance (`transcode_error`):
+    a readable instance is archived, whatever went wrong in this code."""
     result.frame_index, result.frame_spans, result.frame_digests = [], [], []
     with open_instance(src) as instance:
         result.transfer_syntax = str(instance.transfer_syntax)
+        result.file_meta_constructed = instance.meta_constructed
+        if instance.meta_constructed:
+            result.detail = (f"no File Meta naming the transfer syntax: the data set reads whole as "
+                             f"{instance.transfer_syntax.name}, and File Meta was built for it")
         _check_identity(instance)
-        _check_policy(instance.spec)
+        copy.plan(instance)
+        _check_parsed(instance)
         try:
+            _check_policy(instance.spec)
             _transcode_frames(
                 instance, dst, result, settings, crosscheck, frame_pool(workers), _window(instance.spec, workers),
                 durable=durable, metadata=metadata,
             )
         except MalformedDataSet as exc:
             raise keep(Reason.MALFORMED_DATA_SET, f"the data set cannot be copied byte for byte: {exc}") from exc
+        except (Stop, OSError):
+            raise
+        except Exception as exc:
+            LOG.exception("%s: unexpected error; the instance is kept as received", src)
+            raise keep(Reason.TRANSCODE_ERROR, f"unexpected {type(exc).__name__}: {exc}") from exc
 
 
 def transcode_file(
@@ -312,7 +361,8 @@ def transcode_file(
             raise fail(Reason.WRITE_ERROR, "destination is the source file: the source is never modified")
         if not dst_path.parent.is_dir():
             raise fail(Reason.WRITE_ERROR, f"destination folder {dst_path.parent} does not exist")
-        attempt = partial(_attempt, src_path, dst_path, result, settings, crosscheck, durable, metadata)
+        copy = _Copy()
+        attempt = partial(_attempt, src_path, dst_path, result, settings, crosscheck, durable, metadata, copy=copy)
         try:
             attempt(workers)
         except Stop as stop:
@@ -327,13 +377,16 @@ def transcode_file(
         result.destination = str(dst_path)
         result.bytes_out = dst_path.stat().st_size
     except Stop as stop:
-        result.outcome, result.reason, result.detail = stop.outcome, stop.reason, stop.detail
+        result.outcome, result.reason = stop.outcome, stop.reason
+        result.detail = f"{stop.detail}; {result.detail}" if result.detail else stop.detail
         result.frame_index, result.frame_spans, result.frames, result.pixel_digest = [], [], 0, None
         result.frame_digests = []
         result.metadata = None  # described the transcoded instance, which was not written
         result.bytes_out = 0
-        if stop.outcome is Outcome.KEPT and copy_kept:
-            _keep_copy(src_path, dst_path, result, durable)
+        if stop.outcome is Outcome.KEPT:
+            result.metadata = copy.metadata if metadata else None
+            if copy_kept:
+                _keep_copy(src_path, dst_path, result, durable, copy)
     except OSError as exc:
         result.outcome, result.reason = Outcome.FAILED, Reason.WRITE_ERROR
         result.detail = f"{exc.strerror or exc}: {exc.filename or dst_path}"
@@ -344,12 +397,12 @@ def transcode_file(
     return result
 
 
-def _keep_copy(src: Path, dst: Path, result: TranscodeResult, durable: bool) -> None:
+def _keep_copy(src: Path, dst: Path, result: TranscodeResult, durable: bool, copy: _Copy) -> None:
     try:
-        result.output_digest = copy_atomically(src, dst, durable=durable)
+        result.output_digest = copy_atomically(src, dst, durable=durable, prefix=copy.prefix, start=copy.start)
     except OSError as exc:
         result.detail = f"to be kept as is ({result.reason}), but the copy failed: {exc.strerror or exc}"
         result.outcome, result.reason = Outcome.FAILED, Reason.WRITE_ERROR
         return
     result.destination = str(dst)
-    result.bytes_out = result.bytes_in
+    result.bytes_out = dst.stat().st_size

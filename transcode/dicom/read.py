@@ -11,6 +11,7 @@ policy can look at exactly what the source holds.
 
 from __future__ import annotations
 
+import mmap
 import os
 import struct
 import warnings
@@ -21,15 +22,24 @@ from typing import IO
 
 import numpy as np
 import pydicom
-from pydicom.dataelem import RawDataElement
-from pydicom.dataset import FileDataset
+from pydicom.datadict import tag_for_keyword
+from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.encaps import generate_frames
-from pydicom.errors import InvalidDicomError
 from pydicom.pixels import as_pixel_options, get_decoder
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
 
 from transcode.codecs.decode import register_plugins
-from transcode.policy import Reason, fail, keep
+from transcode.dicom.structure import (
+    Truncated,
+    Unfollowable,
+    Walk,
+    data_set_syntax,
+    guess_syntax,
+    meta_end,
+    walk,
+)
+from transcode.policy import Reason, Stop, fail, keep
 
 PIXEL_DATA = 0x7FE00010
 EXTENDED_OFFSET_TABLE = 0x7FE00001
@@ -63,54 +73,182 @@ class PixelSpec:
         return self.rows * self.columns * self.samples_per_pixel * max(1, self.bits_allocated // 8)
 
 
-def _sniff(head: bytes) -> None:
-    """Reject files that are not DICOM Part 10 before pydicom guesses at them."""
-    if len(head) >= 132 and head[128:132] == b"DICM":
+#: Image Pixel module attributes (0028,xxxx) that describe pixels to come.
+_IMAGE_PIXEL = {0x00280002: "Samples per Pixel", 0x00280004: "Photometric Interpretation", 0x00280010: "Rows",
+                0x00280011: "Columns", 0x00280100: "Bits Allocated", 0x00280101: "Bits Stored",
+                0x00280102: "High Bit", 0x00280103: "Pixel Representation"}
+#: What a kept copy is indexed by where its header cannot be read or described whole.
+IDENTITY = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "Modality", "PatientID",
+             "StudyDate", "InstanceNumber")
+
+
+def _locate(data: bytes | mmap.mmap) -> tuple[int, UID | None]:
+    """Where the data set starts, and the transfer syntax its File Meta
+    names (None: no File Meta, or none named). Raises `Stop` for what is
+    not DICOM and for a file that ends inside its File Meta."""
+    if data[128:132] == b"DICM":
+        start = 132
+    elif data[:2] == b"\x02\x00":  # group 0002 without the 128-byte preamble
+        start = 0
+    elif data[:2] in (b"\x08\x00", b"\x00\x08"):  # a bare data set starting at group 0008
+        return 0, None
+    else:
+        raise fail(Reason.NOT_DICOM, "neither a DICM prefix nor a File Meta group: not a DICOM file")
+    try:
+        start, syntax = meta_end(data, start)
+    except Unfollowable as exc:
+        raise fail(Reason.UNREADABLE, f"the File Meta Information cannot be read: {exc}") from exc
+    return start, UID(syntax) if syntax else None
+
+
+def _walk(data: bytes | mmap.mmap, start: int, syntax: UID) -> Walk | None:
+    """The data set's structure read whole, or None where this walk cannot
+    follow it (a deflated or unknown transfer syntax, bytes it does not
+    understand). Raises `Truncated`."""
+    if syntax == DeflatedExplicitVRLittleEndian or not syntax.is_transfer_syntax:
+        return None
+    try:
+        return walk(data, start, data_set_syntax(data, start, syntax))
+    except Unfollowable:
+        return None
+
+
+def _check_image_header(ds: Dataset, sop_class: str) -> None:
+    """An image's data set that stops where its pixels should be described
+    is a truncated file: the Image Pixel module started but incomplete, or
+    an image SOP Class whose data set ends before group 0028, with no Pixel
+    Data and nothing after. (A complete Image Pixel module without Pixel Data
+    cannot be told from a file that ends there on purpose: that one is kept,
+    see `_pixel_spec`.)"""
+    if any(tag in ds for tag in (PIXEL_DATA, FLOAT_PIXEL_DATA, DOUBLE_FLOAT_PIXEL_DATA)):
         return
-    if head[:2] == b"\x02\x00":  # group 0002 without the 128-byte preamble
+    last = max(map(int, ds.keys()), default=0)
+    if last > 0x0028FFFF:
         return
-    if head[:2] == b"\x08\x00":  # a bare data set starting at group 0008
-        raise fail(
-            Reason.MISSING_FILE_META,
-            "no File Meta Information: the transfer syntax cannot be known for certain",
-        )
-    raise fail(Reason.NOT_DICOM, "neither a DICM prefix nor a File Meta group: not a DICOM file")
+    present = [name for tag, name in _IMAGE_PIXEL.items() if tag in ds]
+    missing = [name for tag, name in _IMAGE_PIXEL.items() if tag not in ds]
+    if present and missing:
+        raise fail(Reason.TRUNCATED, f"the Image Pixel module stops after ({last >> 16:04X},{last & 0xFFFF:04X}) "
+                                     f"without {', '.join(missing)} and the file ends there: the rest is missing")
+    if not present and last < 0x00280000 and "Image Storage" in UID(sop_class).name:
+        raise fail(Reason.TRUNCATED, f"a {UID(sop_class).name} data set that ends at "
+                                     f"({last >> 16:04X},{last & 0xFFFF:04X}), before its Image Pixel module")
+
+
+def _stub(walked: Walk, data: bytes | mmap.mmap, syntax: UID | None) -> FileDataset:
+    """A data set of the identifying elements the walk found, for a file
+    pydicom cannot parse: enough to archive it and find it again."""
+    ds = FileDataset("", Dataset(), file_meta=FileMetaDataset(), preamble=bytes(data[:128]))
+    for keyword in IDENTITY:
+        value = walked.value(data, tag_for_keyword(keyword))
+        if value:
+            ds.update({keyword: value.decode("ascii", "replace").strip("\0 ")})
+    if syntax:
+        ds.file_meta.TransferSyntaxUID = syntax
+    return ds
+
+
+def _is_empty(element: RawDataElement | DataElement) -> bool:
+    """Is this element's value zero bytes long (read or not)?"""
+    if isinstance(element, RawDataElement):
+        return element.length == 0
+    return not element.value
 
 
 class Instance:
-    """One source instance: its data set (Pixel Data left on disk) and frames."""
+    """One source instance: its data set (Pixel Data left on disk) and frames.
+
+    Where the file has no File Meta, or one that names no transfer syntax,
+    the syntax comes from the data set itself (`structure.guess_syntax`,
+    which must walk the whole file): `meta_constructed` is then True and
+    `data_set_start` says where the source's data set begins, so that a
+    copy can be given File Meta of its own. Where pydicom cannot parse a
+    data set that the structure walk reads whole, `dataset` holds only the
+    identifying elements and `unparsed` says what pydicom found wrong.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._file: IO[bytes] = open(path, "rb")
+        self.meta_constructed = False
+        self.data_set_start = 0
+        self.unparsed: str | None = None
         try:
             self.dataset = self._read()
             #: The elements as parsed, before any access converts them: the
             #: writer copies these bytes (see dicom/write.py).
             self.raw = dict(self.dataset.items())
-            self.spec = self._pixel_spec()
+            try:
+                self._spec, self._spec_stop = self._pixel_spec(), None
+            except Stop as stop:  # raised by `spec`, once identity has been checked
+                self._spec, self._spec_stop = None, stop
         except BaseException:
             self._file.close()
             raise
 
+    @property
+    def spec(self) -> PixelSpec | None:
+        """The Image Pixel module (None: no Pixel Data); raises `Stop` where
+        the pixels cannot be taken as they are."""
+        if self._spec_stop is not None:
+            raise self._spec_stop
+        return self._spec
+
     def _read(self) -> FileDataset:
-        _sniff(self._file.read(132))
-        try:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                ds = self._parse(DEFER_SIZE)
-                if ds.file_meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian:
-                    # pydicom inflates these in memory: a deferred offset is
-                    # not a file offset, so read the (rare) deflated set whole.
-                    ds = self._parse(None)
-        except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError) as exc:
-            raise fail(Reason.UNREADABLE, f"the data set cannot be parsed: {exc}") from exc
+        size = os.fstat(self._file.fileno()).st_size
+        if size < 8:
+            raise fail(Reason.NOT_DICOM, f"{size} bytes: not a DICOM file")
+        with mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            try:
+                self.data_set_start, syntax = _locate(data)
+                if syntax is None:
+                    syntax = guess_syntax(data, self.data_set_start)
+                    if syntax is None:
+                        raise fail(Reason.MISSING_FILE_META, "no transfer syntax in File Meta Information, and the "
+                                   "data set does not read whole as any syntax: it cannot be known")
+                    self.meta_constructed = True
+                walked = _walk(data, self.data_set_start, syntax)
+                if self.meta_constructed and walked and walked.elements.get(PIXEL_DATA, (0, 0))[1] is None:
+                    raise fail(Reason.MISSING_FILE_META, "encapsulated Pixel Data without File Meta: which "
+                               "compressed transfer syntax it is in cannot be known")
+            except Truncated as exc:
+                raise fail(Reason.TRUNCATED, str(exc)) from exc
+            try:
+                ds = self._parse_whole()
+                if self.meta_constructed:
+                    implicit, little = ds.original_encoding
+                    if (implicit, little) != (syntax.is_implicit_VR, syntax.is_little_endian):
+                        raise ValueError(f"pydicom reads it in another encoding than {syntax.name}")
+                    ds.file_meta.TransferSyntaxUID = syntax
+            except Stop as stop:
+                if walked is None:
+                    raise
+                self.unparsed = stop.detail  # the walk read it whole: pydicom is the one that stopped
+                return _stub(walked, data, syntax)
+            except Exception as exc:  # pydicom's parser, on bytes it does not expect: any error at all
+                if walked is None:
+                    raise fail(Reason.UNREADABLE, f"the data set cannot be parsed: {type(exc).__name__}: {exc}") from exc
+                self.unparsed = f"{type(exc).__name__}: {exc}"
+                return _stub(walked, data, syntax)
+        _check_image_header(ds, str(ds.get("SOPClassUID", "")))
+        return ds
+
+    def _parse_whole(self) -> FileDataset:
+        """pydicom's parse; raises where pydicom only warns that the file
+        ended early (the structure walk could not follow this file)."""
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ds = self._parse(DEFER_SIZE)
+            if ds.file_meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian:
+                # pydicom inflates these in memory: a deferred offset is
+                # not a file offset, so read the (rare) deflated set whole.
+                ds = self._parse(None)
         # pydicom only warns when a file ends inside an element.
         truncated = [str(w.message) for w in caught if "End of file reached" in str(w.message)]
-        if truncated or not len(ds):
-            raise fail(Reason.UNREADABLE, f"truncated or empty data set: {truncated[0] if truncated else 'no element'}")
-        if "TransferSyntaxUID" not in ds.file_meta:
-            raise fail(Reason.MISSING_FILE_META, "File Meta Information has no Transfer Syntax UID")
+        if truncated:
+            raise fail(Reason.TRUNCATED, truncated[0])
+        if not len(ds):
+            raise fail(Reason.UNREADABLE, "the data set has no element")
         return ds
 
     def _parse(self, defer_size: int | None) -> FileDataset:
@@ -139,9 +277,12 @@ class Instance:
         ds = self.dataset
         if FLOAT_PIXEL_DATA in ds or DOUBLE_FLOAT_PIXEL_DATA in ds:
             raise keep(Reason.FLOAT_PIXELS, "float pixel data has no lossless HTJ2K form")
-        if PIXEL_DATA not in ds:
-            if "Rows" in ds and "BitsAllocated" in ds:
-                raise fail(Reason.BAD_PIXEL_DATA, "Image Pixel module without Pixel Data: a truncated file?")
+        if PIXEL_DATA not in ds or _is_empty(self.raw[PIXEL_DATA]):
+            if any(tag in ds for tag in _IMAGE_PIXEL):
+                what = "no Pixel Data" if PIXEL_DATA not in ds else "an empty Pixel Data element"
+                raise keep(Reason.NO_PIXEL_DATA, f"the header describes an image ({ds.get('Rows', '?')} x "
+                           f"{ds.get('Columns', '?')}) but the file holds {what}: kept as received; a complete "
+                           "copy ingested later replaces it")
             return None
         try:
             opts = self._options = as_pixel_options(ds)
@@ -157,9 +298,9 @@ class Instance:
                 number_of_frames=int(opts["number_of_frames"]),
             )
         except (KeyError, ValueError, TypeError) as exc:
-            raise fail(Reason.BAD_PIXEL_DATA, f"Image Pixel module incomplete or invalid: {exc}") from exc
+            raise keep(Reason.BAD_PIXEL_DATA, f"Image Pixel module incomplete or invalid: {exc}") from exc
         if spec.rows < 1 or spec.columns < 1 or spec.number_of_frames < 1:
-            raise fail(Reason.BAD_PIXEL_DATA, f"{spec.rows}x{spec.columns}x{spec.number_of_frames} pixels")
+            raise keep(Reason.BAD_PIXEL_DATA, f"{spec.rows}x{spec.columns}x{spec.number_of_frames} pixels")
         if spec.frame_bytes > MAX_FRAME_BYTES:
             raise fail(Reason.BAD_PIXEL_DATA, f"one frame would take {spec.frame_bytes:,} bytes of memory")
         self._check_native_length(spec)
@@ -173,10 +314,7 @@ class Instance:
         if not tsyntax.is_transfer_syntax or tsyntax.is_encapsulated or not isinstance(element, RawDataElement):
             return
         if element.value is None and element.value_tell + element.length > os.fstat(self._file.fileno()).st_size:
-            raise fail(
-                Reason.BAD_PIXEL_DATA,
-                f"Pixel Data claims {element.length:,} bytes; the file ends before that",
-            )
+            raise fail(Reason.TRUNCATED, f"Pixel Data claims {element.length:,} bytes; the file ends before that")
 
     def _pixel_source(self) -> IO[bytes] | bytes:
         """The Pixel Data value: the file positioned at it when it is still
@@ -200,15 +338,17 @@ class Instance:
                 return  # an in-memory value ends where its delimiter was
             head = buf[pos : pos + 8] if buf is not None else self._file.read(8)
             if len(head) < 8:
-                raise fail(Reason.BAD_PIXEL_DATA, "encapsulated Pixel Data ends without a Sequence Delimiter")
+                raise fail(Reason.TRUNCATED, "encapsulated Pixel Data ends without a Sequence Delimiter")
             group, element, length = struct.unpack("<HHI", head)
             if (group, element) == (0xFFFE, 0xE0DD):
                 return
             if (group, element) != (0xFFFE, 0xE000):
-                raise fail(Reason.BAD_PIXEL_DATA, f"expected an item in Pixel Data, found ({group:04X},{element:04X})")
+                raise keep(Reason.BAD_PIXEL_DATA, f"expected an item in Pixel Data, found ({group:04X},{element:04X})")
             pos += 8 + length
             if pos > size:
-                raise fail(Reason.BAD_PIXEL_DATA, f"a Pixel Data item of {length} bytes runs past the end of the data")
+                raise (keep(Reason.BAD_PIXEL_DATA, f"a Pixel Data item of {length} bytes runs past the end of the value")
+                       if buf is not None else
+                       fail(Reason.TRUNCATED, f"a Pixel Data item of {length} bytes runs past the end of the file"))
             if buf is None:
                 self._file.seek(pos)
 
@@ -240,7 +380,7 @@ class Instance:
             except StopIteration:
                 return
             except Exception as exc:  # any decoder's complaint about the source
-                raise fail(Reason.DECODE_ERROR, f"cannot decode the source pixel data: {exc}") from exc
+                raise keep(Reason.DECODE_ERROR, f"cannot decode the source pixel data: {exc}") from exc
             # Big endian sources come as big endian arrays; codecs want native order.
             yield arr.astype(arr.dtype.newbyteorder("="), copy=False)
 
@@ -257,7 +397,7 @@ class Instance:
                 self._pixel_source(), number_of_frames=spec.number_of_frames, extended_offsets=extended
             )
         except (ValueError, EOFError, struct.error) as exc:
-            raise fail(Reason.BAD_PIXEL_DATA, f"encapsulated Pixel Data is malformed: {exc}") from exc
+            raise keep(Reason.BAD_PIXEL_DATA, f"encapsulated Pixel Data is malformed: {exc}") from exc
 
     def close(self) -> None:
         self._file.close()

@@ -401,13 +401,18 @@ class EncapsulatedWriter:
             self.abort()
 
 
-def copy_atomically(src: Path, dst: Path, *, durable: bool = True) -> str:
+def copy_atomically(src: Path, dst: Path, *, durable: bool = True, prefix: bytes = b"", start: int = 0) -> str:
     """Copy `src` to `dst` byte for byte through a temporary file and a
-    rename (fsynced unless `durable=False`); return the digest of the copy."""
+    rename (fsynced unless `durable=False`); return the digest of the copy.
+    With `prefix` (a preamble and File Meta built for a source that has
+    none), the copy is `prefix` then the source's bytes from `start`."""
     digest = Digest()
     fd, tmp = temporary_beside(dst)
     try:
         with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
+            out.write(prefix)
+            digest.update(prefix)
+            inp.seek(start)
             while chunk := inp.read(1 << 20):
                 out.write(chunk)
                 digest.update(chunk)

@@ -39,9 +39,11 @@ STUDY, SERIES = qido.STUDY_UID, qido.SERIES_UID
 
 
 def create_app(archive: Archive, *, prefix: str = "/dicomweb", cors_origins: Sequence[str] = (),
-               stow_workers: int | None = None) -> FastAPI:
+               stow_workers: int | None = None, on_conflict: str = "keep") -> FastAPI:
     """The application over `archive` (opened by the caller, who closes it).
-    `cors_origins`: origins allowed to call from a browser ("*" for any)."""
+    `cors_origins`: origins allowed to call from a browser ("*" for any);
+    `on_conflict`: what STOW-RS does with other content under an archived
+    SOP Instance UID (`policy.OnConflict`)."""
     service = Service(archive, prefix)
     stow_pool = WorkerPool(stow_workers or 2)  # started by the first STOW-RS request
 
@@ -56,7 +58,7 @@ def create_app(archive: Archive, *, prefix: str = "/dicomweb", cors_origins: Seq
     app.include_router(wado.routes(service), prefix=prefix)
     app.include_router(_qido_routes(service), prefix=prefix)
     app.include_router(rendered.routes(service), prefix=prefix)
-    app.include_router(stow.routes(service, stow_pool), prefix=prefix)
+    app.include_router(stow.routes(service, stow_pool, on_conflict), prefix=prefix)
     if cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST", "OPTIONS"],
                            allow_headers=["*"], expose_headers=EXPOSED)
@@ -69,7 +71,8 @@ def app_from_environment() -> FastAPI:
     command left in the environment (uvicorn starts workers by import path)."""
     options = json.loads(os.environ[SERVE_OPTIONS])
     return create_app(FolderArchive(options["archive"], read_only=options["read_only"]),
-                      cors_origins=options["cors_origins"], stow_workers=options["stow_workers"])
+                      cors_origins=options["cors_origins"], stow_workers=options["stow_workers"],
+                      on_conflict=options.get("on_conflict", "keep"))
 
 
 def _qido_routes(service: Service) -> APIRouter:

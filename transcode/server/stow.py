@@ -8,7 +8,9 @@ archive, or one whose index is not the archive's (identity.py), stores
 nothing: 503 with the reason. The store
 response lists each instance as referenced
 (transcoded, kept as is, or already there) or failed with a PS3.18 failure
-reason; a conflicting copy is kept aside and reported as failed (0111).
+reason; a conflicting copy is kept aside and reported as failed (0111),
+unless the server replaces archived copies (`on_conflict`): the newcomer is
+then stored and referenced, and the previous copy kept aside.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from starlette.responses import Response
 
 from transcode.archive import ArchiveBusy, ArchiveMismatch, FolderArchive
 from transcode.pipeline import IngestOutcome, WorkerPool, ingest
-from transcode.policy import Reason
+from transcode.policy import OnConflict, Reason
 from transcode.server.catalog import uid
 from transcode.server.errors import Problem
 from transcode.server.multipart import save_parts
@@ -35,13 +37,19 @@ from transcode.server.service import Service
 
 # Storage status codes (PS3.4 B.2.3) given as Failure Reason (0008,1197), as PS3.18 10.5.3 asks.
 PROCESSING_FAILURE, DUPLICATE_SOP, CANNOT_UNDERSTAND, WRONG_STUDY = 0x0110, 0x0111, 0xC000, 0xA900
+#: Failed for what the bytes are: not an instance that can be archived.
 _UNDERSTANDING = {Reason.NOT_DICOM, Reason.MISSING_FILE_META, Reason.NO_SOP_INSTANCE_UID, Reason.BAD_PIXEL_DATA,
-                  Reason.DECODE_ERROR, Reason.INVALID_UID, Reason.UNREADABLE}
+                  Reason.TRUNCATED, Reason.INVALID_UID, Reason.UNREADABLE}
+#: Stored: the instance is in the archive as sent (or was already).
+_STORED = {IngestOutcome.TRANSCODED, IngestOutcome.KEPT, IngestOutcome.DUPLICATE, IngestOutcome.REPLACED}
 _LOCK = threading.Lock()  # one STOW ingest at a time in this process
 
 
-def routes(service: Service, pool: WorkerPool) -> APIRouter:
+def routes(service: Service, pool: WorkerPool, on_conflict: OnConflict | str = OnConflict.KEEP) -> APIRouter:
+    """STOW-RS routes; a SOP Instance UID archived already with other
+    content is settled by `policy.resend` with `on_conflict`, as ingest does."""
     router = APIRouter()
+    on_conflict = OnConflict(on_conflict)
 
     async def store(request: Request, study: str | None) -> Response:
         if service.archive.root is None:
@@ -52,7 +60,7 @@ def routes(service: Service, pool: WorkerPool) -> APIRouter:
             study = uid(study, "Study Instance UID")
         with tempfile.TemporaryDirectory(prefix="stow-") as folder:
             files = await save_parts(request.stream(), request.headers.get("content-type"), Path(folder))
-            status, body = await run_in_threadpool(_store, service, request, files, study, pool)
+            status, body = await run_in_threadpool(_store, service, request, files, study, pool, on_conflict)
         return Response(json.dumps(body), status_code=status, media_type="application/dicom+json")
 
     @router.post("/studies")
@@ -78,7 +86,7 @@ def _identify(path: Path) -> tuple[str | None, str | None, str | None]:
 
 
 def _store(service: Service, request: Request, files: list[Path], study: str | None,
-           pool: WorkerPool) -> tuple[int, dict[str, Any]]:
+           pool: WorkerPool, on_conflict: OnConflict) -> tuple[int, dict[str, Any]]:
     sent = {str(path): _identify(path) for path in files}
     failed: list[dict[str, Any]] = []
     referenced: list[dict[str, Any]] = []
@@ -94,7 +102,7 @@ def _store(service: Service, request: Request, files: list[Path], study: str | N
             raise Problem(503, "busy", "another STOW-RS request is being stored", {"Retry-After": "10"})
         try:
             with FolderArchive(service.archive.root, exclusive=True) as target:
-                report = ingest(todo, target, pool=pool)
+                report = ingest(todo, target, pool=pool, on_conflict=on_conflict)
         except ArchiveBusy:
             raise Problem(503, "busy", "an ingest is running into this archive", {"Retry-After": "60"}) from None
         except ArchiveMismatch as exc:  # the index was emptied or replaced while serving: store nothing
@@ -103,8 +111,9 @@ def _store(service: Service, request: Request, files: list[Path], study: str | N
             _LOCK.release()
         for entry in report.entries:
             sop_class, sop, study_uid = sent[entry["source_path"]]
+            sop = sop or entry.get("sop_uid")  # one pydicom cannot parse: as the ingest read it
             outcome = entry["outcome"]
-            if outcome in (IngestOutcome.TRANSCODED, IngestOutcome.KEPT, IngestOutcome.DUPLICATE):
+            if outcome in _STORED:
                 item = {"00081150": _ui(sop_class), "00081155": _ui(sop)}
                 row = service.catalog.db.execute(
                     "SELECT study_uid, series_uid FROM instances WHERE sop_uid = ?", (entry["sop_uid"],)
