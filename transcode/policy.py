@@ -47,6 +47,8 @@ class Reason(StrEnum):
     INDEPENDENT_DECODER_MISMATCH = "independent_decoder_mismatch"
     VERIFY_MISMATCH = "verify_mismatch"
     ENCODER_ERROR = "encoder_error"
+    FRAME_TOO_LARGE = "frame_too_large"
+    SOURCE_DECODERS_DISAGREE = "source_decoders_disagree"
     # failed: the input is broken or the output could not be written
     NOT_DICOM = "not_dicom"
     MISSING_FILE_META = "missing_file_meta"
