@@ -173,10 +173,11 @@ def _window(spec: PixelSpec | None, workers: int) -> int:
 
 
 def _format(spec: PixelSpec, settings: EncodeSettings) -> tuple[Any, ...]:
-    """What the codestream's coding parameters depend on: the pixel format
-    a cross-check of one frame speaks for (see `verify.CrossCheck`)."""
+    """What a cross-check of one frame speaks for (see `verify.CrossCheck`):
+    the source's syntax (its decoders) and what the output codestream's
+    coding parameters depend on."""
     return (
-        spec.bits_allocated, spec.pixel_representation, spec.samples_per_pixel, spec.photometric in _COLOUR_TRANSFORM,
+        str(spec.transfer_syntax), spec.bits_allocated, spec.pixel_representation, spec.samples_per_pixel, spec.photometric in _COLOUR_TRANSFORM,
         settings.tile_for(spec.columns, spec.rows), htj2k.decompositions_for(spec.columns, spec.rows),
     )
 

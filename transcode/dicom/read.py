@@ -236,7 +236,9 @@ class Instance:
                 arr, _props = next(frames)
             except StopIteration:
                 return
-            except Exception as exc:  # any decoder's complaint about the source
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except BaseException as exc:  # any decoder's complaint; Rust ones (pylibjpeg-rle) panic with a BaseException
                 raise fail(Reason.DECODE_ERROR, f"cannot decode the source pixel data: {exc}") from exc
             # Big endian sources come as big endian arrays; codecs want native order.
             yield arr.astype(arr.dtype.newbyteorder("="), copy=False)
