@@ -24,6 +24,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from transcode.archive import ArchiveBusy, FolderArchive
+from transcode.codecs.htj2k import EncodeSettings
 from transcode.pipeline import IngestOutcome, WorkerPool, ingest
 from transcode.policy import Reason
 from transcode.server.catalog import uid
@@ -38,7 +39,7 @@ _UNDERSTANDING = {Reason.NOT_DICOM, Reason.MISSING_FILE_META, Reason.NO_SOP_INST
 _LOCK = threading.Lock()  # one STOW ingest at a time in this process
 
 
-def routes(service: Service, pool: WorkerPool) -> APIRouter:
+def routes(service: Service, pool: WorkerPool, settings: EncodeSettings | None = None) -> APIRouter:
     router = APIRouter()
 
     async def store(request: Request, study: str | None) -> Response:
@@ -48,7 +49,7 @@ def routes(service: Service, pool: WorkerPool) -> APIRouter:
             study = uid(study, "Study Instance UID")
         with tempfile.TemporaryDirectory(prefix="stow-") as folder:
             files = await save_parts(request.stream(), request.headers.get("content-type"), Path(folder))
-            status, body = await run_in_threadpool(_store, service, request, files, study, pool)
+            status, body = await run_in_threadpool(_store, service, request, files, study, pool, settings)
         return Response(json.dumps(body), status_code=status, media_type="application/dicom+json")
 
     @router.post("/studies")
@@ -74,7 +75,7 @@ def _identify(path: Path) -> tuple[str | None, str | None, str | None]:
 
 
 def _store(service: Service, request: Request, files: list[Path], study: str | None,
-           pool: WorkerPool) -> tuple[int, dict[str, Any]]:
+           pool: WorkerPool, settings: EncodeSettings | None) -> tuple[int, dict[str, Any]]:
     sent = {str(path): _identify(path) for path in files}
     failed: list[dict[str, Any]] = []
     referenced: list[dict[str, Any]] = []
@@ -90,7 +91,7 @@ def _store(service: Service, request: Request, files: list[Path], study: str | N
             raise Problem(503, "busy", "another STOW-RS request is being stored", {"Retry-After": "10"})
         try:
             with FolderArchive(service.archive.root, exclusive=True) as target:
-                report = ingest(todo, target, pool=pool)
+                report = ingest(todo, target, pool=pool, settings=settings)
         except ArchiveBusy:
             raise Problem(503, "busy", "an ingest is running into this archive", {"Retry-After": "60"}) from None
         finally:
