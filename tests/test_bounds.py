@@ -151,3 +151,46 @@ def test_stow_of_a_huge_declared_frame_is_stored_as_is_beside_other_uploads(tmp_
     assert out["syntaxes"] == ["1.2.840.10008.1.2.4.202", RLELossless]
     assert out["rendered"] == [[200, ""], [200, ""], [400, "image_too_large"], [400, "image_too_large"]]
     assert out["peak_mb"] < PEAK_BOUND_MB and out["children_peak_mb"] < PEAK_BOUND_MB, out
+
+
+def test_rendered_images_are_scaled_to_the_cap_and_decode_at_most_the_cap(served, monkeypatch) -> None:
+    """The tiled 600x500 CR under a 10,000-pixel cap: the output fits the cap
+    (aspect kept), from a level that fits it too; the kept 64x64 JPEG, which
+    has no levels, is refused rather than decoded whole."""
+    import io
+
+    from fastapi.testclient import TestClient
+    from PIL import Image
+
+    from transcode.archive import FolderArchive
+    from transcode.server import create_app, render
+    from transcode.server.frames import FrameReader
+
+    decoded: list[tuple[int, ...]] = []
+    real = FrameReader.pixels
+
+    def noting(self, instance, number, level=None):
+        frame = real(self, instance, number, level)
+        decoded.append(frame.shape)
+        return frame
+
+    with FolderArchive(served.root) as archive:
+        client = TestClient(create_app(archive, render_limits=render.RenderLimits(max_pixels=10_000)))
+        study, series, sop = served.find("CR")
+        base = f"/dicomweb/studies/{study}/series/{series}/instances/{sop}"
+        monkeypatch.setattr(FrameReader, "pixels", noting)
+        for query in ("", "?viewport=8192,8192"):
+            r = client.get(base + "/rendered" + query, headers={"Accept": "image/png"})
+            assert r.status_code == 200, r.text
+            width, height = Image.open(io.BytesIO(r.content)).size
+            assert width * height <= 10_000 and abs(width / height - 500 / 600) < 0.02
+        assert decoded and all(shape[0] * shape[1] <= 10_000 for shape in decoded)
+        (jpeg,) = [s for s in served.sources if served.source(s).PhotometricInterpretation == "YBR_FULL_422"]
+        ds = served.source(jpeg)
+        r = client.get(f"/dicomweb/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/{jpeg}"
+                       "/rendered", params={"viewport": "10,10"})
+        assert r.status_code == 200  # 64x64 = 4,096 pixels: under the cap
+        tight = TestClient(create_app(archive, render_limits=render.RenderLimits(max_pixels=4_000)))
+        r = tight.get(f"/dicomweb/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/{jpeg}"
+                      "/thumbnail")
+        assert r.status_code == 400 and r.json()["error"] == "image_too_large"
