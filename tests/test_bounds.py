@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from pydicom.uid import JPEGLSLossless, RLELossless
+from pydicom.uid import HTJ2KLossless, JPEG2000Lossless, JPEGLSLossless, RLELossless
 
 from fixtures.generate import Spec, write
 from tests.conftest import ROOT
@@ -35,15 +35,17 @@ HUGE = 30000
 
 def _relabelled(tmp: Path, name: str, transfer_syntax: str, *, header: int, codestream: int | None = None) -> Path:
     """A 64x64 8-bit instance whose header says `header` x `header` and, for
-    JPEG-LS, whose codestream's SOF says `codestream` x `codestream`."""
+    JPEG-LS and JPEG 2000, whose codestream says `codestream` x `codestream`."""
     path = write(Spec("OT", 64, 64, 1, 8, 8, seed=5, transfer_syntax=transfer_syntax), tmp / f"{name}.dcm")
     ds = pydicom.dcmread(path)
     ds.Rows = ds.Columns = header
     ds.save_as(path)
     if codestream is not None:
         data = bytearray(path.read_bytes())
-        sof = data.index(b"\xff\xf7")  # JPEG-LS SOF55: length, precision, height, width
-        struct.pack_into(">HH", data, sof + 5, codestream, codestream)
+        if transfer_syntax == JPEGLSLossless:  # SOF55: length, precision, height, width
+            struct.pack_into(">HH", data, data.index(b"\xff\xf7") + 5, codestream, codestream)
+        else:  # SOC, SIZ: length, capabilities, width, height (image offsets 0)
+            struct.pack_into(">II", data, data.index(b"\xff\x4f\xff\x51") + 8, codestream, codestream)
         path.write_bytes(data)
     return path
 
@@ -81,10 +83,13 @@ def test_a_huge_declared_frame_is_kept_before_anything_is_decoded(tmp_path, tran
     assert sha256(tmp_path / "out.dcm") == sha256(src)  # kept: archived unchanged
 
 
-def test_a_codestream_larger_than_its_header_is_not_decoded(tmp_path) -> None:
-    """Header 64x64, JPEG-LS frame header 30000x30000: the decoder would
-    allocate 900 MB before pydicom noticed the size (1.8 GB peak seen)."""
-    src = _relabelled(tmp_path, "liar", JPEGLSLossless, header=64, codestream=HUGE)
+@pytest.mark.parametrize("transfer_syntax", [JPEGLSLossless, JPEG2000Lossless, HTJ2KLossless])
+def test_a_codestream_larger_than_its_header_is_not_decoded(tmp_path, transfer_syntax) -> None:
+    """Header 64x64, codestream 30000x30000: decoders allocate for the
+    codestream's frame before pydicom compares sizes (seen: 1.8 GB for a
+    real 30000x30000 JPEG-LS stream, 760 MB and 10 s for a 12000x12000
+    JPEG 2000 one, in 64x64 headers)."""
+    src = _relabelled(tmp_path, "liar", transfer_syntax, header=64, codestream=HUGE)
     out = _peak(CONVERT, str(src), str(tmp_path / "out.dcm"))
     assert (out["outcome"], out["reason"]) == ("failed", "decode_error"), out
     assert "declares 900,000,000 samples" in out["detail"]

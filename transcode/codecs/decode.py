@@ -4,7 +4,9 @@ pydicom's decoder runner does the DICOM side (frame boundaries, byte order,
 planar configuration, J2K/JPEG-LS sign corrections); the codec libraries do
 the bit streams. Native, deflated and RLE data use pydicom's own code; JPEG
 2000 and HTJ2K go through pylibjpeg-openjpeg; JPEG and JPEG-LS through the
-imagecodecs plugin registered here.
+imagecodecs plugin registered here. Both plugins check the codestream's
+declared size against the data set before decoding (codecs/sizes.py); the
+OpenJPEG one replaces pydicom's J2K plugins, so nothing decodes what it refused.
 
 Where a second, independent implementation exists, it is kept apart as the
 *independent* decoder of that syntax, for cross-checking the source:
@@ -23,9 +25,10 @@ from pydicom.encaps import encapsulate
 from pydicom.pixels import get_decoder
 from pydicom.pixels.decoders.base import Decoder
 
-from transcode.codecs import imagecodecs_plugin
+from transcode.codecs import imagecodecs_plugin, openjpeg_plugin
 
 _PLUGIN = ("imagecodecs", ("transcode.codecs.imagecodecs_plugin", "decode_frame"))
+_OPENJPEG = ("openjpeg", ("transcode.codecs.openjpeg_plugin", "decode_frame"))
 #: Independent decoders, each the only plugin of a decoder of its own.
 _INDEPENDENT = {
     uid.JPEGLossless: ("liblj92", ("transcode.codecs.imagecodecs_plugin", "decode_frame_ljpeg")),
@@ -48,6 +51,11 @@ def register_plugins() -> None:
         decoder = get_decoder(tsyntax)
         if _PLUGIN[0] not in decoder.available_plugins:
             decoder.add_plugin(*_PLUGIN)
+    for tsyntax in openjpeg_plugin.DECODER_DEPENDENCIES:
+        decoder = get_decoder(tsyntax)
+        for label in [*decoder.available_plugins, *decoder.missing_dependencies]:
+            decoder.remove_plugin(label.split(" ")[0])
+        decoder.add_plugin(*_OPENJPEG)
     for tsyntax, label in _SECOND_IN_RUNNER.items():
         decoder = get_decoder(tsyntax)
         if label in decoder.available_plugins:
