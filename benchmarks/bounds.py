@@ -6,7 +6,9 @@ format with OpenJPEG too) in a fresh interpreter and reports its peak
 resident memory (VmHWM), against the interpreter with the
 same imports and nothing transcoded. The frame size cap
 (`EncodeSettings.max_frame_bytes`, `--max-frame-mb`) is chosen from these
-figures: memory per frame in flight is a small multiple of the frame.
+figures: memory per frame in flight is a small multiple of the frame. The
+last table is the memory `/rendered` adds per decoded pixel, which sets the
+server's render cap (`RenderLimits`, `--max-render-pixels`).
 
     python benchmarks/bounds.py [--out results/]
 """
@@ -47,8 +49,28 @@ print(json.dumps({"outcome": result and result.outcome.value, "reason": result a
 """
 
 
-def peak(*args: str) -> dict:
-    done = subprocess.run([sys.executable, "-c", RUN, *args], cwd=ROOT, capture_output=True, text=True, check=True)
+#: The grey-scale rendering of one decoded frame (what /rendered does after decoding).
+RENDER = """
+import json, sys
+import numpy as np
+from pydicom.dataset import Dataset
+from transcode.server import render
+def hwm():
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024
+rows, columns = int(sys.argv[1]), int(sys.argv[2])
+ds = Dataset()
+ds.PhotometricInterpretation, ds.RescaleSlope, ds.RescaleIntercept = "MONOCHROME2", 1, -1024
+ds.WindowCenter, ds.WindowWidth = 40, 400
+frame = (np.arange(rows * columns, dtype=np.uint32) % 4096).astype(np.uint16).reshape(rows, columns)
+before = hwm()
+render.encode_image(render.to_rgb_or_grey(frame, ds, None), (columns, rows), "image/jpeg")
+print(json.dumps({"added_mb": hwm() - before}))
+"""
+
+
+def peak(*args: str, code: str = RUN) -> dict:
+    done = subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -79,7 +101,14 @@ def main() -> int:
             rows.append(f"| {name} | {frame_mb:.1f} MiB | {out['peak_mb']:.0f} MB | {above:.0f} MB | "
                         f"{above / frame_mb:.1f}x | {out['outcome']} {out['reason']} |")
             src.unlink()
-    rows.append(f"\nThe bare interpreter with the same imports: {baseline:.0f} MB.")
+    rows.append(f"\nThe bare interpreter with the same imports: {baseline:.0f} MB.\n")
+    rows += ["| rendering one grey-scale frame (after its decode) | pixels | memory added | per pixel |",
+             "|---|---|---|---|"]
+    for height, width in ((2048, 2048), (4096, 4096), (5120, 4096)):
+        added = peak(str(height), str(width), code=RENDER)["added_mb"]
+        report.setdefault("render", {})[f"{width}x{height}"] = added
+        rows.append(f"| {width}x{height} | {width * height / 1e6:.1f} M | {added:.0f} MB | "
+                    f"{added * 2**20 / (width * height):.0f} bytes |")
     save(args.out, "bounds", report, "\n".join(rows))
     return 0
 

@@ -6,6 +6,11 @@ releases the GIL, so all cores work), hashes it meanwhile, then writes each
 encoded frame in order while the pool verifies it. Each stage holds a
 bounded window of frames (`_window`), so memory follows frame size and core
 count, never instance size. Nothing is published before every check passed.
+
+The header decides first: a frame larger than `EncodeSettings.max_frame_bytes`
+is kept as is before anything is decoded. The frames `verify.CrossCheck`
+selects are also decoded by independent decoders, the output by OpenJPEG and
+a JPEG Lossless or RLE source by its second decoder, on the pool.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from pydicom.uid import UID, HTJ2KLosslessRPCL
 
 from transcode.codecs import htj2k
 from transcode.codecs.codestream import CodestreamIndex
+from transcode.codecs.decode import independent_name
 from transcode.codecs.htj2k import EncodeSettings
 from transcode.dicom.metadata import DicomJson, dicom_json
 from transcode.dicom.read import Instance, PixelSpec, open_instance
@@ -32,7 +38,6 @@ from transcode.dicom.write import EncapsulatedWriter, copy_atomically
 from transcode.digest import Digest
 from transcode.policy import LOSSLESS_SOURCES, Outcome, Reason, Stop, fail, keep
 from transcode.runtime import frame_pool
-from transcode.codecs.decode import independent_name
 from transcode.verify import SAMPLER, CrossCheck, crosscheck_frame, crosscheck_source, verify_frame
 
 LOG = logging.getLogger("transcode")
@@ -177,8 +182,9 @@ def _format(spec: PixelSpec, settings: EncodeSettings) -> tuple[Any, ...]:
     the source's syntax (its decoders) and what the output codestream's
     coding parameters depend on."""
     return (
-        str(spec.transfer_syntax), spec.bits_allocated, spec.pixel_representation, spec.samples_per_pixel, spec.photometric in _COLOUR_TRANSFORM,
-        settings.tile_for(spec.columns, spec.rows), htj2k.decompositions_for(spec.columns, spec.rows),
+        str(spec.transfer_syntax), spec.bits_allocated, spec.pixel_representation, spec.samples_per_pixel,
+        spec.photometric in _COLOUR_TRANSFORM, settings.tile_for(spec.columns, spec.rows),
+        htj2k.decompositions_for(spec.columns, spec.rows),
     )
 
 
@@ -231,7 +237,8 @@ def _transcode_frames(
     digest = Digest()
     encoding: deque[tuple[int, np.ndarray, bool, Future[tuple[bytes, CodestreamIndex]]]] = deque()
     checks: deque[Future[None]] = deque()
-    # The source's own codestreams, for its independent decoder (if it has one).
+    # The source's own codestreams, for its independent decoder (if it has one):
+    # each is read right after the primary decoder read it, from the page cache.
     tsyntax = spec.transfer_syntax
     codestreams = instance.codestreams() if independent_name(tsyntax) and crosscheck is not CrossCheck.NONE else None
     options = _pixel_options(spec, instance.dataset)

@@ -37,9 +37,10 @@ MAX_RENDER_PIXELS = 4096 * 4096
 class RenderLimits:
     """`max_pixels`: the largest rendered image and the largest frame or
     resolution level decoded for one (rows x columns). The default, 4096 x
-    4096, renders a 4096x5120 mammogram at 3277x4096 from its full level; a
-    rendering costs at most about 20 bytes per pixel of it (the decoded
-    frame, the float stages of the grey-scale pipeline, the output), 340 MB."""
+    4096, renders a 4096x5120 mammogram at 3663x4579 from the level below
+    full resolution (2048x2560), upscaled. The grey-scale pipeline holds
+    float64 copies of what it decodes, about 18 bytes per pixel
+    (benchmarks/bounds.py): some 300 MB per request at the default."""
 
     max_pixels: int = MAX_RENDER_PIXELS
 
