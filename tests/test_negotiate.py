@@ -78,3 +78,15 @@ def test_rendered_media_types() -> None:
     assert choose_image("image/jpeg", "image/png") == "image/png"  # the accept query parameter wins
     with pytest.raises(NotAcceptable):
         choose_image("image/gif")
+
+
+def test_level_refusals_name_the_real_obstacle() -> None:
+    from transcode.server.negotiate import level_refusal
+
+    stored = choose_frames("image/jphc", "1.2.840.10008.1.2.4.202", single=True)
+    assert level_refusal(stored, "1.2.840.10008.1.2.4.202", has_levels=True) is None
+    decoded = choose_frames(None, "1.2.840.10008.1.2.4.202", single=True)
+    assert "accept image/jphc" in level_refusal(decoded, "1.2.840.10008.1.2.4.202", has_levels=True)
+    kept = choose_frames("image/jphc", "1.2.840.10008.1.2.4.203", single=True)
+    message = level_refusal(kept, "1.2.840.10008.1.2.4.203", has_levels=False)
+    assert "kept as is in 1.2.840.10008.1.2.4.203" in message and "accept" not in message

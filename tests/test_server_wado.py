@@ -297,3 +297,33 @@ def test_metadata_json_is_valid_for_pydicom(client, served) -> None:
     meta = client.get(url(study, series, sop) + "/metadata").json()[0]
     ds = pydicom.Dataset.from_json(json.dumps({k: v for k, v in meta.items() if k != "7FE00010"}))
     assert ds.SOPInstanceUID == sop
+
+
+def _kept_jpeg(served: Served) -> tuple[str, str, str]:
+    (sop,) = [s for s in served.sources if served.source(s).PhotometricInterpretation == "YBR_FULL_422"]
+    ds = served.source(sop)
+    return ds.StudyInstanceUID, ds.SeriesInstanceUID, sop
+
+
+def test_decoded_frames_of_a_ybr_full_422_jpeg_are_full_size_rgb(client, served) -> None:
+    """PS3.5 8.2.1: decompressed, the frame is no longer subsampled; a viewer
+    given native pixels of the full size (Cornerstone3D) shows them as RGB.
+    They were the decoder's YCbCr: wrong colours."""
+    study, series, sop = _kept_jpeg(served)
+    source = served.source(sop)
+    r = client.get(url(study, series, sop) + "/frames/1", headers={"Accept": UNCOMPRESSED})
+    assert r.status_code == 200, r.text
+    ((headers, payload),) = multipart_parts(r.headers["content-type"], r.content)
+    assert headers["Content-Type"] == f"application/octet-stream; transfer-syntax={LE}"
+    rgb = source.pixel_array  # pydicom: decoded and converted to RGB
+    assert len(payload) == rgb.size == source.Rows * source.Columns * 3
+    np.testing.assert_array_equal(np.frombuffer(payload, np.uint8).reshape(rgb.shape), rgb)
+
+
+def test_level_on_a_kept_instance_says_levels_need_the_archive_s_htj2k(client, served) -> None:
+    study, series, sop = _kept_jpeg(served)
+    r = client.get(url(study, series, sop) + "/frames/1?level=0", headers={"Accept": "image/jpeg"})
+    assert r.status_code == 400 and r.json()["error"] == "no_levels"
+    detail = r.json()["detail"]
+    assert "1.2.840.10008.1.2.4.202" in detail and "1.2.840.10008.1.2.4.50" in detail
+    assert "accept image/jphc" not in detail  # it accepted its stored type; no header would help

@@ -30,7 +30,7 @@ from transcode.pipeline import ingest
 from transcode.policy import OnConflict, Outcome, Stop
 from transcode.report import Progress, ReportFile, print_summary
 from transcode.transcoder import TranscodeResult, transcode_file
-from transcode.verify import CrossCheck
+from transcode.verify import SAMPLE_EVERY, CrossCheck
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_KEPT = 0, 1, 2, 3
 EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
@@ -100,7 +100,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
             print(f"transcode: {dst} lies inside {src}: the source is never written to", file=sys.stderr)
             return EXIT_USAGE
         dst.mkdir(parents=True, exist_ok=True)
-    settings = EncodeSettings(tile_threshold=args.tile_threshold, tile_size=args.tile_size)
+    settings = _settings(args)
     results = []
     for source, target in _pairs(src, dst):
         result = transcode_file(
@@ -184,7 +184,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
                 args.paths, archive, workers=args.workers, threads=args.threads, crosscheck=args.crosscheck,
                 progress=progress, on_entry=report_file.add if report_file else None, keep_entries=False,
                 on_conflict=args.on_conflict,
-                settings=EncodeSettings(tile_threshold=args.tile_threshold, tile_size=args.tile_size),
+                settings=_settings(args),
             )
         if report_file:
             report_file.finish(report)
@@ -264,7 +264,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # Each worker process builds its own app (and archive handle) from these.
     os.environ[SERVE_OPTIONS] = json.dumps({"archive": str(Path(args.archive).resolve()), "read_only": read_only,
                                             "cors_origins": args.cors_origin, "stow_workers": args.stow_workers,
-                                            "on_conflict": args.on_conflict})
+                                            "on_conflict": args.on_conflict,
+                                            "max_frame_bytes": _frame_bytes(args.max_frame_mb),
+                                            "max_render_pixels": args.max_render_pixels})
     host = f"[{args.host}]" if ":" in args.host else args.host
     print(f"DICOMweb root: http://{host}:{args.port}/dicomweb  (studies: http://{host}:{args.port}/dicomweb/studies)",
           flush=True)
@@ -294,11 +296,28 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _frame_bytes(mib: float) -> int:
+    return int(mib * (1 << 20))
+
+
+def _settings(args: argparse.Namespace) -> EncodeSettings:
+    return EncodeSettings(tile_threshold=args.tile_threshold, tile_size=args.tile_size,
+                          max_frame_bytes=_frame_bytes(args.max_frame_mb))
+
+
+def _frame_cap_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--max-frame-mb", type=float, default=EncodeSettings().max_frame_bytes / (1 << 20),
+                        help="keep as is, undecoded, frames larger than this decoded (MiB; default: %(default)g)")
+
+
 def _encode_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--crosscheck", choices=[c.value for c in CrossCheck], default=CrossCheck.FIRST.value,
-        help="frames also decoded by OpenJPEG, the independent decoder (default: first)",
+        "--crosscheck", choices=[c.value for c in CrossCheck], default=CrossCheck.SAMPLE.value,
+        help="frames also decoded by independent decoders (OpenJPEG for the output; liblj92 or pydicom's RLE "
+             "decoder for JPEG Lossless and RLE sources): sample (default: the first of each format, then 1 in "
+             f"{SAMPLE_EVERY}), first (of every instance), all, none",
     )
+    _frame_cap_option(parser)
     parser.add_argument("--tile-threshold", type=int, default=EncodeSettings().tile_threshold,
                         help="tile frames whose larger side exceeds this (default: %(default)s)")
     parser.add_argument("--tile-size", type=int, default=EncodeSettings().tile_size,
@@ -357,6 +376,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--read-only", action="store_true",
                        help="write nothing: STOW-RS answers 503 (the default for a folder this user cannot write)")
     _conflict_option(serve)
+    _frame_cap_option(serve)
+    serve.add_argument("--max-render-pixels", type=int, default=None,
+                       help="rendered images larger are scaled down to it, and no larger frame is decoded for one "
+                            "(default: 4096 x 4096)")
     serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     serve.set_defaults(func=cmd_serve)
 

@@ -325,7 +325,7 @@ class Ingest:
         workers: int | None = None,
         threads: int | None = None,
         settings: EncodeSettings | None = None,
-        crosscheck: CrossCheck | str = CrossCheck.FIRST,
+        crosscheck: CrossCheck | str = CrossCheck.SAMPLE,
         progress: Callable[[IngestReport, int, int], None] | None = None,
         worker: Callable[..., dict[str, Any]] | None = None,
         pool: WorkerPool | None = None,

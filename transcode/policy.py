@@ -59,6 +59,8 @@ class Reason(StrEnum):
     READER_ERROR = "reader_error"
     #: an unexpected error once the instance's identity was read (a bug)
     TRANSCODE_ERROR = "transcode_error"
+    FRAME_TOO_LARGE = "frame_too_large"
+    SOURCE_DECODERS_DISAGREE = "source_decoders_disagree"
     # failed: nothing that can be an archived instance, or the output could not be written
     NOT_DICOM = "not_dicom"
     MISSING_FILE_META = "missing_file_meta"

@@ -6,6 +6,11 @@ releases the GIL, so all cores work), hashes it meanwhile, then writes each
 encoded frame in order while the pool verifies it. Each stage holds a
 bounded window of frames (`_window`), so memory follows frame size and core
 count, never instance size. Nothing is published before every check passed.
+
+The header decides first: a frame larger than `EncodeSettings.max_frame_bytes`
+is kept as is before anything is decoded. The frames `verify.CrossCheck`
+selects are also decoded by independent decoders, the output by OpenJPEG and
+a JPEG Lossless or RLE source by its second decoder, on the pool.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from pydicom.uid import UID, HTJ2KLosslessRPCL
 
 from transcode.codecs import htj2k
 from transcode.codecs.codestream import CodestreamIndex
+from transcode.codecs.decode import independent_name
 from transcode.codecs.htj2k import EncodeSettings
 from transcode.dicom.elements import MalformedDataSet
 from transcode.dicom.metadata import DicomJson, dicom_json
@@ -33,7 +39,7 @@ from transcode.dicom.write import EncapsulatedWriter, copy_atomically, file_meta
 from transcode.digest import Digest, frame_digest
 from transcode.policy import LOSSLESS_SOURCES, Outcome, Reason, Stop, fail, keep
 from transcode.runtime import frame_pool
-from transcode.verify import CrossCheck, crosscheck_frame, verify_frame
+from transcode.verify import SAMPLER, CrossCheck, crosscheck_frame, crosscheck_source, verify_frame
 
 LOG = logging.getLogger("transcode")
 OUTPUT_SYNTAX = UID(HTJ2KLosslessRPCL)
@@ -122,7 +128,7 @@ class _Copy:
             self.start = instance.data_set_start
 
 
-def _check_policy(spec: PixelSpec | None) -> None:
+def _check_policy(spec: PixelSpec | None, settings: EncodeSettings) -> None:
     """Decide from the header alone whether the pixels may be transcoded."""
     if spec is None:
         raise keep(Reason.NO_PIXEL_DATA, "no Pixel Data: nothing to transcode")
@@ -145,6 +151,13 @@ def _check_policy(spec: PixelSpec | None) -> None:
         raise keep(
             Reason.UNSUPPORTED_PIXEL_FORMAT,
             f"{spec.samples_per_pixel} samples per pixel with {spec.photometric or 'no'} Photometric Interpretation",
+        )
+    if spec.frame_bytes > settings.max_frame_bytes:
+        raise keep(
+            Reason.FRAME_TOO_LARGE,
+            f"one frame of {spec.rows}x{spec.columns}x{spec.samples_per_pixel} samples of {spec.bits_allocated} bits "
+            f"is {spec.frame_bytes:,} bytes decoded, over the cap of {settings.max_frame_bytes:,} bytes "
+            "(--max-frame-mb)",
         )
 
 
@@ -202,6 +215,32 @@ def _window(spec: PixelSpec | None, workers: int) -> int:
     return max(workers, min(4 * workers, WINDOW_BYTES // spec.frame_bytes))
 
 
+def _format(spec: PixelSpec, settings: EncodeSettings) -> tuple[Any, ...]:
+    """What a cross-check of one frame speaks for (see `verify.CrossCheck`):
+    the source's syntax (its decoders) and what the output codestream's
+    coding parameters depend on."""
+    return (
+        str(spec.transfer_syntax), spec.bits_allocated, spec.pixel_representation, spec.samples_per_pixel,
+        spec.photometric in _COLOUR_TRANSFORM, settings.tile_for(spec.columns, spec.rows),
+        htj2k.decompositions_for(spec.columns, spec.rows),
+    )
+
+
+def _pixel_options(spec: PixelSpec, dataset: Any) -> dict[str, Any]:
+    """pydicom's pixel options of one frame, for the independent source decoder."""
+    return {
+        "planar_configuration": int(dataset.get("PlanarConfiguration", 0) or 0),
+        "rows": spec.rows, "columns": spec.columns, "samples_per_pixel": spec.samples_per_pixel,
+        "bits_allocated": spec.bits_allocated, "bits_stored": spec.bits_stored,
+        "pixel_representation": spec.pixel_representation, "photometric_interpretation": spec.photometric,
+    }
+
+
+def _crosscheck(source: np.ndarray, data: bytes, index: int, fmt: tuple[Any, ...]) -> None:
+    crosscheck_frame(source, data, index=index)
+    SAMPLER.passed(fmt)
+
+
 def _changes(spec: PixelSpec, dataset: Any) -> dict[str, Any]:
     changes: dict[str, Any] = {}
     if spec.photometric in _COLOUR_TRANSFORM:
@@ -232,9 +271,15 @@ def _transcode_frames(
     spec = instance.spec
     assert spec is not None
     colour = spec.photometric in _COLOUR_TRANSFORM
+    fmt = _format(spec, settings)
     digest = Digest()
-    encoding: deque[tuple[int, np.ndarray, Future[tuple[bytes, CodestreamIndex]]]] = deque()
+    encoding: deque[tuple[int, np.ndarray, bool, Future[tuple[bytes, CodestreamIndex]]]] = deque()
     checks: deque[Future[None]] = deque()
+    # The source's own codestreams, for its independent decoder (if it has one):
+    # each is read right after the primary decoder read it, from the page cache.
+    tsyntax = spec.transfer_syntax
+    codestreams = instance.codestreams() if independent_name(tsyntax) and crosscheck is not CrossCheck.NONE else None
+    options = _pixel_options(spec, instance.dataset)
 
     def settle(limit: int) -> None:
         while len(checks) > limit:
@@ -247,11 +292,11 @@ def _transcode_frames(
 
         def drain(limit: int) -> None:
             while len(encoding) > limit:
-                i, frame, encoded = encoding.popleft()
+                i, frame, due, encoded = encoding.popleft()
                 data, cs_index = encoded.result()
                 checks.append(pool.submit(verify_frame, frame, data, index=i))
-                if crosscheck is CrossCheck.ALL or (crosscheck is CrossCheck.FIRST and i == 0):
-                    checks.append(pool.submit(crosscheck_frame, frame, data, index=i))
+                if due:
+                    checks.append(pool.submit(_crosscheck, frame, data, i, fmt))
                 writer.add_frame(data)
                 result.frame_index.append(cs_index)
                 result.frame_digests.append(frame_digest(data, cs_index))
@@ -261,8 +306,13 @@ def _transcode_frames(
             for i, frame in enumerate(instance.frames()):
                 if i >= spec.number_of_frames:
                     raise keep(Reason.BAD_PIXEL_DATA, f"more frames than Number of Frames ({spec.number_of_frames})")
-                frame = canonical_words(np.ascontiguousarray(frame), spec, i)
-                encoding.append((i, frame, pool.submit(_encode, frame, i, colour, settings)))
+                stored = np.ascontiguousarray(frame)
+                codestream = next(codestreams, None) if codestreams is not None else None
+                due = SAMPLER.due(crosscheck, fmt, i)
+                if due and codestream is not None:
+                    checks.append(pool.submit(crosscheck_source, stored, codestream, tsyntax, options, index=i))
+                frame = canonical_words(stored, spec, i)
+                encoding.append((i, frame, due, pool.submit(_encode, frame, i, colour, settings)))
                 # While the pool encodes: hash (BLAKE3 releases the GIL) and, once,
                 # write the head and describe the instance.
                 digest.update(frame.data)
@@ -284,6 +334,8 @@ def _transcode_frames(
                 future.cancel()
             for future in checks:
                 future.cancel()
+            if codestreams is not None:
+                codestreams.close()
         result.output_digest = writer.commit()
         result.frame_spans = writer.frame_spans
     result.frames = spec.number_of_frames
@@ -291,12 +343,13 @@ def _transcode_frames(
 
 
 #: Reasons that may come from a codec misbehaving under concurrency.
-_CODEC_DOUBTS = frozenset({Reason.VERIFY_MISMATCH, Reason.ENCODER_ERROR, Reason.INDEPENDENT_DECODER_MISMATCH})
+_CODEC_DOUBTS = frozenset({Reason.VERIFY_MISMATCH, Reason.ENCODER_ERROR, Reason.INDEPENDENT_DECODER_MISMATCH,
+                           Reason.SOURCE_DECODERS_DISAGREE})
 
 
 def _attempt(
-    src: Path, dst: Path, result: TranscodeResult, settings: EncodeSettings, crosscheck: CrossCheck,
-    durable: bool, metadata: bool, workers: int, copy: _Copy,
+    src: Path, dst: Path, result: TranscodeResult, settings: EncodeSettings, durable: bool, metadata: bool,
+    copy: _Copy, crosscheck: CrossCheck, workers: int,
 ) -> None:
     """One pass over the instance with `workers` threads; raises Stop, and
     fills in `copy` for the instance kept as is, once its identity is read.
@@ -313,7 +366,7 @@ def _attempt(
         copy.plan(instance)
         _check_parsed(instance)
         try:
-            _check_policy(instance.spec)
+            _check_policy(instance.spec, settings)
             _transcode_frames(
                 instance, dst, result, settings, crosscheck, frame_pool(workers), _window(instance.spec, workers),
                 durable=durable, metadata=metadata,
@@ -332,7 +385,7 @@ def transcode_file(
     dst: str | os.PathLike[str],
     *,
     settings: EncodeSettings | None = None,
-    crosscheck: CrossCheck | str = CrossCheck.FIRST,
+    crosscheck: CrossCheck | str = CrossCheck.SAMPLE,
     workers: int | None = None,
     copy_kept: bool = True,
     durable: bool = True,
@@ -362,17 +415,18 @@ def transcode_file(
         if not dst_path.parent.is_dir():
             raise fail(Reason.WRITE_ERROR, f"destination folder {dst_path.parent} does not exist")
         copy = _Copy()
-        attempt = partial(_attempt, src_path, dst_path, result, settings, crosscheck, durable, metadata, copy=copy)
+        attempt = partial(_attempt, src_path, dst_path, result, settings, durable, metadata, copy)
         try:
-            attempt(workers)
+            attempt(crosscheck, workers)
         except Stop as stop:
             if stop.reason not in _CODEC_DOUBTS or workers == 1:
                 raise
             # Seen here, rarely: a codec call failing or returning other pixels
-            # while other threads ran codecs too. Prove it again on one thread;
-            # a real codec problem fails the same way and keeps the instance.
+            # while other threads ran codecs too. Prove it again on one thread,
+            # every frame cross-checked (a sampled frame that failed must not
+            # escape its check); a real problem fails the same way and keeps it.
             LOG.warning("%s: %s with %d threads; retrying on one thread", src_path, stop.detail, workers)
-            attempt(1)
+            attempt(CrossCheck.NONE if crosscheck is CrossCheck.NONE else CrossCheck.ALL, 1)
         result.outcome = Outcome.TRANSCODED
         result.destination = str(dst_path)
         result.bytes_out = dst_path.stat().st_size

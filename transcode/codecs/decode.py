@@ -4,21 +4,46 @@ pydicom's decoder runner does the DICOM side (frame boundaries, byte order,
 planar configuration, J2K/JPEG-LS sign corrections); the codec libraries do
 the bit streams. Native, deflated and RLE data use pydicom's own code; JPEG
 2000 and HTJ2K go through pylibjpeg-openjpeg; JPEG and JPEG-LS through the
-imagecodecs plugin registered here.
+imagecodecs plugin registered here. Both plugins check the codestream's
+declared size against the data set before decoding (codecs/sizes.py); the
+OpenJPEG one replaces pydicom's J2K plugins, so nothing decodes what it refused.
+
+Where a second, independent implementation exists, it is kept apart as the
+*independent* decoder of that syntax, for cross-checking the source:
+JPEG Lossless is decoded by libjpeg-turbo and, independently, by liblj92
+(imagecodecs' `ljpeg`); RLE by pylibjpeg-rle and, independently, by
+pydicom's numpy decoder. The primary decoders are pinned (pydicom's own
+RLE plugin is removed from the runner), so that a frame the primary cannot
+read is a decode error and never silently read by the other one.
 """
 
 from __future__ import annotations
 
+import numpy as np
+from pydicom import uid
+from pydicom.encaps import encapsulate
 from pydicom.pixels import get_decoder
+from pydicom.pixels.decoders.base import Decoder
 
-from transcode.codecs import imagecodecs_plugin
+from transcode.codecs import imagecodecs_plugin, openjpeg_plugin
 
 _PLUGIN = ("imagecodecs", ("transcode.codecs.imagecodecs_plugin", "decode_frame"))
+_OPENJPEG = ("openjpeg", ("transcode.codecs.openjpeg_plugin", "decode_frame"))
+#: Independent decoders, each the only plugin of a decoder of its own.
+_INDEPENDENT = {
+    uid.JPEGLossless: ("liblj92", ("transcode.codecs.imagecodecs_plugin", "decode_frame_ljpeg")),
+    uid.JPEGLosslessSV1: ("liblj92", ("transcode.codecs.imagecodecs_plugin", "decode_frame_ljpeg")),
+    uid.RLELossless: ("pydicom-numpy", ("pydicom.pixels.decoders.rle", "_decode_frame")),
+}
+#: Plugins removed from pydicom's runner, so that the primary decoder is the only one.
+_SECOND_IN_RUNNER = {uid.RLELossless: "pydicom"}
 _registered = False
+_independent: dict[str, Decoder] = {}
 
 
 def register_plugins() -> None:
-    """Register the imagecodecs plugin with pydicom's decoders, once per process."""
+    """Register the imagecodecs plugin with pydicom's decoders and pin the
+    primary decoder of syntaxes that have an independent one, once per process."""
     global _registered
     if _registered:
         return
@@ -26,4 +51,36 @@ def register_plugins() -> None:
         decoder = get_decoder(tsyntax)
         if _PLUGIN[0] not in decoder.available_plugins:
             decoder.add_plugin(*_PLUGIN)
+    for tsyntax in openjpeg_plugin.DECODER_DEPENDENCIES:
+        decoder = get_decoder(tsyntax)
+        for label in [*decoder.available_plugins, *decoder.missing_dependencies]:
+            decoder.remove_plugin(label.split(" ")[0])
+        decoder.add_plugin(*_OPENJPEG)
+    for tsyntax, label in _SECOND_IN_RUNNER.items():
+        decoder = get_decoder(tsyntax)
+        if label in decoder.available_plugins:
+            decoder.remove_plugin(label)
+    for tsyntax, (label, path) in _INDEPENDENT.items():
+        independent = Decoder(uid.UID(tsyntax))
+        independent.add_plugin(label, path)
+        _independent[tsyntax] = independent
     _registered = True
+
+
+def independent_name(tsyntax: str) -> str | None:
+    """The independent decoder of `tsyntax` (a library name), if there is one."""
+    entry = _INDEPENDENT.get(tsyntax)
+    return entry[0] if entry else None
+
+
+def decode_independently(tsyntax: str, codestream: bytes, **options: object) -> np.ndarray:
+    """One frame's `codestream` decoded by the independent decoder of
+    `tsyntax`, with the same pydicom processing as the primary decoder
+    (`raw`, no correction of unused bits): arrays comparable as they are.
+    `options` are pydicom's pixel options (rows, columns, bits...)."""
+    register_plugins()
+    arr, _ = _independent[tsyntax].as_array(
+        encapsulate([codestream]), raw=True, validate=True, correct_unused_bits=False, number_of_frames=1,
+        **options,
+    )
+    return arr.astype(arr.dtype.newbyteorder("="), copy=False)

@@ -22,9 +22,22 @@ from transcode.codecs.codestream import CodestreamIndex
 LOWEST_RESOLUTION_MAX = 64
 
 
+#: Default cap on one decoded frame: 128 MiB admits an 8192x8192 16-bit frame,
+#: a 4096x5120 16-bit mammogram (40 MiB), a 2457x1890 tomosynthesis frame
+#: (8.9 MiB) and a 6000x7000 RGB photograph (120 MiB).
+MAX_FRAME_BYTES = 128 << 20
+
+
 @dataclass(frozen=True, slots=True)
 class EncodeSettings:
-    """When and how large frames are tiled.
+    """Which frames are transcoded, and when and how large frames are tiled.
+
+    `max_frame_bytes` bounds the work one instance can ask for: a frame whose
+    decoded size (rows x columns x samples x container bytes, from the
+    header) exceeds it is kept as is before anything is decoded. Transcoding
+    a frame holds several copies of it at once (source, encoder buffers,
+    verification and cross-check decodes), so a forged 30000x30000 header in
+    a small file would otherwise take gigabytes (benchmarks/bounds.py).
 
     1024-pixel tiles (benchmarks/tile_size.py, this machine): against an
     untiled frame they cost +0.04% bytes and 1-5% codec time on 2457x1890 and
@@ -35,6 +48,7 @@ class EncodeSettings:
 
     tile_threshold: int = 2048
     tile_size: int = 1024
+    max_frame_bytes: int = MAX_FRAME_BYTES
 
     def tile_for(self, width: int, height: int) -> tuple[int, int] | None:
         if max(width, height) > self.tile_threshold:

@@ -5,6 +5,14 @@ GDCM or Pillow (baseline only). imagecodecs bundles libjpeg-turbo 3 (baseline,
 extended 12-bit and lossless, including 16-bit lossless) and CharLS under
 permissive licences, so it is the decoder we register for those syntaxes.
 
+`decode_frame_ljpeg` is liblj92 (imagecodecs' `ljpeg`), an implementation
+of lossless JPEG independent of libjpeg-turbo, used only to cross-check
+sources (see decode.py).
+
+Before decoding, the frame header (SOF) of the codestream is compared with
+the data set's (codecs/sizes.py): a 30000x30000 SOF in a 64x64 image took
+1.8 GB before pydicom noticed the size.
+
 The module follows pydicom's plugin contract: `is_available(uid)`,
 `DECODER_DEPENDENCIES` and a decode function that returns the frame's bytes
 and tells the runner how they are laid out.
@@ -16,6 +24,8 @@ import imagecodecs
 import numpy as np
 from pydicom import uid
 from pydicom.pixels.decoders.base import DecodeRunner
+
+from transcode.codecs import sizes
 
 _JPEG = (uid.JPEGBaseline8Bit, uid.JPEGExtended12Bit, uid.JPEGLossless, uid.JPEGLosslessSV1)
 _JPEG_LOSSY = (uid.JPEGBaseline8Bit, uid.JPEGExtended12Bit)
@@ -29,6 +39,20 @@ def is_available(tsyntax: str) -> bool:
     return tsyntax in DECODER_DEPENDENCIES
 
 
+def _layout(arr: np.ndarray, runner: DecodeRunner) -> bytearray:
+    arr = np.ascontiguousarray(arr)
+    if runner.samples_per_pixel > 1:
+        runner.set_option("planar_configuration", 0)
+    runner.set_option("bits_allocated", arr.dtype.itemsize * 8)
+    return bytearray(arr.data)  # writeable: pydicom corrects signs in place
+
+
+def decode_frame_ljpeg(src: bytes, runner: DecodeRunner) -> bytearray:
+    """Decode one lossless JPEG frame with liblj92 (the independent decoder)."""
+    sizes.check(sizes.jpeg_samples(src), runner)
+    return _layout(imagecodecs.ljpeg_decode(src), runner)
+
+
 def decode_frame(src: bytes, runner: DecodeRunner) -> bytearray:
     """Decode one JPEG or JPEG-LS frame, colour-by-pixel, in the stored colour space.
 
@@ -37,6 +61,7 @@ def decode_frame(src: bytes, runner: DecodeRunner) -> bytearray:
     as YCbCr so that pydicom's `raw` flag means what it says; for RGB the
     library's own marker-based choice is kept, as pydicom's Pillow plugin does.
     """
+    sizes.check(sizes.jpeg_samples(src), runner)
     tsyntax = runner.transfer_syntax
     if tsyntax in _JPEGLS:
         arr = imagecodecs.jpegls_decode(src)
@@ -44,9 +69,5 @@ def decode_frame(src: bytes, runner: DecodeRunner) -> bytearray:
         arr = imagecodecs.jpeg8_decode(src, colorspace="YCbCr", outcolorspace="YCbCr")
     else:
         arr = imagecodecs.jpeg8_decode(src)
-    arr = np.ascontiguousarray(arr)
-    if runner.samples_per_pixel > 1:
-        runner.set_option("planar_configuration", 0)
-    runner.set_option("bits_allocated", arr.dtype.itemsize * 8)
-    return bytearray(arr.data)  # writeable: pydicom corrects signs in place
+    return _layout(arr, runner)
 

@@ -48,9 +48,6 @@ FLOAT_PIXEL_DATA = 0x7FE00008
 DOUBLE_FLOAT_PIXEL_DATA = 0x7FE00009
 #: Values above this size stay on disk until they are needed.
 DEFER_SIZE = 64 * 1024
-#: Larger frames are refused: no real modality comes near (a 2457x1890
-#: tomosynthesis frame is 9 MB) and a forged header must not allocate GBs.
-MAX_FRAME_BYTES = 1 << 30
 
 
 @dataclass(frozen=True, slots=True)
@@ -301,8 +298,6 @@ class Instance:
             raise keep(Reason.BAD_PIXEL_DATA, f"Image Pixel module incomplete or invalid: {exc}") from exc
         if spec.rows < 1 or spec.columns < 1 or spec.number_of_frames < 1:
             raise keep(Reason.BAD_PIXEL_DATA, f"{spec.rows}x{spec.columns}x{spec.number_of_frames} pixels")
-        if spec.frame_bytes > MAX_FRAME_BYTES:
-            raise fail(Reason.BAD_PIXEL_DATA, f"one frame would take {spec.frame_bytes:,} bytes of memory")
         self._check_native_length(spec)
         return spec
 
@@ -316,13 +311,15 @@ class Instance:
         if element.value is None and element.value_tell + element.length > os.fstat(self._file.fileno()).st_size:
             raise fail(Reason.TRUNCATED, f"Pixel Data claims {element.length:,} bytes; the file ends before that")
 
-    def _pixel_source(self) -> IO[bytes] | bytes:
-        """The Pixel Data value: the file positioned at it when it is still
-        on disk, else the bytes (small values and deflated data sets)."""
+    def _pixel_source(self, file: IO[bytes] | None = None) -> IO[bytes] | bytes:
+        """The Pixel Data value: the file (`file`, else the instance's own)
+        positioned at it when it is still on disk, else the bytes (small
+        values and deflated data sets)."""
         element = self.raw.get(PIXEL_DATA)
         if isinstance(element, RawDataElement) and element.value is None:
-            self._file.seek(element.value_tell)
-            return self._file
+            file = file or self._file
+            file.seek(element.value_tell)
+            return file
         return self.dataset.PixelData
 
     def _check_items(self) -> None:
@@ -379,7 +376,9 @@ class Instance:
                 arr, _props = next(frames)
             except StopIteration:
                 return
-            except Exception as exc:  # any decoder's complaint about the source
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except BaseException as exc:  # any decoder's complaint; Rust ones (pylibjpeg-rle) panic with a BaseException
                 raise keep(Reason.DECODE_ERROR, f"cannot decode the source pixel data: {exc}") from exc
             # Big endian sources come as big endian arrays; codecs want native order.
             yield arr.astype(arr.dtype.newbyteorder("="), copy=False)
@@ -393,9 +392,11 @@ class Instance:
         if EXTENDED_OFFSET_TABLE in self.dataset and EXTENDED_OFFSET_TABLE_LENGTHS in self.dataset:
             extended = (self.dataset.ExtendedOffsetTable, self.dataset.ExtendedOffsetTableLengths)
         try:
-            yield from generate_frames(
-                self._pixel_source(), number_of_frames=spec.number_of_frames, extended_offsets=extended
-            )
+            # A handle of its own: `frames()` may be reading the instance's file meanwhile.
+            with open(self.path, "rb") as file:
+                yield from generate_frames(
+                    self._pixel_source(file), number_of_frames=spec.number_of_frames, extended_offsets=extended
+                )
         except (ValueError, EOFError, struct.error) as exc:
             raise keep(Reason.BAD_PIXEL_DATA, f"encapsulated Pixel Data is malformed: {exc}") from exc
 

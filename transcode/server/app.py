@@ -23,6 +23,7 @@ from starlette.responses import JSONResponse, Response
 from transcode import __version__
 from transcode.archive import FolderArchive
 from transcode.archive.store import Archive
+from transcode.codecs.htj2k import EncodeSettings
 from transcode.pipeline import WorkerPool
 from transcode.policy import Stop
 from transcode.server import qido, rendered, stow, wado
@@ -30,6 +31,7 @@ from transcode.server.catalog import uid
 from transcode.server.errors import Problem
 from transcode.server.negotiate import NotAcceptable, accepts_json
 from transcode.server.qido import QueryError
+from transcode.server.render import RenderLimits
 from transcode.server.service import Service
 
 SERVE_OPTIONS = "TRANSCODE_SERVE_OPTIONS"
@@ -39,11 +41,14 @@ STUDY, SERIES = qido.STUDY_UID, qido.SERIES_UID
 
 
 def create_app(archive: Archive, *, prefix: str = "/dicomweb", cors_origins: Sequence[str] = (),
-               stow_workers: int | None = None, on_conflict: str = "keep") -> FastAPI:
+               stow_workers: int | None = None, on_conflict: str = "keep", settings: EncodeSettings | None = None,
+               render_limits: RenderLimits | None = None) -> FastAPI:
     """The application over `archive` (opened by the caller, who closes it).
     `cors_origins`: origins allowed to call from a browser ("*" for any);
     `on_conflict`: what STOW-RS does with other content under an archived
-    SOP Instance UID (`policy.OnConflict`)."""
+    SOP Instance UID (`policy.OnConflict`); `settings`: how STOW-RS
+    transcodes (the frame size cap among them); `render_limits`: the
+    largest rendered image."""
     service = Service(archive, prefix)
     stow_pool = WorkerPool(stow_workers or 2)  # started by the first STOW-RS request
 
@@ -57,8 +62,8 @@ def create_app(archive: Archive, *, prefix: str = "/dicomweb", cors_origins: Seq
     app.router.routes.insert(0, wado.frames_route(service, prefix))  # first: the hot path
     app.include_router(wado.routes(service), prefix=prefix)
     app.include_router(_qido_routes(service), prefix=prefix)
-    app.include_router(rendered.routes(service), prefix=prefix)
-    app.include_router(stow.routes(service, stow_pool, on_conflict), prefix=prefix)
+    app.include_router(rendered.routes(service, render_limits), prefix=prefix)
+    app.include_router(stow.routes(service, stow_pool, on_conflict, settings), prefix=prefix)
     if cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST", "OPTIONS"],
                            allow_headers=["*"], expose_headers=EXPOSED)
@@ -70,9 +75,11 @@ def app_from_environment() -> FastAPI:
     """The app of one `transcode serve` worker process, from the options the
     command left in the environment (uvicorn starts workers by import path)."""
     options = json.loads(os.environ[SERVE_OPTIONS])
+    settings = EncodeSettings(max_frame_bytes=options["max_frame_bytes"]) if options.get("max_frame_bytes") else None
+    limits = RenderLimits(options["max_render_pixels"]) if options.get("max_render_pixels") else None
     return create_app(FolderArchive(options["archive"], read_only=options["read_only"]),
                       cors_origins=options["cors_origins"], stow_workers=options["stow_workers"],
-                      on_conflict=options.get("on_conflict", "keep"))
+                      on_conflict=options.get("on_conflict", "keep"), settings=settings, render_limits=limits)
 
 
 def _qido_routes(service: Service) -> APIRouter:

@@ -9,6 +9,12 @@ decode to RGB), and native Pixel Data decoded one frame at a time, so memory
 holds one frame whatever the instance size. An instance kept as is (a lossy
 or otherwise untranscoded source) goes through pydicom whole, decompressed
 when it is encapsulated.
+
+Single frames decoded for the frames resource (`native_frame`) follow the
+same rule as a decompressed instance: a JPEG stored as YBR_FULL_422 decodes
+to full-size pixels, which are sent as RGB (PS3.5 8.2.1: once decompressed
+the data is no longer subsampled; Cornerstone3D takes native pixels of the
+full size as RGB), not as the decoder's YCbCr.
 """
 
 from __future__ import annotations
@@ -17,8 +23,9 @@ from collections.abc import Iterable, Iterator
 from io import BytesIO
 from pathlib import Path
 
+import numpy as np
 import pydicom
-from pydicom.pixels import get_decoder
+from pydicom.pixels import convert_color_space, get_decoder
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from transcode.archive.index import InstanceRow
@@ -27,6 +34,7 @@ from transcode.dicom.read import open_instance
 from transcode.dicom.write import native_file
 from transcode.server.errors import Problem
 from transcode.server.frames import FrameReader, StoredInstance
+from transcode.server.service import Service
 
 _LITTLE_ENDIAN_NATIVE = {ImplicitVRLittleEndian, ExplicitVRLittleEndian, DeflatedExplicitVRLittleEndian}
 
@@ -47,6 +55,16 @@ def possible(row: InstanceRow) -> bool:
         return bool(get_decoder(syntax).is_available)
     except (ValueError, NotImplementedError):
         return False
+
+
+def native_frame(service: Service, stored: StoredInstance, number: int) -> bytes:
+    """Frame `number` as native little-endian pixel bytes: RGB for the
+    frames of a kept instance stored as YBR_FULL_422."""
+    if stored.transcoded or service.header(stored.row.path).get("PhotometricInterpretation") != "YBR_FULL_422":
+        return service.reader.native(stored, number)
+    # the decoder's full-size YCbCr (YBR_FULL) to RGB, as pydicom decompresses the whole instance
+    frame = convert_color_space(service.reader.pixels(stored, number), "YBR_FULL", "RGB")
+    return np.ascontiguousarray(frame).tobytes()  # 8-bit samples: no byte order
 
 
 def explicit_le(reader: FrameReader, stored: StoredInstance) -> Iterable[bytes]:

@@ -147,6 +147,21 @@ def choose_frames(accept: str | None, stored: str, *, single: bool, decodable: b
     raise NotAcceptable(f"frames are stored as {stored}; acceptable: {' or '.join(offers)}")
 
 
+def level_refusal(choice: FrameChoice, stored: str, *, has_levels: bool) -> str | None:
+    """Why `?level=` cannot be honoured for frames stored as `stored` and
+    sent as `choice`, or None when it can. Levels are byte prefixes of the
+    codestreams this archive wrote (`has_levels`): an instance kept as is
+    (a lossy JPEG, a .203 HTJ2K) has none, whatever the client accepts."""
+    if not has_levels:
+        return (f"resolution levels exist only for instances stored as HTJ2K Lossless RPCL "
+                f"(1.2.840.10008.1.2.4.202) by this archive; this one is kept as is in {stored}: "
+                "ask without level")
+    if choice.decode:
+        return ("level applies to frames sent as stored HTJ2K (accept image/jphc or application/octet-stream "
+                "with transfer-syntax=*), not to decoded ones")
+    return None
+
+
 @dataclass(frozen=True)
 class InstanceChoice:
     """How instances go out: as multipart parts or one application/dicom

@@ -9,6 +9,11 @@ stored (YBR converted to RGB, palettes applied).
 A viewport smaller than the frame is served from a reduced resolution level
 of the HTJ2K codestream: only the bytes of the levels it needs are read and
 decoded, then Pillow resizes to the exact size.
+
+Work is bounded by `RenderLimits`: the output is scaled down to fit its
+pixel cap, and no frame or level larger than that cap is decoded for it
+(a kept instance, which has no levels, is refused with 400 instead): a
+118 kB file declaring a huge frame otherwise took the server to 2.4 GB.
 """
 
 from __future__ import annotations
@@ -25,6 +30,19 @@ from transcode.codecs.codestream import CodestreamIndex
 from transcode.server.errors import Problem
 
 WINDOW_FUNCTIONS = ("LINEAR", "LINEAR_EXACT", "SIGMOID")
+MAX_RENDER_PIXELS = 4096 * 4096
+
+
+@dataclass(frozen=True, slots=True)
+class RenderLimits:
+    """`max_pixels`: the largest rendered image and the largest frame or
+    resolution level decoded for one (rows x columns). The default, 4096 x
+    4096, renders a 4096x5120 mammogram at 3663x4579 from the level below
+    full resolution (2048x2560), upscaled. The grey-scale pipeline holds
+    float64 copies of what it decodes, about 18 bytes per pixel
+    (benchmarks/bounds.py): some 300 MB per request at the default."""
+
+    max_pixels: int = MAX_RENDER_PIXELS
 
 
 @dataclass(frozen=True)
@@ -73,13 +91,37 @@ def fit(width: int, height: int, viewport: tuple[int, int] | None) -> tuple[int,
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
-def level_for(index: CodestreamIndex, size: tuple[int, int]) -> int:
-    """The lowest resolution level at least as large as `size` on both sides."""
+def capped(size: tuple[int, int], max_pixels: int) -> tuple[int, int]:
+    """`size` scaled down (aspect kept) to at most `max_pixels` pixels."""
+    width, height = size
+    if width * height <= max_pixels:
+        return size
+    scale = (max_pixels / (width * height)) ** 0.5
+    return max(1, int(width * scale)), max(1, int(height * scale))
+
+
+def level_for(index: CodestreamIndex, size: tuple[int, int], max_pixels: int = MAX_RENDER_PIXELS) -> int:
+    """The lowest resolution level at least as large as `size` on both
+    sides, or the largest level of at most `max_pixels` pixels if that is
+    lower (then resized up a little: decoding stays bounded)."""
+    fits = 0
     for level in range(index.resolutions):
         width, height = index.resolution_size(level)
+        if width * height > max_pixels:
+            return fits
+        fits = level
         if width >= size[0] and height >= size[1]:
             return level
-    return index.decompositions
+    return fits
+
+
+def check_decodable(columns: int, rows: int, limits: RenderLimits) -> None:
+    """Refuse (400) to decode a whole frame larger than the pixel cap."""
+    if columns * rows > limits.max_pixels:
+        raise Problem(400, "image_too_large",
+                      f"the frame is {columns}x{rows} pixels and stored without resolution levels; rendering "
+                      f"decodes at most {limits.max_pixels:,} pixels (serve --max-render-pixels): retrieve the "
+                      "frame instead")
 
 
 def apply_window(values: np.ndarray, window: Window) -> np.ndarray:

@@ -25,8 +25,9 @@ from transcode.server.service import Service
 THUMBNAIL = (128, 128)
 
 
-def routes(service: Service) -> APIRouter:
+def routes(service: Service, limits: render.RenderLimits | None = None) -> APIRouter:
     router = APIRouter()
+    limits = limits or render.RenderLimits()
     catalog, reader = service.catalog, service.reader
 
     def image(request: Request, stored: StoredInstance, number: int, viewport: tuple[int, int] | None,
@@ -42,8 +43,13 @@ def routes(service: Service) -> APIRouter:
         if (cached := not_modified(request, headers)) is not None:
             return cached
         ds = service.header(stored.row.path)
-        size = render.fit(int(ds.Columns), int(ds.Rows), viewport)
-        level = render.level_for(stored.index(number), size) if stored.transcoded else None
+        columns, rows = int(ds.Columns), int(ds.Rows)
+        size = render.capped(render.fit(columns, rows, viewport), limits.max_pixels)
+        if stored.transcoded:
+            level = render.level_for(stored.index(number), size, limits.max_pixels)
+        else:
+            render.check_decodable(columns, rows, limits)
+            level = None
         pixels = render.to_rgb_or_grey(reader.pixels(stored, number, level), ds, window)
         return Response(render.encode_image(pixels, size, media_type, quality), media_type=media_type, headers=headers)
 

@@ -28,6 +28,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from transcode.archive import ArchiveBusy, ArchiveMismatch, FolderArchive
+from transcode.codecs.htj2k import EncodeSettings
 from transcode.pipeline import IngestOutcome, WorkerPool, ingest
 from transcode.policy import OnConflict, Reason
 from transcode.server.catalog import uid
@@ -45,9 +46,11 @@ _STORED = {IngestOutcome.TRANSCODED, IngestOutcome.KEPT, IngestOutcome.DUPLICATE
 _LOCK = threading.Lock()  # one STOW ingest at a time in this process
 
 
-def routes(service: Service, pool: WorkerPool, on_conflict: OnConflict | str = OnConflict.KEEP) -> APIRouter:
+def routes(service: Service, pool: WorkerPool, on_conflict: OnConflict | str = OnConflict.KEEP,
+           settings: EncodeSettings | None = None) -> APIRouter:
     """STOW-RS routes; a SOP Instance UID archived already with other
-    content is settled by `policy.resend` with `on_conflict`, as ingest does."""
+    content is settled by `policy.resend` with `on_conflict`, as ingest does;
+    instances are transcoded with `settings`."""
     router = APIRouter()
     on_conflict = OnConflict(on_conflict)
 
@@ -60,7 +63,7 @@ def routes(service: Service, pool: WorkerPool, on_conflict: OnConflict | str = O
             study = uid(study, "Study Instance UID")
         with tempfile.TemporaryDirectory(prefix="stow-") as folder:
             files = await save_parts(request.stream(), request.headers.get("content-type"), Path(folder))
-            status, body = await run_in_threadpool(_store, service, request, files, study, pool, on_conflict)
+            status, body = await run_in_threadpool(_store, service, request, files, study, pool, on_conflict, settings)
         return Response(json.dumps(body), status_code=status, media_type="application/dicom+json")
 
     @router.post("/studies")
@@ -86,7 +89,7 @@ def _identify(path: Path) -> tuple[str | None, str | None, str | None]:
 
 
 def _store(service: Service, request: Request, files: list[Path], study: str | None,
-           pool: WorkerPool, on_conflict: OnConflict) -> tuple[int, dict[str, Any]]:
+           pool: WorkerPool, on_conflict: OnConflict, settings: EncodeSettings | None) -> tuple[int, dict[str, Any]]:
     sent = {str(path): _identify(path) for path in files}
     failed: list[dict[str, Any]] = []
     referenced: list[dict[str, Any]] = []
@@ -102,7 +105,7 @@ def _store(service: Service, request: Request, files: list[Path], study: str | N
             raise Problem(503, "busy", "another STOW-RS request is being stored", {"Retry-After": "10"})
         try:
             with FolderArchive(service.archive.root, exclusive=True) as target:
-                report = ingest(todo, target, pool=pool, on_conflict=on_conflict)
+                report = ingest(todo, target, pool=pool, on_conflict=on_conflict, settings=settings)
         except ArchiveBusy:
             raise Problem(503, "busy", "an ingest is running into this archive", {"Retry-After": "60"}) from None
         except ArchiveMismatch as exc:  # the index was emptied or replaced while serving: store nothing

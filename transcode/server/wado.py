@@ -37,6 +37,7 @@ from transcode.server.negotiate import (
     accepts_json,
     choose_frames,
     choose_instances,
+    level_refusal,
 )
 from transcode.server.responses import cache_headers, etag, not_modified, ranged
 from transcode.server.service import Service
@@ -69,9 +70,9 @@ def send_frames(service: Service, request: Request, stored: StoredInstance, numb
     reader.check(stored, numbers)
     row = stored.row
     choice = choose_frames(request.headers.get("accept"), row.transfer_syntax, single=len(numbers) == 1)
-    if level is not None and (choice.decode or not stored.transcoded):
-        raise Problem(400, "no_levels", "level applies to frames sent as stored HTJ2K (accept image/jphc "
-                      "or application/octet-stream with transfer-syntax=*)")
+    if level is not None and (refusal := level_refusal(choice, row.transfer_syntax,
+                                                       has_levels=stored.transcoded)):
+        raise Problem(400, "no_levels", refusal)
     key = ",".join(map(str, numbers))
     headers = cache_headers(etag("frames", *stored.content(numbers), key, choice.part_type, str(choice.multipart),
                                  str(level)), immutable=True)
@@ -80,7 +81,7 @@ def send_frames(service: Service, request: Request, stored: StoredInstance, numb
 
     def frame(number: int, head: bytes = b"", tail: bytes = b"") -> bytes | memoryview:
         if choice.decode:
-            return head + reader.native(stored, number) + tail
+            return head + convert.native_frame(service, stored, number) + tail
         return reader.stored(stored, number, level, head=head, tail=tail)
 
     base = service.instance_url(request, row)
