@@ -104,7 +104,7 @@ def test_a_codestream_larger_than_its_header_is_not_decoded(tmp_path, transfer_s
     JPEG 2000 one, in 64x64 headers)."""
     src = _relabelled(tmp_path, "liar", transfer_syntax, header=64, codestream=HUGE)
     out = _peak(CONVERT, str(src), str(tmp_path / "out.dcm"))
-    assert (out["outcome"], out["reason"]) == ("failed", "decode_error"), out
+    assert (out["outcome"], out["reason"]) == ("kept", "decode_error"), out
     assert "declares 900,000,000 samples" in out["detail"]
     assert out["peak_mb"] < PEAK_BOUND_MB, out
 

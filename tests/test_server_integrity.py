@@ -185,8 +185,8 @@ def test_a_damaged_frame_later_in_a_stream_aborts_it(copy) -> None:
 def test_a_client_sees_a_broken_transfer_not_a_complete_body(copy) -> None:
     """Over real HTTP: the second of three CT instances is damaged, so the
     series retrieve ends without its closing boundary and chunk."""
-    ct = [r for r in copy.archive.index.instances() if r.series_uid == copy.row("CT").series_uid]
-    ct.sort(key=lambda r: int(json.loads(r.dicom_json)["00200013"]["Value"][0]))  # the order they are sent in
+    ct = sorted((r for r in copy.archive.index.instances() if r.series_uid == copy.row("CT").series_uid),
+                key=lambda r: json.loads(r.dicom_json)["00200013"]["Value"][0])  # in the order they are sent
     assert len(ct) == 3
     copy.flip(ct[1], ct[1].size - 100)
     for base in serve(copy.archive):

@@ -15,8 +15,9 @@ They are there to catch damage (bit rot, a short or misplaced write), which a
 CRC-32 misses with odds of 2^-32 and never for a burst of up to 32 bits; not
 forgery (whoever can rewrite an object can rewrite the index beside it). The
 BLAKE3 object digests, which `transcode verify` checks, stay the strong
-proof. On every read the hash is on the server's hot path, where BLAKE3 cost
-about six times as much (see the README, "Integrity on read").
+proof. Checked on every read, this hash is on the server's hot path, where
+BLAKE3 cost several times as much (measured in the README, "Integrity on
+read").
 """
 
 from __future__ import annotations

@@ -91,7 +91,12 @@ def server_table(server: dict[str, Any]) -> str:
     t = server["thumbnail"]
     columns = ["case", "clients", "frames/s", "p50 ms", "p99 ms", "vs bare", "server CPU µs/frame",
                "checked vs unchecked (frames/s / CPU)"]
+    c = server["check_cost"]
+    cost = [[case, f"{c[f'{case}_us']:.0f}", f"{c[f'{case}-unchecked_us']:.0f}",
+             f"{c[f'{case}-unchecked_us'] / c[f'{case}_us']:.2f}x"] for case in ("full", "level2")]
     return (_table(columns, rows) + "\n"
+            + _table(["in process, request by request", "µs checked", "µs unchecked", "frames/s checked vs unchecked"],
+                     cost) + "\n"
             + _table(["128-px thumbnail of a 512x512 CT frame", "ms", "bytes read"],
                      [["from the level prefix (server path)", f"{t['thumbnail_s'] * 1e3:.2f}",
                        str(t["thumbnail_bytes_read"])],

@@ -12,20 +12,22 @@ turn, for a fixed time per case:
 
 Full frames and level-2 prefixes are also served by a second server over the
 same archive with integrity checks turned off (`TRANSCODE_UNCHECKED_READS`),
-alternating with the checked one in eighths of each case's time (checked,
-unchecked, unchecked, checked, twice), so that both see the same machine;
+alternating with the checked one in sixteenths of each case's time (checked,
+unchecked, unchecked, checked, four times), so that both see the same machine;
 for these the server process's CPU time per frame is reported too (from
 /proc), which other load on the machine disturbs less than throughput.
 
 Reported: frames per second and p50/p99 latency per case and concurrency;
 the ratio of full-frame serving to the bare endpoint and of checked to
-unchecked serving; and the time to a 128-pixel thumbnail (the server's
+unchecked serving, and the same in this process request by request
+(`check_cost`); and the time to a 128-pixel thumbnail (the server's
 /thumbnail path: level prefix read, checked and decoded, then resized)
 against a full decode plus the same resize.
 """
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
 import os
@@ -45,7 +47,7 @@ import uvicorn
 from transcode.archive import FolderArchive
 from transcode.bench.dataset import write_instance
 from transcode.phantom import phantom
-from transcode.server import render
+from transcode.server import create_app, render
 from transcode.server.catalog import Catalog
 from transcode.server.frames import FrameReader
 from transcode.server.integrity import UNCHECKED
@@ -80,15 +82,16 @@ def load(port: int, paths: list[str], clients: int, seconds: float) -> dict[str,
 
 def paired(servers: tuple[tuple[int, int], tuple[int, int]], paths: list[str], clients: int,
            seconds: float) -> tuple[dict[str, float], ...]:
-    """`load` on two servers (port, process id), `seconds` each, in eight
-    alternating slices (A B B A A B B A); each also with the server process's
-    CPU time per request, which other load on the machine disturbs less."""
+    """`load` on two servers (port, process id), `seconds` each, in sixteen
+    alternating slices (A B B A, four times); each also with the server
+    process's CPU time per request, which other load on the machine disturbs
+    less than throughput."""
     runs: list[list[tuple[list[float], float]]] = [[], []]
     cpu = [0.0, 0.0]
-    for which in (0, 1, 1, 0) * 2:
+    for which in (0, 1, 1, 0) * 4:
         port, pid = servers[which]
         before = cpu_seconds(pid)
-        runs[which].append(_requests(port, paths, clients, seconds / 8))
+        runs[which].append(_requests(port, paths, clients, seconds / 16))
         cpu[which] += cpu_seconds(pid) - before
     results = []
     for run, used in zip(runs, cpu, strict=True):
@@ -184,6 +187,55 @@ def thumbnail_times(archive: Path, repeats: int = 20) -> dict[str, float]:
         return best
 
 
+def check_cost(archive: Path, repeats: int = 10) -> dict[str, float]:
+    """Microseconds per frame request through the whole application in this
+    process (no sockets), integrity checks on and off, alternating request
+    by request so that both see the same machine from moment to moment: the
+    checks' cost where the load test's figures are too noisy to show it."""
+    store = FolderArchive(archive)
+    apps = []
+    for unchecked in ("0", "1"):
+        os.environ[UNCHECKED] = unchecked  # read when the application is made
+        apps.append(create_app(store))
+    del os.environ[UNCHECKED]
+    paths = [f"/dicomweb/studies/{r.study_uid}/series/{r.series_uid}/instances/{r.sop_uid}/frames/1"
+             for r in store.index.instances()]
+
+    async def request(app: Any, path: str, query: bytes) -> None:
+        status = []
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                status.append(message["status"])
+
+        await app({"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
+                   "scheme": "http", "path": path, "raw_path": path.encode(), "root_path": "", "query_string": query,
+                   "headers": [(b"host", b"bench"), (b"accept", ACCEPT.encode())], "client": ("127.0.0.1", 1),
+                   "server": ("127.0.0.1", 80)}, receive, send)
+        if status != [200]:
+            raise RuntimeError(f"{path}?{query.decode()}: {status}")
+
+    async def measure() -> dict[str, float]:
+        results = {}
+        for case, query in (("full", b""), ("level2", b"level=2")):
+            times: tuple[list[float], list[float]] = ([], [])
+            for repeat in range(repeats + 1):  # the first pass fills the caches, unmeasured
+                for i, path in enumerate(paths):
+                    for which in ((0, 1) if (i + repeat) % 2 else (1, 0)):
+                        began = time.perf_counter()
+                        await request(apps[which], path, query)
+                        if repeat:
+                            times[which].append(time.perf_counter() - began)
+            results[f"{case}_us"], results[f"{case}-unchecked_us"] = (statistics.median(t) * 1e6 for t in times)
+        return results
+
+    with store:
+        return asyncio.run(measure())
+
+
 def run(files: int, seconds: float, clients: list[int]) -> dict[str, Any]:
     """Generate and ingest `files` CT instances, then load the server and
     the bare endpoint side by side."""
@@ -230,6 +282,7 @@ def run(files: int, seconds: float, clients: list[int]) -> dict[str, Any]:
             server.terminate()
             server_unchecked.terminate()
         results["thumbnail"] = thumbnail_times(root / "archive")
+        results["check_cost"] = check_cost(root / "archive")
         results["frame_body_bytes"] = (root / "body.bin").stat().st_size
     return results
 
