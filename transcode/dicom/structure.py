@@ -29,11 +29,12 @@ from dataclasses import dataclass
 
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-UNDEFINED = 0xFFFFFFFF
-ITEM, ITEM_END, SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
-#: VRs with a 4-byte length (PS3.5 7.1.2); the others have 2 bytes.
-LONG_VRS = frozenset(b"OB OD OF OL OV OW SQ SV UC UN UR UT UV".split())
-SHORT_VRS = frozenset(b"AE AS AT CS DA DS DT FD FL IS LO LT PN SH SL SS ST TM UI UL US".split())
+from transcode.dicom import elements
+from transcode.dicom.elements import ITEM, ITEM_END, SEQUENCE_END, UNDEFINED
+
+#: VRs as the bytes of a header: with a 4-byte length (PS3.5 7.1.2), and the others.
+LONG_VRS = frozenset(vr.encode() for vr in elements.LONG_VRS)
+SHORT_VRS = frozenset(vr.encode() for vr in elements.VRS - elements.LONG_VRS)
 #: VRs that may have an undefined length: sequences, UN holding one, encapsulated pixels.
 _OPEN_VRS = frozenset({b"SQ", b"UN", b"OB", b"OW"})
 _TAG = {True: struct.Struct("<HH"), False: struct.Struct(">HH")}

@@ -32,10 +32,10 @@ from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import FileDataset
 from pydicom.filebase import DicomFileLike
 from pydicom.filewriter import write_data_element
-from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ExplicitVRLittleEndian
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
 
 from transcode import __version__
-from transcode.dicom.elements import LONG_VRS, VRS, Encoding, explicit_le
+from transcode.dicom.elements import LONG_VRS, Encoding, explicit_le
 from transcode.dicom.read import Instance
 from transcode.digest import Digest, file_digest
 
@@ -78,30 +78,16 @@ def _encode_elements(instance: Instance, keep: Callable[[int], bool], changes: d
 def _data_set_bytes(instance: Instance) -> tuple[BinaryIO, int, int, Encoding]:
     """A file object holding the source's data set (the file itself, or the
     inflated data set of a deflated one), where it starts and ends, and its
-    encoding. The encoding is the transfer syntax's, except that Explicit
-    and Implicit VR are told apart by the first element, as pydicom does."""
+    encoding as the reader found it (a data set labelled Explicit VR that
+    is Implicit VR in fact is read as what it is)."""
+    implicit, little = instance.dataset.original_encoding
     fp: BinaryIO = open(instance.path, "rb")
-    try:
-        head = fp.read(132)
-        start = 132 if head[128:132] == b"DICM" else 0
-        fp.seek(start)
-        while (header := fp.read(8))[:2] == b"\x02\x00":  # File Meta: always Explicit VR LE
-            vr = header[4:6].decode("latin-1")
-            length = struct.unpack("<I", fp.read(4))[0] if vr in LONG_VRS else struct.unpack("<H", header[6:])[0]
-            start = fp.seek(length, 1)
-        syntax = instance.transfer_syntax
-        if syntax == DeflatedExplicitVRLittleEndian:
+    start = instance.data_set_start
+    if instance.transfer_syntax == DeflatedExplicitVRLittleEndian:
+        with fp:
             fp.seek(start)
-            inflated = zlib.decompressobj(-zlib.MAX_WBITS).decompress(fp.read())
-            fp.close()
-            fp, start = BytesIO(inflated), 0
-        end = fp.seek(0, os.SEEK_END)
-        fp.seek(start + 4)
-        explicit = fp.read(2).decode("latin-1") in VRS
-        return fp, start, end, Encoding(implicit=not explicit, little=syntax != ExplicitVRBigEndian)
-    except BaseException:
-        fp.close()
-        raise
+            fp, start = BytesIO(zlib.decompressobj(-zlib.MAX_WBITS).decompress(fp.read())), 0
+    return fp, start, fp.seek(0, os.SEEK_END), Encoding(implicit=bool(implicit), little=bool(little))
 
 
 def data_set_head(instance: Instance, transfer_syntax: UID, changes: dict[str, Any]) -> bytes:
