@@ -24,7 +24,6 @@ from transcode import __version__
 from transcode.archive import FolderArchive
 from transcode.archive.store import Archive
 from transcode.codecs.htj2k import EncodeSettings
-from transcode.pipeline import WorkerPool
 from transcode.policy import Stop
 from transcode.server import qido, rendered, stow, wado
 from transcode.server.catalog import uid
@@ -33,6 +32,7 @@ from transcode.server.negotiate import NotAcceptable, accepts_json
 from transcode.server.qido import QueryError
 from transcode.server.render import RenderLimits
 from transcode.server.service import Service
+from transcode.service import IngestService
 
 SERVE_OPTIONS = "TRANSCODE_SERVE_OPTIONS"
 log = logging.getLogger("transcode.server")
@@ -50,12 +50,14 @@ def create_app(archive: Archive, *, prefix: str = "/dicomweb", cors_origins: Seq
     transcodes (the frame size cap among them); `render_limits`: the
     largest rendered image."""
     service = Service(archive, prefix)
-    stow_pool = WorkerPool(stow_workers or 2)  # started by the first STOW-RS request
+    ingester = IngestService(archive.root, workers=stow_workers or 2, settings=settings,  # started by the first STOW
+                             on_conflict=on_conflict) if archive.root is not None else None
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
-        stow_pool.close()
+        if ingester is not None:
+            ingester.close()
 
     app = FastAPI(title="transcode DICOMweb", version=__version__, docs_url=f"{prefix}/docs",
                   openapi_url=f"{prefix}/openapi.json", lifespan=lifespan)
@@ -63,7 +65,8 @@ def create_app(archive: Archive, *, prefix: str = "/dicomweb", cors_origins: Seq
     app.include_router(wado.routes(service), prefix=prefix)
     app.include_router(_qido_routes(service), prefix=prefix)
     app.include_router(rendered.routes(service, render_limits), prefix=prefix)
-    app.include_router(stow.routes(service, stow_pool, on_conflict, settings), prefix=prefix)
+    if ingester is not None:
+        app.include_router(stow.routes(service, ingester), prefix=prefix)
     if cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST", "OPTIONS"],
                            allow_headers=["*"], expose_headers=EXPOSED)

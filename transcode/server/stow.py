@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import tempfile
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -27,14 +26,14 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
-from transcode.archive import ArchiveBusy, ArchiveMismatch, FolderArchive
-from transcode.codecs.htj2k import EncodeSettings
-from transcode.pipeline import IngestOutcome, WorkerPool, ingest
-from transcode.policy import OnConflict, Reason
+from transcode.archive import ArchiveBusy, ArchiveMismatch
+from transcode.pipeline import IngestOutcome
+from transcode.policy import Reason
 from transcode.server.catalog import uid
 from transcode.server.errors import Problem
 from transcode.server.multipart import save_parts
 from transcode.server.service import Service
+from transcode.service import IngestService, ServiceBusy
 
 # Storage status codes (PS3.4 B.2.3) given as Failure Reason (0008,1197), as PS3.18 10.5.3 asks.
 PROCESSING_FAILURE, DUPLICATE_SOP, CANNOT_UNDERSTAND, WRONG_STUDY = 0x0110, 0x0111, 0xC000, 0xA900
@@ -43,27 +42,22 @@ _UNDERSTANDING = {Reason.NOT_DICOM, Reason.MISSING_FILE_META, Reason.NO_SOP_INST
                   Reason.TRUNCATED, Reason.INVALID_UID, Reason.UNREADABLE}
 #: Stored: the instance is in the archive as sent (or was already).
 _STORED = {IngestOutcome.TRANSCODED, IngestOutcome.KEPT, IngestOutcome.DUPLICATE, IngestOutcome.REPLACED}
-_LOCK = threading.Lock()  # one STOW ingest at a time in this process
 
 
-def routes(service: Service, pool: WorkerPool, on_conflict: OnConflict | str = OnConflict.KEEP,
-           settings: EncodeSettings | None = None) -> APIRouter:
-    """STOW-RS routes; a SOP Instance UID archived already with other
-    content is settled by `policy.resend` with `on_conflict`, as ingest does;
-    instances are transcoded with `settings`."""
+def routes(service: Service, ingester: IngestService) -> APIRouter:
+    """STOW-RS routes, storing through `ingester` (its options: how
+    instances are transcoded, and what becomes of a SOP Instance UID
+    archived already with other content)."""
     router = APIRouter()
-    on_conflict = OnConflict(on_conflict)
 
     async def store(request: Request, study: str | None) -> Response:
-        if service.archive.root is None:
-            raise Problem(501, "not_local", "STOW-RS needs a local archive")
         if service.archive.read_only:
             raise Problem(503, "read_only", "this archive is served read-only: it stores nothing")
         if study is not None:
             study = uid(study, "Study Instance UID")
         with tempfile.TemporaryDirectory(prefix="stow-") as folder:
             files = await save_parts(request.stream(), request.headers.get("content-type"), Path(folder))
-            status, body = await run_in_threadpool(_store, service, request, files, study, pool, on_conflict, settings)
+            status, body = await run_in_threadpool(_store, service, ingester, request, files, study)
         return Response(json.dumps(body), status_code=status, media_type="application/dicom+json")
 
     @router.post("/studies")
@@ -88,8 +82,8 @@ def _identify(path: Path) -> tuple[str | None, str | None, str | None]:
             str(ds.get("StudyInstanceUID", "")) or None)
 
 
-def _store(service: Service, request: Request, files: list[Path], study: str | None,
-           pool: WorkerPool, on_conflict: OnConflict, settings: EncodeSettings | None) -> tuple[int, dict[str, Any]]:
+def _store(service: Service, ingester: IngestService, request: Request, files: list[Path],
+           study: str | None) -> tuple[int, dict[str, Any]]:
     sent = {str(path): _identify(path) for path in files}
     failed: list[dict[str, Any]] = []
     referenced: list[dict[str, Any]] = []
@@ -100,19 +94,15 @@ def _store(service: Service, request: Request, files: list[Path], study: str | N
         else:
             todo.append(path)
     if todo:
-        assert service.archive.root is not None
-        if not _LOCK.acquire(timeout=600):
-            raise Problem(503, "busy", "another STOW-RS request is being stored", {"Retry-After": "10"})
         try:
-            with FolderArchive(service.archive.root, exclusive=True) as target:
-                report = ingest(todo, target, pool=pool, on_conflict=on_conflict, settings=settings)
+            entries = ingester.store(todo)
+        except ServiceBusy:
+            raise Problem(503, "busy", "another STOW-RS request is being stored", {"Retry-After": "10"}) from None
         except ArchiveBusy:
             raise Problem(503, "busy", "an ingest is running into this archive", {"Retry-After": "60"}) from None
         except ArchiveMismatch as exc:  # the index was emptied or replaced while serving: store nothing
             raise Problem(503, "index_mismatch", str(exc)) from None
-        finally:
-            _LOCK.release()
-        for entry in report.entries:
+        for entry in entries:
             sop_class, sop, study_uid = sent[entry["source_path"]]
             sop = sop or entry.get("sop_uid")  # one pydicom cannot parse: as the ingest read it
             outcome = entry["outcome"]
