@@ -1,0 +1,98 @@
+"""Real DICOM peers started by the tests: Orthanc (Debian's `orthanc`, with
+`orthanc-python` for plugins). Tests that need one skip where it is absent;
+`.ci/run` installs them. Loopback addresses only."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ORTHANC = shutil.which("Orthanc")
+PYTHON_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancPython.so")
+
+
+def free_port() -> int:
+    """A TCP port free on loopback now (the peer binds it right after)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass(frozen=True)
+class Orthanc:
+    """A running Orthanc: its REST root, DICOM port and AE title."""
+
+    url: str
+    dicom_port: int
+    aet: str
+    log: Path
+
+    def get(self, path: str) -> Any:
+        with urllib.request.urlopen(f"{self.url}{path}", timeout=30) as response:
+            return json.load(response)
+
+    def post(self, path: str, body: bytes, content_type: str = "application/dicom") -> Any:
+        request = urllib.request.Request(f"{self.url}{path}", data=body, headers={"Content-Type": content_type})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return json.load(response)
+
+
+@contextmanager
+def orthanc(folder: Path, *, modalities: dict[str, list[Any]] | None = None, python_script: Path | None = None,
+            aet: str = "ORTHANC", config: dict[str, Any] | None = None) -> Iterator[Orthanc]:
+    """Start Orthanc with its storage under `folder`; `modalities` are the
+    peers it may send to (name -> [AET, host, port]), `python_script` a
+    script for its Python plugin. Skips the test where Orthanc (or the
+    plugin, when a script is given) is not installed; stops it afterwards."""
+    if ORTHANC is None:
+        pytest.skip("Orthanc is not installed (Debian package orthanc)")
+    if python_script is not None and not PYTHON_PLUGIN.exists():
+        pytest.skip("Orthanc's Python plugin is not installed (Debian package orthanc-python)")
+    folder.mkdir(parents=True, exist_ok=True)
+    http_port, dicom_port = free_port(), free_port()
+    settings: dict[str, Any] = {
+        "Name": "transcode-test", "StorageDirectory": str(folder / "storage"), "IndexDirectory": str(folder / "index"),
+        "HttpPort": http_port, "DicomPort": dicom_port, "DicomAet": aet, "RemoteAccessAllowed": False,
+        "AuthenticationEnabled": False, "HttpServerEnabled": True, "DicomServerEnabled": True,
+        "DicomModalities": modalities or {}, "DicomAlwaysAllowEcho": True, "DicomAlwaysAllowStore": True,
+        "DicomCheckModalityHost": False, "Plugins": [], "StableAge": 1, "ConcurrentJobs": 2,
+    }
+    if python_script is not None:
+        settings["Plugins"] = [str(PYTHON_PLUGIN)]
+        settings["PythonScript"] = str(python_script)
+    settings.update(config or {})
+    path = folder / "orthanc.json"
+    path.write_text(json.dumps(settings))
+    log = folder / "orthanc.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen([ORTHANC, str(path)], stdout=out, stderr=subprocess.STDOUT)
+    peer = Orthanc(f"http://127.0.0.1:{http_port}", dicom_port, aet, log)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                peer.get("/system")
+                break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"Orthanc did not start: {log.read_text(errors='replace')[-2000:]}") from None
+                time.sleep(0.1)
+        yield peer
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
