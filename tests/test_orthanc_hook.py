@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -167,6 +168,19 @@ def test_c_store_instances_are_stored_as_202_and_lossy_as_received(hooked: Ortha
             assert data_set_view(dump(stored)) == data_set_view(dump(src))
         else:
             _assert_transcoded(src, stored)
+
+
+def test_concurrent_uploads_are_each_transcoded(hooked: Orthanc, tmp_path: Path) -> None:
+    """Orthanc calls the hook from several HTTP threads at once."""
+    series = write_ct_series(tmp_path / "ct", 12, rows=128, columns=96)
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda path: hooked.post("/instances", path.read_bytes()), series))
+    assert all(answer["Status"] == "Success" for answer in answers)
+    for src in series:
+        stored = _stored(hooked, _sop_uid(src), tmp_path)
+        out = pydicom.dcmread(stored)
+        assert out.file_meta.TransferSyntaxUID == HTJ2KLosslessRPCL
+        np.testing.assert_array_equal(out.pixel_array, pydicom.dcmread(src).pixel_array)
 
 
 def test_options_come_from_orthanc_json() -> None:
