@@ -40,6 +40,7 @@ a larger frame is kept as received, decided from the header.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -49,6 +50,8 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import pydicom
 
 from transcode.codecs.htj2k import EncodeSettings
 from transcode.policy import Outcome
@@ -130,10 +133,19 @@ class OrthancLogHandler(logging.Handler):
             self.handleError(record)
 
 
-def _describe(result: TranscodeResult, origin: Any) -> str:
-    reason = result.reason.value if result.reason else ""
-    text = f"transcode: received instance ({origin}) {result.outcome.value} {reason}: {result.detail}"
-    return text.rstrip(": ")
+def _identify(dicom: bytes) -> str:
+    """The SOP Instance UID of a received instance, for the log ("?" if unreadable)."""
+    try:
+        ds = pydicom.dcmread(io.BytesIO(dicom), stop_before_pixels=True, specific_tags=["SOPInstanceUID"])
+        return str(ds.get("SOPInstanceUID", "?"))
+    except Exception:  # noqa: BLE001 (only for the log line of an instance already kept or failed)
+        return "?"
+
+
+def _describe(result: TranscodeResult, dicom: bytes, origin: str) -> str:
+    reason = f" {result.reason.value}" if result.reason else ""
+    detail = f": {result.detail}" if result.detail else ""
+    return f"transcode: instance {_identify(dicom)} from {origin} {result.outcome.value}{reason}{detail}"
 
 
 def register(options: HookOptions | None = None) -> HookOptions:
@@ -152,6 +164,8 @@ def register(options: HookOptions | None = None) -> HookOptions:
     # First codec use on one thread, before Orthanc's threads call in at once
     # (see `runtime.warm_up_codecs`).
     warm_up_codecs()
+    origins = {getattr(orthanc.InstanceOrigin, name): name for name in dir(orthanc.InstanceOrigin)
+               if name.isupper()}
 
     def received(dicom: bytes, origin: Any) -> tuple[Any, bytes | None]:
         try:
@@ -159,10 +173,9 @@ def register(options: HookOptions | None = None) -> HookOptions:
         except Exception:  # e.g. the temporary directory is full: store it as received
             LOG.exception("transcode: the received instance could not be staged; stored as received")
             return orthanc.ReceivedInstanceAction.KEEP_AS_IS, None
-        if output is None:
-            LOG.warning("%s", _describe(result, origin))
+        if output is None:  # transcoded instances are not logged: one line per instance is too many
+            LOG.warning("%s; stored as received", _describe(result, dicom, origins.get(origin, str(origin))))
             return orthanc.ReceivedInstanceAction.KEEP_AS_IS, None
-        LOG.info("%s (%d -> %d bytes)", _describe(result, origin), result.bytes_in, result.bytes_out)
         return orthanc.ReceivedInstanceAction.MODIFY, output
 
     orthanc.RegisterReceivedInstanceCallback(received)
