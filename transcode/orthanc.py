@@ -14,7 +14,7 @@ are stored as received and their reason is logged in Orthanc's log.
 Enabled by a plugin script (its path in orthanc.json's "PythonScript"):
 
     import site
-    site.addsitedir("/opt/transcode/.venv/lib/python3.11/site-packages")
+    site.addsitedir("/opt/transcode/lib/python3.11/site-packages")
     import transcode.orthanc
     transcode.orthanc.register()
 
@@ -24,16 +24,16 @@ runs in. `site.addsitedir` (not `sys.path.insert`) because it reads the
 embeds the system's libpython (3.11 on Debian 12): the environment must be
 built for the same minor version, since it holds compiled wheels.
 
-Threads: Orthanc calls the hook from each of its HTTP and DICOM threads at
-once, so it runs as many instances in parallel as Orthanc has senders. The
-codecs release the GIL, so those calls share the cores; each call encodes
+Threads: Orthanc may call the hook from several of its HTTP and DICOM
+threads at once; the plugin takes only the GIL around the call, and the
+codecs release it, so parallel calls share the cores. Each call encodes
 on its own thread (`"Threads": 1`, the default), or on a process-wide pool
 of `Threads` threads shared by every call, which bounds the codec work of
 the whole process (see `transcode.runtime.frame_pool`). Per-call pools
 would multiply threads by senders and oversubscribe the cores.
 
 Memory: Orthanc holds the received instance in memory already; the hook
-adds the output (about half the input for CT) and its frames in flight,
+adds the output and the instance's frames in flight,
 bounded by `EncodeSettings.max_frame_bytes` per frame (`"MaxFrameMB"`):
 a larger frame is kept as received, decided from the header.
 """
