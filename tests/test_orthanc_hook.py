@@ -34,15 +34,15 @@ from transcode.verify import CrossCheck
 TRANSCODED = ["CT_small.dcm", "MR_small_implicit.dcm", "MR_small_bigendian.dcm", "image_dfl.dcm",
               "MR_small_RLE.dcm", "SC_rgb_jpeg_gdcm.dcm", "MR_small_jpeg_ls_lossless.dcm",
               "MR_small_jp2klossless.dcm"]
+#: JPEG Extended (.51), lossy: stored as received.
+LOSSY = "JPEG-lossy.dcm"
 #: storescu's option that proposes each file's own syntax (so Orthanc receives it as it is);
 #: the uncompressed little endian ones need none.
 PROPOSE = {"MR_small_bigendian.dcm": ["-xb"], "image_dfl.dcm": ["-xd"], "MR_small_RLE.dcm": ["-xr"],
            "SC_rgb_jpeg_gdcm.dcm": ["-xs"], "MR_small_jpeg_ls_lossless.dcm": ["-xt"],
-           "MR_small_jp2klossless.dcm": ["-xv"], "JPEG-lossy.dcm": ["-xx"]}
+           "MR_small_jp2klossless.dcm": ["-xv"], LOSSY: ["-xx"]}
 #: Data Set Trailing Padding
 PADDING = 0xFFFCFFFC
-#: JPEG Extended (.51), lossy: stored as received.
-LOSSY = "JPEG-lossy.dcm"
 
 
 def _plugin_python() -> str | None:
