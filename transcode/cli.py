@@ -18,8 +18,9 @@ import sys
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
+from transcode import logs
 from transcode.archive import ArchiveBusy, ArchiveMismatch, FolderArchive
 from transcode.archive.check import verify_archive
 from transcode.archive.rebuild import rebuild_index
@@ -271,7 +272,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f"DICOMweb root: http://{host}:{args.port}/dicomweb  (studies: http://{host}:{args.port}/dicomweb/studies)",
           flush=True)
     uvicorn.run("transcode.server.app:app_from_environment", factory=True, workers=args.workers, host=args.host,
-                port=args.port, log_level=args.log_level, proxy_headers=True)
+                port=args.port, log_config=None, proxy_headers=True)  # uvicorn logs through `transcode.logs`
     return EXIT_OK
 
 
@@ -332,9 +333,37 @@ def _conflict_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _log_options(parser: argparse.ArgumentParser, default: object = None) -> None:
+    """The logging options, global (before the subcommand) and accepted after
+    it too (`transcode serve --log-level warning`), where the default
+    `argparse.SUPPRESS` leaves the global value alone."""
+    parser.add_argument("-v", "--verbose", action="count", default=default or 0,
+                        help="log more: info, then debug (default: warnings; info for serve)")
+    parser.add_argument("--log-level", type=str.lower, default=default,
+                        choices=["critical", "error", "warning", "info", "debug"], help="log from this level on")
+    parser.add_argument("--log-json", action="store_true", default=default or False,
+                        help="log one JSON object per line (time, level, logger, message, exc)")
+
+
+class _Subcommand(argparse.ArgumentParser):
+    """A subcommand's parser: it takes the logging options as well."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _log_options(self, argparse.SUPPRESS)
+
+
+def _configure_logging(args: argparse.Namespace) -> None:
+    """Logging for this run, once (`transcode.logs`); a service (`log_default`
+    set by its subcommand) logs from info by default, a command from warning."""
+    default = getattr(args, "log_default", "warning")
+    logs.configure(logs.level_from(args.verbose, args.log_level, default), json_lines=args.log_json)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="transcode", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    _log_options(parser)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Subcommand)
 
     convert = sub.add_parser("convert", help="transcode a DICOM file, or every file under a folder, to HTJ2K")
     convert.add_argument("src", help="DICOM file or folder (read only, never modified)")
@@ -380,8 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-render-pixels", type=int, default=None,
                        help="rendered images larger are scaled down to it, and no larger frame is decoded for one "
                             "(default: 4096 x 4096)")
-    serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
-    serve.set_defaults(func=cmd_serve)
+    serve.set_defaults(func=cmd_serve, log_default="info")
 
     bench_ = sub.add_parser("bench", help="speed, size, progressive and scaling benchmarks (generated data or yours)")
     bench_.add_argument("paths", nargs="*", help="DICOM files or folders to measure on (default: generated phantoms)")
@@ -403,6 +431,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:
         return EXIT_USAGE if exc.code else EXIT_OK
+    _configure_logging(args)
     try:
         code = int(args.func(args))
         sys.stdout.flush()  # here, where a closed pipe can still be caught
