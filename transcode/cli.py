@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import signal
 import sys
@@ -35,6 +36,7 @@ from transcode.verify import SAMPLE_EVERY, CrossCheck
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_KEPT = 0, 1, 2, 3
 EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
+log = logging.getLogger(__name__)
 
 
 def _pairs(src: Path, dst: Path) -> Iterator[tuple[Path, Path]]:
@@ -250,14 +252,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
             print(f"transcode: {archive} is not an archive (no index.sqlite) and not empty; run transcode "
                   "ingest first, or give a new folder for an archive filled through STOW-RS", file=sys.stderr)
             return EXIT_USAGE
-        print(f"transcode: new empty archive at {archive}", file=sys.stderr)
+        log.info("new empty archive at %s", archive)
     try:  # a new folder becomes an empty archive, to be filled through STOW-RS
         FolderArchive(archive, read_only=read_only).close()
     except ArchiveMismatch as exc:  # never serve (nor store into) an index that is not the archive's
         print(f"transcode: {exc}", file=sys.stderr)
         return EXIT_USAGE
     if read_only:
-        print(f"transcode: {archive} is served read-only: STOW-RS answers 503", file=sys.stderr)
+        log.warning("%s is served read-only: STOW-RS answers 503", archive)
     import uvicorn  # the server's dependencies load only when serving
 
     from transcode.server.app import SERVE_OPTIONS
