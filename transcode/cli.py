@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import signal
 import sys
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
+from transcode import logs
 from transcode.archive import ArchiveBusy, ArchiveMismatch, FolderArchive
 from transcode.archive.check import verify_archive
 from transcode.archive.rebuild import rebuild_index
@@ -34,6 +36,7 @@ from transcode.verify import SAMPLE_EVERY, CrossCheck
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_KEPT = 0, 1, 2, 3
 EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
+log = logging.getLogger(__name__)
 
 
 def _pairs(src: Path, dst: Path) -> Iterator[tuple[Path, Path]]:
@@ -249,14 +252,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
             print(f"transcode: {archive} is not an archive (no index.sqlite) and not empty; run transcode "
                   "ingest first, or give a new folder for an archive filled through STOW-RS", file=sys.stderr)
             return EXIT_USAGE
-        print(f"transcode: new empty archive at {archive}", file=sys.stderr)
+        log.info("new empty archive at %s", archive)
     try:  # a new folder becomes an empty archive, to be filled through STOW-RS
         FolderArchive(archive, read_only=read_only).close()
     except ArchiveMismatch as exc:  # never serve (nor store into) an index that is not the archive's
         print(f"transcode: {exc}", file=sys.stderr)
         return EXIT_USAGE
     if read_only:
-        print(f"transcode: {archive} is served read-only: STOW-RS answers 503", file=sys.stderr)
+        log.warning("%s is served read-only: STOW-RS answers 503", archive)
     import uvicorn  # the server's dependencies load only when serving
 
     from transcode.server.app import SERVE_OPTIONS
@@ -271,7 +274,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f"DICOMweb root: http://{host}:{args.port}/dicomweb  (studies: http://{host}:{args.port}/dicomweb/studies)",
           flush=True)
     uvicorn.run("transcode.server.app:app_from_environment", factory=True, workers=args.workers, host=args.host,
-                port=args.port, log_level=args.log_level, proxy_headers=True)
+                port=args.port, log_config=None, proxy_headers=True)  # uvicorn logs through `transcode.logs`
     return EXIT_OK
 
 
@@ -332,9 +335,37 @@ def _conflict_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _log_options(parser: argparse.ArgumentParser, default: object = None) -> None:
+    """The logging options, global (before the subcommand) and accepted after
+    it too (`transcode serve --log-level warning`), where the default
+    `argparse.SUPPRESS` leaves the global value alone."""
+    parser.add_argument("-v", "--verbose", action="count", default=default or 0,
+                        help="log more: info, then debug (default: warnings; info for serve)")
+    parser.add_argument("--log-level", type=str.lower, default=default,
+                        choices=["critical", "error", "warning", "info", "debug"], help="log from this level on")
+    parser.add_argument("--log-json", action="store_true", default=default or False,
+                        help="log one JSON object per line (time, level, logger, message, exc)")
+
+
+class _Subcommand(argparse.ArgumentParser):
+    """A subcommand's parser: it takes the logging options as well."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _log_options(self, argparse.SUPPRESS)
+
+
+def _configure_logging(args: argparse.Namespace) -> None:
+    """Logging for this run, once (`transcode.logs`); a service (`log_default`
+    set by its subcommand) logs from info by default, a command from warning."""
+    default = getattr(args, "log_default", "warning")
+    logs.configure(logs.level_from(args.verbose, args.log_level, default), json_lines=args.log_json)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="transcode", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    _log_options(parser)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Subcommand)
 
     convert = sub.add_parser("convert", help="transcode a DICOM file, or every file under a folder, to HTJ2K")
     convert.add_argument("src", help="DICOM file or folder (read only, never modified)")
@@ -380,8 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-render-pixels", type=int, default=None,
                        help="rendered images larger are scaled down to it, and no larger frame is decoded for one "
                             "(default: 4096 x 4096)")
-    serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
-    serve.set_defaults(func=cmd_serve)
+    serve.set_defaults(func=cmd_serve, log_default="info")
 
     bench_ = sub.add_parser("bench", help="speed, size, progressive and scaling benchmarks (generated data or yours)")
     bench_.add_argument("paths", nargs="*", help="DICOM files or folders to measure on (default: generated phantoms)")
@@ -403,6 +433,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:
         return EXIT_USAGE if exc.code else EXIT_OK
+    _configure_logging(args)
     try:
         code = int(args.func(args))
         sys.stdout.flush()  # here, where a closed pipe can still be caught

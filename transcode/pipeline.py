@@ -38,6 +38,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.fileset import FileSet
 
+from transcode import logs
 from transcode.archive.index import SERIES_TAGS, STUDY_TAGS, FrameRow, InstanceRow, Record
 from transcode.archive.layout import InvalidUID, check_uid, conflict_path, object_path
 from transcode.archive.store import Archive
@@ -268,9 +269,15 @@ def _die_with_parent() -> None:
         os._exit(1)
 
 
+def _start_worker() -> None:
+    """Worker initializer: tied to the coordinator's life, logging as it does."""
+    _die_with_parent()
+    logs.inherit()
+
+
 def _new_pool(workers: int) -> ProcessPoolExecutor:
     context = multiprocessing.get_context("spawn")  # no fork of the SQLite connection or threads
-    return ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_die_with_parent)
+    return ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_start_worker)
 
 
 class WorkerPool:

@@ -38,10 +38,10 @@ from transcode.dicom.read import Instance, PixelSpec, open_instance
 from transcode.dicom.write import EncapsulatedWriter, copy_atomically, file_meta
 from transcode.digest import Digest, frame_digest
 from transcode.policy import LOSSLESS_SOURCES, Outcome, Reason, Stop, fail, keep
-from transcode.runtime import frame_pool
+from transcode.runtime import frame_pool, release_freed
 from transcode.verify import SAMPLER, CrossCheck, crosscheck_frame, crosscheck_source, verify_frame
 
-LOG = logging.getLogger("transcode")
+log = logging.getLogger(__name__)
 OUTPUT_SYNTAX = UID(HTJ2KLosslessRPCL)
 _SUBSAMPLED = ("YBR_FULL_422", "YBR_PARTIAL_422", "YBR_PARTIAL_420")
 _COLOUR_TRANSFORM = ("RGB", "YBR_RCT")  # decoded as RGB; stored as YBR_RCT
@@ -301,6 +301,7 @@ def _transcode_frames(
                 result.frame_index.append(cs_index)
                 result.frame_digests.append(frame_digest(data, cs_index))
                 settle(window)
+                release_freed(spec.frame_bytes)
 
         try:
             for i, frame in enumerate(instance.frames()):
@@ -376,7 +377,7 @@ def _attempt(
         except (Stop, OSError):
             raise
         except Exception as exc:
-            LOG.exception("%s: unexpected error; the instance is kept as received", src)
+            log.exception("%s: unexpected error; the instance is kept as received", src)
             raise keep(Reason.TRANSCODE_ERROR, f"unexpected {type(exc).__name__}: {exc}") from exc
 
 
@@ -425,7 +426,7 @@ def transcode_file(
             # while other threads ran codecs too. Prove it again on one thread,
             # every frame cross-checked (a sampled frame that failed must not
             # escape its check); a real problem fails the same way and keeps it.
-            LOG.warning("%s: %s with %d threads; retrying on one thread", src_path, stop.detail, workers)
+            log.warning("%s: %s with %d threads; retrying on one thread", src_path, stop.detail, workers)
             attempt(CrossCheck.NONE if crosscheck is CrossCheck.NONE else CrossCheck.ALL, 1)
         result.outcome = Outcome.TRANSCODED
         result.destination = str(dst_path)

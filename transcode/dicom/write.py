@@ -51,11 +51,13 @@ _ITEM_TAG = (0xFFFE, 0xE000)
 _SEQUENCE_DELIMITER = _ITEM.pack(0xFFFE, 0xE0DD, 0)
 
 
-def _encode_elements(instance: Instance, keep: Callable[[int], bool], changes: dict[str, Any]) -> bytes:
+def _encode_elements(instance: Instance, keep: Callable[[int], bool], changes: dict[str, Any], *,
+                     from_pixel_data: bool = False) -> bytes:
     """Explicit VR Little Endian bytes of the source's elements for which
     `keep(tag)`, each with the source's value bytes (see dicom/elements.py),
     and `changes` (keyword -> value) in place of or beside them, in tag
-    order. Raises `MalformedDataSet` where that cannot be done exactly."""
+    order; with `from_pixel_data`, the walk starts at Pixel Data where the
+    file holds it there. Raises `MalformedDataSet` where that cannot be done exactly."""
     new = {}
     for keyword, value in changes.items():
         tag = tag_for_keyword(keyword)
@@ -63,6 +65,8 @@ def _encode_elements(instance: Instance, keep: Callable[[int], bool], changes: d
     pending = sorted(tag for tag in new if keep(tag))
     parts = []
     fp, start, end, encoding = _data_set_bytes(instance)
+    if from_pixel_data:
+        start = _pixel_data_start(instance, fp, encoding) or start
     with fp:
         representation = instance.dataset.get("PixelRepresentation", 0)
         for tag, data in explicit_le(fp, start, end, encoding, keep=keep, pixel_representation=representation):
@@ -73,6 +77,17 @@ def _encode_elements(instance: Instance, keep: Callable[[int], bool], changes: d
             parts.append(data)
     parts += (new[tag] for tag in pending)
     return b"".join(parts)
+
+
+def _pixel_data_start(instance: Instance, fp: BinaryIO, encoding: Encoding) -> int | None:
+    """Where the Pixel Data element's header starts in `fp`, or None where
+    the reader's offset does not point at it (a deflated set, say)."""
+    element = instance.raw.get(PIXEL_DATA)
+    if not isinstance(element, RawDataElement) or instance.transfer_syntax == DeflatedExplicitVRLittleEndian:
+        return None
+    start = element.value_tell - (8 if encoding.implicit else 12)  # tag, (VR, reserved,) length
+    fp.seek(start)
+    return start if fp.read(4) == struct.pack("<HH" if encoding.little else ">HH", 0x7FE0, 0x0010) else None
 
 
 def _data_set_bytes(instance: Instance) -> tuple[BinaryIO, int, int, Encoding]:
@@ -107,10 +122,12 @@ def data_set_head(instance: Instance, transfer_syntax: UID, changes: dict[str, A
 
 
 def data_set_tail(instance: Instance) -> bytes:
-    """The source's elements after Pixel Data (trailing padding and the like)."""
-    if max(map(int, instance.raw)) < PIXEL_DATA:  # int: BaseTag compares in Python
+    """The source's elements after Pixel Data (trailing padding and the
+    like): read from Pixel Data on where its value is still on disk, not
+    walked to from the start of the data set (a per-file cost)."""
+    if max(map(int, instance.raw)) <= PIXEL_DATA:  # int: BaseTag compares in Python
         return b""
-    return _encode_elements(instance, lambda tag: tag > PIXEL_DATA, {})
+    return _encode_elements(instance, lambda tag: tag > PIXEL_DATA, {}, from_pixel_data=True)
 
 
 def _head_element(tag: int) -> bool:

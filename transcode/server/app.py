@@ -20,7 +20,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from transcode import __version__
+from transcode import __version__, logs
 from transcode.archive import FolderArchive
 from transcode.archive.store import Archive
 from transcode.codecs.htj2k import EncodeSettings
@@ -35,7 +35,7 @@ from transcode.server.service import Service
 from transcode.service import IngestService
 
 SERVE_OPTIONS = "TRANSCODE_SERVE_OPTIONS"
-log = logging.getLogger("transcode.server")
+log = logging.getLogger(__name__)
 EXPOSED = ["Content-Range", "Content-Length", "Content-Type", "Content-Location", "ETag", "Warning"]
 STUDY, SERIES = qido.STUDY_UID, qido.SERIES_UID
 
@@ -77,6 +77,7 @@ def create_app(archive: Archive, *, prefix: str = "/dicomweb", cors_origins: Seq
 def app_from_environment() -> FastAPI:
     """The app of one `transcode serve` worker process, from the options the
     command left in the environment (uvicorn starts workers by import path)."""
+    logs.inherit()
     options = json.loads(os.environ[SERVE_OPTIONS])
     settings = EncodeSettings(max_frame_bytes=options["max_frame_bytes"]) if options.get("max_frame_bytes") else None
     limits = RenderLimits(options["max_render_pixels"]) if options.get("max_render_pixels") else None
