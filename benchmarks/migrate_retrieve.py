@@ -2,7 +2,7 @@
 
 Uploads a CT series (`fixtures.generate.write_ct_series`, 512x512, clinical
 headers) to an Orthanc started on loopback (tests/peers.py), then retrieves
-the study with `transcode migrate`'s C-GET (`Migration._get`: received and
+the study with `transcode migrate`'s C-GET (`Migration._get_series`: received and
 spooled, fsynced, not ingested) alternately with our socket's Nagle algorithm
 off (what migrate does) and on, `--repeats` times each; prints files/s per
 run and the ratio of medians. Orthanc's own side is as configured (Debian
@@ -46,7 +46,7 @@ def main() -> int:
             for path in files:
                 peer.post("/instances", path.read_bytes())
             migration = Migration(work / "archive", RemoteAE(peer.aet, "127.0.0.1", peer.dicom_port), None)  # type: ignore[arg-type]
-            classes = set(migration.instances(study).values())
+            listed = migration.instances(study)
             rates: dict[str, list[float]] = {"nodelay": [], "nagle": []}
             with_nodelay = migrate.no_delay
             for _ in range(args.repeats):
@@ -55,7 +55,7 @@ def main() -> int:
                     folder = work / "spool"
                     folder.mkdir()
                     started = time.perf_counter()
-                    sub = migration._get(study, classes, folder)
+                    sub = migration._get_series(study, listed, folder)
                     seconds = time.perf_counter() - started
                     assert sub.completed == args.files and len(list(folder.iterdir())) == args.files, sub
                     rates[case].append(args.files / seconds)

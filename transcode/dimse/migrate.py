@@ -4,7 +4,7 @@ The PACS is asked (C-FIND, Study Root, STUDY level) for the studies that
 match the filters, with their Number of Study Related Instances; then, one
 study at a time, for its instances (SERIES, then IMAGE level: the SOP
 Instance UIDs and SOP classes it holds). Each study is retrieved with C-GET,
-the instances arriving on the same association; or, where the PACS refuses
+series by series, the instances arriving on the same association; or, where the PACS refuses
 C-GET (or `retrieve="move"`), with C-MOVE to a Storage SCP of our own that
 runs for the migration. Every instance received is written to the spool
 (`ARCHIVE/spool/migrate/STUDY/`) and fsynced before it is acknowledged,
@@ -22,11 +22,14 @@ files of an unfinished study are discarded by the next run, which
 retrieves that study again; instances archived already end `duplicate`.
 
 C-GET needs a storage presentation context for each SOP class it will
-send, at most 127 beside the C-GET one: each SOP class the study listing
-found gets one context per transfer syntax, so the PACS sends each instance
-as it holds it, without transcoding (one context per SOP class with every
-syntax when there are too many classes; pynetdicom's 120 common storage
-classes when the PACS listed none).
+send, at most 127 beside the C-GET one, and the PACS accepts one transfer
+syntax per context. So each series is retrieved on its own association,
+where each SOP class the listing found in it gets one context per transfer
+syntax: the PACS sends each instance as it holds it, without transcoding
+(Orthanc 1.10 cannot transcode J2K to Explicit VR Little Endian in C-GET,
+and fails the sub-operation). With more classes in a series than fit, each
+gets one context with every syntax; where the PACS listed no instances, the
+whole study is asked for with pynetdicom's 120 common storage classes.
 """
 
 from __future__ import annotations
@@ -258,10 +261,11 @@ class Migration:
                         tuple(modalities) if not isinstance(modalities, str) else (modalities,))
         return [found[uid] for uid in sorted(found)]
 
-    def instances(self, study: str) -> dict[str, str]:
-        """SOP Instance UID -> SOP Class UID of every instance the PACS lists
-        in `study` (SERIES, then IMAGE level: a hierarchical query)."""
-        listed: dict[str, str] = {}
+    def instances(self, study: str) -> dict[str, tuple[str, str]]:
+        """SOP Instance UID -> (Series Instance UID, SOP Class UID) of every
+        instance the PACS lists in `study` (SERIES, then IMAGE level: a
+        hierarchical query)."""
+        listed: dict[str, tuple[str, str]] = {}
         query = Dataset()
         query.QueryRetrieveLevel = "SERIES"
         query.StudyInstanceUID = study
@@ -276,7 +280,7 @@ class Migration:
             query.SOPClassUID = ""
             for match in self._find(query):
                 if match.get("SOPInstanceUID"):
-                    listed[str(match.SOPInstanceUID)] = str(match.get("SOPClassUID", ""))
+                    listed[str(match.SOPInstanceUID)] = (uid, str(match.get("SOPClassUID", "")))
         return listed
 
     # -- the run ---------------------------------------------------------------
@@ -314,6 +318,7 @@ class Migration:
                 report.studies.append(StudyResult(study.uid, State.DONE, row.expected, archived=row.archived or 0,
                                                   detail="done in an earlier run"))
         total = sum(s.expected or 0 for s in todo)
+        began = time.perf_counter()
         if self.progress:
             self.progress(report.ingest, 0, total)
         started = None
@@ -328,6 +333,7 @@ class Migration:
             log.info("%s: %s (%d of %s instances archived)", study.uid, result.state.value, result.archived,
                      result.expected)
             report.studies.append(result)
+        report.ingest.seconds = time.perf_counter() - began
         return report
 
     def _study(self, archive: FolderArchive, study: FoundStudy, ingest: IngestReport, total: int) -> StudyResult:
@@ -337,7 +343,7 @@ class Migration:
         folder.mkdir()
         try:
             listed = self.instances(study.uid)
-            result.method, sub = self._retrieve(study.uid, set(listed.values()) - {""}, folder)
+            result.method, sub = self._retrieve(study.uid, listed, folder)
             fsync_path(folder)  # every file in it was fsynced as it came
             files = sorted(folder.iterdir())
             result.received, result.failed, result.warning = len(files), sub.failed, sub.warning
@@ -372,10 +378,10 @@ class Migration:
         result.detail = "; ".join(notes) or None
         return result
 
-    def _retrieve(self, study: str, classes: set[str], folder: Path) -> tuple[str, _SubOperations]:
+    def _retrieve(self, study: str, listed: dict[str, tuple[str, str]], folder: Path) -> tuple[str, _SubOperations]:
         if self.retrieve is not Retrieve.MOVE:
             try:
-                return "get", self._get(study, classes, folder)
+                return "get", self._get_series(study, listed, folder)
             except GetRefused:
                 if self.retrieve is Retrieve.GET:
                     raise
@@ -383,7 +389,25 @@ class Migration:
                 self.retrieve = Retrieve.MOVE  # for the studies that follow too
         return "move", self._move(study, folder)
 
-    def _get(self, study: str, classes: set[str], folder: Path) -> _SubOperations:
+    def _get_series(self, study: str, listed: dict[str, tuple[str, str]], folder: Path) -> _SubOperations:
+        """C-GET series by series (a series holds one or few SOP classes, so
+        each class gets a context per transfer syntax); the whole study at
+        once where the PACS listed no instances."""
+        by_series: dict[str, set[str]] = {}
+        for series, sop_class in listed.values():
+            by_series.setdefault(series, set()).add(sop_class)
+        if not by_series:
+            return self._get(_retrieve_query(study), set(), folder)
+        total = _SubOperations()
+        for series, classes in sorted(by_series.items()):
+            sub = self._get(_retrieve_query(study, series), classes - {""}, folder)
+            total.completed += sub.completed
+            total.failed += sub.failed
+            total.warning += sub.warning
+            total.status = sub.status if sub.status != SUCCESS else total.status
+        return total
+
+    def _get(self, query: Dataset, classes: set[str], folder: Path) -> _SubOperations:
         ae = self._ae()
         ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
         room = MAX_CONTEXTS - 1
@@ -404,8 +428,7 @@ class Migration:
                        for cx in assoc.accepted_contexts):
                 raise GetRefused(f"{self.source} accepts no C-GET")
             try:
-                return self._wait(assoc.send_c_get(_retrieve_query(study), StudyRootQueryRetrieveInformationModelGet),
-                                  "C-GET")
+                return self._wait(assoc.send_c_get(query, StudyRootQueryRetrieveInformationModelGet), "C-GET")
             except NoAnswer as exc:  # Orthanc, for one, aborts a C-GET it does not allow
                 if not any(folder.iterdir()):
                     raise GetRefused(f"{self.source} aborted the C-GET before sending anything") from exc
@@ -490,8 +513,11 @@ class Migration:
         return SUCCESS
 
 
-def _retrieve_query(study: str) -> Dataset:
+def _retrieve_query(study: str, series: str | None = None) -> Dataset:
+    """The identifier of a C-GET/C-MOVE of a study, or of one of its series."""
     query = Dataset()
-    query.QueryRetrieveLevel = "STUDY"
+    query.QueryRetrieveLevel = "SERIES" if series else "STUDY"
     query.StudyInstanceUID = study
+    if series:
+        query.SeriesInstanceUID = series
     return query
