@@ -148,6 +148,8 @@ def test_filters_pick_studies_by_uid_and_modality(pacs, tmp_path) -> None:
     migrate(root, peer, Filters(modalities=("CT",)))
     assert states(root) == {mr: "done", ct: "done", small: "done"}  # both CT studies; MR was done
     assert migrate(tmp_path / "other", peer, Filters(modalities=("CR",))).studies == []
+    recent = migrate(tmp_path / "recent", peer, Filters(since="20250101"))  # CT_small is dated 20040119
+    assert {s.study_uid for s in recent.studies} == {ct, mr}
 
 
 def test_c_move_to_our_own_scp(pacs, tmp_path) -> None:
