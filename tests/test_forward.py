@@ -12,13 +12,14 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.uid import ExplicitVRBigEndian, JPEGBaseline8Bit, RLELossless, generate_uid
+from pynetdicom import AE, StoragePresentationContexts, evt
 
 from fixtures.generate import Spec, write
 from tests.peers import Orthanc, free_port, orthanc
 from tests.test_server_live import serve
 from transcode.archive import FolderArchive
 from transcode.dimse.forward import Forwarder
-from transcode.dimse.scu import RemoteAE
+from transcode.dimse.scu import TRANSFER_SYNTAXES, RemoteAE
 from transcode.service import IngestService
 
 
@@ -80,6 +81,41 @@ def test_c_store_forwarding_sends_what_the_peer_accepts(tmp_path: Path) -> None:
     # Orthanc 1.10 (dcmtk 3.6.7) has no HTJ2K: the transcoded instances went decoded, uncompressed
     syntaxes = {str(ds.file_meta.TransferSyntaxUID) for ds in sent.values()}
     assert syntaxes <= {"1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.1", JPEGBaseline8Bit}
+
+
+def test_a_peer_that_takes_every_syntax_gets_the_stored_bytes(tmp_path: Path) -> None:
+    root = tmp_path / "archive"
+    entries, _ = archive_of(root, tmp_path / "sources")
+    received: dict[str, tuple[str, bytes]] = {}
+
+    def on_store(event: evt.Event) -> int:
+        received[str(event.request.AffectedSOPInstanceUID)] = (str(event.context.transfer_syntax),
+                                                               event.encoded_dataset(include_meta=False))
+        return 0
+
+    ae = AE("PEER")
+    for cx in StoragePresentationContexts:
+        ae.add_supported_context(cx.abstract_syntax, list(TRANSFER_SYNTAXES))
+    port = free_port()
+    server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    try:
+        forwarder = Forwarder(root, RemoteAE("PEER", "127.0.0.1", port))
+        forwarder.start()
+        try:
+            for entry in entries:
+                forwarder.on_archived(entry)
+            assert forwarder.drain(60), forwarder.pending()
+        finally:
+            forwarder.close()
+    finally:
+        server.shutdown()
+    with FolderArchive(root, read_only=True) as archive:
+        rows = list(archive.index.instances())
+    assert {r.transfer_syntax for r in rows} == {"1.2.840.10008.1.2.4.202", JPEGBaseline8Bit}
+    for row in rows:
+        syntax, data = received[row.sop_uid]
+        assert syntax == row.transfer_syntax  # .202 as stored, the kept JPEG as stored
+        assert (root / row.path).read_bytes().endswith(data)  # the data set's bytes, not re-encoded
 
 
 def test_a_peer_down_is_retried_and_nothing_is_lost_across_a_restart(tmp_path: Path) -> None:
