@@ -50,7 +50,7 @@ def main() -> int:
             rates: dict[str, list[float]] = {"nodelay": [], "nagle": []}
             with_nodelay = migrate.no_delay
             for _ in range(args.repeats):
-                for case in rates:
+                for case, runs in rates.items():
                     migrate.no_delay = with_nodelay if case == "nodelay" else (lambda assoc: None)
                     folder = work / "spool"
                     folder.mkdir()
@@ -58,7 +58,7 @@ def main() -> int:
                     sub = migration._get_series(study, listed, folder)
                     seconds = time.perf_counter() - started
                     assert sub.completed == args.files and len(list(folder.iterdir())) == args.files, sub
-                    rates[case].append(args.files / seconds)
+                    runs.append(args.files / seconds)
                     print(f"{case:>8}: {args.files / seconds:7.1f} files/s", flush=True)
                     shutil.rmtree(folder)
             migrate.no_delay = with_nodelay

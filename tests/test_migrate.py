@@ -29,7 +29,7 @@ from tests.conftest import PYDICOM_FILES
 from tests.peers import Orthanc, free_port, orthanc
 from transcode.archive import FolderArchive
 from transcode.cli import EXIT_OK, EXIT_USAGE, main
-from transcode.dimse.migrate import Filters, Migration, Retrieve, State
+from transcode.dimse.migrate import Filters, Migration, MigrationReport, Retrieve, State
 from transcode.dimse.scu import RemoteAE
 from transcode.service import IngestService
 
@@ -73,10 +73,10 @@ def source(peer: Orthanc) -> RemoteAE:
     return RemoteAE(peer.aet, "127.0.0.1", peer.dicom_port)
 
 
-def migrate(root: Path, peer: Orthanc, filters: Filters = Filters(), **options) -> object:
+def migrate(root: Path, peer: Orthanc, filters: Filters | None = None, **options) -> MigrationReport:
     service = IngestService(root, workers=1)
     try:
-        return Migration(root, source(peer), service, ae_title=AET, **options).run(filters)
+        return Migration(root, source(peer), service, ae_title=AET, **options).run(filters or Filters())
     finally:
         service.close()
 

@@ -249,8 +249,7 @@ class Forwarder:
         path = self.folder / f"{uuid.uuid4().hex}.dcm"
         try:
             with open(path, "wb") as out:
-                for chunk in chunks:
-                    out.write(chunk)
+                out.writelines(chunks)
         except BaseException:
             path.unlink(missing_ok=True)
             raise
@@ -326,7 +325,7 @@ class Forwarder:
         """POST one instance; None when the peer stored it. PeerDown when it cannot be reached."""
         try:
             path = self._file(service, row, decoded=decoded)
-        except Exception as exc:
+        except Exception as exc:  # integrity errors, a conversion the decoders refuse: this instance only
             return f"cannot read it from the archive: {exc}"
         try:
             syntax = ExplicitVRLittleEndian if decoded else row.transfer_syntax

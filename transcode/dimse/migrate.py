@@ -61,7 +61,7 @@ from transcode.archive import FolderArchive
 from transcode.archive.store import take_lock
 from transcode.dicom.write import copy_atomically, fsync_path, temporary_beside
 from transcode.dimse.scu import MAX_CONTEXTS, TRANSFER_SYNTAXES, RemoteAE, no_delay
-from transcode.pipeline import CLEAN, IngestReport
+from transcode.pipeline import IngestReport
 from transcode.service import IngestService
 
 log = logging.getLogger(__name__)
