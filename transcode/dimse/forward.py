@@ -17,7 +17,8 @@ reads (damaged stored bytes are never forwarded):
   then Explicit VR Little Endian. The stored object goes as it is where the
   peer accepts its syntax; otherwise it is decoded to Explicit VR Little
   Endian by the server's conversion (`server.convert.explicit_le`). Files
-  are sent without re-encoding (pynetdicom's STORE_SEND_CHUNKED_DATASET).
+  are sent without re-encoding (pynetdicom's STORE_SEND_CHUNKED_DATASET, set
+  for our own calls only).
 - STOW-RS: each instance POSTed as stored; where the peer refuses it, once
   more as Explicit VR Little Endian.
 
@@ -169,7 +170,6 @@ class Forwarder:
 
     def start(self) -> None:
         """Start the worker thread (queued instances of a previous run included)."""
-        _config.STORE_SEND_CHUNKED_DATASET = True  # send stored bytes as they are, never re-encoded
         self._thread = threading.Thread(target=self._run, name=f"forward-{self.key}", daemon=True)
         self._thread.start()
 
@@ -299,9 +299,11 @@ class Forwarder:
             path = self._file(service, row, decoded=decoded)
         except Exception as exc:  # integrity errors, a conversion the decoders refuse: this instance only
             return f"cannot read it from the archive: {exc}"
-        try:
+        chunked, _config.STORE_SEND_CHUNKED_DATASET = _config.STORE_SEND_CHUNKED_DATASET, True
+        try:  # the file's data set bytes as they are, never decoded and re-encoded by pydicom
             status = assoc.send_c_store(path)
         finally:
+            _config.STORE_SEND_CHUNKED_DATASET = chunked  # a process-wide setting: as the process had it
             path.unlink(missing_ok=True)
         if "Status" not in status:
             return "no answer to C-STORE (timed out or aborted)"
