@@ -32,6 +32,7 @@ from transcode.cli import EXIT_OK, EXIT_USAGE, main
 from transcode.dimse.migrate import Filters, Migration, MigrationReport, Retrieve, State
 from transcode.dimse.scu import RemoteAE
 from transcode.service import IngestService
+from transcode.transcoder import transcode_file
 
 AET = "TRANSCODE"
 
@@ -225,3 +226,20 @@ def test_an_unreachable_pacs_is_a_usage_error(tmp_path, capsys) -> None:
     code = main(["migrate", "--from", f"NOBODY@127.0.0.1:{free_port()}", "--archive", str(tmp_path / "a")])
     assert code == EXIT_USAGE
     assert "association failed" in capsys.readouterr().err
+
+
+def test_importing_pynetdicom_does_not_make_a_lossless_syntax_lossy(tmp_path) -> None:
+    """pynetdicom adds Deflated Image Frame Compression and JPEG XL Lossless
+    to pydicom's UID dictionary when imported (as every DIMSE door does):
+    the transcoder then called them lossy ("recompressing would compound the
+    loss") in this process, and unsupported in one without pynetdicom."""
+    import pynetdicom  # noqa: F401  (imported by this module already: said here, where it matters)
+
+    source = write(Spec("CT", 16, 16, 1, 16, 12, transfer_syntax=RLELossless), tmp_path / "rle.dcm")
+    for syntax in ("1.2.840.10008.1.2.8.1", "1.2.840.10008.1.2.4.110"):
+        relabelled = tmp_path / f"{syntax}.dcm"
+        ds = pydicom.dcmread(source)
+        ds.file_meta.TransferSyntaxUID = syntax
+        ds.save_as(relabelled)
+        result = transcode_file(relabelled, tmp_path / f"{syntax}.out.dcm")
+        assert (result.outcome.value, result.reason.value) == ("kept", "unsupported_transfer_syntax"), result.detail
