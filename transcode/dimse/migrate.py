@@ -308,15 +308,16 @@ class Migration:
         report = MigrationReport()
         studies = self.find(filters)
         recorded = index.migration(source)
+        todo = []
         for study in studies:
-            if study.uid not in recorded:
+            row = recorded.get(study.uid)
+            if row is None:
                 index.set_migration(source, study.uid, State.PENDING, expected=study.expected)
-        todo = [s for s in studies if s.uid not in recorded or recorded[s.uid].state != State.DONE]
-        for study in studies:
-            if study.uid in recorded and recorded[study.uid].state == State.DONE:
-                row = recorded[study.uid]
+            if row is not None and row.state == State.DONE:  # never retrieved twice
                 report.studies.append(StudyResult(study.uid, State.DONE, row.expected, archived=row.archived or 0,
                                                   detail="done in an earlier run"))
+            else:
+                todo.append(study)
         total = sum(s.expected or 0 for s in todo)
         began = time.perf_counter()
         if self.progress:
