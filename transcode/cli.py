@@ -1,8 +1,9 @@
-"""The `transcode` command: `convert`, `ingest`, `verify`, `serve`, `bench`, `info`.
+"""The `transcode` command: `convert`, `ingest`, `migrate`, `verify`, `serve`, `bench`, `info`.
 
 Exit codes. `convert`: 0 every instance transcoded, 3 some kept as is (none
 failed), 1 at least one failed. `ingest`: 0 every file transcoded, kept, a
-duplicate or replaced, 1 any failed or conflicted. `verify`: 0 whole, 1 problems.
+duplicate or replaced, 1 any failed or conflicted. `migrate`: 0 every study done and every instance
+clean, 1 otherwise (a rerun retries what is not done). `verify`: 0 whole, 1 problems.
 All: 2 for usage errors and refusals (an archive busy, an index that is not the
 archive's); 141 (128 + SIGPIPE, as for cat) when the reader of the output
 went away.
@@ -206,6 +207,50 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return EXIT_OK if report.clean else EXIT_FAILED
 
 
+def cmd_migrate(args: argparse.Namespace) -> int:
+    """Pull studies from a PACS (C-FIND, C-GET or C-MOVE) through the ingest service."""
+    from transcode.dimse.migrate import Filters, Migration, MigrationError
+    from transcode.dimse.scu import RemoteAE
+    from transcode.service import IngestService
+
+    try:
+        source = RemoteAE.parse(args.source)
+        since = args.since.replace("-", "") if args.since else None
+        if since is not None and not (len(since) == 8 and since.isdigit()):
+            raise ValueError(f"--since {args.since!r}: expected YYYYMMDD or YYYY-MM-DD")
+        report_file = ReportFile(Path(args.report)) if args.report else None
+    except (ValueError, OSError) as exc:
+        print(f"transcode: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    progress = Progress()
+    service = IngestService(Path(args.archive), workers=args.workers or 2, crosscheck=args.crosscheck,
+                            on_conflict=args.on_conflict, settings=_settings(args))
+    migration = Migration(Path(args.archive), source, service, ae_title=args.ae_title, retrieve=args.retrieve,
+                          move_host=args.move_host, move_port=args.move_port, rate=args.rate,
+                          on_entry=report_file.add if report_file else None, progress=progress)
+    try:
+        report = migration.run(Filters(tuple(args.study), since, tuple(args.modality)))
+        if report_file:
+            report_file.finish(report.ingest, studies=[study.to_dict() for study in report.studies])
+    except (MigrationError, ArchiveBusy, ArchiveMismatch) as exc:
+        print(f"transcode: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    finally:
+        progress.close()
+        service.close()
+        if report_file:
+            report_file.close()
+    print_summary(report.ingest)
+    counts = report.counts()
+    print(f"{len(report.studies)} studies: " + ", ".join(f"{counts[state]} {state}" for state in
+                                                       ("done", "incomplete", "failed")) + ".")
+    for study in report.studies:
+        if study.state != "done":
+            missing = f" missing: {', '.join(study.missing)}" if study.missing else ""
+            print(f"  {study.state}: {study.study_uid}: {study.detail}{missing}")
+    return EXIT_OK if report.clean else EXIT_FAILED
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     root = Path(args.archive)
     if args.rebuild_index:
@@ -387,6 +432,29 @@ def build_parser() -> argparse.ArgumentParser:
     _encode_options(ingest_)
     _conflict_option(ingest_)
     ingest_.set_defaults(func=cmd_ingest)
+
+    migrate = sub.add_parser("migrate", help="pull studies from a legacy PACS (C-FIND, then C-GET or C-MOVE); "
+                             "a rerun resumes")
+    migrate.add_argument("--from", dest="source", required=True, metavar="AE@HOST:PORT", help="the PACS")
+    migrate.add_argument("--archive", required=True, help="archive folder (created if missing)")
+    migrate.add_argument("--ae-title", default="TRANSCODE", help="our AE title (default: %(default)s)")
+    migrate.add_argument("--study", action="append", default=[], metavar="UID", help="only this study (repeatable)")
+    migrate.add_argument("--since", metavar="DATE", help="only studies dated on or after DATE (YYYYMMDD)")
+    migrate.add_argument("--modality", action="append", default=[],
+                         help="only studies with this modality (repeatable)")
+    migrate.add_argument("--rate", type=float, default=None, help="start at most N studies per minute")
+    migrate.add_argument("--retrieve", choices=["auto", "get", "move"], default="auto",
+                         help="C-GET, falling back to C-MOVE where the PACS refuses it (auto, the default); "
+                              "or only one of them")
+    migrate.add_argument("--move-port", type=int, default=None,
+                         help="port of our Storage SCP for C-MOVE (the PACS must know our AE title there)")
+    migrate.add_argument("--move-host", default="127.0.0.1",
+                         help="address our C-MOVE Storage SCP listens on (default: %(default)s)")
+    migrate.add_argument("--workers", type=int, default=None, help="ingest worker processes (default: 2)")
+    migrate.add_argument("--report", help="write every instance's outcome and every study's state to this JSON file")
+    _encode_options(migrate)
+    _conflict_option(migrate)
+    migrate.set_defaults(func=cmd_migrate)
 
     verify = sub.add_parser("verify", help="re-read and re-decode every archived object against the index")
     verify.add_argument("--archive", required=True)

@@ -119,6 +119,11 @@ LOSSLESS_SOURCES: frozenset[UID] = frozenset(
     }
 )
 
+#: Lossless syntaxes this pipeline does not decode (Deflated Image Frame
+#: Compression, JPEG XL Lossless): kept as unsupported, never called lossy,
+#: whether or not pydicom's UID dictionary knows them (pynetdicom adds them).
+LOSSLESS_UNDECODED: frozenset[UID] = frozenset({UID("1.2.840.10008.1.2.8.1"), UID("1.2.840.10008.1.2.4.110")})
+
 
 #: Rows (0028,0010), as a DICOM JSON key.
 ROWS = "00280010"

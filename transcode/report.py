@@ -88,8 +88,10 @@ class ReportFile:
         self._file.write(self._separator + json.dumps(entry))
         self._separator = ",\n"
 
-    def finish(self, report: IngestReport) -> None:
-        totals = {"seconds": report.seconds, "skipped": report.skipped, "counts": report.counts()}
+    def finish(self, report: IngestReport, **extra: Any) -> None:
+        """Write the totals (and `extra` keys: a migration's studies) and
+        give the report its name."""
+        totals = {"seconds": report.seconds, "skipped": report.skipped, "counts": report.counts(), **extra}
         self._file.write(f"\n], {json.dumps(totals)[1:]}\n")
         self._file.close()
         os.replace(self.partial, self.path)

@@ -99,6 +99,21 @@ CREATE TABLE IF NOT EXISTS ledger (
     at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS ledger_source ON ledger(source_path, source_size, source_mtime_ns);
+CREATE TABLE IF NOT EXISTS migration (
+    source TEXT NOT NULL,
+    study_uid TEXT NOT NULL,
+    state TEXT NOT NULL,
+    expected INTEGER,
+    received INTEGER,
+    archived INTEGER,
+    failed INTEGER,
+    warning INTEGER,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    detail TEXT,
+    first_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (source, study_uid)
+);
 """
 
 #: Study- and series-level attributes held in the studies/series rows (the
@@ -280,6 +295,36 @@ class Index:
                 [*(ledger[c] for c in columns), time.time()],
             )
 
+    def migration(self, source: str) -> dict[str, MigrationRow]:
+        """The studies a migration from the PACS `source` (its AE title) has
+        recorded, by Study Instance UID."""
+        rows = self.db.execute(f"SELECT {_MIGRATION} FROM migration WHERE source = ?", (source,))
+        return {row[1]: MigrationRow(*row) for row in rows}
+
+    def set_migration(self, source: str, study_uid: str, state: str, **counts: int | str | None) -> None:
+        """Record a study's migration `state` with `counts` (columns of
+        `MigrationRow`: expected, received, archived, failed, warning,
+        detail); entering "retrieving" counts an attempt. Committed on return."""
+        now = time.time()
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            self.db.execute(
+                "INSERT INTO migration (source, study_uid, state, first_at, updated_at) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (source, study_uid) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at",
+                (source, study_uid, state, now, now),
+            )
+            updates = {name: value for name, value in counts.items() if name in _MIGRATION_COUNTS}
+            if state == "retrieving":
+                self.db.execute("UPDATE migration SET attempts = attempts + 1 WHERE source = ? AND study_uid = ?",
+                                (source, study_uid))
+            if updates:
+                self.db.execute(f"UPDATE migration SET {', '.join(f'{name} = ?' for name in updates)} "
+                                "WHERE source = ? AND study_uid = ?", (*updates.values(), source, study_uid))
+
+    def study_instances(self, study_uid: str) -> set[str]:
+        """SOP Instance UIDs archived in a study."""
+        return {row[0] for row in self.db.execute("SELECT sop_uid FROM instances WHERE study_uid = ?", (study_uid,))}
+
     def counts(self) -> dict[str, int]:
         return {
             table: self.db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
@@ -288,6 +333,31 @@ class Index:
 
 
 _COLUMNS = ", ".join(InstanceRow.__slots__)
+
+
+@dataclass(frozen=True, slots=True)
+class MigrationRow:
+    """One study of a migration from a PACS (`transcode migrate`): its state
+    (pending, retrieving, done, incomplete, failed), the PACS's instance
+    count, what was received and archived, C-GET's failed and warning
+    sub-operations, attempts, why (detail) and when (seconds since the epoch)."""
+
+    source: str
+    study_uid: str
+    state: str
+    expected: int | None
+    received: int | None
+    archived: int | None
+    failed: int | None
+    warning: int | None
+    attempts: int
+    detail: str | None
+    first_at: float
+    updated_at: float
+
+
+_MIGRATION = ", ".join(MigrationRow.__slots__)
+_MIGRATION_COUNTS = frozenset({"expected", "received", "archived", "failed", "warning", "detail"})
 
 
 def read_uri(path: Path) -> str:

@@ -1,0 +1,186 @@
+"""Forwarding archived instances: C-STORE to a real Orthanc (also down, then
+up, across a restart of the forwarder), STOW-RS to our own server."""
+
+from __future__ import annotations
+
+import io
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.uid import ExplicitVRBigEndian, JPEGBaseline8Bit, RLELossless, generate_uid
+from pynetdicom import AE, StoragePresentationContexts, evt
+
+from fixtures.generate import Spec, write
+from tests.peers import Orthanc, free_port, orthanc
+from tests.test_server_live import serve
+from transcode.archive import FolderArchive
+from transcode.dimse.forward import Forwarder
+from transcode.dimse.scu import TRANSFER_SYNTAXES, RemoteAE
+from transcode.service import IngestService
+
+
+def archive_of(root: Path, sources: Path) -> tuple[list[dict], dict[str, Path]]:
+    """An archive of a transcoded CT (RLE source), a transcoded MR (big
+    endian source) and a JPEG kept as is; its entries and SOP UID -> source."""
+    sources.mkdir()
+    study = generate_uid()
+    files = [write(Spec("CT", 32, 32, 1, 16, 12, transfer_syntax=RLELossless, seed=1), sources / "ct.dcm",
+                   study=study),
+             write(Spec("MR", 16, 16, 2, 16, 12, transfer_syntax=ExplicitVRBigEndian, seed=2), sources / "mr.dcm",
+                   study=study),
+             write(Spec("US", 16, 16, 1, 8, 8, samples=3, photometric="YBR_FULL_422",
+                        transfer_syntax=JPEGBaseline8Bit), sources / "us.dcm", study=study)]
+    service = IngestService(root, workers=1)
+    try:
+        entries = service.store(files)
+    finally:
+        service.close()
+    assert [e["outcome"] for e in entries] == ["transcoded", "transcoded", "kept"]
+    return entries, {e["sop_uid"]: Path(e["source_path"]) for e in entries}
+
+
+def held_by(peer: Orthanc) -> dict[str, pydicom.Dataset]:
+    """SOP Instance UID -> the instance as Orthanc stored it."""
+    held = {}
+    for instance in peer.get("/instances"):
+        with urllib.request.urlopen(f"{peer.url}/instances/{instance}/file", timeout=30) as response:
+            ds = pydicom.dcmread(io.BytesIO(response.read()))
+        held[str(ds.SOPInstanceUID)] = ds
+    return held
+
+
+def assert_same_pixels(sent: dict[str, pydicom.Dataset], sources: dict[str, Path]) -> None:
+    assert set(sent) == set(sources)
+    for sop, ds in sent.items():
+        source = pydicom.dcmread(sources[sop])
+        if source.file_meta.TransferSyntaxUID == JPEGBaseline8Bit:  # kept as is: the same bytes went
+            assert ds.file_meta.TransferSyntaxUID in (JPEGBaseline8Bit, "1.2.840.10008.1.2.1")
+            if ds.file_meta.TransferSyntaxUID == JPEGBaseline8Bit:
+                assert ds.PixelData == source.PixelData
+            continue
+        np.testing.assert_array_equal(ds.pixel_array, source.pixel_array)
+
+
+def test_c_store_forwarding_sends_what_the_peer_accepts(tmp_path: Path) -> None:
+    entries, sources = archive_of(tmp_path / "archive", tmp_path / "sources")
+    with orthanc(tmp_path / "orthanc") as peer:
+        forwarder = Forwarder(tmp_path / "archive", RemoteAE(peer.aet, "127.0.0.1", peer.dicom_port))
+        forwarder.start()
+        try:
+            for entry in entries:
+                forwarder.on_archived(entry)
+            assert forwarder.drain(60), forwarder.pending()
+        finally:
+            forwarder.close()
+        sent = held_by(peer)
+    assert_same_pixels(sent, sources)
+    # Orthanc 1.10 (dcmtk 3.6.7) has no HTJ2K: the transcoded instances went decoded, uncompressed
+    syntaxes = {str(ds.file_meta.TransferSyntaxUID) for ds in sent.values()}
+    assert syntaxes <= {"1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.1", JPEGBaseline8Bit}
+
+
+def test_a_peer_that_takes_every_syntax_gets_the_stored_bytes(tmp_path: Path) -> None:
+    root = tmp_path / "archive"
+    entries, _ = archive_of(root, tmp_path / "sources")
+    received: dict[str, tuple[str, bytes]] = {}
+
+    def on_store(event: evt.Event) -> int:
+        received[str(event.request.AffectedSOPInstanceUID)] = (str(event.context.transfer_syntax),
+                                                               event.encoded_dataset(include_meta=False))
+        return 0
+
+    ae = AE("PEER")
+    for cx in StoragePresentationContexts:
+        ae.add_supported_context(cx.abstract_syntax, list(TRANSFER_SYNTAXES))
+    port = free_port()
+    server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    try:
+        forwarder = Forwarder(root, RemoteAE("PEER", "127.0.0.1", port))
+        forwarder.start()
+        try:
+            for entry in entries:
+                forwarder.on_archived(entry)
+            assert forwarder.drain(60), forwarder.pending()
+        finally:
+            forwarder.close()
+    finally:
+        server.shutdown()
+    with FolderArchive(root, read_only=True) as archive:
+        rows = list(archive.index.instances())
+    assert {r.transfer_syntax for r in rows} == {"1.2.840.10008.1.2.4.202", JPEGBaseline8Bit}
+    for row in rows:
+        syntax, data = received[row.sop_uid]
+        assert syntax == row.transfer_syntax  # .202 as stored, the kept JPEG as stored
+        assert (root / row.path).read_bytes().endswith(data)  # the data set's bytes, not re-encoded
+
+
+def test_a_peer_down_is_retried_and_nothing_is_lost_across_a_restart(tmp_path: Path) -> None:
+    entries, sources = archive_of(tmp_path / "archive", tmp_path / "sources")
+    port = free_port()
+    peer_ae = RemoteAE("ORTHANC", "127.0.0.1", port)
+    forwarder = Forwarder(tmp_path / "archive", peer_ae, retry_base=0.1, retry_max=0.5)
+    forwarder.start()
+    for entry in entries:
+        forwarder.on_archived(entry)
+    time.sleep(1.5)  # several attempts against a closed port
+    assert forwarder.pending() == {"queued": 3}
+    forwarder.close()  # the receiver stops: the queue stays on disk
+
+    with orthanc(tmp_path / "orthanc", config={"DicomPort": port}) as peer:
+        forwarder = Forwarder(tmp_path / "archive", peer_ae, retry_base=0.1, retry_max=0.5)
+        forwarder.start()
+        try:
+            assert forwarder.drain(60), forwarder.pending()
+        finally:
+            forwarder.close()
+        assert_same_pixels(held_by(peer), sources)
+
+
+def test_an_instance_the_peer_refuses_is_given_up_after_max_attempts(tmp_path: Path) -> None:
+    entries, _ = archive_of(tmp_path / "archive", tmp_path / "sources")
+    # this Orthanc takes nothing but Implicit VR Little Endian: no .202, no Explicit VR LE
+    with orthanc(tmp_path / "orthanc", config={"AcceptedTransferSyntaxes": ["1.2.840.10008.1.2"]}) as peer:
+        forwarder = Forwarder(tmp_path / "archive", RemoteAE(peer.aet, "127.0.0.1", peer.dicom_port),
+                              retry_base=0.05, retry_max=0.1, max_attempts=3)
+        forwarder.start()
+        try:
+            forwarder.on_archived(entries[0])
+            forwarder.on_archived({**entries[1], "outcome": "duplicate"})  # not a new version: not forwarded
+            deadline = time.monotonic() + 30
+            while not forwarder.failures() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            ((sop, attempts, error),) = forwarder.failures()
+        finally:
+            forwarder.close()
+    assert sop == entries[0]["sop_uid"] and attempts == 3 and "accepts none of" in error
+
+
+def test_stow_forwarding_to_our_own_server(tmp_path: Path) -> None:
+    entries, sources = archive_of(tmp_path / "archive", tmp_path / "sources")
+    with FolderArchive(tmp_path / "peer") as peer_archive:
+        for url in serve(peer_archive):
+            forwarder = Forwarder(tmp_path / "archive", f"{url}/studies")
+            forwarder.start()
+            try:
+                for entry in entries:
+                    forwarder.on_archived(entry)
+                assert forwarder.drain(120), forwarder.pending()
+            finally:
+                forwarder.close()
+    with FolderArchive(tmp_path / "peer", read_only=True) as peer_archive:
+        rows = {r.sop_uid: r for r in peer_archive.index.instances()}
+        assert set(rows) == set(sources)
+        assert {r.outcome for r in rows.values()} == {"transcoded", "kept"}
+        for sop, row in rows.items():
+            if row.outcome == "transcoded":
+                np.testing.assert_array_equal(pydicom.dcmread(tmp_path / "peer" / row.path).pixel_array,
+                                              pydicom.dcmread(sources[sop]).pixel_array)
+
+
+@pytest.fixture(autouse=True)
+def _quiet_pynetdicom(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("ERROR", logger="pynetdicom")
