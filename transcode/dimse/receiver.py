@@ -17,7 +17,7 @@ lone sender.
 Bounded: at most `max_associations` associations (beyond: A-ASSOCIATE-RJ,
 transient, local limit exceeded), each holding at most the instance it is
 receiving in memory; the ingest workers bound memory by workers x frame
-size. ACSE, DIMSE and network (idle) timeouts are set.
+size. ACSE, DIMSE and network (idle) timeouts are set; TCP_NODELAY too.
 
 After an instance is archived (transcoded, kept, duplicate or replaced) the
 `on_archived(entry)` callbacks run with its ingest entry (forwarding plugs
@@ -41,6 +41,7 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE, _config, evt
 from pynetdicom.events import Event
 from pynetdicom.sop_class import Verification
+from pynetdicom.transport import ThreadedAssociationServer
 
 from transcode.archive import ArchiveBusy, ArchiveMismatch, FolderArchive
 from transcode.codecs.htj2k import EncodeSettings
@@ -87,6 +88,18 @@ class Timeouts:
     acse: float = 30.0
     dimse: float = 60.0
     network: float = 60.0
+
+
+class _NoDelayServer(ThreadedAssociationServer):
+    """pynetdicom's server with Nagle's algorithm off on each connection
+    (pynetdicom leaves it on): a C-STORE response is a small PDU, and
+    delaying it for the sender's next one costs tens of milliseconds an
+    instance."""
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        connection, address = super().get_request()
+        connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return connection, address
 
 
 class _GroupCommit:
@@ -188,7 +201,9 @@ class Receiver:
         _config.UNRESTRICTED_STORAGE_SERVICE = True
         handlers = [(evt.EVT_C_ECHO, lambda event: SUCCESS), (evt.EVT_C_STORE, self._on_store),
                     (evt.EVT_REQUESTED, self._on_requested)]
-        self._server = self.ae.start_server(self.address, block=False, evt_handlers=handlers)
+        self._server = self.ae.make_server(self.address, evt_handlers=handlers, server_class=_NoDelayServer)
+        threading.Thread(target=self._server.serve_forever, name="storage-scp", daemon=True).start()
+        self.ae._servers.append(self._server)  # as `AE.start_server` does: its `shutdown` expects it there
         self.address = self._server.server_address[:2]
         log.info("listening on %s:%d as %s", *self.address, self.ae.ae_title)
 
