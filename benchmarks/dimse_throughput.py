@@ -11,8 +11,10 @@ once (75 files each), to each receiver started fresh on loopback:
   which needs a JPEG 2000 codec (Orthanc's GDCM plugin): without it
   Orthanc stores as received, and the script says so (it checks the
   transfer syntax of what Orthanc stored) instead of reporting a ratio;
-- Orthanc transcoding to JPEG-LS lossless on ingest (DCMTK's codec, in
-  Orthanc's core): a lossless transcoding on ingest that runs everywhere.
+
+(Orthanc's other lossless ingest transcoding here, JPEG-LS through DCMTK,
+is not compared: Orthanc 1.10 aborts on these signed 12-bit CT files, an
+assertion in DCMTK's CharLS.)
 
 TCP_NODELAY is on for everyone: the environment variable dcmtk reads
 (storescu, and Orthanc's DICOM server, which is dcmtk's), Orthanc's
@@ -44,13 +46,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fixtures.generate import write_ct_series  # noqa: E402
-from tests.peers import ORTHANC, free_port, orthanc  # noqa: E402
+from fixtures.generate import write_ct_series
+from tests.peers import ORTHANC, free_port, orthanc
 
 STORESCU = "/usr/bin/storescu"
 ECHOSCU = "/usr/bin/echoscu"
 J2K_LOSSLESS = "1.2.840.10008.1.2.4.90"
-JLS_LOSSLESS = "1.2.840.10008.1.2.4.80"
 
 
 def send(port: int, aet: str, groups: list[list[Path]]) -> float:
@@ -69,12 +70,14 @@ def send(port: int, aet: str, groups: list[list[Path]]) -> float:
 @contextmanager
 def listen(folder: Path) -> Iterator[tuple[int, str, Callable[[], int]]]:
     port, archive = free_port(), folder / "archive"
-    process = subprocess.Popen([sys.executable, "-m", "transcode.cli", "listen", "--archive", str(archive),
-                                "--port", str(port), "--workers", "2"], cwd=ROOT,
-                               stdout=subprocess.DEVNULL, stderr=open(folder / "listen.log", "wb"))
+    with open(folder / "listen.log", "wb") as log:
+        process = subprocess.Popen([sys.executable, "-m", "transcode.cli", "listen", "--archive", str(archive),
+                                    "--port", str(port), "--workers", "2"], cwd=ROOT,
+                                   stdout=subprocess.DEVNULL, stderr=log)
     try:
         deadline = time.monotonic() + 60
-        while subprocess.run([ECHOSCU, "-aec", "TRANSCODE", "127.0.0.1", str(port)], capture_output=True).returncode:
+        while subprocess.run([ECHOSCU, "-aec", "TRANSCODE", "127.0.0.1", str(port)], capture_output=True,
+                             check=False).returncode:
             if process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError((folder / "listen.log").read_text())
             time.sleep(0.2)
@@ -130,8 +133,7 @@ def main() -> int:
         files = write_ct_series(root / "ct", args.files)
         shards = [files[n::4] for n in range(4)]
         receivers = {"listen": lambda f: listen(f), "orthanc": lambda f: orthanc_peer(f, None),
-                     "orthanc_j2k": lambda f: orthanc_peer(f, J2K_LOSSLESS),
-                     "orthanc_jls": lambda f: orthanc_peer(f, JLS_LOSSLESS)}
+                     "orthanc_j2k": lambda f: orthanc_peer(f, J2K_LOSSLESS)}
         for associations, groups in [(1, [files]), (4, shards)]:
             for name, start in receivers.items():
                 folder = root / f"{name}-{associations}"
@@ -153,12 +155,12 @@ def main() -> int:
         print(f"{'ingest':12} from disk:          {results['ingest_files']:7.1f} files/s", flush=True)
     j2k = all(STORED_AS.get(f"orthanc_j2k-{n}") == {J2K_LOSSLESS} for n in (1, 4))
     for n in (1, 4):
-        for peer in ("orthanc", "orthanc_j2k", "orthanc_jls"):
+        for peer in ("orthanc", "orthanc_j2k"):
             results[f"listen_vs_{peer}_{n}"] = results[f"listen_{n}"] / results[f"{peer}_{n}"]
         j2k_ratio = (f"{results[f'listen_vs_orthanc_j2k_{n}']:.2f}x (target >= 6)" if j2k else
                      "not measured: Orthanc stored as received (no JPEG 2000 codec: its GDCM plugin is absent)")
         print(f"{n} association(s): listen / Orthanc plain {results[f'listen_vs_orthanc_{n}']:.2f}x (target >= 1.0); "
-              f"listen / Orthanc J2K {j2k_ratio}; listen / Orthanc JPEG-LS {results[f'listen_vs_orthanc_jls_{n}']:.2f}x; "
+              f"listen / Orthanc J2K {j2k_ratio}; "
               f"listen / ingest from disk {results[f'listen_{n}'] / results['ingest_files']:.2f}x")
     results["orthanc_j2k_transcoded"] = j2k
     args.out.mkdir(parents=True, exist_ok=True)

@@ -71,7 +71,7 @@ def identify(path: Path) -> Sent:
     keywords = ["SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"]
     try:
         ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=keywords)
-    except Exception:  # anything unreadable: the ingest will say why
+    except Exception:  # noqa: BLE001 (anything unreadable: the ingest will say why)
         return Sent(None, None, None, None)
     return Sent(*(str(ds.get(keyword, "")) or None for keyword in keywords))
 

@@ -49,7 +49,15 @@ from transcode.dimse.hooks import Hook, StudyTracker
 from transcode.dimse.spool import Spool
 from transcode.pipeline import CLEAN, SETTLE_BATCH
 from transcode.policy import OnConflict
-from transcode.service import OUT_OF_RESOURCES, PROCESSING_FAILURE, SUCCESS, IngestService, Sent, identify, storage_status
+from transcode.service import (
+    OUT_OF_RESOURCES,
+    PROCESSING_FAILURE,
+    SUCCESS,
+    IngestService,
+    Sent,
+    identify,
+    storage_status,
+)
 from transcode.verify import CrossCheck
 
 log = logging.getLogger(__name__)
@@ -110,12 +118,18 @@ class _GroupCommit:
     def __init__(self, service: IngestService) -> None:
         self.service = service
         self._queue: queue.Queue[tuple[Path, Future[dict[str, Any]]] | None] = queue.Queue()
+        self._lock = threading.Lock()
+        self._closed = False
         self._thread = threading.Thread(target=self._run, name="ingest-commit", daemon=True)
         self._thread.start()
 
     def submit(self, path: Path) -> Future[dict[str, Any]]:
+        """Queue `path` for the next call; raises RuntimeError once closed."""
         future: Future[dict[str, Any]] = Future()
-        self._queue.put((path, future))
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the receiver is stopping")
+            self._queue.put((path, future))
         return future
 
     def _run(self) -> None:
@@ -133,7 +147,7 @@ class _GroupCommit:
                 batch.append(more)
             try:
                 entries = self.service.store([path for path, _ in batch])
-            except BaseException as exc:  # every waiting association answers with the failure
+            except Exception as exc:  # noqa: BLE001 (any failure: every waiting association answers with it)
                 for _, future in batch:
                     future.set_exception(exc)
             else:
@@ -143,7 +157,10 @@ class _GroupCommit:
                 return
 
     def close(self) -> None:
-        self._queue.put(None)
+        """Finish the files queued, then stop."""
+        with self._lock:
+            self._closed = True
+            self._queue.put(None)
         self._thread.join()
 
 
@@ -228,6 +245,8 @@ class Receiver:
         answered, so their senders resend), then the ingest and the hooks."""
         if self._server is not None:
             self._server.shutdown()
+            for association in self._server.active_associations:
+                association.abort()
             self._server = None
         _config.UNRESTRICTED_STORAGE_SERVICE = self._unrestricted
         self._commit.close()
