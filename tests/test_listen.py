@@ -30,6 +30,8 @@ from tests.peers import free_port
 from transcode.cli import main
 from transcode.dimse.hooks import command_hook, entry_point_hooks, url_hook
 from transcode.dimse.receiver import Peer, Receiver
+from transcode.policy import Reason
+from transcode.transcoder import transcode_file
 
 #: storescu's option proposing each compressed syntax (as received, not decompressed by the sender)
 STORESCU_PROPOSE = {"1.2.840.10008.1.2.5": ["-xr"], "1.2.840.10008.1.2.4.90": ["-xv"], "1.2.840.10008.1.2.4.80": ["-xt"],
@@ -362,3 +364,12 @@ def test_kill_9_during_a_run_loses_nothing_acknowledged(tmp_path: Path) -> None:
     assert set(stored) == {sop_uid(path) for path in files}  # every instance, once (one row per SOP UID)
     assert {outcome for outcome, _, _ in stored.values()} == {"transcoded"}
     assert main(["verify", "--archive", str(archive)]) == 0
+
+
+def test_importing_pynetdicom_changes_no_reason(corpus: Path, tmp_path: Path) -> None:
+    """pynetdicom (imported here, as by the receiver) adds Deflated Image
+    Frame Compression to pydicom's transfer syntaxes, as compressed: a
+    lossless syntax the reader does not decode must still be kept as
+    unsupported, not as a lossy source."""
+    result = transcode_file(corpus / "liver_deflate.dcm", tmp_path / "out.dcm")
+    assert result.reason is Reason.UNSUPPORTED_TRANSFER_SYNTAX, result.detail

@@ -120,6 +120,11 @@ LOSSLESS_SOURCES: frozenset[UID] = frozenset(
 )
 
 
+#: Lossless syntaxes the reader does not decode: unsupported, never "lossy"
+#: (pydicom knows Deflated Image Frame Compression only once pynetdicom,
+#: imported by the DIMSE doors, has added it, as compressed).
+LOSSLESS_UNDECODED: frozenset[UID] = frozenset({UID("1.2.840.10008.1.2.8.1")})
+
 #: Rows (0028,0010), as a DICOM JSON key.
 ROWS = "00280010"
 #: DICOM JSON of a value above the bulk data threshold: the value itself is not in the text.

@@ -37,7 +37,7 @@ from transcode.dicom.metadata import DicomJson, dicom_json
 from transcode.dicom.read import Instance, PixelSpec, open_instance
 from transcode.dicom.write import EncapsulatedWriter, copy_atomically, file_meta
 from transcode.digest import Digest, frame_digest
-from transcode.policy import LOSSLESS_SOURCES, Outcome, Reason, Stop, fail, keep
+from transcode.policy import LOSSLESS_SOURCES, LOSSLESS_UNDECODED, Outcome, Reason, Stop, fail, keep
 from transcode.runtime import frame_pool
 from transcode.verify import SAMPLER, CrossCheck, crosscheck_frame, crosscheck_source, verify_frame
 
@@ -134,7 +134,7 @@ def _check_policy(spec: PixelSpec | None, settings: EncodeSettings) -> None:
         raise keep(Reason.NO_PIXEL_DATA, "no Pixel Data: nothing to transcode")
     ts = spec.transfer_syntax
     if ts not in LOSSLESS_SOURCES:
-        if ts.is_transfer_syntax and ts.is_compressed:
+        if ts.is_transfer_syntax and ts.is_compressed and ts not in LOSSLESS_UNDECODED:
             raise keep(Reason.LOSSY_SOURCE, f"{ts.name} is (or may be) lossy: recompressing would compound the loss")
         raise keep(Reason.UNSUPPORTED_TRANSFER_SYNTAX, f"transfer syntax {ts} is not one this pipeline decodes")
     if spec.bits_allocated == 1:
