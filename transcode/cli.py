@@ -1,4 +1,4 @@
-"""The `transcode` command: `convert`, `ingest`, `migrate`, `verify`, `serve`, `bench`, `info`.
+"""The `transcode` command: `convert`, `ingest`, `migrate`, `verify`, `serve`, `listen`, `bench`, `info`.
 
 Exit codes. `convert`: 0 every instance transcoded, 3 some kept as is (none
 failed), 1 at least one failed. `ingest`: 0 every file transcoded, kept, a
@@ -17,6 +17,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -344,6 +345,37 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_listen(args: argparse.Namespace) -> int:
+    from transcode.dimse import hooks
+    from transcode.dimse.receiver import Peer, Receiver
+
+    try:
+        peers = [Peer.parse(text) for text in args.accept_from]
+    except (ValueError, OSError) as exc:
+        print(f"transcode: --accept-from: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    study_hooks = ([hooks.command_hook(command) for command in args.on_study]
+                   + [hooks.url_hook(url) for url in args.on_study_url] + hooks.entry_point_hooks())
+    receiver = Receiver(Path(args.archive), ae_title=args.ae_title, host=args.host, port=args.port,
+                        accept_from=peers, max_associations=args.max_associations, study_idle=args.study_idle,
+                        study_hooks=study_hooks, workers=args.workers, settings=_settings(args),
+                        crosscheck=args.crosscheck, on_conflict=args.on_conflict)
+    stopped = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stopped.set())
+    try:
+        receiver.start()
+    except (ArchiveBusy, ArchiveMismatch, OSError) as exc:
+        receiver.stop()
+        print(f"transcode: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    host, port = receiver.address
+    print(f"Storage SCP {args.ae_title} on {host}:{port}, archive {args.archive}", flush=True)
+    stopped.wait()
+    receiver.stop()
+    return EXIT_OK
+
+
 def _frame_bytes(mib: float) -> int:
     return int(mib * (1 << 20))
 
@@ -480,6 +512,28 @@ def build_parser() -> argparse.ArgumentParser:
                        help="rendered images larger are scaled down to it, and no larger frame is decoded for one "
                             "(default: 4096 x 4096)")
     serve.set_defaults(func=cmd_serve, log_default="info")
+
+    listen = sub.add_parser("listen", help="receive instances over DICOM (C-STORE) into an archive")
+    listen.add_argument("--archive", required=True, help="archive folder (created if missing)")
+    listen.add_argument("--ae-title", default="TRANSCODE", help="our AE title (default: %(default)s)")
+    listen.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    listen.add_argument("--port", type=int, default=11112, help="(default: %(default)s)")
+    listen.add_argument("--accept-from", action="append", default=[], metavar="AE[@HOST]",
+                        help="accept associations only from this calling AE title (and host); repeatable "
+                             "(default: from any)")
+    listen.add_argument("--max-associations", type=int, default=10,
+                        help="associations at once; more are rejected as transient (default: %(default)s)")
+    listen.add_argument("--study-idle", type=float, default=60.0,
+                        help="a study is complete after this many seconds without a new instance (default: "
+                             "%(default)s)")
+    listen.add_argument("--on-study", action="append", default=[], metavar="CMD",
+                        help="shell command run once per complete study, its summary JSON on stdin (repeatable)")
+    listen.add_argument("--on-study-url", action="append", default=[], metavar="URL",
+                        help="POST each complete study's summary JSON to this URL (repeatable)")
+    listen.add_argument("--workers", type=int, default=2, help="ingest worker processes (default: %(default)s)")
+    _encode_options(listen)
+    _conflict_option(listen)
+    listen.set_defaults(func=cmd_listen)
 
     bench_ = sub.add_parser("bench", help="speed, size, progressive and scaling benchmarks (generated data or yours)")
     bench_.add_argument("paths", nargs="*", help="DICOM files or folders to measure on (default: generated phantoms)")

@@ -17,13 +17,63 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
+
+import pydicom
 
 from transcode.archive import FolderArchive
 from transcode.codecs.htj2k import EncodeSettings
-from transcode.pipeline import WorkerPool, ingest
-from transcode.policy import OnConflict
+from transcode.pipeline import IngestOutcome, WorkerPool, ingest
+from transcode.policy import OnConflict, Reason
 from transcode.verify import CrossCheck
+
+# Storage status codes (PS3.4 B.2.3, PS3.7 C.4) of an ingest entry, one mapping for every door:
+# C-STORE answers them, STOW-RS gives the failures as Failure Reason (0008,1197) (PS3.18 10.5.3).
+SUCCESS, KEPT_AS_IS, OUT_OF_RESOURCES = 0x0000, 0xB000, 0xA700
+PROCESSING_FAILURE, DUPLICATE_SOP, CANNOT_UNDERSTAND = 0x0110, 0x0111, 0xC000
+#: Statuses under which the instance is in the archive as sent (or was already).
+STORED = frozenset({SUCCESS, KEPT_AS_IS})
+#: Failed for what the bytes are: not an instance that can be archived.
+_UNDERSTANDING = {Reason.NOT_DICOM, Reason.MISSING_FILE_META, Reason.NO_SOP_INSTANCE_UID, Reason.BAD_PIXEL_DATA,
+                  Reason.TRUNCATED, Reason.INVALID_UID, Reason.UNREADABLE}
+
+
+def storage_status(entry: dict[str, Any]) -> int:
+    """The storage status of an ingest entry: success when transcoded, a
+    duplicate of the archived copy or its replacement; the warning 0xB000
+    when kept as is (stored as received, not transcoded: PS3.4 has no closer
+    warning, and the Error Comment says why); 0x0111 for a conflicting copy
+    (set aside, not the archived instance); 0xC000 for bytes that cannot be
+    an archived instance; 0x0110 for any other failure."""
+    outcome = entry["outcome"]
+    if outcome in (IngestOutcome.TRANSCODED, IngestOutcome.DUPLICATE, IngestOutcome.REPLACED):
+        return SUCCESS
+    if outcome == IngestOutcome.KEPT:
+        return KEPT_AS_IS
+    if outcome == IngestOutcome.CONFLICT:
+        return DUPLICATE_SOP
+    return CANNOT_UNDERSTAND if entry.get("reason") in _UNDERSTANDING else PROCESSING_FAILURE
+
+
+class Sent(NamedTuple):
+    """The identity of an instance as sent, where readable (None where not)."""
+
+    sop_class: str | None
+    sop: str | None
+    study: str | None
+    series: str | None
+
+
+def identify(path: Path) -> Sent:
+    """Read the SOP Class, SOP Instance, Study and Series Instance UIDs of
+    the file at `path` as sent; all None where pydicom cannot read it (the
+    ingest then says why)."""
+    keywords = ["SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"]
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=keywords)
+    except Exception:  # noqa: BLE001 (anything unreadable: the ingest will say why)
+        return Sent(None, None, None, None)
+    return Sent(*(str(ds.get(keyword, "")) or None for keyword in keywords))
 
 
 class ServiceBusy(RuntimeError):

@@ -20,28 +20,20 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import pydicom
 from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
 from transcode.archive import ArchiveBusy, ArchiveMismatch
-from transcode.pipeline import IngestOutcome
-from transcode.policy import Reason
 from transcode.server.catalog import uid
 from transcode.server.errors import Problem
 from transcode.server.multipart import save_parts
 from transcode.server.service import Service
-from transcode.service import IngestService, ServiceBusy
+from transcode.service import STORED, IngestService, ServiceBusy, identify, storage_status
 
-# Storage status codes (PS3.4 B.2.3) given as Failure Reason (0008,1197), as PS3.18 10.5.3 asks.
-PROCESSING_FAILURE, DUPLICATE_SOP, CANNOT_UNDERSTAND, WRONG_STUDY = 0x0110, 0x0111, 0xC000, 0xA900
-#: Failed for what the bytes are: not an instance that can be archived.
-_UNDERSTANDING = {Reason.NOT_DICOM, Reason.MISSING_FILE_META, Reason.NO_SOP_INSTANCE_UID, Reason.BAD_PIXEL_DATA,
-                  Reason.TRUNCATED, Reason.INVALID_UID, Reason.UNREADABLE}
-#: Stored: the instance is in the archive as sent (or was already).
-_STORED = {IngestOutcome.TRANSCODED, IngestOutcome.KEPT, IngestOutcome.DUPLICATE, IngestOutcome.REPLACED}
+#: Failure Reason for an instance of another study than the request's (PS3.18 10.5.3).
+WRONG_STUDY = 0xA900
 
 
 def routes(service: Service, ingester: IngestService) -> APIRouter:
@@ -71,20 +63,9 @@ def routes(service: Service, ingester: IngestService) -> APIRouter:
     return router
 
 
-def _identify(path: Path) -> tuple[str | None, str | None, str | None]:
-    """(SOP Class UID, SOP Instance UID, Study Instance UID) as sent, where readable."""
-    try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID", "SOPInstanceUID",
-                                                                           "StudyInstanceUID"])
-    except Exception:  # anything unreadable: the ingest will say why
-        return None, None, None
-    return (str(ds.get("SOPClassUID", "")) or None, str(ds.get("SOPInstanceUID", "")) or None,
-            str(ds.get("StudyInstanceUID", "")) or None)
-
-
 def _store(service: Service, ingester: IngestService, request: Request, files: list[Path],
            study: str | None) -> tuple[int, dict[str, Any]]:
-    sent = {str(path): _identify(path) for path in files}
+    sent = {str(path): identify(path)[:3] for path in files}
     failed: list[dict[str, Any]] = []
     referenced: list[dict[str, Any]] = []
     todo = []
@@ -105,8 +86,8 @@ def _store(service: Service, ingester: IngestService, request: Request, files: l
         for entry in entries:
             sop_class, sop, study_uid = sent[entry["source_path"]]
             sop = sop or entry.get("sop_uid")  # one pydicom cannot parse: as the ingest read it
-            outcome = entry["outcome"]
-            if outcome in _STORED:
+            code = storage_status(entry)
+            if code in STORED:
                 item = {"00081150": _ui(sop_class), "00081155": _ui(sop)}
                 row = service.catalog.db.execute(
                     "SELECT study_uid, series_uid FROM instances WHERE sop_uid = ?", (entry["sop_uid"],)
@@ -115,9 +96,6 @@ def _store(service: Service, ingester: IngestService, request: Request, files: l
                     item["00081190"] = {"vr": "UR", "Value": [service.url(request, row[0], row[1], entry["sop_uid"])]}
                 referenced.append(item)
             else:
-                reason = entry.get("reason")
-                code = (DUPLICATE_SOP if outcome == IngestOutcome.CONFLICT
-                        else CANNOT_UNDERSTAND if reason in _UNDERSTANDING else PROCESSING_FAILURE)
                 failed.append(_failed((sop_class, sop, study_uid), code))
     body: dict[str, Any] = {}
     if study is not None:

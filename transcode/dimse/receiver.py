@@ -1,0 +1,313 @@
+"""`transcode listen`: a DICOM storage receiver (C-ECHO, C-STORE) in front
+of the ingest service.
+
+Each association runs on its own thread (pynetdicom). A received data set
+is written as sent, with the File Meta of its presentation context and no
+re-encoding (`event.encoded_dataset()`), to the spool under the archive and
+fsynced there (spool.py); it is then ingested by the one `IngestService`,
+and the sender is answered once the service has returned, that is once the
+instance is durable in the archive, with the status of its outcome
+(`service.storage_status`). The spool file is removed after; one left by a
+kill is ingested at the next start. Instances arriving on several
+associations while an ingest runs go to the next call together (a group
+commit: one archive session, one index transaction for all of them), so
+throughput is not one ingest call per instance, without a delay added to a
+lone sender.
+
+Bounded: at most `max_associations` associations (beyond: A-ASSOCIATE-RJ,
+transient, local limit exceeded), each holding at most the instance it is
+receiving in memory; the ingest workers bound memory by workers x frame
+size. ACSE, DIMSE and network (idle) timeouts are set; TCP_NODELAY too.
+
+After an instance is archived (transcoded, kept, duplicate or replaced) the
+`on_archived(entry)` callbacks run with its ingest entry (forwarding plugs
+in there); their errors are logged, never answered to the sender.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import queue
+import socket
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pynetdicom import AE, _config, evt
+from pynetdicom.events import Event
+from pynetdicom.sop_class import Verification
+from pynetdicom.transport import ThreadedAssociationServer
+
+from transcode.archive import ArchiveBusy, ArchiveMismatch, FolderArchive
+from transcode.codecs.htj2k import EncodeSettings
+from transcode.dimse.hooks import Hook, StudyTracker
+from transcode.dimse.spool import Spool
+from transcode.pipeline import CLEAN, SETTLE_BATCH
+from transcode.policy import OnConflict
+from transcode.service import (
+    OUT_OF_RESOURCES,
+    PROCESSING_FAILURE,
+    SUCCESS,
+    IngestService,
+    Sent,
+    identify,
+    storage_status,
+)
+from transcode.verify import CrossCheck
+
+log = logging.getLogger(__name__)
+
+#: Warning: the data set's SOP Class UID is not the one it was sent under (PS3.4 B.2.3).
+DATA_SET_MISMATCH = 0xB007
+#: The Error Comment (0000,0902) is an LO: at most 64 characters.
+_COMMENT = 64
+_DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
+
+
+@dataclass(frozen=True)
+class Peer:
+    """An allowed caller: a calling AE title, and the host it must call from (any when None)."""
+
+    ae_title: str
+    host: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> Peer:
+        """`AE` or `AE@host` (a host name is resolved now, to its address)."""
+        ae_title, _, host = text.partition("@")
+        if not ae_title or len(ae_title) > 16:
+            raise ValueError(f"{text!r}: a calling AE title is 1 to 16 characters")
+        return cls(ae_title, socket.gethostbyname(host) if host else None)
+
+    def allows(self, ae_title: str, address: str) -> bool:
+        return ae_title.strip() == self.ae_title and self.host in (None, address)
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Seconds: association negotiation (ACSE), waiting for a DIMSE message,
+    and a connection idle (network) before it is closed."""
+
+    acse: float = 30.0
+    dimse: float = 60.0
+    network: float = 60.0
+
+
+class _NoDelayServer(ThreadedAssociationServer):
+    """pynetdicom's server with Nagle's algorithm off on each connection
+    (pynetdicom leaves it on): a C-STORE response is a small PDU, and
+    delaying it for the sender's next one costs tens of milliseconds an
+    instance."""
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        connection, address = super().get_request()
+        connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return connection, address
+
+
+class _GroupCommit:
+    """One thread that hands the spooled files to the service: whatever
+    arrived while the previous call ran goes in the next, up to
+    SETTLE_BATCH files."""
+
+    def __init__(self, service: IngestService) -> None:
+        self.service = service
+        self._queue: queue.Queue[tuple[Path, Future[dict[str, Any]]] | None] = queue.Queue()
+        self._lock = threading.Lock()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="ingest-commit", daemon=True)
+        self._thread.start()
+
+    def submit(self, path: Path) -> Future[dict[str, Any]]:
+        """Queue `path` for the next call; raises RuntimeError once closed."""
+        future: Future[dict[str, Any]] = Future()
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the receiver is stopping")
+            self._queue.put((path, future))
+        return future
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            batch = [item]
+            stop = False
+            while len(batch) < SETTLE_BATCH:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stop = True
+                    break
+                batch.append(more)
+            try:
+                entries = self.service.store([path for path, _ in batch])
+            except Exception as exc:  # noqa: BLE001 (any failure: every waiting association answers with it)
+                for _, future in batch:
+                    future.set_exception(exc)
+            else:
+                for (_, future), entry in zip(batch, entries, strict=True):
+                    future.set_result(entry)
+            if stop:
+                return
+
+    def close(self) -> None:
+        """Finish the files queued, then stop."""
+        with self._lock:
+            self._closed = True
+            self._queue.put(None)
+        self._thread.join()
+
+
+class Receiver:
+    """A Storage SCP on `host`:`port` as `ae_title`, ingesting into the
+    archive at `archive`. `accept_from` lists the callers allowed (all when
+    empty); `study_hooks` fire once a study has been quiet `study_idle`
+    seconds; `on_archived` callbacks get the entry of every archived
+    instance. `start` drains the spool, then listens; `stop` ends both."""
+
+    def __init__(
+        self,
+        archive: Path,
+        *,
+        ae_title: str = "TRANSCODE",
+        host: str = "127.0.0.1",
+        port: int = 11112,
+        accept_from: Sequence[Peer] = (),
+        max_associations: int = 10,
+        timeouts: Timeouts = Timeouts(),
+        study_idle: float = 60.0,
+        study_hooks: Sequence[Hook] = (),
+        on_archived: Sequence[Callable[[dict[str, Any]], None]] = (),
+        workers: int = 2,
+        settings: EncodeSettings | None = None,
+        crosscheck: CrossCheck | str = CrossCheck.SAMPLE,
+        on_conflict: OnConflict | str = OnConflict.KEEP,
+    ) -> None:
+        self.archive = Path(archive)
+        self.address = (host, port)
+        self.accept_from = list(accept_from)
+        self.on_archived = list(on_archived)
+        self.spool = Spool(self.archive / "spool" / "incoming")
+        self.service = IngestService(self.archive, workers=workers, settings=settings, crosscheck=crosscheck,
+                                     on_conflict=on_conflict)
+        self.studies = StudyTracker(study_idle, list(study_hooks), archive=str(self.archive))
+        self._commit = _GroupCommit(self.service)
+        self.ae = AE(ae_title=ae_title)
+        self.ae.maximum_associations = max_associations
+        self.ae.acse_timeout, self.ae.dimse_timeout = timeouts.acse, timeouts.dimse
+        self.ae.network_timeout = timeouts.network
+        self.ae.add_supported_context(Verification)
+        self._server: Any = None
+        self._unrestricted = _config.UNRESTRICTED_STORAGE_SERVICE
+
+    def start(self) -> None:
+        """Ingest what the spool holds from a previous run, then listen (in
+        background threads). Raises ArchiveMismatch for an index that is not
+        the archive's, ArchiveBusy while another process ingests into it,
+        OSError when the port cannot be bound."""
+        FolderArchive(self.archive).close()  # a new folder becomes an empty archive; a mismatch refuses now
+        self.drain()
+        # Every storage SOP class, known or not, in whatever transfer syntax
+        # the sender proposes first: what the reader cannot decode is kept as is.
+        _config.UNRESTRICTED_STORAGE_SERVICE = True
+        handlers = [(evt.EVT_C_ECHO, lambda event: SUCCESS), (evt.EVT_C_STORE, self._on_store),
+                    (evt.EVT_REQUESTED, self._on_requested)]
+        self._server = self.ae.make_server(self.address, evt_handlers=handlers, server_class=_NoDelayServer)
+        threading.Thread(target=self._server.serve_forever, name="storage-scp", daemon=True).start()
+        self.ae._servers.append(self._server)  # as `AE.start_server` does: its `shutdown` expects it there
+        self.address = self._server.server_address[:2]
+        log.info("listening on %s:%d as %s", *self.address, self.ae.ae_title)
+
+    def drain(self) -> list[dict[str, Any]]:
+        """Ingest the spool's leftovers (whole files a killed run had not
+        settled) and return their entries."""
+        leftovers = self.spool.leftovers()
+        entries = []
+        for start in range(0, len(leftovers), SETTLE_BATCH):
+            chunk = leftovers[start:start + SETTLE_BATCH]
+            sent = [identify(path) for path in chunk]
+            for path, ids, entry in zip(chunk, sent, self.service.store(chunk), strict=True):
+                self._settled(entry, ids, "spool")
+                self.spool.remove(path)
+                entries.append(entry)
+        if leftovers:
+            log.info("ingested %d instances left in the spool by the previous run", len(leftovers))
+        return entries
+
+    def stop(self) -> None:
+        """Stop listening (associations under way are aborted: they were not
+        answered, so their senders resend), then the ingest and the hooks."""
+        if self._server is not None:
+            self._server.shutdown()
+            for association in self._server.active_associations:
+                association.abort()
+            self._server = None
+        _config.UNRESTRICTED_STORAGE_SERVICE = self._unrestricted
+        self._commit.close()
+        self.service.close()
+        self.studies.close()
+
+    def _on_requested(self, event: Event) -> None:
+        """Reject a caller not in `accept_from` (permanent, calling AE title not recognised)."""
+        if not self.accept_from:
+            return
+        calling = event.assoc.requestor.primitive.calling_ae_title
+        address = event.assoc.requestor.address
+        if not any(peer.allows(calling, address) for peer in self.accept_from):
+            log.warning("rejected association from %s at %s: not in --accept-from", calling, address)
+            event.assoc.acse.send_reject(0x01, 0x01, 0x03)
+            event.assoc.kill()  # as pynetdicom's own rejections: the DUL sends the A-ASSOCIATE-RJ, then stops
+
+    def _on_store(self, event: Event) -> Dataset:
+        caller = event.assoc.requestor.ae_title.strip()
+        try:
+            path = self.spool.write(event.encoded_dataset())
+        except OSError as exc:
+            log.error("cannot spool an instance from %s: %s", caller, exc)
+            return _status(OUT_OF_RESOURCES if exc.errno in _DISK_FULL else PROCESSING_FAILURE,
+                           f"cannot be stored now: {exc.strerror or exc}")
+        try:
+            sent = identify(path)
+            entry = self._commit.submit(path).result()
+        except (ArchiveBusy, ArchiveMismatch) as exc:
+            return _status(OUT_OF_RESOURCES, f"archive unavailable: {exc}")
+        except OSError as exc:
+            log.error("cannot archive an instance from %s: %s", caller, exc)
+            return _status(OUT_OF_RESOURCES if exc.errno in _DISK_FULL else PROCESSING_FAILURE,
+                           f"cannot be archived now: {exc.strerror or exc}")
+        except Exception as exc:  # a bug: the sender is told, the receiver goes on
+            log.exception("ingest of an instance from %s failed", caller)
+            return _status(PROCESSING_FAILURE, f"internal error: {type(exc).__name__}")
+        finally:
+            self.spool.remove(path)
+        status = storage_status(entry)
+        comment = f"{entry['outcome']}: {entry.get('reason') or ''}: {entry.get('detail') or ''}"
+        if status == SUCCESS and sent.sop_class and sent.sop_class != event.request.AffectedSOPClassUID:
+            status = DATA_SET_MISMATCH
+            comment = f"stored; its SOP Class UID {sent.sop_class} is not the one it was sent as"
+        self._settled(entry, sent, caller)
+        return _status(status, comment if status != SUCCESS else None)
+
+    def _settled(self, entry: dict[str, Any], sent: Sent, caller: str) -> None:
+        """Count `entry` for its study and hand an archived instance to the callbacks."""
+        self.studies.seen(sent.study, sent.series, entry["outcome"], caller)
+        if entry["outcome"] in CLEAN:
+            for callback in self.on_archived:
+                try:
+                    callback(entry)
+                except Exception:  # a callback's failure is its own (logged), not the sender's
+                    log.exception("on_archived callback %r failed for %s", callback, entry.get("sop_uid"))
+
+
+def _status(code: int, comment: str | None) -> Dataset:
+    ds = Dataset()
+    ds.Status = code
+    if comment:  # an LO: no backslash (the value separator), the default character repertoire
+        ds.ErrorComment = comment.encode("ascii", "replace").decode().replace("\\", "/")[:_COMMENT]
+    return ds
