@@ -4,6 +4,8 @@ up, across a restart of the forwarder), STOW-RS to our own server."""
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -179,6 +181,38 @@ def test_stow_forwarding_to_our_own_server(tmp_path: Path) -> None:
             if row.outcome == "transcoded":
                 np.testing.assert_array_equal(pydicom.dcmread(tmp_path / "peer" / row.path).pixel_array,
                                               pydicom.dcmread(sources[sop]).pixel_array)
+
+
+def test_listen_forwards_what_it_archives(tmp_path: Path) -> None:
+    """`transcode listen --forward`: a modality's instance, sent with dcmtk's
+    storescu, is archived and sent on to the PACS (here an Orthanc 1.10,
+    which takes no .202: it gets Explicit VR Little Endian, same pixels)."""
+    storescu = Path("/usr/bin/storescu")  # dcmtk's, not pynetdicom's app of the same name
+    if not storescu.exists():
+        pytest.skip("dcmtk is not installed")
+    src = write(Spec("CT", 64, 64, 1), tmp_path / "ct.dcm")
+    with orthanc(tmp_path / "orthanc") as peer:
+        port = free_port()
+        listen = subprocess.Popen(
+            [sys.executable, "-m", "transcode.cli", "listen", "--archive", str(tmp_path / "archive"),
+             "--port", str(port), "--forward", f"{peer.aet}@127.0.0.1:{peer.dicom_port}"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            assert "Storage SCP" in (listen.stdout.readline() if listen.stdout else "")
+            sent = subprocess.run([str(storescu), "-aec", "TRANSCODE", "127.0.0.1", str(port), str(src)],
+                                  capture_output=True, text=True, timeout=60)
+            assert sent.returncode == 0, sent.stderr
+            for _ in range(120):  # bounded: 60 s
+                if peer.get("/instances"):
+                    break
+                time.sleep(0.5)
+            held = held_by(peer)
+        finally:
+            listen.terminate()
+            listen.wait(timeout=60)
+    assert len(held) == 1
+    (ds,) = held.values()
+    np.testing.assert_array_equal(ds.pixel_array, pydicom.dcmread(src).pixel_array)
 
 
 @pytest.fixture(autouse=True)

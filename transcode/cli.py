@@ -347,32 +347,43 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def cmd_listen(args: argparse.Namespace) -> int:
     from transcode.dimse import hooks
+    from transcode.dimse.forward import Forwarder
     from transcode.dimse.receiver import Peer, Receiver
+    from transcode.dimse.scu import RemoteAE
 
     try:
         peers = [Peer.parse(text) for text in args.accept_from]
+        targets: list[RemoteAE | str] = [RemoteAE.parse(text) for text in args.forward] + args.forward_stow
     except (ValueError, OSError) as exc:
-        print(f"transcode: --accept-from: {exc}", file=sys.stderr)
+        print(f"transcode: --accept-from / --forward: {exc}", file=sys.stderr)
         return EXIT_USAGE
     study_hooks = ([hooks.command_hook(command) for command in args.on_study]
                    + [hooks.url_hook(url) for url in args.on_study_url] + hooks.entry_point_hooks())
+    forwarders = [Forwarder(Path(args.archive), target, ae_title=args.ae_title) for target in targets]
     receiver = Receiver(Path(args.archive), ae_title=args.ae_title, host=args.host, port=args.port,
                         accept_from=peers, max_associations=args.max_associations, study_idle=args.study_idle,
                         study_hooks=study_hooks, workers=args.workers, settings=_settings(args),
-                        crosscheck=args.crosscheck, on_conflict=args.on_conflict)
+                        crosscheck=args.crosscheck, on_conflict=args.on_conflict,
+                        on_archived=[forwarder.on_archived for forwarder in forwarders])
     stopped = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stopped.set())
     try:
+        for forwarder in forwarders:
+            forwarder.start()
         receiver.start()
     except (ArchiveBusy, ArchiveMismatch, OSError) as exc:
         receiver.stop()
+        for forwarder in forwarders:
+            forwarder.close()
         print(f"transcode: {exc}", file=sys.stderr)
         return EXIT_USAGE
     host, port = receiver.address
     print(f"Storage SCP {args.ae_title} on {host}:{port}, archive {args.archive}", flush=True)
     stopped.wait()
     receiver.stop()
+    for forwarder in forwarders:
+        forwarder.close()
     return EXIT_OK
 
 
@@ -530,6 +541,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="shell command run once per complete study, its summary JSON on stdin (repeatable)")
     listen.add_argument("--on-study-url", action="append", default=[], metavar="URL",
                         help="POST each complete study's summary JSON to this URL (repeatable)")
+    listen.add_argument("--forward", action="append", default=[], metavar="AE@HOST:PORT",
+                        help="send each archived instance on with C-STORE, .202 first, else decoded (repeatable; "
+                             "a persistent queue under the archive survives restarts and a peer that is down)")
+    listen.add_argument("--forward-stow", action="append", default=[], metavar="URL",
+                        help="the same over STOW-RS to this studies URL (repeatable)")
     listen.add_argument("--workers", type=int, default=2, help="ingest worker processes (default: %(default)s)")
     _encode_options(listen)
     _conflict_option(listen)
