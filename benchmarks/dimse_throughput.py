@@ -47,7 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from fixtures.generate import write_ct_series
-from tests.peers import ORTHANC, free_port, orthanc
+from tests.peers import GDCM_PLUGIN, ORTHANC, free_port, orthanc
 
 STORESCU = "/usr/bin/storescu"
 ECHOSCU = "/usr/bin/echoscu"
@@ -101,6 +101,8 @@ def orthanc_peer(folder: Path, syntax: str | None) -> Iterator[tuple[int, str, C
     config: dict[str, object] = {"TcpNoDelay": True, "ConcurrentJobs": 2}
     if syntax:
         config["IngestTranscoding"] = syntax
+        if GDCM_PLUGIN.exists():
+            config["Plugins"] = [str(GDCM_PLUGIN)]
     with orthanc(folder, config=config) as peer:
         def count() -> int:
             stored = peer.get("/instances")

@@ -38,13 +38,12 @@ import pydicom
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fixtures.generate import write_ct_series  # noqa: E402
-from tests.peers import Orthanc, orthanc  # noqa: E402
+from tests.peers import GDCM_PLUGIN, Orthanc, orthanc  # noqa: E402
 from transcode.bench.measure import machine, save  # noqa: E402
 from transcode.orthanc import plugin_script  # noqa: E402
 from transcode.transcoder import transcode_file  # noqa: E402
 
 J2K_LOSSLESS = "1.2.840.10008.1.2.4.90"
-GDCM_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancGdcm.so")
 CONFIGURATIONS = ("plain", "hook", "j2k")
 
 

@@ -20,6 +20,9 @@ import pytest
 
 ORTHANC = shutil.which("Orthanc")
 PYTHON_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancPython.so")
+#: Orthanc's own DCMTK has no JPEG 2000 encoder: "IngestTranscoding" to J2K
+#: needs the GDCM plugin (Debian `orthanc-gdcm`).
+GDCM_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancGdcm.so")
 
 
 def free_port() -> int:
