@@ -67,17 +67,22 @@ def assert_same_pixels(sent: dict[str, pydicom.Dataset], sources: dict[str, Path
         np.testing.assert_array_equal(ds.pixel_array, source.pixel_array)
 
 
+def forward_all(root: Path, peer: RemoteAE | str, entries: list[dict], *, wait: float = 60) -> None:
+    """Queue `entries` for `peer` and wait (at most `wait` s) until all are sent."""
+    forwarder = Forwarder(root, peer)
+    forwarder.start()
+    try:
+        for entry in entries:
+            forwarder.on_archived(entry)
+        assert forwarder.drain(wait), forwarder.pending()
+    finally:
+        forwarder.close()
+
+
 def test_c_store_forwarding_sends_what_the_peer_accepts(tmp_path: Path) -> None:
     entries, sources = archive_of(tmp_path / "archive", tmp_path / "sources")
     with orthanc(tmp_path / "orthanc") as peer:
-        forwarder = Forwarder(tmp_path / "archive", RemoteAE(peer.aet, "127.0.0.1", peer.dicom_port))
-        forwarder.start()
-        try:
-            for entry in entries:
-                forwarder.on_archived(entry)
-            assert forwarder.drain(60), forwarder.pending()
-        finally:
-            forwarder.close()
+        forward_all(tmp_path / "archive", RemoteAE(peer.aet, "127.0.0.1", peer.dicom_port), entries)
         sent = held_by(peer)
     assert_same_pixels(sent, sources)
     # Orthanc 1.10 (dcmtk 3.6.7) has no HTJ2K: the transcoded instances went decoded, uncompressed
@@ -101,14 +106,7 @@ def test_a_peer_that_takes_every_syntax_gets_the_stored_bytes(tmp_path: Path) ->
     port = free_port()
     server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
     try:
-        forwarder = Forwarder(root, RemoteAE("PEER", "127.0.0.1", port))
-        forwarder.start()
-        try:
-            for entry in entries:
-                forwarder.on_archived(entry)
-            assert forwarder.drain(60), forwarder.pending()
-        finally:
-            forwarder.close()
+        forward_all(root, RemoteAE("PEER", "127.0.0.1", port), entries)
     finally:
         server.shutdown()
     with FolderArchive(root, read_only=True) as archive:
@@ -165,14 +163,7 @@ def test_stow_forwarding_to_our_own_server(tmp_path: Path) -> None:
     entries, sources = archive_of(tmp_path / "archive", tmp_path / "sources")
     with FolderArchive(tmp_path / "peer") as peer_archive:
         for url in serve(peer_archive):
-            forwarder = Forwarder(tmp_path / "archive", f"{url}/studies")
-            forwarder.start()
-            try:
-                for entry in entries:
-                    forwarder.on_archived(entry)
-                assert forwarder.drain(120), forwarder.pending()
-            finally:
-                forwarder.close()
+            forward_all(tmp_path / "archive", f"{url}/studies", entries, wait=120)
     with FolderArchive(tmp_path / "peer", read_only=True) as peer_archive:
         rows = {r.sop_uid: r for r in peer_archive.index.instances()}
         assert set(rows) == set(sources)
