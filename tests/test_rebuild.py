@@ -144,3 +144,17 @@ def test_a_damaged_frame_is_reported_not_indexed(served: Served, tmp_path: Path,
     out = capsys.readouterr().out
     assert f"{path.relative_to(archive)}: not indexed: Stop: decode_error: frame 0 cannot be decoded" in out
     assert "6 instances" in out and path.exists()
+
+
+def test_a_readable_index_keeps_its_migration_states(tmp_path: Path) -> None:
+    """What a migration from a PACS recorded describes the PACS, not the
+    objects: without it, a migration after a rebuild would retrieve every
+    study again."""
+    make_study(tmp_path / "src")
+    with FolderArchive(tmp_path / "archive", exclusive=True) as archive:
+        ingest([tmp_path / "src"], archive, workers=1)
+        archive.index.set_migration("PACS", generate_uid(), "done", expected=6, received=6, archived=6)
+    before = rows(tmp_path / "archive", ("migration",))
+    rebuilt = rebuild_index(tmp_path / "archive")
+    assert rebuilt.migrations == 1
+    assert rows(tmp_path / "archive", ("migration",)) == before

@@ -281,7 +281,8 @@ def _rebuild(root: Path) -> int:
     print(f"Index rebuilt from the stored objects: {rebuilt.instances} instances, {rebuilt.frames} frames, "
           f"{rebuilt.conflicts} conflicting copies, {len(rebuilt.problems)} problem(s).")
     if rebuilt.ledger_kept:
-        print(f"Kept from the old index: {rebuilt.ledger} ledger rows (the ledger records sources, not objects).")
+        print(f"Kept from the old index: {rebuilt.ledger} ledger rows and {rebuilt.migrations} migrated studies' "
+              "states (they record sources, not objects).")
     else:
         print("The old index held no ledger (emptied, missing or unreadable): the ledger of ingested source files "
               "starts empty, and why instances were kept as is was decided again.")

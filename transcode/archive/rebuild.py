@@ -10,10 +10,11 @@ marker, which is accepted.
 Not everything is in the objects. What is taken from the old index, when it
 can be read (never from a row whose object digest differs from the object):
 
-- the ledger (source files and their outcomes): it describes sources, not
-  objects, and cannot be rebuilt; without a readable old index it starts
-  empty, and the next ingest of the same sources re-reads them (their
-  objects are then found to be duplicates);
+- the ledger (source files and their outcomes) and the migration table
+  (each study's state in a migration from a PACS): they describe sources,
+  not objects, and cannot be rebuilt; without a readable old index they
+  start empty, and the next ingest or migration of the same sources reads
+  them again (their objects are then found to be duplicates);
 - why an instance was kept as is, and a conflict's source path and time.
   Without the old row the reason is decided again, by `transcode_file` on
   the stored copy (a byte-exact copy of the source: the same decision); a
@@ -56,6 +57,8 @@ class Rebuilt:
     frames: int = 0
     conflicts: int = 0
     ledger: int = 0
+    #: Studies of migrations kept from the old index.
+    migrations: int = 0
     #: Whether the old index had a ledger to keep (not when it was emptied,
     #: missing or unreadable: kept instances' reasons are then decided again).
     ledger_kept: bool = False
@@ -72,6 +75,7 @@ class _Old:
     #: path -> (object digest, source path, time) of each source file that conflicted with that content
     conflicts: dict[str, list[tuple[str, str, float]]] = field(default_factory=dict)
     ledger_columns: list[str] = field(default_factory=list)
+    migration_columns: list[str] = field(default_factory=list)
 
 
 def _read_old(index: Index) -> _Old:
@@ -88,7 +92,22 @@ def _read_old(index: Index) -> _Old:
     if "ledger" in tables:
         present = {row[1] for row in db.execute("PRAGMA table_info(ledger)")}
         old.ledger_columns = [c for c in ("id", *LEDGER_COLUMNS, "at") if c in present]
+    if "migration" in tables:
+        old.migration_columns = [row[1] for row in db.execute("PRAGMA table_info(migration)")]
     return old
+
+
+def _carry_over(old: Index, new: Index, table: str, columns: list[str], order: str = "") -> int:
+    """Copy `columns` of every row of `table` from the old index to the
+    new; the number of rows copied."""
+    if not columns:
+        return 0
+    names = ", ".join(columns)
+    rows = old.db.execute(f"SELECT {names} FROM {table} {order}")
+    with new.db:
+        new.db.execute("BEGIN IMMEDIATE")
+        return new.db.executemany(f"INSERT INTO {table} ({names}) VALUES ({', '.join('?' * len(columns))})",
+                                  rows).rowcount
 
 
 def _kept_reason(path: Path, scratch: Path) -> str | None:
@@ -172,14 +191,9 @@ def _rebuild(layout: Layout) -> Rebuilt:
         new.set_identity(report.identity)
         _index_objects(layout, new, old, report)
         report.ledger_kept = bool(old.ledger_columns)
-        if old_db is not None and old.ledger_columns:
-            columns = ", ".join(old.ledger_columns)
-            rows = old_db.db.execute(f"SELECT {columns} FROM ledger ORDER BY id")
-            with new.db:
-                new.db.execute("BEGIN IMMEDIATE")
-                report.ledger = new.db.executemany(
-                    f"INSERT INTO ledger ({columns}) VALUES ({', '.join('?' * len(old.ledger_columns))})", rows
-                ).rowcount
+        if old_db is not None:
+            report.ledger = _carry_over(old_db, new, "ledger", old.ledger_columns, "ORDER BY id")
+            report.migrations = _carry_over(old_db, new, "migration", old.migration_columns)
     except BaseException:
         new.close()
         fresh.unlink(missing_ok=True)
