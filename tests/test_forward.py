@@ -3,6 +3,7 @@ up, across a restart of the forwarder), STOW-RS to our own server."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from tests.test_server_live import serve
 from transcode.archive import FolderArchive
 from transcode.dimse.forward import Forwarder
 from transcode.dimse.scu import TRANSFER_SYNTAXES, RemoteAE
+from transcode.entries import Entry, IngestOutcome
 from transcode.service import IngestService
 
 
@@ -41,8 +43,8 @@ def archive_of(root: Path, sources: Path) -> tuple[list[dict], dict[str, Path]]:
         entries = service.store(files)
     finally:
         service.close()
-    assert [e["outcome"] for e in entries] == ["transcoded", "transcoded", "kept"]
-    return entries, {e["sop_uid"]: Path(e["source_path"]) for e in entries}
+    assert [e.outcome for e in entries] == ["transcoded", "transcoded", "kept"]
+    return entries, {e.sop_uid: Path(e.source_path) for e in entries}
 
 
 def held_by(peer: Orthanc) -> dict[str, pydicom.Dataset]:
@@ -67,7 +69,7 @@ def assert_same_pixels(sent: dict[str, pydicom.Dataset], sources: dict[str, Path
         np.testing.assert_array_equal(ds.pixel_array, source.pixel_array)
 
 
-def forward_all(root: Path, peer: RemoteAE | str, entries: list[dict], *, wait: float = 60) -> None:
+def forward_all(root: Path, peer: RemoteAE | str, entries: list[Entry], *, wait: float = 60) -> None:
     """Queue `entries` for `peer` and wait (at most `wait` s) until all are sent."""
     forwarder = Forwarder(root, peer)
     forwarder.start()
@@ -149,14 +151,14 @@ def test_an_instance_the_peer_refuses_is_given_up_after_max_attempts(tmp_path: P
         forwarder.start()
         try:
             forwarder.on_archived(entries[0])
-            forwarder.on_archived({**entries[1], "outcome": "duplicate"})  # not a new version: not forwarded
+            forwarder.on_archived(dataclasses.replace(entries[1], outcome=IngestOutcome.DUPLICATE))  # not a new version: not forwarded
             deadline = time.monotonic() + 30
             while not forwarder.failures() and time.monotonic() < deadline:
                 time.sleep(0.05)
             ((sop, attempts, error),) = forwarder.failures()
         finally:
             forwarder.close()
-    assert sop == entries[0]["sop_uid"] and attempts == 3 and "accepts none of" in error
+    assert sop == entries[0].sop_uid and attempts == 3 and "accepts none of" in error
 
 
 def test_stow_forwarding_to_our_own_server(tmp_path: Path) -> None:

@@ -17,13 +17,14 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import pydicom
 
 from transcode.archive import FolderArchive
 from transcode.codecs.htj2k import EncodeSettings
-from transcode.pipeline import IngestOutcome, WorkerPool, ingest
+from transcode.entries import Entry, IngestOutcome
+from transcode.pipeline import WorkerPool, ingest
 from transcode.policy import OnConflict, Reason
 from transcode.verify import CrossCheck
 
@@ -38,21 +39,21 @@ _UNDERSTANDING = {Reason.NOT_DICOM, Reason.MISSING_FILE_META, Reason.NO_SOP_INST
                   Reason.TRUNCATED, Reason.INVALID_UID, Reason.UNREADABLE}
 
 
-def storage_status(entry: dict[str, Any]) -> int:
+def storage_status(entry: Entry) -> int:
     """The storage status of an ingest entry: success when transcoded, a
     duplicate of the archived copy or its replacement; the warning 0xB000
     when kept as is (stored as received, not transcoded: PS3.4 has no closer
     warning, and the Error Comment says why); 0x0111 for a conflicting copy
     (set aside, not the archived instance); 0xC000 for bytes that cannot be
     an archived instance; 0x0110 for any other failure."""
-    outcome = entry["outcome"]
+    outcome = entry.outcome
     if outcome in (IngestOutcome.TRANSCODED, IngestOutcome.DUPLICATE, IngestOutcome.REPLACED):
         return SUCCESS
     if outcome == IngestOutcome.KEPT:
         return KEPT_AS_IS
     if outcome == IngestOutcome.CONFLICT:
         return DUPLICATE_SOP
-    return CANNOT_UNDERSTAND if entry.get("reason") in _UNDERSTANDING else PROCESSING_FAILURE
+    return CANNOT_UNDERSTAND if entry.reason in _UNDERSTANDING else PROCESSING_FAILURE
 
 
 class Sent(NamedTuple):
@@ -100,7 +101,7 @@ class IngestService:
         self._pool = WorkerPool(workers)
         self._lock = threading.Lock()
 
-    def store(self, files: Sequence[Path | str], *, wait: float = 600.0) -> list[dict[str, Any]]:
+    def store(self, files: Sequence[Path | str], *, wait: float = 600.0) -> list[Entry]:
         """Ingest `files` (new paths: the ledger skips a path, size and mtime
         it holds) and return their entries, in the order given, once they
         are durable. Raises `ServiceBusy` after `wait` seconds behind
@@ -118,7 +119,7 @@ class IngestService:
                 )
         finally:
             self._lock.release()
-        by_path = {entry["source_path"]: entry for entry in report.entries}
+        by_path = {entry.source_path: entry for entry in report.entries}
         missing = [str(path) for path in files if str(Path(path).absolute()) not in by_path]
         if missing:  # the ledger skipped them: a door must spool each instance under a new name
             raise ValueError(f"already ingested under the same path, size and mtime: {', '.join(missing)}")
