@@ -225,7 +225,7 @@ class Receiver:
         self.address = self._server.server_address[:2]
         log.info("listening on %s:%d as %s", *self.address, self.ae.ae_title)
 
-    def drain(self) -> list[dict[str, Any]]:
+    def drain(self) -> list[Entry]:
         """Ingest the spool's leftovers (whole files a killed run had not
         settled) and return their entries."""
         leftovers = self.spool.leftovers()
@@ -295,7 +295,7 @@ class Receiver:
         self._settled(entry, sent, caller)
         return _status(status, comment if status != SUCCESS else None)
 
-    def _settled(self, entry: dict[str, Any], sent: Sent, caller: str) -> None:
+    def _settled(self, entry: Entry, sent: Sent, caller: str) -> None:
         """Count `entry` for its study and hand an archived instance to the callbacks."""
         self.studies.seen(sent.study, sent.series, entry.outcome, caller)
         if entry.outcome in CLEAN:
