@@ -132,18 +132,22 @@ class FrameReader:
         transcoded frame optionally only up to resolution `level`, which
         reads and decodes only that level's prefix.
 
-        A reduced level's low-pass values may overshoot the stored range
-        near its ends (the 5/3 wavelet rings), and OpenJPH wraps them in the
-        container (-3 becomes 65533): they are clamped back into the range
-        of Bits Stored, as OpenJPEG does, so previews show no speckles."""
+        A reduced level's values are clamped into the range of Bits Stored
+        (`htj2k.decode_reduced`), as OpenJPEG does, so previews show no
+        speckles."""
         if instance.transcoded:
             index = instance.index(number)
-            data = self.stored(instance, number, level)
-            frame = htj2k.decode(data, level=level, decompositions=index.decompositions)
-            if level is not None and level < index.decompositions:
-                frame = _clamp(frame, instance.bits_stored)
-            return frame
+            return self.decode(instance, self.stored(instance, number, level), index.decompositions, level)
         return self._kept_pixels(instance, number)
+
+    def decode(self, instance: StoredInstance, data: bytes | memoryview, decompositions: int,
+               level: int | None) -> np.ndarray:
+        """A codestream of one of `instance`'s frames (or a cut-out of one)
+        decoded up to `level`, clamped into Bits Stored below full size."""
+        if level is None or level == decompositions:
+            return htj2k.decode(data, level=level, decompositions=decompositions)
+        return htj2k.decode_reduced(bytes(data), level=level, decompositions=decompositions,
+                                    bits=instance.bits_stored)
 
     def native(self, instance: StoredInstance, number: int) -> bytes:
         """Frame `number` as Explicit VR Little Endian pixel bytes."""
@@ -183,16 +187,6 @@ class FrameReader:
         except Exception as exc:  # any decoder's complaint about the stored data
             raise Problem(500, "cannot_decode", f"frame {number} of the stored object cannot be decoded: "
                           f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
-
-
-def _clamp(frame: np.ndarray, bits: int) -> np.ndarray:
-    """Undo the container wrap of out-of-range values and clamp to `bits` bits."""
-    if frame.dtype.kind == "u":
-        low, high = 0, (1 << bits) - 1
-        wrapped = frame > (np.iinfo(frame.dtype).max >> 1) if bits < frame.dtype.itemsize * 8 else np.False_
-        return np.where(wrapped, low, np.minimum(frame, high)).astype(frame.dtype)
-    low, high = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
-    return np.clip(frame, low, high).astype(frame.dtype)
 
 
 def _little_endian(frame: np.ndarray) -> bytes:
