@@ -118,6 +118,26 @@ def plan(index: CodestreamIndex, x: int, y: int, width: int, height: int, level:
     return Cut(index, level, x // tw, y // th, -(-(x + width) // tw), -(-(y + height) // th))
 
 
+def covering(index: CodestreamIndex, x: int, y: int, width: int, height: int, level: int) -> tuple[int, int, int, int]:
+    """The pixels of the frame at resolution `level` that cover the region
+    (`x`, `y`, `width`, `height` at full resolution): (left, top, right,
+    bottom), right and bottom exclusive, never empty."""
+    r = index.decompositions - level
+    level_width, level_height = index.resolution_size(level)
+    return (min(x >> r, level_width - 1), min(y >> r, level_height - 1),
+            _ceil_shift(x + width, r), _ceil_shift(y + height, r))
+
+
+def plan_window(index: CodestreamIndex, level: int, window: tuple[int, int, int, int]) -> Cut:
+    """The cut-out whose decode at `level` holds `window` (left, top, right,
+    bottom in pixels of that level): the tiles holding those samples,
+    whose reference-grid positions are multiples of 2^(D - level)."""
+    left, top, right, bottom = window
+    r = index.decompositions - level
+    x0, y0 = left << r, top << r
+    return plan(index, x0, y0, ((right - 1) << r) + 1 - x0, ((bottom - 1) << r) + 1 - y0, level)
+
+
 def cut(plan: Cut, header: bytes | bytearray | memoryview, parts: Sequence[bytes | bytearray | memoryview]) -> bytes:
     """The cut-out codestream from the stored main `header` and the stored
     tile-parts `parts` (those of `plan.tile_parts`, in that order)."""

@@ -154,7 +154,7 @@ class FrameReader:
         if instance.bits_allocated == 1:  # bit-packed across frame boundaries: no per-frame bytes here
             raise Problem(501, "one_bit_frames", "frames of 1-bit images are not served; retrieve the instance, "
                           "or /rendered")
-        return _little_endian(self.pixels(instance, number))
+        return little_endian(self.pixels(instance, number))
 
     def _local(self, instance: StoredInstance) -> Path:
         """The object's file, proved whole against its digest (once per
@@ -189,5 +189,6 @@ class FrameReader:
                           f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
 
 
-def _little_endian(frame: np.ndarray) -> bytes:
+def little_endian(frame: np.ndarray) -> bytes:
+    """Pixel bytes in little-endian order (DICOM's native byte order)."""
     return np.ascontiguousarray(frame, dtype=frame.dtype.newbyteorder("<")).tobytes()
