@@ -145,7 +145,7 @@ def grey_levels(frame: np.ndarray, ds: Dataset, window: Window | None) -> np.nda
         out = indexed.astype(np.float64) * (255.0 / ((1 << bits) - 1))
     else:
         if window is None:
-            window = _dataset_window(ds) or _range_window(values)
+            window = _dataset_window(ds) or range_window(values)
         out = apply_window(values, window)
     if ds.get("PhotometricInterpretation") == "MONOCHROME1":
         out = 255.0 - out
@@ -156,12 +156,13 @@ def _dataset_window(ds: Dataset) -> Window | None:
     center, width = ds.get("WindowCenter"), ds.get("WindowWidth")
     if center is None or width is None:
         return None
-    first = lambda v: float(v[0] if hasattr(v, "__len__") and not isinstance(v, str) else v)  # noqa: E731
+    first = lambda v: float(v[0] if hasattr(v, "__len__") and not isinstance(v, str) else v)
     function = str(ds.get("VOILUTFunction", "LINEAR")).upper()
     return Window(first(center), max(first(width), 1.0), function if function in WINDOW_FUNCTIONS else "LINEAR")
 
 
-def _range_window(values: np.ndarray) -> Window:
+def range_window(values: np.ndarray) -> Window:
+    """The window that spans `values` (modality values) from end to end."""
     low, high = float(values.min()), float(values.max())
     return Window((low + high + 1) / 2, max(high - low + 1, 1.0), "LINEAR")
 
