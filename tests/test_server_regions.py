@@ -8,6 +8,7 @@ and with OpenJPH's decode of the whole stored frame at a level (reduced).
 
 from __future__ import annotations
 
+import io
 import sqlite3
 import struct
 from pathlib import Path
@@ -16,9 +17,11 @@ import imagecodecs
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from PIL import Image
 
 from tests.served import Served
 from tests.test_server_integrity import Copy
+from tests.test_server_render import linear_window
 from transcode.archive import FolderArchive
 from transcode.archive.store import ByteRange
 from transcode.codecs import htj2k
@@ -186,3 +189,24 @@ def test_frames_indexed_without_tile_part_checksums_are_checked_by_their_prefix(
         assert copy.client.get(url, params=params, headers={"Accept": AS_STORED}).json()["error"] == "integrity_error"
     finally:
         copy.archive.close()
+
+
+def test_rendered_viewport_source_regions_read_only_their_tiles_and_levels(client, cr, archive) -> None:
+    url, source, _, _, frame = cr
+    rendered = url.replace("/region", "/rendered")
+    archive.calls = []
+    one_to_one = client.get(rendered, params={"viewport": "200,100,260,130,200,100", "accept": "image/png"})
+    assert one_to_one.status_code == 200, one_to_one.text
+    values = source[130:230, 260:460].astype(np.float64)  # no VOI in the data set: the region's own range
+    low, high = values.min(), values.max()
+    expected = linear_window(values, (low + high + 1) / 2, high - low + 1)
+    got = np.asarray(Image.open(io.BytesIO(one_to_one.content)))
+    assert got.shape == (100, 200) and np.abs(got - expected).max() <= 1
+    full_read = sum(b - a for call in archive.calls for a, b in call if a >= frame.offset)
+    assert full_read < frame.length // 2
+    archive.calls = []
+    small = client.get(rendered, params={"viewport": "50,25,256,128,200,100", "accept": "image/png"})
+    assert np.asarray(Image.open(io.BytesIO(small.content))).shape == (25, 50)
+    assert sum(b - a for call in archive.calls for a, b in call if a >= frame.offset) < full_read // 4
+    defaults = client.get(rendered, params={"viewport": "100,100,400,500,,", "accept": "image/png"})
+    assert np.asarray(Image.open(io.BytesIO(defaults.content))).shape == (100, 100)  # 100 x 100 to the corner

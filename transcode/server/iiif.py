@@ -103,7 +103,9 @@ def routes(service: Service, limits: RenderLimits | None = None) -> APIRouter:
         if (cached := not_modified(request, headers)) is not None:
             return cached
         if stored.transcoded:
-            level = _level(stored.index(frame), asked, limits.max_pixels)
+            box = asked.box
+            level = render.level_for(stored.index(frame), asked.size, limits.max_pixels,
+                                     (box.x, box.y, box.width, box.height))
         else:
             render.check_decodable(int(ds.Columns), int(ds.Rows), limits)
             level = None
@@ -132,19 +134,3 @@ def _pyramid(index: CodestreamIndex | None, width: int, height: int, max_pixels:
         "sizes": [{"width": w, "height": h} for w, h in sizes if w * h <= max_pixels],
     }
 
-
-def _level(index: CodestreamIndex, asked: iiif_request.ImageRequest, max_pixels: int) -> int:
-    """The lowest level whose pixels covering the region are at least the
-    output size (decoded at most `max_pixels`: then the largest that fits,
-    scaled up a little)."""
-    box = asked.box
-    chosen = 0
-    for level in range(index.resolutions):
-        where = regions.window(index, box, level)
-        width, height = where.size
-        if width * height > max_pixels:
-            break
-        chosen = level
-        if width >= asked.size[0] and height >= asked.size[1]:
-            break
-    return chosen

@@ -26,6 +26,7 @@ from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, convert_color_space
 
+from transcode.codecs import region
 from transcode.codecs.codestream import CodestreamIndex
 from transcode.server.errors import Problem
 
@@ -67,20 +68,44 @@ def parse_window(value: str | None) -> Window | None:
     return Window(center, width, function)
 
 
-def parse_viewport(value: str | None) -> tuple[int, int] | None:
-    """`viewport=vw,vh` (a source region, the optional 3rd-6th values, is not supported)."""
+@dataclass(frozen=True, slots=True)
+class Viewport:
+    """`viewport=vw,vh[,sx,sy,sw,sh]` (PS3.18 8.3.5.1.3): the output
+    `size`, and the `source` region of the frame (x, y, w, h; w or h None:
+    to the frame's edge), None for the whole frame."""
+
+    size: tuple[int, int]
+    source: tuple[int, int, int | None, int | None] | None = None
+
+    def box(self, columns: int, rows: int) -> tuple[int, int, int, int]:
+        """The source region of a `columns` x `rows` frame (x, y, w, h)."""
+        if self.source is None:
+            return 0, 0, columns, rows
+        x, y, w, h = self.source
+        return x, y, columns - x if w is None else w, rows - y if h is None else h
+
+
+def parse_viewport(value: str | None) -> Viewport | None:
+    """`viewport=vw,vh[,sx,sy,sw,sh]`; sx and sy default to 0, sw and sh to
+    the rest of the frame. Negative sw or sh (flipping) is refused."""
     if not value:
         return None
     parts = value.split(",")
     try:
         width, height = int(parts[0]), int(parts[1])
+        source = [int(p) if p.strip() else None for p in parts[2:]]
     except (IndexError, ValueError):
-        raise Problem(400, "bad_viewport", "viewport is width,height in pixels") from None
-    if len(parts) > 2:
-        raise Problem(400, "bad_viewport", "viewport source regions (sx,sy,sw,sh) are not supported")
+        raise Problem(400, "bad_viewport", "viewport is width,height[,sx,sy,sw,sh] in pixels") from None
+    if len(parts) not in (2, 6):
+        raise Problem(400, "bad_viewport", "viewport is width,height or width,height,sx,sy,sw,sh")
     if not (1 <= width <= 8192 and 1 <= height <= 8192):
         raise Problem(400, "bad_viewport", "viewport sides must be 1 to 8192 pixels")
-    return width, height
+    if not source:
+        return Viewport((width, height))
+    x, y, w, h = source
+    if any(v is not None and v < 0 for v in source):
+        raise Problem(400, "bad_viewport", "viewport source regions are not flipped here: sx, sy, sw, sh are >= 0")
+    return Viewport((width, height), (x or 0, y or 0, w, h))
 
 
 def fit(width: int, height: int, viewport: tuple[int, int] | None) -> tuple[int, int]:
@@ -100,13 +125,19 @@ def capped(size: tuple[int, int], max_pixels: int) -> tuple[int, int]:
     return max(1, int(width * scale)), max(1, int(height * scale))
 
 
-def level_for(index: CodestreamIndex, size: tuple[int, int], max_pixels: int = MAX_RENDER_PIXELS) -> int:
+def level_for(index: CodestreamIndex, size: tuple[int, int], max_pixels: int = MAX_RENDER_PIXELS,
+              box: tuple[int, int, int, int] | None = None) -> int:
     """The lowest resolution level at least as large as `size` on both
     sides, or the largest level of at most `max_pixels` pixels if that is
-    lower (then resized up a little: decoding stays bounded)."""
+    lower (then resized up a little: decoding stays bounded). With `box`
+    (x, y, w, h at full resolution), the level of that region's pixels."""
     fits = 0
     for level in range(index.resolutions):
-        width, height = index.resolution_size(level)
+        if box is None:
+            width, height = index.resolution_size(level)
+        else:
+            left, top, right, bottom = region.covering(index, *box, level)
+            width, height = right - left, bottom - top
         if width * height > max_pixels:
             return fits
         fits = level
