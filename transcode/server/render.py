@@ -202,6 +202,8 @@ def to_rgb_or_grey(frame: np.ndarray, ds: Dataset, window: Window | None) -> np.
     """uint8 (rows, columns) or (rows, columns, 3) for display."""
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
     if photometric in ("MONOCHROME1", "MONOCHROME2"):
+        if frame.dtype.kind in "iu" and frame.dtype.itemsize <= 2 and frame.size:
+            return _through_table(frame, ds, window)
         return np.rint(grey_levels(frame, ds, window)).astype(np.uint8)
     if photometric == "PALETTE COLOR":
         frame = apply_color_lut(frame, ds)
@@ -211,6 +213,19 @@ def to_rgb_or_grey(frame: np.ndarray, ds: Dataset, window: Window | None) -> np.
         shift = max(int(frame.max()).bit_length() - 8, 0) if frame.size else 0
         frame = (frame >> shift).astype(np.uint8)
     return frame
+
+
+def _through_table(frame: np.ndarray, ds: Dataset, window: Window | None) -> np.ndarray:
+    """`grey_levels` of an integer frame through a lookup table: every step
+    (Modality LUT, VOI, MONOCHROME1) maps each stored value on its own, so
+    computing it once per value from the frame's minimum to its maximum
+    gives the same pixels as computing it per pixel, at a fraction of the
+    cost for a large frame (one gather instead of several float passes)."""
+    low, high = int(frame.min()), int(frame.max())
+    table = np.rint(grey_levels(np.arange(low, high + 1, dtype=frame.dtype), ds, window)).astype(np.uint8)
+    if low == 0 and frame.dtype.kind == "u":
+        return np.take(table, frame)
+    return np.take(table, np.subtract(frame, low, dtype=np.int32))
 
 
 def encode_image(pixels: np.ndarray, size: tuple[int, int], media_type: str, quality: int = 90) -> bytes:
