@@ -145,8 +145,9 @@ def table(results: dict[str, Any], clients: list[int]) -> str:
         for label, target in (("full", "1/8"), ("half", "1/24")):
             case = b[f"{name}_{label}"]
             lines.append(f"| {name} | {label} | {case['read']:,} | 1/{1 / case['fraction']:.1f} | {target} |")
-    lines += ["", "| clients | frames as stored /s | frames decoded /s | regions as stored /s | IIIF tiles /s | "
-              "IIIF / frames decoded | IIIF / frames as stored |", "|---|---|---|---|---|---|---|"]
+    header = ("| clients | frames as stored /s | frames decoded /s | regions as stored /s | IIIF tiles /s | "
+              "IIIF / frames decoded | IIIF / frames as stored |")
+    lines += ["", header, "|---|---|---|---|---|---|---|"]
     for n in clients:
         r = results[f"rates_{n}"]
         lines.append(f"| {n} | {r['frames_as_stored']:.0f} | {r['frames_decoded']:.1f} | {r['region_as_stored']:.0f} | "

@@ -145,10 +145,10 @@ def _requests(port: int, paths: list[str], clients: int, seconds: float,
     return latencies, time.perf_counter() - began
 
 
-def bare_app(body: bytes, content_type: str):  # noqa: ANN201 - an ASGI callable
+def bare_app(body: bytes, content_type: str):
     headers = [(b"content-type", content_type.encode()), (b"content-length", str(len(body)).encode())]
 
-    async def app(scope, receive, send) -> None:  # noqa: ANN001
+    async def app(scope, receive, send) -> None:
         if scope["type"] != "http":
             return
         await send({"type": "http.response.start", "status": 200, "headers": headers})
