@@ -185,3 +185,37 @@ def test_sizes_and_regions(client, served: Served, path: str, size: tuple[int, i
 def test_a_missing_frame_is_404(client, served: Served) -> None:
     response = client.get(base(served, "CR").replace("/frames/1", "/frames/2") + "/info.json")
     assert response.status_code == 404 and response.json()["error"] == "no_such_frame"
+
+
+def test_a_tomosynthesis_sized_frame_with_default_tiles(tmp_path) -> None:
+    """2457 x 1890, 10 bits, 3 frames (the 69-frame object differs only in
+    frame count), ingested with the default settings: 1024-pixel tiles, 6
+    decompositions. A region of frame 2 and its IIIF tiles match the source."""
+    import pydicom
+
+    from fixtures.generate import write_dbt
+    from transcode.archive import FolderArchive
+    from transcode.pipeline import ingest
+
+    (tmp_path / "src").mkdir()
+    source = write_dbt(tmp_path / "src" / "dbt.dcm", frames=3)
+    ds = pydicom.dcmread(source)
+    with FolderArchive(tmp_path / "archive", exclusive=True) as archive:
+        ingest([source], archive, workers=1)
+    with FolderArchive(tmp_path / "archive") as archive:
+        client = TestClient(create_app(archive))
+        frames = ds.pixel_array
+        path = f"/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}/frames/2"
+        info = client.get("/iiif" + path + "/info.json").json()
+        assert (info["width"], info["height"]) == (1890, 2457)
+        assert info["tiles"] == [{"width": 1024, "height": 1024, "scaleFactors": [1, 2, 4, 8, 16, 32, 64]}]
+        # The bottom-right edge tile, at full size and as OpenSeadragon asks for it one level down.
+        region = client.get("/dicomweb" + path + "/region", params={"x": 1024, "y": 2048, "w": 866, "h": 409},
+                            headers={"Accept": "application/octet-stream"})
+        assert region.status_code == 200, region.text
+        np.testing.assert_array_equal(np.frombuffer(region.content, "<u2").reshape(409, 866), frames[1, 2048:, 1024:])
+        tile = client.get("/iiif" + path + "/0,2048,1890,409/945,205/0/default.png")
+        assert tile.status_code == 200, tile.text
+        assert Image.open(io.BytesIO(tile.content)).size == (945, 205)
+        full = client.get("/iiif" + path + "/1024,0,866,1024/max/0/default.png")
+        assert Image.open(io.BytesIO(full.content)).size == (866, 1024)
