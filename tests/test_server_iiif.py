@@ -18,23 +18,10 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from tests.served import Served
-from tests.test_server_regions import CountingArchive
 from tests.test_server_render import linear_window
 from transcode.codecs import htj2k
 from transcode.codecs.codestream import CodestreamIndex
 from transcode.server import create_app
-
-
-@pytest.fixture(scope="module")
-def archive(served: Served):
-    with CountingArchive(served.root) as archive:
-        archive.calls = []
-        yield archive
-
-
-@pytest.fixture(scope="module")
-def client(archive):
-    return TestClient(create_app(archive))
 
 
 def base(served: Served, modality: str) -> str:
@@ -71,12 +58,12 @@ def osd_tile_urls(info: dict) -> list[tuple[int, str, tuple[int, int, int, int]]
     return out
 
 
-def test_info_json_describes_the_stored_tiles_and_levels(client, served: Served, archive) -> None:
-    response = client.get(base(served, "CR") + "/info.json")
+def test_info_json_describes_the_stored_tiles_and_levels(counting_client, served: Served, counting_archive) -> None:
+    response = counting_client.get(base(served, "CR") + "/info.json")
     assert response.status_code == 200, response.text
     info = response.json()
     sop = served.find("CR")[2]
-    index = CodestreamIndex.from_dict(archive.index.frames(sop)[0].codestream)
+    index = CodestreamIndex.from_dict(counting_archive.index.frames(sop)[0].codestream)
     assert info["@context"] == "http://iiif.io/api/image/3/context.json"
     assert info["id"] == "http://testserver" + base(served, "CR")
     assert (info["type"], info["protocol"], info["profile"]) == ("ImageService3", "http://iiif.io/api/image", "level1")
@@ -84,28 +71,28 @@ def test_info_json_describes_the_stored_tiles_and_levels(client, served: Served,
     assert info["tiles"] == [{"width": 128, "height": 128, "scaleFactors": [1, 2, 4, 8, 16]}]
     assert info["sizes"] == [{"width": -(-500 // (1 << r)), "height": -(-600 // (1 << r))}
                              for r in range(index.decompositions, -1, -1)]
-    ld = client.get(base(served, "CR") + "/info.json", headers={"Accept": "application/ld+json"})
+    ld = counting_client.get(base(served, "CR") + "/info.json", headers={"Accept": "application/ld+json"})
     assert ld.headers["content-type"].startswith("application/ld+json")
 
 
-def test_the_base_uri_redirects_to_info_json(client, served: Served) -> None:
-    response = client.get(base(served, "CR"), follow_redirects=False)
+def test_the_base_uri_redirects_to_info_json(counting_client, served: Served) -> None:
+    response = counting_client.get(base(served, "CR"), follow_redirects=False)
     assert response.status_code == 303
     assert response.headers["location"] == "http://testserver" + base(served, "CR") + "/info.json"
 
 
-def test_untiled_frames_are_one_tile(client, served: Served) -> None:
-    info = client.get(base(served, "CT") + "/info.json").json()
+def test_untiled_frames_are_one_tile(counting_client, served: Served) -> None:
+    info = counting_client.get(base(served, "CT") + "/info.json").json()
     assert info["tiles"][0]["width"] == 128 and info["tiles"][0]["height"] == 96
     assert info["extraQualities"] == ["gray"]
-    assert "color" in client.get(base(served, "US") + "/info.json").json()["extraQualities"]
+    assert "color" in counting_client.get(base(served, "US") + "/info.json").json()["extraQualities"]
 
 
-def test_every_openseadragon_tile_is_the_matching_window(client, served: Served, archive) -> None:
+def test_every_openseadragon_tile_is_the_matching_window(counting_client, served: Served, counting_archive) -> None:
     sop = served.find("CR")[2]
-    info = client.get(base(served, "CR") + "/info.json").json()
-    row, frame = archive.index.instance(sop), archive.index.frames(sop)[0]
-    stored = archive.read(row.path, frame.offset, frame.offset + frame.length)
+    info = counting_client.get(base(served, "CR") + "/info.json").json()
+    row, frame = counting_archive.index.instance(sop), counting_archive.index.frames(sop)[0]
+    stored = counting_archive.read(row.path, frame.offset, frame.offset + frame.length)
     index = CodestreamIndex.from_dict(frame.codestream)
     source = served.source(sop).pixel_array
     lowest = htj2k.decode_reduced(stored, level=0, decompositions=index.decompositions, bits=10)
@@ -114,7 +101,7 @@ def test_every_openseadragon_tile_is_the_matching_window(client, served: Served,
     urls = osd_tile_urls(info)
     assert len(urls) == 4 * 5 + 2 * 3 + 1 * 2 + 1 + 1
     for scale, url, (x, y, w, h) in urls:
-        response = client.get(url.removeprefix("http://testserver"))
+        response = counting_client.get(url.removeprefix("http://testserver"))
         assert response.status_code == 200, (url, response.text)
         assert response.headers["content-type"] == "image/png"
         got = np.asarray(Image.open(io.BytesIO(response.content)))
@@ -129,22 +116,22 @@ def test_every_openseadragon_tile_is_the_matching_window(client, served: Served,
         assert np.abs(got.astype(np.float64) - expected).max() <= 1, url
 
 
-def test_a_tile_reads_only_its_tile_parts(client, served: Served, archive) -> None:
+def test_a_tile_reads_only_its_tile_parts(counting_client, served: Served, counting_archive) -> None:
     sop = served.find("CR")[2]
-    frame = archive.index.frames(sop)[0]
-    archive.calls = []
-    assert client.get(base(served, "CR") + "/256,256,128,128/128,128/0/default.jpg").status_code == 200
-    read = [span for call in archive.calls for span in call]
+    frame = counting_archive.index.frames(sop)[0]
+    counting_archive.calls = []
+    assert counting_client.get(base(served, "CR") + "/256,256,128,128/128,128/0/default.jpg").status_code == 200
+    read = [span for call in counting_archive.calls for span in call]
     frame_reads = [(a, b) for a, b in read if frame.offset <= a < frame.offset + frame.length]
     assert sum(b - a for a, b in frame_reads) < frame.length // 10
 
 
-def test_colour_tiles_and_gray(client, served: Served) -> None:
+def test_colour_tiles_and_gray(counting_client, served: Served) -> None:
     sop = served.find("US")[2]
     source = served.source(sop).pixel_array[0]  # 2 frames of 60 x 80 RGB
-    got = np.asarray(Image.open(io.BytesIO(client.get(base(served, "US") + "/10,20,30,15/max/0/color.png").content)))
+    got = np.asarray(Image.open(io.BytesIO(counting_client.get(base(served, "US") + "/10,20,30,15/max/0/color.png").content)))
     np.testing.assert_array_equal(got, source[20:35, 10:40])
-    grey = Image.open(io.BytesIO(client.get(base(served, "US") + "/full/max/0/gray.png").content))
+    grey = Image.open(io.BytesIO(counting_client.get(base(served, "US") + "/full/max/0/gray.png").content))
     assert grey.mode == "L" and grey.size == (80, 60)
 
 
@@ -161,8 +148,8 @@ def test_colour_tiles_and_gray(client, served: Served) -> None:
     ("/full/pct:0/0/default.png", 400, "bad_size"),
     ("/full/!,10/0/default.png", 400, "bad_size"),
 ])
-def test_bad_requests_are_errors_with_a_reason(client, served: Served, path: str, status: int, reason: str) -> None:
-    response = client.get(base(served, "CR") + path)
+def test_bad_requests_are_errors_with_a_reason(counting_client, served: Served, path: str, status: int, reason: str) -> None:
+    response = counting_client.get(base(served, "CR") + path)
     assert response.status_code == status and response.json()["error"] == reason, response.text
 
 
@@ -176,14 +163,14 @@ def test_bad_requests_are_errors_with_a_reason(client, served: Served, path: str
     ("/400,500,200,200/max/0/default.jpg", (100, 100)),  # cropped to the image
     ("/0,0,10,10/^20,20/0/default.jpg", (20, 20)),
 ])
-def test_sizes_and_regions(client, served: Served, path: str, size: tuple[int, int]) -> None:
-    response = client.get(base(served, "CR") + path)
+def test_sizes_and_regions(counting_client, served: Served, path: str, size: tuple[int, int]) -> None:
+    response = counting_client.get(base(served, "CR") + path)
     assert response.status_code == 200, response.text
     assert Image.open(io.BytesIO(response.content)).size == size
 
 
-def test_a_missing_frame_is_404(client, served: Served) -> None:
-    response = client.get(base(served, "CR").replace("/frames/1", "/frames/2") + "/info.json")
+def test_a_missing_frame_is_404(counting_client, served: Served) -> None:
+    response = counting_client.get(base(served, "CR").replace("/frames/1", "/frames/2") + "/info.json")
     assert response.status_code == 404 and response.json()["error"] == "no_such_frame"
 
 

@@ -23,7 +23,6 @@ from tests.served import Served
 from tests.test_server_integrity import Copy
 from tests.test_server_render import linear_window
 from transcode.archive import FolderArchive
-from transcode.archive.store import ByteRange
 from transcode.codecs import htj2k
 from transcode.codecs.codestream import CodestreamIndex
 from transcode.server import create_app
@@ -32,38 +31,12 @@ AS_STORED = "application/octet-stream; transfer-syntax=*"
 DECODED = "application/octet-stream"
 
 
-class CountingArchive(FolderArchive):
-    """Records every byte read, and how many calls read them."""
-
-    calls: list[list[tuple[int, int]]]
-
-    def read_into(self, relative: str, start: int, view: memoryview) -> None:
-        self.calls.append([(start, start + len(view))])
-        super().read_into(relative, start, view)
-
-    def read_ranges(self, relative: str, ranges: list[ByteRange]) -> list[bytearray]:
-        self.calls.append([(r.start, r.end) for r in ranges])
-        return super().read_ranges(relative, ranges)
-
-
 @pytest.fixture(scope="module")
-def archive(served: Served):
-    with CountingArchive(served.root) as archive:
-        archive.calls = []
-        yield archive
-
-
-@pytest.fixture(scope="module")
-def client(archive):
-    return TestClient(create_app(archive))
-
-
-@pytest.fixture(scope="module")
-def cr(served: Served, archive):
+def cr(served: Served, counting_archive):
     study, series, sop = served.find("CR")
-    row = archive.index.instance(sop)
-    frame = archive.index.frames(sop)[0]
-    stored = archive.read(row.path, frame.offset, frame.offset + frame.length)
+    row = counting_archive.index.instance(sop)
+    frame = counting_archive.index.frames(sop)[0]
+    stored = counting_archive.read(row.path, frame.offset, frame.offset + frame.length)
     url = f"/dicomweb/studies/{study}/series/{series}/instances/{sop}/frames/1/region"
     return url, served.source(sop).pixel_array, stored, CodestreamIndex.from_dict(frame.codestream), frame
 
@@ -74,10 +47,10 @@ def siz_area(data: bytes) -> tuple[int, int, int, int]:
 
 
 @pytest.mark.parametrize("box", [(0, 0, 1, 1), (130, 200, 300, 100), (499, 599, 1, 1), (0, 0, 500, 600)])
-def test_as_stored_a_cut_out_of_the_covering_tiles(client, cr, box) -> None:
+def test_as_stored_a_cut_out_of_the_covering_tiles(counting_client, cr, box) -> None:
     url, source, *_ = cr
     x, y, w, h = box
-    response = client.get(url, params={"x": x, "y": y, "w": w, "h": h}, headers={"Accept": AS_STORED})
+    response = counting_client.get(url, params={"x": x, "y": y, "w": w, "h": h}, headers={"Accept": AS_STORED})
     assert response.status_code == 200, response.text
     assert response.headers["content-type"] == "application/octet-stream; transfer-syntax=1.2.840.10008.1.2.4.202"
     x0, y0, x1, y1 = siz_area(response.content)
@@ -87,9 +60,9 @@ def test_as_stored_a_cut_out_of_the_covering_tiles(client, cr, box) -> None:
 
 
 @pytest.mark.parametrize("level", [0, 2, 3])
-def test_a_cut_out_at_a_level_decodes_to_that_level_of_the_frame(client, cr, level: int) -> None:
+def test_a_cut_out_at_a_level_decodes_to_that_level_of_the_frame(counting_client, cr, level: int) -> None:
     url, _, stored, index, _ = cr
-    response = client.get(url, params={"x": 250, "y": 130, "w": 100, "h": 250, "level": level},
+    response = counting_client.get(url, params={"x": 250, "y": 130, "w": 100, "h": 250, "level": level},
                           headers={"Accept": AS_STORED})
     assert response.status_code == 200, response.text
     r = index.decompositions - level
@@ -100,29 +73,29 @@ def test_a_cut_out_at_a_level_decodes_to_that_level_of_the_frame(client, cr, lev
     assert len(response.content) < len(stored[: index.level_end(level)])
 
 
-def test_decoded_regions_are_the_source_window_or_its_level(client, cr) -> None:
+def test_decoded_regions_are_the_source_window_or_its_level(counting_client, cr) -> None:
     url, source, stored, index, _ = cr
-    response = client.get(url, params={"x": 77, "y": 301, "w": 250, "h": 99}, headers={"Accept": DECODED})
+    response = counting_client.get(url, params={"x": 77, "y": 301, "w": 250, "h": 99}, headers={"Accept": DECODED})
     assert response.status_code == 200, response.text
     assert response.headers["content-type"] == "application/octet-stream; transfer-syntax=1.2.840.10008.1.2.1"
     np.testing.assert_array_equal(np.frombuffer(response.content, "<u2").reshape(99, 250), source[301:400, 77:327])
     level = 2  # 1/4 size: the pixels covering the region there, floor of the start to ceiling of the end
-    response = client.get(url, params={"x": 77, "y": 301, "w": 250, "h": 99, "level": level},
+    response = counting_client.get(url, params={"x": 77, "y": 301, "w": 250, "h": 99, "level": level},
                           headers={"Accept": DECODED})
     whole = htj2k.decode_reduced(stored, level=level, decompositions=index.decompositions, bits=10)
     expected = whole[301 // 4:-(-400 // 4), 77 // 4:-(-327 // 4)]
     np.testing.assert_array_equal(np.frombuffer(response.content, "<u2").reshape(expected.shape), expected)
 
 
-def test_only_the_tile_parts_of_the_region_are_read_in_one_call(client, cr, archive) -> None:
+def test_only_the_tile_parts_of_the_region_are_read_in_one_call(counting_client, cr, counting_archive) -> None:
     url, _, _, index, frame = cr
-    archive.calls = []
-    response = client.get(url, params={"x": 130, "y": 130, "w": 120, "h": 120, "level": 3},
+    counting_archive.calls = []
+    response = counting_client.get(url, params={"x": 130, "y": 130, "w": 120, "h": 120, "level": 3},
                           headers={"Accept": AS_STORED})
     assert response.status_code == 200
-    assert len(archive.calls) == 1  # one multi-range read
+    assert len(counting_archive.calls) == 1  # one multi-range read
     wanted = [tp for tp in index.tile_parts if tp.tile == 5 and tp.part <= 3]  # tile (1, 1) of a 4-wide grid
-    read = archive.calls[0]
+    read = counting_archive.calls[0]
     assert read[0] == (frame.offset, frame.offset + index.header_length)
     assert read[1:] == [(frame.offset + tp.offset, frame.offset + tp.end) for tp in wanted]
     assert sum(b - a for a, b in read) < frame.length // 10
@@ -135,18 +108,18 @@ def test_only_the_tile_parts_of_the_region_are_read_in_one_call(client, cr, arch
     ({"x": 0, "y": 0, "w": 1, "h": 1, "level": 5}, 400, "no_such_level"),
     ({"x": 0, "y": 0, "w": 1}, 400, "bad_request"),
 ])
-def test_bad_regions_are_400_with_a_reason(client, cr, params, status: int, reason: str) -> None:
-    response = client.get(cr[0], params=params, headers={"Accept": AS_STORED})
+def test_bad_regions_are_400_with_a_reason(counting_client, cr, params, status: int, reason: str) -> None:
+    response = counting_client.get(cr[0], params=params, headers={"Accept": AS_STORED})
     assert response.status_code == status and response.json()["error"] == reason, response.text
 
 
-def test_an_instance_kept_as_is_has_no_cut_outs_but_decoded_regions(client, served: Served) -> None:
+def test_an_instance_kept_as_is_has_no_cut_outs_but_decoded_regions(counting_client, served: Served) -> None:
     kept = next(sop for sop, path in served.sources.items() if path.name == "2.dcm" and "us" in str(path))
     study, series = served.source(kept).StudyInstanceUID, served.source(kept).SeriesInstanceUID
     url = f"/dicomweb/studies/{study}/series/{series}/instances/{kept}/frames/1/region"
-    refused = client.get(url, params={"x": 0, "y": 0, "w": 8, "h": 8}, headers={"Accept": AS_STORED})
+    refused = counting_client.get(url, params={"x": 0, "y": 0, "w": 8, "h": 8}, headers={"Accept": AS_STORED})
     assert refused.status_code == 400 and refused.json()["error"] == "no_regions"
-    decoded = client.get(url, params={"x": 4, "y": 8, "w": 8, "h": 4}, headers={"Accept": DECODED})
+    decoded = counting_client.get(url, params={"x": 4, "y": 8, "w": 8, "h": 4}, headers={"Accept": DECODED})
     assert decoded.status_code == 200 and len(decoded.content) == 8 * 4 * 3
 
 
@@ -191,22 +164,22 @@ def test_frames_indexed_without_tile_part_checksums_are_checked_by_their_prefix(
         copy.archive.close()
 
 
-def test_rendered_viewport_source_regions_read_only_their_tiles_and_levels(client, cr, archive) -> None:
+def test_rendered_viewport_source_regions_read_only_their_tiles_and_levels(counting_client, cr, counting_archive) -> None:
     url, source, _, _, frame = cr
     rendered = url.replace("/region", "/rendered")
-    archive.calls = []
-    one_to_one = client.get(rendered, params={"viewport": "200,100,260,130,200,100", "accept": "image/png"})
+    counting_archive.calls = []
+    one_to_one = counting_client.get(rendered, params={"viewport": "200,100,260,130,200,100", "accept": "image/png"})
     assert one_to_one.status_code == 200, one_to_one.text
     values = source[130:230, 260:460].astype(np.float64)  # no VOI in the data set: the region's own range
     low, high = values.min(), values.max()
     expected = linear_window(values, (low + high + 1) / 2, high - low + 1)
     got = np.asarray(Image.open(io.BytesIO(one_to_one.content)))
     assert got.shape == (100, 200) and np.abs(got - expected).max() <= 1
-    full_read = sum(b - a for call in archive.calls for a, b in call if a >= frame.offset)
+    full_read = sum(b - a for call in counting_archive.calls for a, b in call if a >= frame.offset)
     assert full_read < frame.length // 2
-    archive.calls = []
-    small = client.get(rendered, params={"viewport": "50,25,256,128,200,100", "accept": "image/png"})
+    counting_archive.calls = []
+    small = counting_client.get(rendered, params={"viewport": "50,25,256,128,200,100", "accept": "image/png"})
     assert np.asarray(Image.open(io.BytesIO(small.content))).shape == (25, 50)
-    assert sum(b - a for call in archive.calls for a, b in call if a >= frame.offset) < full_read // 4
-    defaults = client.get(rendered, params={"viewport": "100,100,400,500,,", "accept": "image/png"})
+    assert sum(b - a for call in counting_archive.calls for a, b in call if a >= frame.offset) < full_read // 4
+    defaults = counting_client.get(rendered, params={"viewport": "100,100,400,500,,", "accept": "image/png"})
     assert np.asarray(Image.open(io.BytesIO(defaults.content))).shape == (100, 100)  # 100 x 100 to the corner
