@@ -183,3 +183,46 @@ def test_rendered_viewport_source_regions_read_only_their_tiles_and_levels(count
     assert sum(b - a for call in counting_archive.calls for a, b in call if a >= frame.offset) < full_read // 4
     defaults = counting_client.get(rendered, params={"viewport": "100,100,400,500,,", "accept": "image/png"})
     assert np.asarray(Image.open(io.BytesIO(defaults.content))).shape == (100, 100)  # 100 x 100 to the corner
+
+
+def test_thumbnails_of_8_bit_colour_frames_have_no_wrapped_edges(tmp_path: Path) -> None:
+    """A bright square on black, RGB 8 bits: at reduced levels the wavelet
+    overshoots below 0 on the square's edges, which OpenJPH wraps to 250+."""
+    from pydicom import dcmread
+
+    from transcode.bench.dataset import write_instance
+    from transcode.pipeline import ingest
+
+    frame = np.zeros((192, 256, 3), np.uint8)
+    frame[61:131, 77:171] = (255, 240, 230)
+    (tmp_path / "src").mkdir()
+    source = write_instance(frame, 8, tmp_path / "src" / "rgb.dcm")
+    ds = dcmread(source)
+    with FolderArchive(tmp_path / "archive", exclusive=True) as archive:
+        ingest([source], archive, workers=1)
+    with FolderArchive(tmp_path / "archive") as archive:
+        row, stored = archive.index.instance(ds.SOPInstanceUID), archive.index.frames(ds.SOPInstanceUID)[0]
+        data = archive.read(row.path, stored.offset, stored.offset + stored.length)
+        index = CodestreamIndex.from_dict(stored.codestream)
+        client = TestClient(create_app(archive))
+        url = (f"/dicomweb/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/"
+               f"{ds.SOPInstanceUID}/frames/1")
+        wraps = False
+        for level in range(index.decompositions):
+            plain = htj2k.decode(data, level=level, decompositions=index.decompositions)
+            scale = 1 << (index.decompositions - level)
+            h, w = plain.shape[:2]
+            region = client.get(url + "/region", params={"x": 0, "y": 0, "w": 256, "h": 192, "level": level},
+                                headers={"Accept": DECODED})
+            got = np.frombuffer(region.content, np.uint8).reshape(h, w, 3)
+            dark = np.zeros((h, w), bool)  # where the whole block of source pixels is black
+            for y in range(h):
+                for x in range(w):
+                    dark[y, x] = not frame[y * scale:(y + 1) * scale, x * scale:(x + 1) * scale].any()
+            assert got[dark].max() < 64, level  # was 250+ where OpenJPH wrapped
+            wraps |= bool((plain[dark] > 200).any())
+        assert wraps  # the frame does make OpenJPH wrap: the clamp was needed
+        thumbnail = client.get(url + "/thumbnail", params={"accept": "image/png"})
+        assert thumbnail.status_code == 200
+        shown = np.asarray(Image.open(io.BytesIO(thumbnail.content)))
+        assert shown[:10, :10].max() < 64 and shown[-10:, -10:].max() < 64
