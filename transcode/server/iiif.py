@@ -50,10 +50,16 @@ def routes(service: Service, limits: RenderLimits | None = None) -> APIRouter:
         reader.check(stored, [frame])
         return stored
 
-    @functools.lru_cache(maxsize=1024)
-    def frame_window(study: str, series: str, sop: str, frame: int) -> Window | None:
+    def frame_window(stored: StoredInstance, frame: int) -> Window | None:
         """The window of a grey-scale frame without its own VOI: the
-        modality range of its lowest level (cached: frames never change)."""
+        modality range of its lowest level."""
+        return _frame_window(stored.row.study_uid, stored.row.series_uid, stored.row.sop_uid, frame,
+                             stored.content([frame])[0])
+
+    @functools.lru_cache(maxsize=1024)
+    def _frame_window(study: str, series: str, sop: str, frame: int, content: str) -> Window | None:
+        """Cached by the frame's recorded digest (`content`): a replaced
+        instance is a new key."""
         stored = frame_of(study, series, sop, frame)
         ds = service.header(stored.row.path)
         if "WindowCenter" in ds or "VOILUTSequence" in ds or ds.get("SamplesPerPixel", 1) != 1:
@@ -110,7 +116,7 @@ def routes(service: Service, limits: RenderLimits | None = None) -> APIRouter:
             render.check_decodable(int(ds.Columns), int(ds.Rows), limits)
             level = None
         pixels = regions.pixels(reader, stored, frame, asked.box, level)
-        shown = render.to_rgb_or_grey(pixels, ds, frame_window(study, series, sop, frame))
+        shown = render.to_rgb_or_grey(pixels, ds, frame_window(stored, frame))
         if asked.quality == "gray" and shown.ndim == 3:
             shown = np.asarray(Image.fromarray(shown).convert("L"))
         return Response(render.encode_image(shown, asked.size, asked.media_type), media_type=asked.media_type,
