@@ -80,6 +80,15 @@ def _values(recorded: str) -> tuple[list[str], list[str]]:
     return levels.split(","), pieces.split(",") if pieces else []
 
 
+def frame_digests_agree(computed: str, recorded: str | None) -> bool:
+    """Whether a frame digest computed now from the stored bytes agrees with
+    the `recorded` one: the same, or the same level checksums where the
+    record predates tile-part checksums (an older archive, still whole)."""
+    if recorded is None or computed == recorded:
+        return computed == recorded
+    return not _values(recorded)[1] and _values(computed)[0] == _values(recorded)[0]
+
+
 def frame_prefix_matches(prefix: bytes | bytearray | memoryview, recorded: str, level: int) -> bool:
     """Whether `prefix`, the bytes of a frame up to the end of resolution
     `level` (-1: the whole frame), has the checksum `recorded` for it."""
