@@ -2,7 +2,8 @@
 
 Routes live under `prefix` (default `/dicomweb`): QIDO-RS search, WADO-RS
 retrieval (instances, metadata, frames, bulk data, rendered, thumbnails)
-and STOW-RS. Errors are JSON, `{"error": reason, "detail": sentence}`.
+and STOW-RS; the read-only zarr view of series and instances under `/zarr`
+(`zarrview`). Errors are JSON, `{"error": reason, "detail": sentence}`.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from transcode.archive import FolderArchive
 from transcode.archive.store import Archive
 from transcode.codecs.htj2k import EncodeSettings
 from transcode.policy import Stop
-from transcode.server import qido, rendered, stow, wado
+from transcode.server import qido, rendered, stow, wado, zarrview
 from transcode.server.catalog import uid
 from transcode.server.errors import Problem
 from transcode.server.negotiate import NotAcceptable, accepts_json
@@ -65,6 +66,7 @@ def create_app(archive: Archive, *, prefix: str = "/dicomweb", cors_origins: Seq
     app.include_router(wado.routes(service), prefix=prefix)
     app.include_router(_qido_routes(service), prefix=prefix)
     app.include_router(rendered.routes(service, render_limits), prefix=prefix)
+    app.router.routes.extend(zarrview.routes(service))  # at the root: /zarr/...
     if ingester is not None:
         app.include_router(stow.routes(service, ingester), prefix=prefix)
     if cors_origins:
