@@ -20,26 +20,12 @@ from tests.served import Served
 from tests.test_server_live import serve
 from transcode import zarr as view
 from transcode.archive import FolderArchive
+from transcode.bench.counting import CountingArchive
 from transcode.codecs import codestream
 from transcode.pipeline import ingest
 
 SLICES = 6
 ROWS, COLUMNS = 200, 300  # three decompositions: datasets 0..3
-
-
-class CountingArchive(FolderArchive):
-    """A folder archive that counts the object bytes read through it."""
-
-    read_bytes = 0
-
-    def read(self, relative: str, start: int = 0, end: int | None = None) -> bytes:
-        data = super().read(relative, start, end)
-        self.read_bytes += len(data)
-        return data
-
-    def read_into(self, relative: str, start: int, view: memoryview) -> None:
-        super().read_into(relative, start, view)
-        self.read_bytes += len(view)
 
 
 @pytest.fixture(scope="module")
