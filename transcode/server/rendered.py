@@ -50,8 +50,10 @@ def routes(service: Service, limits: render.RenderLimits | None = None) -> APIRo
         else:
             render.check_decodable(columns, rows, limits)
             level = None
-        pixels = render.to_rgb_or_grey(reader.pixels(stored, number, level), ds, window)
-        return Response(render.encode_image(pixels, size, media_type, quality), media_type=media_type, headers=headers)
+        frame = reader.pixels(stored, number, level)
+        with reader.compute:
+            body = render.encode_image(render.to_rgb_or_grey(frame, ds, window), size, media_type, quality)
+        return Response(body, media_type=media_type, headers=headers)
 
     def first(rows: list[InstanceRow]) -> StoredInstance:
         row = rows[0]
