@@ -65,7 +65,9 @@ def create_app(archive: Archive, *, prefix: str = "/dicomweb", cors_origins: Seq
     app.router.routes.insert(0, wado.frames_route(service, prefix))  # first: the hot path
     app.include_router(wado.routes(service), prefix=prefix)
     app.include_router(_qido_routes(service), prefix=prefix)
-    app.include_router(rendered.routes(service, render_limits), prefix=prefix)
+    rendered_routes = rendered.routes(service, render_limits)
+    app.include_router(rendered_routes, prefix=prefix)
+    app.router.routes[1:1] = rendered.plain_routes(rendered_routes, prefix)  # after the frames route
     app.router.routes.extend(zarrview.routes(service))  # at the root: /zarr/...
     if ingester is not None:
         app.include_router(stow.routes(service, ingester), prefix=prefix)

@@ -11,8 +11,11 @@ parameters: `window=center,width[,function]`, `viewport=width,height`,
 from __future__ import annotations
 
 from fastapi import APIRouter
+from fastapi.routing import APIRoute
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Route
 
 from transcode.archive.index import InstanceRow
 from transcode.server import render
@@ -97,6 +100,25 @@ def routes(service: Service, limits: render.RenderLimits | None = None) -> APIRo
         return image(request, middle(first_series), 1, THUMBNAIL, immutable=False)
 
     return router
+
+
+def plain_routes(router: APIRouter, prefix: str) -> list[Route]:
+    """`router`'s routes again as plain Starlette routes, for the app to put
+    first (as it does the frames route): FastAPI's route matching and
+    parameter machinery cost about as much CPU per request as encoding a
+    512x512 JPEG (profiled in process). The same endpoints run on the
+    thread pool; a path a plain route does not match (a frame number that
+    is not digits) falls through to the FastAPI route, which answers 400."""
+
+    def plain(route: APIRoute) -> Route:
+        endpoint = route.endpoint
+
+        async def call(request: Request) -> Response:
+            return await run_in_threadpool(endpoint, request, **request.path_params)
+
+        return Route(prefix + route.path.replace("{frame}", "{frame:int}"), call, methods=["GET"])
+
+    return [plain(route) for route in router.routes if isinstance(route, APIRoute)]
 
 
 def _quality(value: str | None) -> int:
