@@ -41,7 +41,7 @@ class ViewStore(Store):
         super().__init__(read_only=True)
         self.catalog, self.reader = catalog, reader
         self.volume = volume
-        self._keys = {METADATA: None, **{f"{k}/{METADATA}": None for k in range(volume.levels)}}
+        self._metadata = tuple(f"{k}/{METADATA}" for k in range(volume.levels))  # the arrays' zarr.json
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, ViewStore) and other.reader is self.reader and other.volume == self.volume
@@ -56,25 +56,25 @@ class ViewStore(Store):
         """The bytes stored under `key`, or None for a key the view does not hold."""
         if key == METADATA:
             return _json(self.volume.group_json())
+        if key in self._metadata:
+            return _json(self.volume.array_json(int(key.partition("/")[0])))
+        where = self._chunk_at(key)
+        return None if where is None else self.chunk(*where)
+
+    def _chunk_at(self, key: str) -> tuple[int, int] | None:
+        """(dataset, slice) of a chunk key (`{k}/c/...`), or None if it names no chunk."""
         dataset, _, rest = key.partition("/")
         if not dataset.isdigit() or int(dataset) >= self.volume.levels:
             return None
-        if rest == METADATA:
-            return _json(self.volume.array_json(int(dataset)))
-        z = self._slice_index(int(dataset), rest)
-        return None if z is None else self.chunk(int(dataset), z)
-
-    def _slice_index(self, dataset: int, rest: str) -> int | None:
-        """The slice a chunk key (`c/...`) names, or None if it names no chunk."""
         parts = rest.split("/")
-        shape = self.volume.array_shape(dataset)
-        chunks = [-(-n // c) for n, c in zip(shape, self.volume.chunk_shape(dataset), strict=True)]
+        shape = self.volume.array_shape(int(dataset))
         if parts[0] != "c" or len(parts) != len(shape) + 1 or not all(p.isdigit() for p in parts[1:]):
             return None
+        chunks = [-(-n // c) for n, c in zip(shape, self.volume.chunk_shape(int(dataset)), strict=True)]
         indices = [int(p) for p in parts[1:]]
         if any(i >= n for i, n in zip(indices, chunks, strict=True)):
             return None
-        return indices[-3]
+        return int(dataset), indices[-3]
 
     def chunk(self, dataset: int, z: int) -> bytes:
         """Slice `z` at dataset `dataset`, decoded from its level prefix."""
@@ -98,11 +98,7 @@ class ViewStore(Store):
         return list(await asyncio.gather(*(self.get(key, prototype, r) for key, r in key_ranges)))
 
     async def exists(self, key: str) -> bool:
-        if key in self._keys:
-            return True
-        dataset, _, rest = key.partition("/")
-        return dataset.isdigit() and int(dataset) < self.volume.levels and \
-            self._slice_index(int(dataset), rest) is not None
+        return key == METADATA or key in self._metadata or self._chunk_at(key) is not None
 
     async def set(self, key: str, value: Buffer) -> None:
         self._check_writable()
@@ -128,9 +124,10 @@ class ViewStore(Store):
                 yield child
 
     def _all_keys(self) -> Iterable[str]:
-        yield from self._keys
+        yield METADATA
+        yield from self._metadata
+        lead = "0/" if self.volume.samples > 1 else ""
         for dataset in range(self.volume.levels):
-            lead = "0/" if self.volume.samples > 1 else ""
             for z in range(len(self.volume.slices)):
                 yield f"{dataset}/c/{lead}{z}/0/0"
 
