@@ -30,6 +30,7 @@ import errno
 import logging
 import queue
 import socket
+import ssl
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
@@ -169,7 +170,9 @@ class Receiver:
     archive at `archive`. `accept_from` lists the callers allowed (all when
     empty); `study_hooks` fire once a study has been quiet `study_idle`
     seconds; `on_archived` callbacks get the entry of every archived
-    instance. `start` drains the spool, then listens; `stop` ends both."""
+    instance; `ssl_context`: TLS on every association (a server context,
+    with a CA and CERT_REQUIRED for mutual TLS). The called AE title must
+    be `ae_title`. `start` drains the spool, then listens; `stop` ends both."""
 
     def __init__(
         self,
@@ -188,6 +191,7 @@ class Receiver:
         settings: EncodeSettings | None = None,
         crosscheck: CrossCheck | str = CrossCheck.SAMPLE,
         on_conflict: OnConflict | str = OnConflict.KEEP,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.archive = Path(archive)
         self.address = (host, port)
@@ -202,7 +206,9 @@ class Receiver:
         self.ae.maximum_associations = max_associations
         self.ae.acse_timeout, self.ae.dimse_timeout = timeouts.acse, timeouts.dimse
         self.ae.network_timeout = timeouts.network
+        self.ae.require_called_aet = True  # an association addressed to another AE title is rejected
         self.ae.add_supported_context(Verification)
+        self.ssl_context = ssl_context
         self._server: Any = None
         self._unrestricted = _config.UNRESTRICTED_STORAGE_SERVICE
 
@@ -218,7 +224,8 @@ class Receiver:
         _config.UNRESTRICTED_STORAGE_SERVICE = True
         handlers = [(evt.EVT_C_ECHO, lambda event: SUCCESS), (evt.EVT_C_STORE, self._on_store),
                     (evt.EVT_REQUESTED, self._on_requested)]
-        self._server = self.ae.make_server(self.address, evt_handlers=handlers, server_class=_NoDelayServer)
+        self._server = self.ae.make_server(self.address, evt_handlers=handlers, server_class=_NoDelayServer,
+                                           ssl_context=self.ssl_context)
         threading.Thread(target=self._server.serve_forever, name="storage-scp", daemon=True).start()
         self.ae._servers.append(self._server)  # as `AE.start_server` does: its `shutdown` expects it there
         self.address = self._server.server_address[:2]

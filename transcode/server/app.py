@@ -25,6 +25,7 @@ from transcode.archive import FolderArchive
 from transcode.archive.store import Archive
 from transcode.codecs.htj2k import EncodeSettings
 from transcode.policy import Stop
+from transcode.security.guard import Guard, Security, security_from
 from transcode.server import qido, rendered, stow, wado
 from transcode.server.catalog import uid
 from transcode.server.errors import Problem
@@ -42,13 +43,15 @@ STUDY, SERIES = qido.STUDY_UID, qido.SERIES_UID
 
 def create_app(archive: Archive, *, prefix: str = "/dicomweb", cors_origins: Sequence[str] = (),
                stow_workers: int | None = None, on_conflict: str = "keep", settings: EncodeSettings | None = None,
-               render_limits: RenderLimits | None = None) -> FastAPI:
+               render_limits: RenderLimits | None = None, security: Security | None = None) -> FastAPI:
     """The application over `archive` (opened by the caller, who closes it).
     `cors_origins`: origins allowed to call from a browser ("*" for any);
     `on_conflict`: what STOW-RS does with other content under an archived
     SOP Instance UID (`policy.OnConflict`); `settings`: how STOW-RS
     transcodes (the frame size cap among them); `render_limits`: the
-    largest rendered image."""
+    largest rendered image; `security`: authentication, the audit trail
+    (closed with the app) and the template-only access log (`guard`); none
+    by default, as for an app embedded behind its own gate."""
     service = Service(archive, prefix)
     ingester = IngestService(archive.root, workers=stow_workers or 2, settings=settings,  # started by the first STOW
                              on_conflict=on_conflict) if archive.root is not None else None
@@ -58,6 +61,8 @@ def create_app(archive: Archive, *, prefix: str = "/dicomweb", cors_origins: Seq
         yield
         if ingester is not None:
             ingester.close()
+        if security is not None and security.audit is not None:
+            security.audit.close()
 
     app = FastAPI(title="transcode DICOMweb", version=__version__, docs_url=f"{prefix}/docs",
                   openapi_url=f"{prefix}/openapi.json", lifespan=lifespan)
@@ -67,9 +72,11 @@ def create_app(archive: Archive, *, prefix: str = "/dicomweb", cors_origins: Seq
     app.include_router(rendered.routes(service, render_limits), prefix=prefix)
     if ingester is not None:
         app.include_router(stow.routes(service, ingester), prefix=prefix)
-    if cors_origins:
+    if security is not None:
+        app.add_middleware(Guard, security=security, routes=app.router.routes)
+    if cors_origins:  # outside the guard: preflights carry no credentials; cookies only for listed origins
         app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST", "OPTIONS"],
-                           allow_headers=["*"], expose_headers=EXPOSED)
+                           allow_headers=["*"], expose_headers=EXPOSED, allow_credentials="*" not in cors_origins)
     _error_handlers(app)
     return app
 
@@ -81,9 +88,10 @@ def app_from_environment() -> FastAPI:
     options = json.loads(os.environ[SERVE_OPTIONS])
     settings = EncodeSettings(max_frame_bytes=options["max_frame_bytes"]) if options.get("max_frame_bytes") else None
     limits = RenderLimits(options["max_render_pixels"]) if options.get("max_render_pixels") else None
-    return create_app(FolderArchive(options["archive"], read_only=options["read_only"]),
-                      cors_origins=options["cors_origins"], stow_workers=options["stow_workers"],
-                      on_conflict=options.get("on_conflict", "keep"), settings=settings, render_limits=limits)
+    archive = FolderArchive(options["archive"], read_only=options["read_only"])
+    return create_app(archive, cors_origins=options["cors_origins"], stow_workers=options["stow_workers"],
+                      on_conflict=options.get("on_conflict", "keep"), settings=settings, render_limits=limits,
+                      security=security_from(options.get("security", {}), archive.index.path))
 
 
 def _qido_routes(service: Service) -> APIRouter:

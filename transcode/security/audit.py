@@ -1,0 +1,294 @@
+"""The audit trail: who touched which study, when, from where, with what outcome.
+
+Append-only JSON lines in a folder (`audit.jsonl`, rotated by size to
+`audit.000001.jsonl`, `audit.000002.jsonl`, ...). Each line carries `seq`,
+the `prev` line's hash and its own `hash`: SHA-256 of the line's canonical
+JSON without `hash`. Editing a line changes its hash; removing, inserting or
+reordering lines breaks `prev` or `seq`; `verify` reports the line. The
+chain runs on across rotated files and restarts: the writer reads the last
+hash from the files under an exclusive lock before each batch, so several
+server processes (uvicorn workers) append to one chain. Removing lines from
+the *end* leaves a valid shorter chain: keep the head hash that `verify`
+prints somewhere else to detect it.
+
+Writes are off the event loop: `record` puts the event on a queue (no I/O,
+no hashing); one thread per process takes whatever has queued, resolves
+patient ids from the archive index (read-only), chains, and appends the
+batch with one `write` (to the OS at once: a kill -9 of the server loses
+only events queued but not yet taken, the requests of the last moment;
+`fsync=True` also survives a power cut, at a disk flush per batch).
+`close` writes everything queued before returning.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import queue
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Self
+
+from transcode.archive.index import read_uri
+
+log = logging.getLogger(__name__)
+
+CURRENT = "audit.jsonl"
+GENESIS = "0" * 64
+_ROTATED = re.compile(r"audit\.(\d{6})\.jsonl")
+_TAIL = 1 << 16
+_PATIENT = "SELECT json_extract(dicom_json, '$.\"00100020\".Value[0]') FROM studies WHERE study_uid = ?"
+
+
+@dataclass(frozen=True, slots=True)
+class Touched:
+    """One instance (or study, series) an event concerns."""
+
+    study: str | None = None
+    series: str | None = None
+    instance: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEvent:
+    """What happened, as the server saw it. `who`: a token's subject,
+    `key:<id>` for an API key, `ae:<title>` for a DICOM caller, `anonymous`
+    where authentication is off; `action`: search, retrieve, render, store,
+    other; `outcome`: success, denied (401/403), failure (any other error)."""
+
+    who: str
+    source: str
+    action: str
+    method: str
+    route: str
+    status: int
+    outcome: str
+    touched: tuple[Touched, ...] = ()
+    query: str | None = None
+    time: float = field(default_factory=time.time)
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """A line `verify` found broken: file name, line number (1-based), why."""
+
+    file: str
+    line: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Verified:
+    """The outcome of `verify`: lines read, the last hash (the head to keep
+    elsewhere), and the problems found (none: the chain is whole)."""
+
+    lines: int
+    head: str
+    problems: tuple[Problem, ...]
+
+
+def files(folder: Path) -> list[Path]:
+    """The trail's files, oldest first (the rotated ones by number, then the current)."""
+    rotated = sorted(p for p in folder.glob("audit.*.jsonl") if _ROTATED.fullmatch(p.name))
+    current = folder / CURRENT
+    return rotated + ([current] if current.exists() else [])
+
+
+def digest(record: dict[str, Any]) -> str:
+    """The hash of a line: SHA-256 of its canonical JSON without `hash`."""
+    body = {k: v for k, v in record.items() if k != "hash"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def records(folder: Path) -> Iterator[tuple[str, int, dict[str, Any] | None]]:
+    """(file name, line number, record or None when the line is not JSON) for every line, oldest first."""
+    for path in files(folder):
+        with path.open("rb") as f:
+            for number, raw in enumerate(f, 1):
+                try:
+                    record = json.loads(raw)
+                except ValueError:
+                    record = None
+                yield path.name, number, record if isinstance(record, dict) else None
+
+
+def verify(folder: Path) -> Verified:
+    """Walk the chain through every file: each line's hash, its `prev` and
+    its `seq` against the line before. After a broken line the walk goes on
+    from that line's own values, so that one edit is reported once."""
+    prev, seq, count, problems = GENESIS, 0, 0, []
+    for name, number, record in records(folder):
+        count += 1
+        if record is None:
+            problems.append(Problem(name, number, "not a JSON object"))
+            continue
+        if record.get("hash") != digest(record):
+            problems.append(Problem(name, number, "the line's content does not match its hash (edited)"))
+        elif record.get("prev") != prev:
+            problems.append(Problem(name, number, "does not follow the line before (a line removed, "
+                                                  "inserted or moved before it)"))
+        elif record.get("seq") != seq + 1:
+            problems.append(Problem(name, number, f"sequence number {record.get('seq')} after {seq}"))
+        prev, seq = str(record.get("hash")), int(record.get("seq") or 0)
+    return Verified(count, prev, tuple(problems))
+
+
+class AuditLog:
+    """The writer of the trail in `folder` (created if missing), for one
+    process. `index`: the archive index, to look up each study's Patient
+    ID; `max_bytes`: the size at which the current file is rotated."""
+
+    def __init__(self, folder: Path, *, index: Path | None = None, max_bytes: int = 64 << 20,
+                 fsync: bool = False) -> None:
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.index, self.max_bytes, self.fsync = index, max_bytes, fsync
+        self._lock = os.open(self.folder / "audit.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        self._known: tuple[int, int, int, str] | None = None  # (inode, size, seq, hash) after our last write
+        self._patients: dict[str, str | None] = {}
+        self._db: sqlite3.Connection | None = None
+        self._queue: queue.SimpleQueue[AuditEvent | threading.Event | None] = queue.SimpleQueue()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
+        self._thread.start()
+
+    def record(self, event: AuditEvent) -> None:
+        """Queue `event` for writing (returns at once)."""
+        self._queue.put(event)
+
+    def flush(self, timeout: float = 30.0) -> bool:
+        """Wait until every event recorded so far is written (False on timeout)."""
+        done = threading.Event()
+        self._queue.put(done)
+        return done.wait(timeout)
+
+    def close(self) -> None:
+        """Write everything queued, then stop the writer (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(None)
+        self._thread.join()
+        os.close(self._lock)
+        if self._db is not None:
+            self._db.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def _run(self) -> None:
+        while True:
+            item: AuditEvent | threading.Event | None = self._queue.get()
+            batch = []
+            while isinstance(item, AuditEvent):
+                batch.append(item)
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    item = threading.Event()  # nobody waits on it
+            if batch:
+                try:
+                    self.write(batch)
+                except Exception:  # the server goes on; the loss is logged loudly
+                    log.exception("%d audit events could not be written to %s", len(batch), self.folder)
+            if item is None:
+                return
+            item.set()
+
+    def write(self, events: list[AuditEvent]) -> None:
+        """Append `events` to the chain now, in this thread (the writer
+        thread's step; public for measuring what one line costs)."""
+        fcntl.flock(self._lock, fcntl.LOCK_EX)
+        try:
+            path = self.folder / CURRENT
+            _inode, size, seq, prev = self._tail(path)
+            lines = []
+            for event in events:
+                seq += 1
+                record = self._line(event, seq, prev)
+                prev = record["hash"] = digest(record)
+                lines.append(json.dumps(record, separators=(",", ":")) + "\n")
+            data = "".join(lines).encode()
+            if size and size + len(data) > self.max_bytes:
+                number = max((int(m.group(1)) for p in self.folder.iterdir()
+                              if (m := _ROTATED.fullmatch(p.name))), default=0) + 1
+                os.rename(path, self.folder / f"audit.{number:06d}.jsonl")
+                size = 0
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+            try:
+                os.write(fd, data)
+                if self.fsync:
+                    os.fsync(fd)
+                self._known = (os.fstat(fd).st_ino, size + len(data), seq, prev)
+            finally:
+                os.close(fd)
+        finally:
+            fcntl.flock(self._lock, fcntl.LOCK_UN)
+
+    def _tail(self, path: Path) -> tuple[int, int, int, str]:
+        """(inode, size, seq, hash) of the chain's end: ours from the last
+        write when nobody else wrote since, else read from the files."""
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            st = None
+        if st is not None and self._known is not None and self._known[:2] == (st.st_ino, st.st_size):
+            return self._known
+        for candidate in reversed(files(self.folder)):
+            last = _last_line(candidate)
+            if last is not None:
+                record = json.loads(last)
+                return (st.st_ino if st else 0, st.st_size if st else 0, int(record["seq"]), str(record["hash"]))
+        return (st.st_ino if st else 0, st.st_size if st else 0, 0, GENESIS)
+
+    def _line(self, event: AuditEvent, seq: int, prev: str) -> dict[str, Any]:
+        touched = [{**{k: v for k, v in asdict(t).items() if v}, "patient": self._patient(t.study)}
+                   for t in event.touched]
+        return {"seq": seq, "time": datetime.fromtimestamp(event.time, UTC).isoformat(timespec="milliseconds"),
+                "who": event.who, "from": event.source, "action": event.action, "method": event.method,
+                "route": event.route, "status": event.status, "outcome": event.outcome, "touched": touched,
+                "query": event.query, "prev": prev}
+
+    def _patient(self, study: str | None) -> str | None:
+        """The Patient ID of `study` from the index (cached; None when unknown)."""
+        if study is None or self.index is None:
+            return None
+        if study not in self._patients:
+            if len(self._patients) > 10_000:
+                self._patients.clear()
+            try:
+                if self._db is None:
+                    self._db = sqlite3.connect(read_uri(self.index), uri=True, check_same_thread=False)
+                row = self._db.execute(_PATIENT, (study,)).fetchone()
+            except sqlite3.Error as exc:
+                log.warning("audit: no patient id for study %s: %s", study, exc)
+                return None
+            if row is None:
+                return None  # not archived (yet): looked up again next time
+            self._patients[study] = row[0]
+        return self._patients[study]
+
+
+def _last_line(path: Path) -> bytes | None:
+    """The last non-empty line of `path`, or None."""
+    with path.open("rb") as f:
+        size = f.seek(0, os.SEEK_END)
+        chunk = _TAIL
+        while True:
+            f.seek(max(0, size - chunk))
+            lines = f.read().rstrip(b"\n").rsplit(b"\n", 1)
+            if len(lines) == 2 or chunk >= size:
+                return lines[-1] or None
+            chunk *= 4
