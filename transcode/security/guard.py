@@ -22,7 +22,7 @@ from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse
-from starlette.routing import BaseRoute, Match
+from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from transcode.security.audit import AuditEvent, AuditLog, Touched
@@ -49,10 +49,11 @@ class Security:
 class Guard:
     """The middleware (`app.add_middleware(Guard, security=...)`)."""
 
-    def __init__(self, app: ASGIApp, security: Security, routes: Sequence[BaseRoute] = ()) -> None:
-        """`routes`: the application's, to name the route of a refused
-        request (which never reaches the router) in the log and the trail."""
-        self.app, self.routes = app, routes
+    def __init__(self, app: ASGIApp, security: Security, templates: Sequence[str] = ()) -> None:
+        """`templates`: the application's route paths (`/dicomweb/studies/{study}`),
+        in the order its router tries them: what the log and the trail name."""
+        self.app = app
+        self._patterns = [(compile_path(template)[0], template) for template in templates]
         self.authenticator, self.audit = security.authenticator, security.audit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -93,32 +94,28 @@ class Guard:
             principal = await run_in_threadpool(self.authenticator.authenticate, credential)  # type: ignore[union-attr]
         return principal
 
-    def _route(self, scope: Scope) -> None:
-        """Set the route and path parameters in `scope` where the router did
-        not (a refused request never reaches it; FastAPI's router sets no
-        `route` for a plain Starlette route such as the frames route)."""
-        for route in self.routes:
-            match, child = route.matches(scope)
-            if match == Match.FULL:
-                scope.update(child, route=route)
-                return
+    def _route(self, scope: Scope) -> tuple[str, dict[str, Any]]:
+        """The template the request's path matches and its parameters
+        (a refused request never reaches the router; FastAPI's router does
+        not leave the full template in the scope)."""
+        path = scope["path"]
+        for pattern, template in self._patterns:
+            if (match := pattern.match(path)) is not None:
+                return template, match.groupdict()
+        return "(no route)", {}
 
     def _done(self, scope: Scope, principal: Principal, status: int, began: float) -> None:
-        if "route" not in scope:
-            self._route(scope)
-        route = scope.get("route")
-        template = getattr(route, "path", None) or "(no route)"
+        template, params = self._route(scope)
         if access.isEnabledFor(logging.INFO):
             client = scope.get("client") or ("-", 0)
             access.info("%s %s %s %d %.1f ms", client[0], scope["method"], template, status,
                         (time.perf_counter() - began) * 1e3)
         if self.audit is not None and scope["method"] != "OPTIONS":
-            self.audit.record(_event(scope, principal, template, status))
+            self.audit.record(_event(scope, principal, template, params, status))
 
 
-def _event(scope: Scope, principal: Principal, template: str, status: int) -> AuditEvent:
+def _event(scope: Scope, principal: Principal, template: str, params: dict[str, Any], status: int) -> AuditEvent:
     method = scope["method"]
-    params: dict[str, Any] = scope.get("path_params") or {}
     stored = (scope.get("state") or {}).get(AUDIT_TOUCHED)
     if stored is not None:
         touched = tuple(stored)

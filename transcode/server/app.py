@@ -66,14 +66,16 @@ def create_app(archive: Archive, *, prefix: str = "/dicomweb", cors_origins: Seq
 
     app = FastAPI(title="transcode DICOMweb", version=__version__, docs_url=f"{prefix}/docs",
                   openapi_url=f"{prefix}/openapi.json", lifespan=lifespan)
-    app.router.routes.insert(0, wado.frames_route(service, prefix))  # first: the hot path
-    app.include_router(wado.routes(service), prefix=prefix)
-    app.include_router(_qido_routes(service), prefix=prefix)
-    app.include_router(rendered.routes(service, render_limits), prefix=prefix)
+    frames = wado.frames_route(service, prefix)
+    app.router.routes.insert(0, frames)  # first: the hot path
+    routers = [wado.routes(service), _qido_routes(service), rendered.routes(service, render_limits)]
     if ingester is not None:
-        app.include_router(stow.routes(service, ingester), prefix=prefix)
-    if security is not None:
-        app.add_middleware(Guard, security=security, routes=app.router.routes)
+        routers.append(stow.routes(service, ingester))
+    for router in routers:
+        app.include_router(router, prefix=prefix)
+    if security is not None:  # the route templates in the order the router tries them, for the log and the trail
+        templates = [frames.path] + [prefix + route.path for router in routers for route in router.routes]
+        app.add_middleware(Guard, security=security, templates=templates)
     if cors_origins:  # outside the guard: preflights carry no credentials; cookies only for listed origins
         app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST", "OPTIONS"],
                            allow_headers=["*"], expose_headers=EXPOSED, allow_credentials="*" not in cors_origins)
