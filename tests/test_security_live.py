@@ -115,6 +115,7 @@ def test_serve_over_tls_with_tokens_and_a_trail_flushed_at_shutdown(served: Serv
         with pytest.raises((http.client.HTTPException, ConnectionError)):  # TLS only: no plain HTTP answer
             plain.request("GET", "/dicomweb/studies")
             plain.getresponse()
+        conn.close()  # before the shutdown, which waits for open connections
     finally:
         server.send_signal(signal.SIGTERM)
         output = server.communicate(timeout=60)[0].decode()
