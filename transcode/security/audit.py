@@ -12,14 +12,14 @@ the *end* leaves a valid shorter chain: keep the head hash that `verify`
 prints somewhere else to detect it.
 
 Writes are off the event loop: `record` puts the event on a queue (no I/O,
-no hashing); one thread per process waits `linger` seconds (5 ms) after
+no hashing); one thread per process waits `linger` seconds (20 ms) after
 the first event of a batch, takes whatever has queued, resolves patient ids
 from the archive index (read-only), chains, and appends the batch with one
 `write`. A line per request, written as it comes, cost the frame route far
 more than the 0.9x allowed on a loaded machine (the writer's wake-ups and
 system calls compete with the event loop for the GIL: README figures); the
-linger makes it one write per 5 ms. So a kill -9 of the server loses the
-events of at most the last 5 ms (requests already answered) plus any
+linger makes it one write per 20 ms. So a kill -9 of the server loses the
+events of at most the last 20 ms (requests already answered) plus any
 batch being written; `fsync=True` also survives a power cut, at a disk
 flush per batch. `close` (the app's shutdown) writes everything queued.
 """
@@ -157,12 +157,15 @@ class AuditLog:
     for more to join it (fewer, larger writes: see the module's note)."""
 
     def __init__(self, folder: Path, *, index: Path | None = None, max_bytes: int = 64 << 20,
-                 fsync: bool = False, linger: float = 0.005) -> None:
+                 fsync: bool = False, linger: float = 0.02) -> None:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.index, self.max_bytes, self.fsync, self.linger = index, max_bytes, fsync, linger
         self._lock = os.open(self.folder / "audit.lock", os.O_RDWR | os.O_CREAT, 0o600)
         self._known: tuple[int, int, int, str] | None = None  # (inode, size, seq, hash) after our last write
+        self._path = str(self.folder / CURRENT)
+        self._fd: int | None = None
+        self._inode = 0
         self._patients: dict[str, str | None] = {}
         self._db: sqlite3.Connection | None = None
         self._queue: queue.SimpleQueue[AuditEvent | threading.Event | None] = queue.SimpleQueue()
@@ -188,6 +191,8 @@ class AuditLog:
         self._queue.put(None)
         self._thread.join()
         os.close(self._lock)
+        if self._fd is not None:
+            os.close(self._fd)
         if self._db is not None:
             self._db.close()
 
@@ -223,8 +228,7 @@ class AuditLog:
         thread's step; public for measuring what one line costs)."""
         fcntl.flock(self._lock, fcntl.LOCK_EX)
         try:
-            path = self.folder / CURRENT
-            _inode, size, seq, prev = self._tail(path)
+            size, seq, prev = self._tail()
             lines = []
             for event in events:
                 seq += 1
@@ -235,34 +239,42 @@ class AuditLog:
             if size and size + len(data) > self.max_bytes:
                 number = max((int(m.group(1)) for p in self.folder.iterdir()
                               if (m := _ROTATED.fullmatch(p.name))), default=0) + 1
-                os.rename(path, self.folder / f"audit.{number:06d}.jsonl")
+                os.rename(self._path, self.folder / f"audit.{number:06d}.jsonl")
+                self._open()
                 size = 0
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
-            try:
-                os.write(fd, data)
-                if self.fsync:
-                    os.fsync(fd)
-                self._known = (os.fstat(fd).st_ino, size + len(data), seq, prev)
-            finally:
-                os.close(fd)
+            os.write(self._fd, data)
+            if self.fsync:
+                os.fsync(self._fd)
+            self._known = (self._inode, size + len(data), seq, prev)
         finally:
             fcntl.flock(self._lock, fcntl.LOCK_UN)
 
-    def _tail(self, path: Path) -> tuple[int, int, int, str]:
-        """(inode, size, seq, hash) of the chain's end: ours from the last
-        write when nobody else wrote since, else read from the files."""
+    def _open(self) -> None:
+        """(Re)open the current file for appending (after a rotation, ours or another process's)."""
+        if self._fd is not None:
+            os.close(self._fd)
+        self._fd = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        self._inode = os.fstat(self._fd).st_ino
+
+    def _tail(self) -> tuple[int, int, str]:
+        """(size of the current file, seq, hash) at the chain's end: ours
+        from the last write when nobody else wrote since, else read from
+        the files (a restart, another worker process, a rotation)."""
         try:
-            st = path.stat()
+            st = os.stat(self._path)
         except FileNotFoundError:
             st = None
-        if st is not None and self._known is not None and self._known[:2] == (st.st_ino, st.st_size):
-            return self._known
+        if st is None or self._fd is None or st.st_ino != self._inode:
+            self._open()
+            st = os.fstat(self._fd)
+        if self._known is not None and self._known[:2] == (st.st_ino, st.st_size):
+            return self._known[1:]
         for candidate in reversed(files(self.folder)):
             last = _last_line(candidate)
             if last is not None:
                 record = json.loads(last)
-                return (st.st_ino if st else 0, st.st_size if st else 0, int(record["seq"]), str(record["hash"]))
-        return (st.st_ino if st else 0, st.st_size if st else 0, 0, GENESIS)
+                return st.st_size, int(record["seq"]), str(record["hash"])
+        return st.st_size, 0, GENESIS
 
     def _line(self, event: AuditEvent, seq: int, prev: str) -> dict[str, Any]:
         touched = [{**{k: v for k, v in (("study", t.study), ("series", t.series), ("instance", t.instance)) if v},
