@@ -152,3 +152,35 @@ def test_listen_over_tls_checks_the_called_ae_title(tmp_path) -> None:
 def test_listen_takes_tls_options(tmp_path, capsys) -> None:
     assert main(["listen", "--archive", str(tmp_path / "a"), "--tls-ca", str(tmp_path / "ca.pem")]) == 2
     assert "--tls-cert" in capsys.readouterr().err
+
+
+def test_kill_9_loses_no_line_of_a_request_answered_before_the_last_moment(served: Served, tmp_path) -> None:
+    shutil.copytree(served.root, tmp_path / "archive")
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "transcode.cli", "serve", "--archive", str(tmp_path / "archive"),
+                               "--port", str(port), "--log-level", "warning"])
+    study, series, sop = served.find("MR")
+    frame = f"/dicomweb/studies/{study}/series/{series}/instances/{sop}/frames/2"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+                conn.request("GET", frame, headers={"Accept": "*/*"})
+                break
+            except OSError:
+                assert time.monotonic() < deadline and server.poll() is None, "serve did not start"
+                time.sleep(0.2)
+        for _ in range(30):
+            response = conn.getresponse()
+            assert response.status == 200
+            response.read()
+            conn.request("GET", frame, headers={"Accept": "*/*"})
+        conn.getresponse().read()
+        time.sleep(0.5)  # longer than the writer's linger
+    finally:
+        server.kill()
+        server.wait(30)
+    lines = [r for _, _, r in records(tmp_path / "archive" / "audit") if r is not None]
+    assert [r["touched"][0]["instance"] for r in lines] == [sop] * 31
+    assert verify(tmp_path / "archive" / "audit").problems == ()
