@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import pydicom
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -23,12 +24,13 @@ from cryptography.x509.oid import NameOID
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
+from tests.conftest import PYDICOM_FILES
 from tests.peers import free_port
 from tests.security import Issuer, auth_config
 from tests.served import Served
 from transcode.cli import main
-from transcode.dimse.receiver import Receiver
-from transcode.security.audit import records, verify
+from transcode.dimse.receiver import Peer, Receiver
+from transcode.security.audit import AuditLog, records, verify
 
 
 def certificate(folder: Path) -> tuple[Path, Path]:
@@ -184,3 +186,29 @@ def test_kill_9_loses_no_line_of_a_request_answered_before_the_last_moment(serve
     lines = [r for _, _, r in records(tmp_path / "archive" / "audit") if r is not None]
     assert [r["touched"][0]["instance"] for r in lines] == [sop] * 31
     assert verify(tmp_path / "archive" / "audit").problems == ()
+
+
+def test_listen_writes_stores_and_rejected_callers_to_the_trail(tmp_path) -> None:
+    ct = pydicom.dcmread(PYDICOM_FILES / "CT_small.dcm")
+    audit = AuditLog(tmp_path / "audit", index=tmp_path / "archive" / "index.sqlite")
+    receiver = Receiver(tmp_path / "archive", port=free_port(), workers=1, accept_from=[Peer("MODALITY")],
+                        audit=audit)
+    receiver.start()
+    try:
+        for title in ("MODALITY", "INTRUDER"):
+            ae = AE(ae_title=title)
+            ae.add_requested_context(ct.SOPClassUID, ct.file_meta.TransferSyntaxUID)
+            assoc = ae.associate("127.0.0.1", receiver.address[1], ae_title="TRANSCODE")
+            if title == "MODALITY":
+                assert assoc.send_c_store(ct).Status == 0
+                assoc.release()
+            else:
+                assert assoc.is_rejected
+    finally:
+        receiver.stop()  # closes the trail: every line written
+    stored, rejected = [r for _, _, r in records(tmp_path / "audit") if r is not None]
+    assert (stored["who"], stored["action"], stored["method"], stored["status"], stored["outcome"]) == (
+        "ae:MODALITY", "store", "C-STORE", 0, "success")
+    assert stored["touched"] == [{"study": ct.StudyInstanceUID, "series": ct.SeriesInstanceUID,
+                                  "instance": ct.SOPInstanceUID, "patient": ct.PatientID}]
+    assert (rejected["who"], rejected["outcome"], rejected["from"]) == ("ae:INTRUDER", "denied", "127.0.0.1")

@@ -375,7 +375,8 @@ def cmd_listen(args: argparse.Namespace) -> int:
                         accept_from=peers, max_associations=args.max_associations, study_idle=args.study_idle,
                         study_hooks=study_hooks, workers=args.workers, settings=_settings(args),
                         crosscheck=args.crosscheck, on_conflict=args.on_conflict,
-                        on_archived=[forwarder.on_archived for forwarder in forwarders], ssl_context=tls)
+                        on_archived=[forwarder.on_archived for forwarder in forwarders], ssl_context=tls,
+                        audit=commands.listen_audit(args))
     stopped = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stopped.set())

@@ -50,6 +50,7 @@ from transcode.dimse.hooks import Hook, StudyTracker
 from transcode.dimse.spool import Spool
 from transcode.pipeline import CLEAN, SETTLE_BATCH
 from transcode.policy import OnConflict
+from transcode.security.audit import AuditEvent, AuditLog, Touched
 from transcode.service import (
     OUT_OF_RESOURCES,
     PROCESSING_FAILURE,
@@ -171,8 +172,9 @@ class Receiver:
     empty); `study_hooks` fire once a study has been quiet `study_idle`
     seconds; `on_archived` callbacks get the entry of every archived
     instance; `ssl_context`: TLS on every association (a server context,
-    with a CA and CERT_REQUIRED for mutual TLS). The called AE title must
-    be `ae_title`. `start` drains the spool, then listens; `stop` ends both."""
+    with a CA and CERT_REQUIRED for mutual TLS); `audit`: the trail that
+    records every C-STORE and every rejected caller (closed by `stop`).
+    The called AE title must be `ae_title`. `start` drains the spool, then listens; `stop` ends both."""
 
     def __init__(
         self,
@@ -192,6 +194,7 @@ class Receiver:
         crosscheck: CrossCheck | str = CrossCheck.SAMPLE,
         on_conflict: OnConflict | str = OnConflict.KEEP,
         ssl_context: ssl.SSLContext | None = None,
+        audit: AuditLog | None = None,
     ) -> None:
         self.archive = Path(archive)
         self.address = (host, port)
@@ -208,7 +211,7 @@ class Receiver:
         self.ae.network_timeout = timeouts.network
         self.ae.require_called_aet = True  # an association addressed to another AE title is rejected
         self.ae.add_supported_context(Verification)
-        self.ssl_context = ssl_context
+        self.ssl_context, self.audit = ssl_context, audit
         self._server: Any = None
         self._unrestricted = _config.UNRESTRICTED_STORAGE_SERVICE
 
@@ -259,6 +262,8 @@ class Receiver:
         self._commit.close()
         self.service.close()
         self.studies.close()
+        if self.audit is not None:
+            self.audit.close()
 
     def _on_requested(self, event: Event) -> None:
         """Reject a caller not in `accept_from` (permanent, calling AE title not recognised)."""
@@ -268,6 +273,7 @@ class Receiver:
         address = event.assoc.requestor.address
         if not any(peer.allows(calling, address) for peer in self.accept_from):
             log.warning("rejected association from %s at %s: not in --accept-from", calling, address)
+            self._audit(calling, address, "association", 403, "denied", ())
             event.assoc.acse.send_reject(0x01, 0x01, 0x03)
             event.assoc.kill()  # as pynetdicom's own rejections: the DUL sends the A-ASSOCIATE-RJ, then stops
 
@@ -299,6 +305,9 @@ class Receiver:
             status = DATA_SET_MISMATCH
             comment = f"stored; its SOP Class UID {sent.sop_class} is not the one it was sent as"
         self._settled(entry, sent, caller)
+        self._audit(caller, event.assoc.requestor.address, "store", status,
+                    "success" if entry["outcome"] in CLEAN else "failure",
+                    (Touched(sent.study, sent.series, sent.sop or entry.get("sop_uid")),))
         return _status(status, comment if status != SUCCESS else None)
 
     def _settled(self, entry: dict[str, Any], sent: Sent, caller: str) -> None:
@@ -310,6 +319,15 @@ class Receiver:
                     callback(entry)
                 except Exception:  # a callback's failure is its own (logged), not the sender's
                     log.exception("on_archived callback %r failed for %s", callback, entry.get("sop_uid"))
+
+
+    def _audit(self, caller: str, address: str, action: str, status: int, outcome: str,
+               touched: tuple[Touched, ...]) -> None:
+        """Record a C-STORE (`status`: its DIMSE status) or a rejected association (403)."""
+        if self.audit is not None:
+            method = "C-STORE" if touched else "A-ASSOCIATE"
+            self.audit.record(AuditEvent(f"ae:{caller.strip()}", address, action, method,
+                                         f"dimse:{self.ae.ae_title}", status, outcome, touched))
 
 
 def _status(code: int, comment: str | None) -> Dataset:

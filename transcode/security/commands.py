@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from transcode.security import AUDIT_FOLDER, KEYS_FILE
-from transcode.security.audit import records, verify
+from transcode.security.audit import AuditLog, records, verify
 from transcode.security.auth import AuthConfig
 from transcode.security.export import bundle
 from transcode.security.keys import SCOPES, KeyFile, UnknownKey
@@ -104,9 +104,7 @@ def add_serve_options(serve: argparse.ArgumentParser) -> None:
     serve.add_argument("--no-auth", action="store_true",
                        help="serve without authentication on an address other than loopback (a warning is printed)")
     _tls_options(serve)
-    serve.add_argument("--audit-dir", type=Path, default=None,
-                       help=f"audit trail folder (default: ARCHIVE/{AUDIT_FOLDER})")
-    serve.add_argument("--no-audit", action="store_true", help="keep no audit trail")
+    _audit_options(serve)
     serve.add_argument("--audit-rotate-mb", type=float, default=64.0,
                        help="start a new trail file past this size (default: %(default)s)")
     serve.add_argument("--audit-fsync", action="store_true",
@@ -114,10 +112,17 @@ def add_serve_options(serve: argparse.ArgumentParser) -> None:
 
 
 def add_listen_options(listen: argparse.ArgumentParser) -> None:
-    """TLS options of `listen`."""
+    """TLS and audit options of `listen`."""
     _tls_options(listen)
     listen.add_argument("--tls-ca", type=Path, default=None,
                         help="CA bundle: callers must present a certificate it signed (mutual TLS)")
+    _audit_options(listen)
+
+
+def _audit_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--audit-dir", type=Path, default=None,
+                        help=f"audit trail folder (default: ARCHIVE/{AUDIT_FOLDER})")
+    parser.add_argument("--no-audit", action="store_true", help="keep no audit trail")
 
 
 def _tls_options(parser: argparse.ArgumentParser) -> None:
@@ -150,6 +155,14 @@ def serve_security(args: argparse.Namespace, archive: Path, read_only: bool) -> 
     return {"auth_config": str(args.auth_config.resolve()) if args.auth_config else None,
             "api_keys": str(keys.resolve()), "audit": str(Path(audit).resolve()) if audit else None,
             "audit_max_bytes": int(args.audit_rotate_mb * (1 << 20)), "audit_fsync": args.audit_fsync}
+
+
+def listen_audit(args: argparse.Namespace) -> AuditLog | None:
+    """The receiver's audit trail (the archive's, shared with `serve`), or None with --no-audit."""
+    if args.no_audit:
+        return None
+    archive = Path(args.archive)
+    return AuditLog(args.audit_dir or archive / AUDIT_FOLDER, index=archive / "index.sqlite")
 
 
 def listen_tls(args: argparse.Namespace) -> ssl.SSLContext | None:
