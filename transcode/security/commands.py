@@ -14,9 +14,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import jwt
+
 from transcode.security import AUDIT_FOLDER, KEYS_FILE
 from transcode.security.audit import AuditLog, records, verify
-from transcode.security.auth import AuthConfig
+from transcode.security.auth import AuthConfig, Authenticator
 from transcode.security.export import bundle
 from transcode.security.keys import SCOPES, KeyFile, UnknownKey
 
@@ -143,10 +145,10 @@ def serve_security(args: argparse.Namespace, archive: Path, read_only: bool) -> 
               "can read and store studies", file=sys.stderr, flush=True)
     keys = archive / KEYS_FILE
     if args.auth_config is not None:
-        try:
-            AuthConfig.load(args.auth_config, keys)  # a bad file is refused now, not by every worker
-        except ValueError as exc:
-            raise Refused(str(exc)) from None
+        try:  # a bad file is refused now, not by every worker
+            Authenticator(AuthConfig.load(args.auth_config, keys))
+        except (ValueError, OSError, jwt.PyJWTError) as exc:
+            raise Refused(f"--auth-config: {exc}") from None
     audit = None
     if not args.no_audit:
         audit = args.audit_dir or archive / AUDIT_FOLDER
