@@ -177,3 +177,19 @@ def _written(audit: AuditLog, folder: Path) -> list[dict]:
     """The trail's lines once the writer has written everything recorded so far."""
     assert audit.flush()
     return [record for _, _, record in records(folder) if record is not None]
+
+
+def test_cors_preflight_passes_and_credentials_only_for_listed_origins(served, issuer, tmp_path) -> None:
+    (tmp_path / "jwks.json").write_text(json.dumps(issuer.jwks))
+    config = AuthConfig.load(auth_config(tmp_path / "auth.toml", tmp_path / "keys.json",
+                                         key_file=tmp_path / "jwks.json"), tmp_path / "unused.json")
+    preflight = {"Origin": "https://viewer.example", "Access-Control-Request-Method": "GET",
+                 "Access-Control-Request-Headers": "authorization"}
+    with FolderArchive(served.root) as archive:
+        for origins, credentials in ((["https://viewer.example"], "true"), (["*"], None)):
+            client = TestClient(create_app(archive, cors_origins=origins, security=Security(Authenticator(config))))
+            answer = client.options("/dicomweb/studies", headers=preflight)
+            assert answer.status_code == 200
+            assert answer.headers.get("access-control-allow-credentials") == credentials
+            refused = client.get("/dicomweb/studies", headers={"Origin": "https://viewer.example"})
+            assert refused.status_code == 401 and refused.headers["access-control-allow-origin"] in origins
