@@ -193,3 +193,14 @@ def test_cors_preflight_passes_and_credentials_only_for_listed_origins(served, i
             assert answer.headers.get("access-control-allow-credentials") == credentials
             refused = client.get("/dicomweb/studies", headers={"Origin": "https://viewer.example"})
             assert refused.status_code == 401 and refused.headers["access-control-allow-origin"] in origins
+
+
+def test_an_unreachable_issuer_is_503_not_a_bad_token(served, issuer, tmp_path) -> None:
+    with jwks_server(issuer) as (url, _):
+        pass  # stopped: its port now refuses connections
+    config = AuthConfig.load(auth_config(tmp_path / "auth.toml", tmp_path / "keys.json", jwks_url=url),
+                             tmp_path / "unused.json")
+    with FolderArchive(served.root) as archive:
+        client = TestClient(create_app(archive, security=Security(Authenticator(config))))
+        answer = client.get("/dicomweb/studies", headers={"Authorization": f"Bearer {issuer.token()}"})
+    assert answer.status_code == 503 and answer.json()["error"] == "issuer_unreachable"

@@ -13,7 +13,8 @@ signature check.
 API keys (keys.py) are sent as `Authorization: Bearer tck_...` or
 `X-API-Key: tck_...`. Refusals are data (`Denied`): 401 with RFC 6750's
 `invalid_token`/`invalid_request` for no or a bad credential, 403 with
-`insufficient_scope` for a missing scope, and 403 for a revoked key.
+`insufficient_scope` for a missing scope, 403 for a revoked key, and 503
+when the issuer's JWKS cannot be fetched (its fault, not the token's).
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ ANONYMOUS = Principal("anonymous", frozenset({ADMIN}))
 
 
 class Denied(Exception):
-    """A refused request: `status` 401 or 403, the RFC 6750 `error` code
+    """A refused request: `status` 401, 403 (or 503), the RFC 6750 `error` code
     (None: no credential was sent), our `reason` code and a sentence."""
 
     def __init__(self, status: int, error: str | None, reason: str, detail: str, *,
@@ -173,6 +174,8 @@ class Authenticator:
             key = self._jwks.get_signing_key_from_jwt(credential) if self._jwks else self._local(credential)
             claims = jwt.decode(credential, key, algorithms=list(oidc.algorithms), audience=oidc.audience,
                                 issuer=oidc.issuer, leeway=oidc.leeway, options={"require": ["exp", "iss", "aud"]})
+        except jwt.PyJWKClientConnectionError:  # the issuer, not the token: say so, and let the client retry
+            raise Denied(503, None, "issuer_unreachable", "the token issuer's keys cannot be fetched now") from None
         except jwt.ExpiredSignatureError:
             raise Denied(401, "invalid_token", "token_expired", "the token has expired") from None
         except (jwt.PyJWTError, ValueError, TypeError) as exc:  # TypeError: a key of another type than the alg
