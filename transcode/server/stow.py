@@ -89,17 +89,17 @@ def _store(service: Service, ingester: IngestService, request: Request, files: l
         except ArchiveMismatch as exc:  # the index was emptied or replaced while serving: store nothing
             raise Problem(503, "index_mismatch", str(exc)) from None
         for entry in entries:
-            sop_class, sop, study_uid = sent[entry["source_path"]]
-            sop = sop or entry.get("sop_uid")  # one pydicom cannot parse: as the ingest read it
+            sop_class, sop, study_uid = sent[entry.source_path]
+            sop = sop or entry.sop_uid  # one pydicom cannot parse: as the ingest read it
             code = storage_status(entry)
             if code in STORED:
                 item = {"00081150": _ui(sop_class), "00081155": _ui(sop)}
                 row = service.catalog.db.execute(
-                    "SELECT study_uid, series_uid FROM instances WHERE sop_uid = ?", (entry["sop_uid"],)
+                    "SELECT study_uid, series_uid FROM instances WHERE sop_uid = ?", (entry.sop_uid,)
                 ).fetchone()
                 if row is not None:
-                    touched.append(Touched(row[0], row[1], entry["sop_uid"]))
-                    item["00081190"] = {"vr": "UR", "Value": [service.url(request, row[0], row[1], entry["sop_uid"])]}
+                    touched.append(Touched(row[0], row[1], entry.sop_uid))
+                    item["00081190"] = {"vr": "UR", "Value": [service.url(request, row[0], row[1], entry.sop_uid)]}
                 referenced.append(item)
             else:
                 failed.append(_failed((sop_class, sop, study_uid), code))
