@@ -50,6 +50,7 @@ CURRENT = "audit.jsonl"
 GENESIS = "0" * 64
 _ROTATED = re.compile(r"audit\.(\d{6})\.jsonl")
 _TAIL = 1 << 16
+_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"))  # made once: half the cost of json.dumps
 _PATIENT = "SELECT json_extract(dicom_json, '$.\"00100020\".Value[0]') FROM studies WHERE study_uid = ?"
 
 
@@ -113,7 +114,7 @@ def digest(record: dict[str, Any]) -> str:
 
 
 def _canonical(record: dict[str, Any]) -> str:
-    return json.dumps(record, sort_keys=True, separators=(",", ":"))
+    return _ENCODER.encode(record)
 
 
 def records(folder: Path) -> Iterator[tuple[str, int, dict[str, Any] | None]]:
@@ -167,6 +168,7 @@ class AuditLog:
         self._fd: int | None = None
         self._inode = 0
         self._patients: dict[str, str | None] = {}
+        self._second: tuple[int, str] = (-1, "")
         self._db: sqlite3.Connection | None = None
         self._queue: queue.SimpleQueue[AuditEvent | threading.Event | None] = queue.SimpleQueue()
         self._closed = False
@@ -279,10 +281,17 @@ class AuditLog:
     def _line(self, event: AuditEvent, seq: int, prev: str) -> dict[str, Any]:
         touched = [{**{k: v for k, v in (("study", t.study), ("series", t.series), ("instance", t.instance)) if v},
                     "patient": self._patient(t.study)} for t in event.touched]
-        return {"seq": seq, "time": datetime.fromtimestamp(event.time, UTC).isoformat(timespec="milliseconds"),
+        return {"seq": seq, "time": self._time(event.time),
                 "who": event.who, "from": event.source, "action": event.action, "method": event.method,
                 "route": event.route, "status": event.status, "outcome": event.outcome, "touched": touched,
                 "query": event.query, "prev": prev}
+
+    def _time(self, when: float) -> str:
+        """`when` in ISO 8601 (UTC, milliseconds); the part up to the second formatted once a second."""
+        second = int(when)
+        if second != self._second[0]:
+            self._second = (second, datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S"))
+        return f"{self._second[1]}.{int((when - second) * 1000):03d}+00:00"
 
     def _patient(self, study: str | None) -> str | None:
         """The Patient ID of `study` from the index (cached; None when unknown)."""

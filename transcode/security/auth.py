@@ -139,11 +139,14 @@ class Authenticator:
                 self._local_keys = _read_keys(oidc.key_file)
 
     @staticmethod
-    def credential(headers: dict[bytes, bytes]) -> str:
+    def credential(headers: list[tuple[bytes, bytes]]) -> str:
         """The credential of a request (raw ASGI headers); Denied when none or malformed."""
-        if (key := headers.get(b"x-api-key")) is not None:
-            return key.decode("latin-1").strip()
-        header = headers.get(b"authorization")
+        header = None
+        for name, value in headers:
+            if name == b"x-api-key":
+                return value.decode("latin-1").strip()
+            if name == b"authorization":
+                header = value
         if header is None:
             raise Denied(401, None, "no_credentials", "this server needs a bearer token or an API key")
         scheme, _, value = header.decode("latin-1").partition(" ")
@@ -156,8 +159,7 @@ class Authenticator:
         API key (a hash and a dictionary look-up); None: call `authenticate`."""
         if credential.startswith(PREFIX):
             return self._key(credential)
-        with self._lock:
-            hit = self._verified.get(credential)
+        hit = self._verified.get(credential)  # one dict look-up: atomic, no lock needed to read
         if hit is not None and hit[1] + (self.config.oidc.leeway if self.config.oidc else 0) > time.time():
             return hit[0]
         return None

@@ -88,7 +88,7 @@ class Guard:
             self._done(scope, principal, status, began)
 
     async def _principal(self, scope: Scope) -> Principal:
-        credential = Authenticator.credential(dict(scope["headers"]))
+        credential = Authenticator.credential(scope["headers"])
         principal = self.authenticator.cached(credential)  # type: ignore[union-attr]
         if principal is None:  # a signature to check, perhaps keys to fetch: off the event loop
             principal = await run_in_threadpool(self.authenticator.authenticate, credential)  # type: ignore[union-attr]
