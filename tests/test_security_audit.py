@@ -163,3 +163,15 @@ def test_export_as_fhir_audit_events(audited, served, capsys) -> None:
     assert last["type"]["code"] == "110103"
     identifiers = [e["what"]["identifier"]["value"] for e in last["entity"]]
     assert identifiers == [f"urn:oid:{study}", served.source(sop).PatientID]
+
+
+def test_lines_with_odd_text_verify(tmp_path) -> None:
+    """The writer spells canonical JSON itself; `verify` re-encodes with the JSON encoder: they must agree."""
+    odd = ['Zoë "the" \\admin\\', "tab\there\nnewline", "emoji 😀 and \u2028", "", "ascii"]
+    with AuditLog(tmp_path / "audit") as audit:
+        for n, text in enumerate(odd):
+            audit.record(AuditEvent(text, text or "-", "search", "GET", f"/r/{text}", 200 + n, "success",
+                                    (Touched(text or None, None, "1.2"), Touched()), query=text or None))
+    result = verify(tmp_path / "audit")
+    assert result.problems == () and result.lines == len(odd)
+    assert [r["who"] for r in lines_of(tmp_path / "audit")] == odd
