@@ -13,6 +13,7 @@ import ssl
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pydicom
@@ -49,6 +50,20 @@ def certificate(folder: Path) -> tuple[Path, Path]:
     key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                            serialization.NoEncryption()))
     return cert_path, key_path
+
+
+def first_request(server: subprocess.Popen, connect: Callable[[], http.client.HTTPConnection],
+                  path: str) -> http.client.HTTPConnection:
+    """A connection to `serve` once it listens, with a GET of `path` sent (Accept: */*)."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            conn = connect()
+            conn.request("GET", path, headers={"Accept": "*/*"})
+            return conn
+        except OSError:
+            assert time.monotonic() < deadline and server.poll() is None, "serve did not start"
+            time.sleep(0.2)
 
 
 def test_serve_refuses_a_public_address_without_authentication(served: Served, tmp_path, capsys) -> None:
@@ -93,15 +108,8 @@ def test_serve_over_tls_with_tokens_and_a_trail_flushed_at_shutdown(served: Serv
     study, series, sop = served.find("CT")
     frame = f"/dicomweb/studies/{study}/series/{series}/instances/{sop}/frames/1"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                conn = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=10)
-                conn.request("GET", "/dicomweb/studies")
-                break
-            except OSError:
-                assert time.monotonic() < deadline and server.poll() is None, "serve did not start"
-                time.sleep(0.2)
+        conn = first_request(server, lambda: http.client.HTTPSConnection("127.0.0.1", port, context=context,
+                                                                          timeout=10), "/dicomweb/studies")
         refused = conn.getresponse()
         refused.read()
         assert refused.status == 401
@@ -164,15 +172,7 @@ def test_kill_9_loses_no_line_of_a_request_answered_before_the_last_moment(serve
     study, series, sop = served.find("MR")
     frame = f"/dicomweb/studies/{study}/series/{series}/instances/{sop}/frames/2"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-                conn.request("GET", frame, headers={"Accept": "*/*"})
-                break
-            except OSError:
-                assert time.monotonic() < deadline and server.poll() is None, "serve did not start"
-                time.sleep(0.2)
+        conn = first_request(server, lambda: http.client.HTTPConnection("127.0.0.1", port, timeout=10), frame)
         for _ in range(30):
             response = conn.getresponse()
             assert response.status == 200
