@@ -23,7 +23,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from transcode import logs
+from transcode import limits, logs
 from transcode.archive import ArchiveBusy, ArchiveMismatch, FolderArchive
 from transcode.archive.check import verify_archive
 from transcode.archive.rebuild import rebuild_index
@@ -33,6 +33,7 @@ from transcode.dicom.read import open_instance
 from transcode.pipeline import ingest
 from transcode.policy import OnConflict, Outcome, Stop
 from transcode.report import Progress, ReportFile, print_summary
+from transcode.service import clear_uploads
 from transcode.transcoder import TranscodeResult, transcode_file
 from transcode.verify import SAMPLE_EVERY, CrossCheck
 
@@ -305,8 +306,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ArchiveMismatch as exc:  # never serve (nor store into) an index that is not the archive's
         print(f"transcode: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    try:
+        bounds = limits.from_arguments(args)
+    except ValueError as exc:
+        print(f"transcode: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     if read_only:
         log.warning("%s is served read-only: STOW-RS answers 503", archive)
+    else:
+        clear_uploads(archive)  # before any worker starts: what is there was never acknowledged
     import uvicorn  # the server's dependencies load only when serving
 
     from transcode.server.app import SERVE_OPTIONS
@@ -316,12 +324,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
                                             "cors_origins": args.cors_origin, "stow_workers": args.stow_workers,
                                             "on_conflict": args.on_conflict,
                                             "max_frame_bytes": _frame_bytes(args.max_frame_mb),
-                                            "max_render_pixels": args.max_render_pixels})
+                                            "max_render_pixels": args.max_render_pixels,
+                                            "limits": bounds.to_json()})
     host = f"[{args.host}]" if ":" in args.host else args.host
     print(f"DICOMweb root: http://{host}:{args.port}/dicomweb  (studies: http://{host}:{args.port}/dicomweb/studies)",
           flush=True)
     uvicorn.run("transcode.server.app:app_from_environment", factory=True, workers=args.workers, host=args.host,
-                port=args.port, log_config=None, proxy_headers=True)  # uvicorn logs through `transcode.logs`
+                port=args.port, log_config=None, proxy_headers=True,  # uvicorn logs through `transcode.logs`
+                http="transcode.server.protocol:BoundedHttpTools", timeout_keep_alive=bounds.keep_alive,
+                limit_concurrency=bounds.max_connections)
     return EXIT_OK
 
 
@@ -523,6 +534,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-render-pixels", type=int, default=None,
                        help="rendered images larger are scaled down to it, and no larger frame is decoded for one "
                             "(default: 4096 x 4096)")
+    limits.add_arguments(serve)
     serve.set_defaults(func=cmd_serve, log_default="info")
 
     listen = sub.add_parser("listen", help="receive instances over DICOM (C-STORE) into an archive")

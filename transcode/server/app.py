@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
@@ -24,10 +25,12 @@ from transcode import __version__, logs
 from transcode.archive import FolderArchive
 from transcode.archive.store import Archive
 from transcode.codecs.htj2k import EncodeSettings
+from transcode.limits import Limits
 from transcode.policy import Stop
 from transcode.server import qido, rendered, stow, wado
 from transcode.server.catalog import uid
 from transcode.server.errors import Problem
+from transcode.server.guard import LimitsMiddleware
 from transcode.server.negotiate import NotAcceptable, accepts_json
 from transcode.server.qido import QueryError
 from transcode.server.render import RenderLimits
@@ -42,14 +45,15 @@ STUDY, SERIES = qido.STUDY_UID, qido.SERIES_UID
 
 def create_app(archive: Archive, *, prefix: str = "/dicomweb", cors_origins: Sequence[str] = (),
                stow_workers: int | None = None, on_conflict: str = "keep", settings: EncodeSettings | None = None,
-               render_limits: RenderLimits | None = None) -> FastAPI:
+               render_limits: RenderLimits | None = None, limits: Limits | None = None) -> FastAPI:
     """The application over `archive` (opened by the caller, who closes it).
     `cors_origins`: origins allowed to call from a browser ("*" for any);
     `on_conflict`: what STOW-RS does with other content under an archived
     SOP Instance UID (`policy.OnConflict`); `settings`: how STOW-RS
     transcodes (the frame size cap among them); `render_limits`: the
-    largest rendered image."""
-    service = Service(archive, prefix)
+    largest rendered image; `limits`: what a request may be (`transcode.limits`)."""
+    limits = limits or Limits()
+    service = Service(archive, prefix, max_frames=limits.max_frames)
     ingester = IngestService(archive.root, workers=stow_workers or 2, settings=settings,  # started by the first STOW
                              on_conflict=on_conflict) if archive.root is not None else None
 
@@ -66,11 +70,12 @@ def create_app(archive: Archive, *, prefix: str = "/dicomweb", cors_origins: Seq
     app.include_router(_qido_routes(service), prefix=prefix)
     app.include_router(rendered.routes(service, render_limits), prefix=prefix)
     if ingester is not None:
-        app.include_router(stow.routes(service, ingester), prefix=prefix)
+        app.include_router(stow.routes(service, ingester, limits.max_upload_parts), prefix=prefix)
     if cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST", "OPTIONS"],
                            allow_headers=["*"], expose_headers=EXPOSED)
     _error_handlers(app)
+    app.add_middleware(LimitsMiddleware, limits=limits)  # outermost: before any route, the frames route too
     return app
 
 
@@ -83,7 +88,8 @@ def app_from_environment() -> FastAPI:
     limits = RenderLimits(options["max_render_pixels"]) if options.get("max_render_pixels") else None
     return create_app(FolderArchive(options["archive"], read_only=options["read_only"]),
                       cors_origins=options["cors_origins"], stow_workers=options["stow_workers"],
-                      on_conflict=options.get("on_conflict", "keep"), settings=settings, render_limits=limits)
+                      on_conflict=options.get("on_conflict", "keep"), settings=settings, render_limits=limits,
+                      limits=Limits.from_json(options.get("limits", {})))
 
 
 def _qido_routes(service: Service) -> APIRouter:
@@ -152,13 +158,21 @@ def _error_handlers(app: FastAPI) -> None:
         return _error(400, "bad_request", where)
 
     @app.exception_handler(Stop)
-    async def unreadable(_: Request, exc: Stop) -> JSONResponse:
-        return _error(500, exc.reason.value, f"the stored object cannot be read: {exc.detail}")
+    async def unreadable(request: Request, exc: Stop) -> JSONResponse:
+        log.error("%s %s: the stored object cannot be read: %s: %s", request.method, request.url.path,
+                  exc.reason.value, exc.detail)  # the detail may name a path: the log's, not the client's
+        return _error(500, exc.reason.value, "the stored object cannot be read (the server log says why)")
+
+    @app.exception_handler(sqlite3.DatabaseError)
+    async def damaged_index(request: Request, exc: sqlite3.DatabaseError) -> JSONResponse:
+        log.error("%s %s: the index cannot be read: %s", request.method, request.url.path, exc)
+        return _error(503, "index_unreadable", "the archive's index cannot be read; its administrator can rebuild "
+                      "it from the stored objects (transcode verify --rebuild-index)")
 
     @app.exception_handler(Exception)
     async def internal(request: Request, exc: Exception) -> JSONResponse:
         log.exception("%s %s failed", request.method, request.url.path)
-        return _error(500, "internal_error", f"{type(exc).__name__} (the server log has the details)")
+        return _error(500, "internal_error", "the request failed (the server log has the details)")
 
     @app.exception_handler(HTTPException)
     async def http_error(_: Request, exc: HTTPException) -> JSONResponse:

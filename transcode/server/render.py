@@ -27,6 +27,7 @@ from pydicom.dataset import Dataset
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, convert_color_space
 
 from transcode.codecs.codestream import CodestreamIndex
+from transcode.server import params
 from transcode.server.errors import Problem
 
 WINDOW_FUNCTIONS = ("LINEAR", "LINEAR_EXACT", "SIGMOID")
@@ -57,10 +58,9 @@ def parse_window(value: str | None) -> Window | None:
     if not value:
         return None
     parts = value.split(",")
-    try:
-        center, width = float(parts[0]), float(parts[1])
-    except (IndexError, ValueError):
-        raise Problem(400, "bad_window", "window is center,width[,linear|linear-exact|sigmoid]") from None
+    if not 2 <= len(parts) <= 3:
+        raise Problem(400, "bad_window", "window is center,width[,linear|linear-exact|sigmoid]")
+    center, width = (params.decimal(part, "window center and width", "bad_window") for part in parts[:2])
     function = (parts[2] if len(parts) > 2 else "linear").strip().upper().replace("-", "_")
     if width < 1 or function not in WINDOW_FUNCTIONS:
         raise Problem(400, "bad_window", "window width must be >= 1 and the function linear, linear-exact or sigmoid")
@@ -72,14 +72,11 @@ def parse_viewport(value: str | None) -> tuple[int, int] | None:
     if not value:
         return None
     parts = value.split(",")
-    try:
-        width, height = int(parts[0]), int(parts[1])
-    except (IndexError, ValueError):
-        raise Problem(400, "bad_viewport", "viewport is width,height in pixels") from None
     if len(parts) > 2:
         raise Problem(400, "bad_viewport", "viewport source regions (sx,sy,sw,sh) are not supported")
-    if not (1 <= width <= 8192 and 1 <= height <= 8192):
-        raise Problem(400, "bad_viewport", "viewport sides must be 1 to 8192 pixels")
+    if len(parts) < 2:
+        raise Problem(400, "bad_viewport", "viewport is width,height in pixels")
+    width, height = (params.whole(part, "viewport sides", "bad_viewport", low=1, high=8192) for part in parts)
     return width, height
 
 

@@ -15,8 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from transcode.archive.index import InstanceRow
-from transcode.server import render
-from transcode.server.errors import Problem
+from transcode.server import params, render
 from transcode.server.frames import StoredInstance
 from transcode.server.negotiate import choose_image
 from transcode.server.responses import cache_headers, etag, not_modified
@@ -100,6 +99,4 @@ def routes(service: Service, limits: render.RenderLimits | None = None) -> APIRo
 def _quality(value: str | None) -> int:
     if value is None:
         return 90
-    if not value.isdigit() or not 1 <= int(value) <= 100:
-        raise Problem(400, "bad_quality", "quality is 1 to 100")
-    return int(value)
+    return params.whole(value, "quality", "bad_quality", low=1, high=100)
