@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import signal
+import sqlite3
 import sys
 import threading
 from collections import Counter
@@ -33,7 +34,7 @@ from transcode.dicom.read import open_instance
 from transcode.pipeline import ingest
 from transcode.policy import OnConflict, Outcome, Stop
 from transcode.report import Progress, ReportFile, print_summary
-from transcode.service import clear_uploads
+from transcode.service import clear_uploads, out_of_space
 from transcode.transcoder import TranscodeResult, transcode_file
 from transcode.verify import SAMPLE_EVERY, CrossCheck
 
@@ -197,9 +198,11 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     except (ArchiveBusy, ArchiveMismatch) as exc:
         print(f"transcode: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except OSError as exc:  # the archive or the report failed (disk full, read-only): stop, rerun later
-        print(f"transcode: cannot write: {exc}. Everything committed so far is safe; "
-              "rerun the same command once fixed.", file=sys.stderr)
+    except (OSError, sqlite3.OperationalError) as exc:  # the archive or the report failed (disk full, read-only)
+        if not (isinstance(exc, OSError) or out_of_space(exc)):
+            raise
+        print(f"transcode: cannot write: {'the disk is full' if out_of_space(exc) else exc}. Everything committed "
+              "so far is safe; rerun the same command once fixed.", file=sys.stderr)
         return EXIT_FAILED
     finally:
         progress.close()
