@@ -11,9 +11,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import requests
 from fastapi.testclient import TestClient
 
 from fixtures.generate import Spec, write, write_ct_series
+from tests.served import serve_command
 from transcode.archive import FolderArchive
 from transcode.server import create_app
 
@@ -107,9 +109,10 @@ def test_read_only_archive_serves_and_verifies(small_fs: Path, tmp_path: Path) -
     verify = _cli("verify", "--archive", str(root))
     assert verify.returncode == 0, verify.stdout + verify.stderr
     assert "Traceback" not in verify.stderr
-    with FolderArchive(root, read_only=True) as archive, TestClient(create_app(archive)) as client:
-        assert len(client.get("/dicomweb/instances").json()) == 1
-        r = client.post("/dicomweb/studies", content=_body(_small(tmp_path)), headers={"Content-Type": CONTENT_TYPE})
+    with serve_command(root) as base:
+        assert len(requests.get(f"{base}/instances", timeout=10).json()) == 1
+        r = requests.post(f"{base}/studies", data=_body(_small(tmp_path)), headers={"Content-Type": CONTENT_TYPE},
+                          timeout=30)
         assert r.status_code == 503 and r.json()["error"] == "read_only", r.text
 
 

@@ -6,10 +6,7 @@ wiring it all (Host check, limits from options, the upload spool cleared)."""
 from __future__ import annotations
 
 import contextlib
-import os
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -19,7 +16,7 @@ import pytest
 import requests
 import uvicorn
 
-from tests.served import Served
+from tests.served import Served, serve_command
 from transcode.archive import FolderArchive
 from transcode.limits import Limits
 from transcode.server import create_app
@@ -132,43 +129,21 @@ def test_unfinished_upload_is_dropped(address) -> None:
     assert time.monotonic() - started >= LIMITS.body_idle_timeout * 0.9
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_serve_applies_its_limit_options(tmp_path: Path) -> None:
     """`transcode serve` with limit options: the Host check (what it was
-    bound to), a head limit answered 431, a frames list refused, and the
-    upload spool a killed server left cleared at start."""
+    bound to, and --allowed-host), a head limit answered 431, and the upload
+    spool a killed server left cleared at start."""
     archive = tmp_path / "archive"
     FolderArchive(archive).close()
     leftover = archive / UPLOADS / "killed-upload"
     leftover.mkdir(parents=True)
     (leftover / "000000.dcm").write_bytes(b"never acknowledged")
-    port = _free_port()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    server = subprocess.Popen([sys.executable, "-m", "transcode.cli", "serve", "--archive", str(archive), "--port",
-                               str(port), "--max-head-bytes", "4096", "--allowed-host", "pacs.example:8080"],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
-    base = f"http://127.0.0.1:{port}/dicomweb"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                r = requests.get(f"{base}/studies", timeout=5)
-                break
-            except requests.ConnectionError:
-                assert time.monotonic() < deadline and server.poll() is None, "transcode serve did not start"
-                time.sleep(0.2)
+    with serve_command(archive, "--max-head-bytes", "4096", "--allowed-host", "pacs.example:8080") as base:
+        r = requests.get(f"{base}/studies", timeout=5)
         assert r.status_code == 200 and r.json() == []
         assert not leftover.exists()
         assert requests.get(f"{base}/studies", headers={"Host": "pacs.example:8080"}, timeout=5).status_code == 200
-        refused = requests.get(f"{base}/studies", headers={"Host": f"rebind.example:{port}"}, timeout=5)
+        refused = requests.get(f"{base}/studies", headers={"Host": "rebind.example"}, timeout=5)
         assert refused.status_code == 400 and refused.json()["error"] == "host_not_allowed"
         big = requests.get(f"{base}/studies", headers={"X-Big": "a" * 5000}, timeout=5)
         assert big.status_code == 431
-    finally:
-        server.terminate()
-        server.wait(30)

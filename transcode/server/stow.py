@@ -97,7 +97,8 @@ def _store(service: Service, ingester: IngestService, request: Request, files: l
         except ArchiveMismatch as exc:  # the index was emptied or replaced while serving: store nothing
             log.error("STOW-RS refused: %s", exc)
             raise Problem(503, "index_mismatch", "the archive's index does not describe its objects: "
-                          "nothing is stored until it is rebuilt (the server log says more)") from None
+                          "nothing is stored until it is rebuilt (transcode verify --archive DIR "
+                          "--rebuild-index; the server log says what was found)") from None
         for entry in entries:
             sop_class, sop, study_uid = sent[entry["source_path"]]
             sop = sop or entry.get("sop_uid")  # one pydicom cannot parse: as the ingest read it
