@@ -6,43 +6,32 @@ wiring it all (Host check, limits from options, the upload spool cleared)."""
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import requests
-import uvicorn
 
 from tests.served import Served, serve_command
+from tests.test_server_live import serve
 from transcode.archive import FolderArchive
 from transcode.limits import Limits
-from transcode.server import create_app
 from transcode.server.protocol import bounded
 from transcode.service import UPLOADS
 
-LIMITS = Limits(head_timeout=1.0, body_idle_timeout=1.0, max_head_bytes=8192, max_headers=50)
+LIMITS = Limits(head_timeout=1.0, body_idle_timeout=1.0, max_head_bytes=8192, max_headers=50, per_client=2)
 
 
 @pytest.fixture(scope="module")
 def address(served: Served) -> Iterator[tuple[str, int]]:
     with FolderArchive(served.root) as archive:  # writable: STOW-RS reads the body
-        config = uvicorn.Config(create_app(archive, limits=LIMITS), host="127.0.0.1", port=0, log_level="warning",
-                                http=bounded(LIMITS), timeout_keep_alive=LIMITS.keep_alive)
-        server = uvicorn.Server(config)
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        deadline = time.monotonic() + 30
-        while not server.started:
-            assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
-            time.sleep(0.02)
-        try:
-            yield "127.0.0.1", server.servers[0].sockets[0].getsockname()[1]
-        finally:
-            server.should_exit = True
-            thread.join(10)
+        for url in serve(archive, LIMITS, http=bounded(LIMITS), timeout_keep_alive=LIMITS.keep_alive):
+            parsed = urlsplit(url)
+            yield parsed.hostname, parsed.port  # type: ignore[misc]
 
 
 def _connect(address: tuple[str, int]) -> socket.socket:
@@ -96,12 +85,14 @@ def test_many_headers_are_431(address) -> None:
 def test_endless_headers_are_cut_off_with_431(address) -> None:
     """40 connections each sending an unfinished 1 MB header (the issue's
     probe sent 16 MB): each is answered 431 and closed long before its end."""
+    before = _rss()
     socks = [_connect(address) for _ in range(40)]
     for sock in socks:
         _send_all(sock, b"GET /dicomweb/studies HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Endless: ")
     for sock in socks:
         for _ in range(16):  # 1 MB in 64 kB pieces, never finished
             _send_all(sock, b"a" * 65536)
+    assert _rss() - before < 20 << 20  # the server (in this process) did not keep the 40 MB sent
     for sock in socks:
         assert _answer(sock).startswith(b"HTTP/1.1 431 ")
 
@@ -127,6 +118,27 @@ def test_unfinished_upload_is_dropped(address) -> None:
     started = time.monotonic()
     assert _closed_within(sock, LIMITS.body_idle_timeout + 3)
     assert time.monotonic() - started >= LIMITS.body_idle_timeout * 0.9
+
+
+def test_requests_in_flight_per_client_are_bounded(address) -> None:
+    """Two uploads in flight (held by their unfinished bodies) are this
+    client's allowance: a third request is 429 until they are dropped."""
+    socks = [_connect(address) for _ in range(LIMITS.per_client)]
+    for sock in socks:
+        _send_all(sock, b"POST /dicomweb/studies HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000000\r\n"
+                        b'Content-Type: multipart/related; type="application/dicom"; boundary=b\r\n\r\n--b\r\n')
+    time.sleep(0.3)  # both reach the app
+    url = f"http://{address[0]}:{address[1]}/dicomweb/studies"
+    r = requests.get(url, timeout=10)
+    assert r.status_code == 429 and r.json()["error"] == "too_many_requests" and r.headers["Retry-After"]
+    assert all(_closed_within(sock, LIMITS.body_idle_timeout + 3) for sock in socks)
+    time.sleep(0.3)
+    assert requests.get(url, timeout=10).status_code == 200
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def test_serve_applies_its_limit_options(tmp_path: Path) -> None:
