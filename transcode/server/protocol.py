@@ -26,9 +26,9 @@ from typing import Any
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from transcode.limits import Limits
+from transcode.server.app import SERVE_OPTIONS
 
 log = logging.getLogger(__name__)
-_OPTIONS = "TRANSCODE_SERVE_OPTIONS"  # app.SERVE_OPTIONS: app imports this module's users
 
 
 class _HeadTooLarge(Exception):
@@ -43,7 +43,7 @@ class BoundedHttpTools(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if type(self).limits is None:
-            options = json.loads(os.environ.get(_OPTIONS, "{}")).get("limits", {})
+            options = json.loads(os.environ.get(SERVE_OPTIONS, "{}")).get("limits", {})
             type(self).limits = Limits.from_json(options)
         self.bounds: Limits = type(self).limits  # type: ignore[assignment]
         self._head_bytes = 0
