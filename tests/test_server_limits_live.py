@@ -120,6 +120,24 @@ def test_unfinished_upload_is_dropped(address) -> None:
     assert time.monotonic() - started >= LIMITS.body_idle_timeout * 0.9
 
 
+def test_kept_alive_connection_outlives_the_head_timeout(address) -> None:
+    """The head timeout runs only while a head arrives: a client idle between
+    requests on one connection (under the keep-alive time) is not cut off."""
+    sock = _connect(address)
+    for _ in range(2):
+        _send_all(sock, b"GET /dicomweb/studies HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += sock.recv(65536)
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+        while len(body) < length:
+            body += sock.recv(65536)
+        assert head.startswith(b"HTTP/1.1 200 ") and len(body) == length
+        time.sleep(LIMITS.head_timeout * 1.5)
+    sock.close()
+
+
 def test_requests_in_flight_per_client_are_bounded(address) -> None:
     """Two uploads in flight (held by their unfinished bodies) are this
     client's allowance: a third request is 429 until they are dropped."""
