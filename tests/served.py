@@ -81,7 +81,7 @@ def build(root: Path) -> Served:
     with FolderArchive(served.root, exclusive=True) as archive:
         report = ingest([src / "a"], archive, workers=1)
         report.entries += ingest([src / "b"], archive, workers=1, settings=TILED).entries
-    outcomes = sorted(e["outcome"] for e in report.entries)
+    outcomes = sorted(e.outcome for e in report.entries)
     assert outcomes == ["kept"] + ["transcoded"] * 6, report.entries
     return served
 

@@ -3,6 +3,7 @@ up, across a restart of the forwarder), STOW-RS to our own server."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import subprocess
 import sys
@@ -22,10 +23,11 @@ from tests.test_server_live import serve
 from transcode.archive import FolderArchive
 from transcode.dimse.forward import Forwarder
 from transcode.dimse.scu import TRANSFER_SYNTAXES, RemoteAE
+from transcode.entries import Entry, IngestOutcome
 from transcode.service import IngestService
 
 
-def archive_of(root: Path, sources: Path) -> tuple[list[dict], dict[str, Path]]:
+def archive_of(root: Path, sources: Path) -> tuple[list[Entry], dict[str, Path]]:
     """An archive of a transcoded CT (RLE source), a transcoded MR (big
     endian source) and a JPEG kept as is; its entries and SOP UID -> source."""
     sources.mkdir()
@@ -41,8 +43,8 @@ def archive_of(root: Path, sources: Path) -> tuple[list[dict], dict[str, Path]]:
         entries = service.store(files)
     finally:
         service.close()
-    assert [e["outcome"] for e in entries] == ["transcoded", "transcoded", "kept"]
-    return entries, {e["sop_uid"]: Path(e["source_path"]) for e in entries}
+    assert [e.outcome for e in entries] == ["transcoded", "transcoded", "kept"]
+    return entries, {e.sop_uid: Path(e.source_path) for e in entries}
 
 
 def held_by(peer: Orthanc) -> dict[str, pydicom.Dataset]:
@@ -67,7 +69,7 @@ def assert_same_pixels(sent: dict[str, pydicom.Dataset], sources: dict[str, Path
         np.testing.assert_array_equal(ds.pixel_array, source.pixel_array)
 
 
-def forward_all(root: Path, peer: RemoteAE | str, entries: list[dict], *, wait: float = 60) -> None:
+def forward_all(root: Path, peer: RemoteAE | str, entries: list[Entry], *, wait: float = 60) -> None:
     """Queue `entries` for `peer` and wait (at most `wait` s) until all are sent."""
     forwarder = Forwarder(root, peer)
     forwarder.start()
@@ -149,14 +151,15 @@ def test_an_instance_the_peer_refuses_is_given_up_after_max_attempts(tmp_path: P
         forwarder.start()
         try:
             forwarder.on_archived(entries[0])
-            forwarder.on_archived({**entries[1], "outcome": "duplicate"})  # not a new version: not forwarded
+            duplicate = dataclasses.replace(entries[1], outcome=IngestOutcome.DUPLICATE)
+            forwarder.on_archived(duplicate)  # not a new version: not forwarded
             deadline = time.monotonic() + 30
             while not forwarder.failures() and time.monotonic() < deadline:
                 time.sleep(0.05)
             ((sop, attempts, error),) = forwarder.failures()
         finally:
             forwarder.close()
-    assert sop == entries[0]["sop_uid"] and attempts == 3 and "accepts none of" in error
+    assert sop == entries[0].sop_uid and attempts == 3 and "accepts none of" in error
 
 
 def test_stow_forwarding_to_our_own_server(tmp_path: Path) -> None:
@@ -191,7 +194,7 @@ def test_listen_forwards_what_it_archives(tmp_path: Path) -> None:
         try:
             assert "Storage SCP" in (listen.stdout.readline() if listen.stdout else "")
             sent = subprocess.run([str(storescu), "-aec", "TRANSCODE", "127.0.0.1", str(port), str(src)],
-                                  capture_output=True, text=True, timeout=60)
+                                  capture_output=True, text=True, timeout=60, check=False)
             assert sent.returncode == 0, sent.stderr
             for _ in range(120):  # bounded: 60 s
                 if peer.get("/instances"):
@@ -204,6 +207,58 @@ def test_listen_forwards_what_it_archives(tmp_path: Path) -> None:
     assert len(held) == 1
     (ds,) = held.values()
     np.testing.assert_array_equal(ds.pixel_array, pydicom.dcmread(src).pixel_array)
+
+
+def _listen_forwarding(archive: Path, port: int, peer: RemoteAE, log: Path) -> subprocess.Popen[bytes]:
+    """`transcode listen --forward peer` on `port`, once it answers C-ECHO."""
+    with open(log, "ab") as out:
+        process = subprocess.Popen([sys.executable, "-m", "transcode.cli", "listen", "--archive", str(archive),
+                                    "--port", str(port), "--workers", "1", "--forward", str(peer)],
+                                   stdout=out, stderr=subprocess.STDOUT)
+    ae = AE("PROBE")
+    ae.add_requested_context("1.2.840.10008.1.1")
+    for _ in range(300):  # bounded: 60 s
+        assoc = ae.associate("127.0.0.1", port, ae_title="TRANSCODE")
+        if assoc.is_established:
+            assoc.release()
+            return process
+        assert process.poll() is None, log.read_text()
+        time.sleep(0.2)
+    process.kill()
+    raise AssertionError(f"listen did not start: {log.read_text()}")
+
+
+def test_kill_9_with_the_peer_down_loses_nothing_to_forward(tmp_path: Path) -> None:
+    """Instances acknowledged while the PACS is down are in the forwarding
+    queue on disk: after a kill -9 of the receiver, the PACS coming up and
+    a restart, the PACS gets every one of them."""
+    storescu = Path("/usr/bin/storescu")  # dcmtk's, not pynetdicom's app of the same name
+    if not storescu.exists():
+        pytest.skip("dcmtk is not installed")
+    sources = [write(Spec("CT", 32, 32, 1, seed=n), tmp_path / f"ct{n}.dcm") for n in range(6)]
+    archive, port, log = tmp_path / "archive", free_port(), tmp_path / "listen.log"
+    peer_port = free_port()  # nothing listens there yet
+    peer = RemoteAE("ORTHANC", "127.0.0.1", peer_port)
+    listen = _listen_forwarding(archive, port, peer, log)
+    try:
+        sent = subprocess.run([str(storescu), "-aec", "TRANSCODE", "127.0.0.1", str(port), *map(str, sources)],
+                              capture_output=True, text=True, timeout=120, check=False)
+        assert sent.returncode == 0, sent.stderr  # every instance acknowledged
+    finally:
+        listen.kill()  # SIGKILL: no clean shutdown of the forwarder
+        listen.wait(timeout=60)
+    with orthanc(tmp_path / "orthanc", config={"DicomPort": peer_port}) as pacs:
+        listen = _listen_forwarding(archive, port, peer, log)
+        try:
+            for _ in range(240):  # bounded: 120 s
+                if len(pacs.get("/instances")) == len(sources):
+                    break
+                time.sleep(0.5)
+            held = held_by(pacs)
+        finally:
+            listen.terminate()
+            listen.wait(timeout=60)
+    assert_same_pixels(held, {str(pydicom.dcmread(path).SOPInstanceUID): path for path in sources})
 
 
 @pytest.fixture(autouse=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -28,6 +29,7 @@ from transcode.archive.check import verify_archive
 from transcode.cli import EXIT_FAILED, EXIT_OK, main
 from transcode.codecs import htj2k
 from transcode.digest import Digest
+from transcode.entries import Entry
 from transcode.pipeline import WorkerPool, ingest
 
 
@@ -70,7 +72,7 @@ def test_ingest_outcomes_index_and_verify(tmp_path: Path) -> None:
     expected = make_study(tmp_path / "src")
     with FolderArchive(tmp_path / "archive", exclusive=True) as archive:
         report = ingest([tmp_path / "src"], archive, workers=2)
-        outcomes = {str(Path(e["source_path"]).relative_to(tmp_path / "src")): e["outcome"] for e in report.entries}
+        outcomes = {str(Path(e.source_path).relative_to(tmp_path / "src")): e.outcome for e in report.entries}
         assert outcomes == expected
         assert not report.clean  # failures and a conflict
 
@@ -94,7 +96,7 @@ def test_ingest_outcomes_index_and_verify(tmp_path: Path) -> None:
 
         # Running it again does no transcoding work; only failed files are tried again.
         again = ingest([tmp_path / "src"], archive, workers=2)
-        assert {Path(e["source_path"]).name: e["outcome"] for e in again.entries} == {
+        assert {Path(e.source_path).name: e.outcome for e in again.entries} == {
             "notes.txt": "failed", "truncated.dcm": "failed"}
         assert again.skipped == len(expected) - 2
         assert archive.index.counts()["instances"] == 6
@@ -127,7 +129,7 @@ def test_dicomdir_stands_for_the_files_it_lists(tmp_path: Path) -> None:
     with FolderArchive(tmp_path / "archive", exclusive=True) as archive:
         report = ingest([tmp_path / "media" / "DICOMDIR"], archive, workers=2)
     assert len(report.entries) == len(listed)
-    assert all(e["outcome"] in ("transcoded", "kept") for e in report.entries), report.counts()
+    assert all(e.outcome in ("transcoded", "kept") for e in report.entries), report.counts()
 
 
 def test_an_archive_inside_the_source_folder_is_not_ingested(tmp_path: Path) -> None:
@@ -189,7 +191,7 @@ def test_hostile_input_never_writes_outside_the_archive(tmp_path: Path) -> None:
 
     with FolderArchive(tmp_path / "archive", exclusive=True) as archive:
         report = ingest([src], archive, workers=2)
-        entries = {Path(e["source_path"]).name: (e["outcome"], e["reason"]) for e in report.entries}
+        entries = {Path(e.source_path).name: (e.outcome, e.reason) for e in report.entries}
     assert {entries[f"uid{n}.dcm"] for n in range(4)} == {("failed", "invalid_uid")}
     assert entries["huge.dcm"] == ("failed", "truncated")  # the file ends 4 GB before its Pixel Data does
     assert entries["broken-link.dcm"] == ("failed", "unreadable")
@@ -198,7 +200,7 @@ def test_hostile_input_never_writes_outside_the_archive(tmp_path: Path) -> None:
     assert not any(p.parts[1] == "objects" for p in written)
 
 
-def crash_on_poison(source: str, *args: object) -> dict:
+def crash_on_poison(source: str, *args: object) -> Entry:
     """A worker that dies like a segfaulting codec on files named poison*."""
     if Path(source).name.startswith("poison"):
         os._exit(139)
@@ -207,11 +209,11 @@ def crash_on_poison(source: str, *args: object) -> dict:
     return work(source, *args)
 
 
-def noting_threads(source: str, staging: str, settings: object, crosscheck: str, threads: int) -> dict:
-    """The real worker, with the number of threads it was given in its entry."""
+def noting_threads(source: str, staging: str, settings: object, crosscheck: str, threads: int) -> Entry:
+    """The real worker, with the number of threads it was given as its entry's detail."""
     from transcode.pipeline import work
 
-    return {**work(source, staging, settings, crosscheck, threads), "threads": threads}
+    return dataclasses.replace(work(source, staging, settings, crosscheck, threads), detail=str(threads))
 
 
 def test_files_left_alone_get_the_idle_workers_threads(tmp_path: Path) -> None:
@@ -222,20 +224,20 @@ def test_files_left_alone_get_the_idle_workers_threads(tmp_path: Path) -> None:
     write(Spec("CT", 48, 48, seed=1), src / "alone.dcm")
     with FolderArchive(tmp_path / "one", exclusive=True) as archive:
         report = ingest([src], archive, workers=3, threads=1, worker=noting_threads)
-    assert [e["threads"] for e in report.entries] == [3]
+    assert [e.detail for e in report.entries] == ["3"]
     for n in range(1, 5):
         write(Spec("CT", 48, 48, seed=n + 1), src / f"{n}.dcm")
     with FolderArchive(tmp_path / "five", exclusive=True) as archive:
         report = ingest([src], archive, workers=2, threads=1, worker=noting_threads)
     # Five files in a window of eight: the last two to be submitted share
     # the two workers with the files still in flight; none runs alone.
-    assert [e["threads"] for e in report.entries] == [1] * 5
-    assert {e["outcome"] for e in report.entries} == {"transcoded"}
+    assert [e.detail for e in report.entries] == ["1"] * 5
+    assert {e.outcome for e in report.entries} == {"transcoded"}
 
 
-def noting_pid(source: str, *args: object) -> dict:
-    """The real worker (or a crash on poison files), with its process id."""
-    return {**crash_on_poison(source, *args), "pid": os.getpid()}
+def noting_pid(source: str, *args: object) -> Entry:
+    """The real worker (or a crash on poison files), with its process id as its entry's detail."""
+    return dataclasses.replace(crash_on_poison(source, *args), detail=str(os.getpid()))
 
 
 def test_a_worker_pool_serves_run_after_run_and_survives_a_crash(tmp_path: Path) -> None:
@@ -253,10 +255,10 @@ def test_a_worker_pool_serves_run_after_run_and_survives_a_crash(tmp_path: Path)
             assert verify_archive(archive) == []
     finally:
         pool.close()
-    outcomes = [{Path(e["source_path"]).name: e["outcome"] for e in run} for run in runs]
+    outcomes = [{Path(e.source_path).name: e.outcome for e in run} for run in runs]
     assert outcomes == [{"ct.dcm": "transcoded"}, {"ct.dcm": "transcoded"},
                         {"ct.dcm": "transcoded", "poison.dcm": "failed"}, {"ct.dcm": "transcoded"}]
-    pids = [run[0]["pid"] for run in runs]
+    pids = [run[0].detail for run in runs]
     assert pids[0] == pids[1]  # the same worker process, run after run
     assert pids[3] != pids[0]  # the pool the crash broke was replaced
 
@@ -269,7 +271,7 @@ def test_a_worker_crash_fails_that_file_only(tmp_path: Path) -> None:
     write(Spec("CT", 48, 48, seed=9), src / "poison.dcm")
     with FolderArchive(tmp_path / "archive", exclusive=True) as archive:
         report = ingest([src], archive, workers=2, worker=crash_on_poison)
-        outcomes = {Path(e["source_path"]).name: (e["outcome"], e["reason"]) for e in report.entries}
+        outcomes = {Path(e.source_path).name: (e.outcome, e.reason) for e in report.entries}
         assert outcomes.pop("poison.dcm") == ("failed", "worker_crashed")
         assert set(outcomes.values()) == {("transcoded", None)} and len(outcomes) == 6
         assert verify_archive(archive) == []
@@ -290,7 +292,7 @@ def test_files_that_finish_together_are_committed_together(tmp_path: Path, monke
         report = ingest([src], archive, workers=2, threads=1)
         assert batches == [12]
         assert archive.index.counts()["instances"] == 12 and verify_archive(archive) == []
-    assert [Path(e["source_path"]).name for e in report.entries] == [f"{n:02d}.dcm" for n in range(12)]
+    assert [Path(e.source_path).name for e in report.entries] == [f"{n:02d}.dcm" for n in range(12)]
 
 
 def test_readable_instances_are_archived_whatever_pydicom_makes_of_them(tmp_path: Path) -> None:
@@ -307,13 +309,13 @@ def test_readable_instances_are_archived_whatever_pydicom_makes_of_them(tmp_path
     shutil.copy(PYDICOM_FILES / "badVR.dcm", src / "badVR.dcm")  # an IS of "1A": no DICOM JSON for it
     with FolderArchive(tmp_path / "archive", exclusive=True) as archive:
         report = ingest([src], archive, workers=1)
-        entries = {Path(e["source_path"]).name: e for e in report.entries}
-        assert (entries["badVR.dcm"]["outcome"], entries["badVR.dcm"]["reason"]) == ("kept", "bad_pixel_data")
-        assert "identifying elements only" in entries["badVR.dcm"]["detail"]
-        assert (entries["deep.dcm"]["outcome"], entries["deep.dcm"]["reason"]) == ("kept", "reader_error")
-        assert (entries["bare.dcm"]["outcome"], entries["bare.dcm"]["file_meta_constructed"]) == ("kept", True)
+        entries = {Path(e.source_path).name: e for e in report.entries}
+        assert (entries["badVR.dcm"].outcome, entries["badVR.dcm"].reason) == ("kept", "bad_pixel_data")
+        assert "identifying elements only" in entries["badVR.dcm"].detail
+        assert (entries["deep.dcm"].outcome, entries["deep.dcm"].reason) == ("kept", "reader_error")
+        assert (entries["bare.dcm"].outcome, entries["bare.dcm"].file_meta_constructed) == ("kept", True)
         for name, base in (("deep.dcm", PYDICOM_FILES / "CT_small.dcm"), ("bare.dcm", PYDICOM_FILES / "rtstruct.dcm")):
-            row = archive.index.instance(entries[name]["sop_uid"])
+            row = archive.index.instance(entries[name].sop_uid)
             assert row.sop_uid == pydicom.dcmread(base, force=True).SOPInstanceUID and row.frames == 0
             stored = archive.read(row.path)
             assert stored[128:132] == b"DICM" and stored.endswith((src / name).read_bytes())

@@ -88,7 +88,7 @@ def test_real_files_kept_reasons_decided_again(tmp_path: Path) -> None:
         shutil.copy(PYDICOM_FILES / name, src / name)
     with FolderArchive(tmp_path / "archive", exclusive=True) as archive:
         report = ingest([src], archive, workers=1)
-    assert sorted(e["outcome"] for e in report.entries) == ["kept", "kept", "transcoded", "transcoded", "transcoded"]
+    assert sorted(e.outcome for e in report.entries) == ["kept", "kept", "transcoded", "transcoded", "transcoded"]
     before = rows(tmp_path / "archive")
     (tmp_path / "archive" / "index.sqlite").unlink()
 

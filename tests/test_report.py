@@ -6,17 +6,15 @@ import io
 import json
 from pathlib import Path
 
-from transcode.pipeline import IngestReport
+from transcode.entries import Entry, IngestOutcome, IngestReport
 from transcode.report import Progress, ReportFile, print_summary
 
 ENTRIES = [
-    {"source_path": "/a", "outcome": "transcoded", "frames": 1, "bytes_in": 2_000_000, "bytes_out": 1_000_000},
-    {"source_path": "/b", "outcome": "transcoded", "frames": 69, "bytes_in": 640_000_000, "bytes_out": 200_000_000},
-    {"source_path": "/c", "outcome": "failed", "reason": "not_dicom", "detail": "no DICM", "frames": None,
-     "bytes_in": 500_000, "bytes_out": None},
-    {"source_path": "/d", "outcome": "kept", "frames": 1, "bytes_in": 1_500_000, "bytes_out": 1_500_000},
+    Entry("/a", IngestOutcome.TRANSCODED, frames=1, bytes_in=2_000_000, bytes_out=1_000_000),
+    Entry("/b", IngestOutcome.TRANSCODED, frames=69, bytes_in=640_000_000, bytes_out=200_000_000),
+    Entry("/c", IngestOutcome.FAILED, "not_dicom", "no DICM", bytes_in=500_000),
+    Entry("/d", IngestOutcome.KEPT, frames=1, bytes_in=1_500_000, bytes_out=1_500_000),
 ]
-
 
 def test_totals_without_keeping_entries() -> None:
     """What a million-file run keeps: totals, and the files a person must see."""
@@ -78,6 +76,6 @@ def test_report_file_is_partial_until_finished(tmp_path: Path) -> None:
     report.seconds = 1.5
     writer.finish(report)
     written = json.loads(path.read_text())
-    assert written["instances"] == ENTRIES and written["skipped"] == 3 and written["seconds"] == 1.5
+    assert written["instances"] == [e.to_json() for e in ENTRIES] and written["skipped"] == 3 and written["seconds"] == 1.5
     assert written["counts"] == {"transcoded": 4, "failed": 1, "kept": 1}
     assert not writer.partial.exists()

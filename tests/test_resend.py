@@ -32,7 +32,7 @@ def pool() -> Iterator[WorkerPool]:
 def _ingest(paths: list[Path], archive_root: Path, pool: WorkerPool, **options: object) -> list[tuple[str, str | None]]:
     with FolderArchive(archive_root, exclusive=True) as archive:
         report = ingest(paths, archive, pool=pool, **options)
-    return [(e["outcome"], e["reason"]) for e in report.entries]
+    return [(e.outcome, e.reason) for e in report.entries]
 
 
 def _edited(src: Path, dst: Path, **values: object) -> Path:

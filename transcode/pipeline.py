@@ -24,12 +24,10 @@ import signal
 import threading
 import time
 import uuid
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -46,77 +44,13 @@ from transcode.codecs.htj2k import EncodeSettings
 from transcode.dicom.metadata import DicomJson, dicom_json
 from transcode.dicom.read import IDENTITY
 from transcode.digest import file_digest
+from transcode.entries import Entry, IngestOutcome, IngestReport, Staged
 from transcode.policy import OnConflict, Outcome, Reason, Resend, Version, resend
 from transcode.transcoder import OUTPUT_SYNTAX, transcode_file
 from transcode.verify import CrossCheck
 
-
-class IngestOutcome(StrEnum):
-    TRANSCODED = "transcoded"
-    KEPT = "kept"
-    DUPLICATE = "duplicate"
-    #: became the instance in place of an archived copy, which is kept beside it (`policy.resend`)
-    REPLACED = "replaced"
-    CONFLICT = "conflict"
-    FAILED = "failed"
-
-
-#: Outcomes after which a migration may proceed without a person looking.
-CLEAN = frozenset({IngestOutcome.TRANSCODED, IngestOutcome.KEPT, IngestOutcome.DUPLICATE, IngestOutcome.REPLACED})
 #: Objects set aside are copied in pieces of this size (any backend, bounded memory).
 _COPY_CHUNK = 16 << 20
-
-
-@dataclass
-class IngestReport:
-    """Every source file's outcome in this run, and running totals.
-
-    `entries` holds every file's entry unless the run passes them on as they
-    come instead (`Ingest(on_entry=..., keep_entries=False)`, as the command
-    line does): at about 1 KB an entry, a million-file migration would hold
-    a gigabyte. The totals, and the entries that need a person (failed,
-    conflict), are kept either way.
-    """
-
-    entries: list[dict[str, Any]] = field(default_factory=list)
-    skipped: int = 0
-    seconds: float = 0.0
-    #: Failed and conflicting files' entries.
-    attention: list[dict[str, Any]] = field(default_factory=list, init=False)
-    frames: int = field(default=0, init=False)
-    _counts: Counter[str] = field(default_factory=Counter, init=False, repr=False)
-    _bytes_in: Counter[str] = field(default_factory=Counter, init=False, repr=False)
-    _bytes_out: Counter[str] = field(default_factory=Counter, init=False, repr=False)
-
-    def add(self, entry: dict[str, Any], *, keep: bool = True) -> None:
-        """Count one settled file (and keep its entry with `keep`)."""
-        outcome = entry["outcome"]
-        self.frames += entry.get("frames") or 0
-        self._counts[outcome] += 1
-        self._bytes_in[outcome] += entry.get("bytes_in") or 0
-        self._bytes_out[outcome] += entry.get("bytes_out") or 0
-        if keep:
-            self.entries.append(entry)
-        if outcome not in CLEAN:
-            self.attention.append(entry)
-
-    @property
-    def files(self) -> int:
-        """Files settled so far."""
-        return self._counts.total()
-
-    def counts(self) -> Counter[str]:
-        return Counter(self._counts)
-
-    @property
-    def clean(self) -> bool:
-        return not self.attention
-
-    def bytes(self, outcome: str | None = IngestOutcome.TRANSCODED) -> tuple[int, int]:
-        """Bytes in and out of the files with `outcome` (None: all files)."""
-        if outcome is None:
-            return sum(self._bytes_in.values()), sum(self._bytes_out.values())
-        return self._bytes_in[outcome], self._bytes_out[outcome]
 
 
 def discover(paths: Iterable[str | os.PathLike[str]], exclude: Path | None = None) -> Iterator[Path]:
@@ -158,16 +92,16 @@ def _dicomdir(path: Path, once: Callable[[Path], Iterator[Path]]) -> Iterator[Pa
             yield from once(referenced)
 
 
-def work(source: str, staging: str, settings: EncodeSettings, crosscheck: str, threads: int) -> dict[str, Any]:
+def work(source: str, staging: str, settings: EncodeSettings, crosscheck: str, threads: int) -> Entry:
     """Runs in a worker process: transcode `source` into staging and describe it."""
     started = time.perf_counter()
     path = Path(source)
-    entry: dict[str, Any] = {"source_path": source, "source_size": 0, "source_mtime_ns": 0, "staged": None}
+    entry = Entry(source)
     try:
         stat = path.stat()
     except OSError as exc:
-        return {**entry, **_unreadable(exc)}
-    entry.update(source_size=stat.st_size, source_mtime_ns=stat.st_mtime_ns)
+        return _unreadable(entry, exc)
+    entry.source_size, entry.source_mtime_ns = stat.st_size, stat.st_mtime_ns
     # Hashed beside the transcoding (reads and BLAKE3 release the GIL): on a
     # 640 MB tomosynthesis object, 0.1 s that would otherwise come first.
     source_digest = _HASHER.submit(file_digest, path)
@@ -176,15 +110,14 @@ def work(source: str, staging: str, settings: EncodeSettings, crosscheck: str, t
     result = transcode_file(path, staged, settings=settings, crosscheck=crosscheck, workers=threads,
                             durable=False, metadata=True)
     try:
-        entry["source_digest"] = source_digest.result()
+        entry.source_digest = source_digest.result()
     except OSError as exc:
         staged.unlink(missing_ok=True)
-        return {**entry, **_unreadable(exc)}
-    entry.update(
-        outcome=result.outcome.value, reason=result.reason.value if result.reason else None, detail=result.detail,
-        bytes_in=result.bytes_in, bytes_out=result.bytes_out, pixel_digest=result.pixel_digest,
-        object_digest=result.output_digest, frames=result.frames, file_meta_constructed=result.file_meta_constructed,
-    )
+        return _unreadable(entry, exc)
+    entry.outcome, entry.reason = IngestOutcome(result.outcome.value), result.reason.value if result.reason else None
+    entry.detail, entry.bytes_in, entry.bytes_out = result.detail, result.bytes_in, result.bytes_out
+    entry.pixel_digest, entry.object_digest = result.pixel_digest, result.output_digest
+    entry.frames, entry.file_meta_constructed = result.frames, result.file_meta_constructed
     if result.destination:
         try:
             if result.metadata is None:  # kept as is: describe the copy
@@ -192,26 +125,23 @@ def work(source: str, staging: str, settings: EncodeSettings, crosscheck: str, t
                 meta, tsyntax = _describe(ds, entry), str(ds.file_meta.TransferSyntaxUID)
                 if "Rows" in ds and result.reason not in (Reason.NO_PIXEL_DATA, Reason.BAD_PIXEL_DATA):
                     # an image, kept whole: its frames are served from the copy
-                    entry["frames"] = _frames(ds)
+                    entry.frames = _frames(ds)
             elif result.outcome is Outcome.KEPT:  # kept, described by what could be read of it
                 meta, tsyntax = result.metadata, str(result.transfer_syntax)
             else:
                 meta, tsyntax = result.metadata, str(OUTPUT_SYNTAX)
-            entry.update(
-                # Serialised here, in parallel, not in the one coordinator.
-                staged=str(staged), transfer_syntax=tsyntax, dicom_json=meta.text(),
-                study_json=meta.text(STUDY_TAGS), series_json=meta.text(SERIES_TAGS),
-                sop_uid=check_uid(meta.first("00080018"), "SOP Instance UID"),
-                study_uid=check_uid(meta.first("0020000D"), "Study Instance UID"),
-                series_uid=check_uid(meta.first("0020000E"), "Series Instance UID"),
-                frame_rows=[(n, off, ln, ix.to_dict(), d) for n, ((off, ln), ix, d)
-                            in enumerate(zip(result.frame_spans, result.frame_index, result.frame_digests,
-                                             strict=True))],
+            entry.sop_uid = check_uid(meta.first("00080018"), "SOP Instance UID")
+            entry.study_uid = check_uid(meta.first("0020000D"), "Study Instance UID")
+            entry.series_uid = check_uid(meta.first("0020000E"), "Series Instance UID")
+            entry.staged = Staged(
+                str(staged), tsyntax, meta.text(), meta.text(STUDY_TAGS), meta.text(SERIES_TAGS),
+                tuple(FrameRow(n, off, ln, ix.to_dict(), d) for n, ((off, ln), ix, d)
+                      in enumerate(zip(result.frame_spans, result.frame_index, result.frame_digests, strict=True))),
             )
         except InvalidUID as exc:
             staged.unlink(missing_ok=True)
-            entry.update(outcome="failed", reason=Reason.INVALID_UID.value, detail=str(exc), staged=None)
-    entry["seconds"] = time.perf_counter() - started
+            entry.outcome, entry.reason, entry.detail = IngestOutcome.FAILED, Reason.INVALID_UID.value, str(exc)
+    entry.seconds = time.perf_counter() - started
     return entry
 
 
@@ -223,7 +153,7 @@ def _frames(ds: Dataset) -> int:
         return 0
 
 
-def _describe(ds: Dataset, entry: dict[str, Any]) -> DicomJson:
+def _describe(ds: Dataset, entry: Entry) -> DicomJson:
     """The DICOM JSON of a kept copy; where a value does not convert (an IS
     of "1A"), the JSON of its identifying elements, and the entry's detail
     says so: the copy is archived as received all the same."""
@@ -237,7 +167,7 @@ def _describe(ds: Dataset, entry: dict[str, Any]) -> DicomJson:
                     identity.update({keyword: ds[keyword].value})
             except Exception:  # a value that does not convert is left out
                 continue
-        entry["detail"] += (f"; indexed by its identifying elements only: its header does not convert to "
+        entry.detail = (f"{entry.detail}; indexed by its identifying elements only: its header does not convert to "
                             f"DICOM JSON ({type(exc).__name__}: {exc})")
         return dicom_json(identity)
 
@@ -253,8 +183,9 @@ SETTLE_BATCH = 64
 _HASHER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="source-digest")
 
 
-def _unreadable(exc: OSError) -> dict[str, Any]:
-    return {"outcome": IngestOutcome.FAILED.value, "reason": Reason.UNREADABLE.value, "detail": f"{exc.strerror or exc}"}
+def _unreadable(entry: Entry, exc: OSError) -> Entry:
+    entry.outcome, entry.reason, entry.detail = IngestOutcome.FAILED, Reason.UNREADABLE.value, f"{exc.strerror or exc}"
+    return entry
 
 
 def _die_with_parent() -> None:
@@ -334,9 +265,9 @@ class Ingest:
         settings: EncodeSettings | None = None,
         crosscheck: CrossCheck | str = CrossCheck.SAMPLE,
         progress: Callable[[IngestReport, int, int], None] | None = None,
-        worker: Callable[..., dict[str, Any]] | None = None,
+        worker: Callable[..., Entry] | None = None,
         pool: WorkerPool | None = None,
-        on_entry: Callable[[dict[str, Any]], None] | None = None,
+        on_entry: Callable[[Entry], None] | None = None,
         keep_entries: bool = True,
         on_conflict: OnConflict | str = OnConflict.KEEP,
     ) -> None:
@@ -380,7 +311,7 @@ class Ingest:
         # batches (whatever finishes within SETTLE_WINDOW of the first), so
         # that one directory fsync and one transaction serve many files.
         pool = self._pool()
-        pending: deque[tuple[str, Future[dict[str, Any]]]] = deque()
+        pending: deque[tuple[str, Future[Entry]]] = deque()
         sources = enumerate(todo)
 
         def feed() -> None:
@@ -395,7 +326,7 @@ class Ingest:
                 feed()
                 if not pending:
                     break
-                batch: list[dict[str, Any]] = []
+                batch: list[Entry] = []
                 try:
                     closes = None
                     while pending and len(batch) < SETTLE_BATCH:
@@ -437,81 +368,83 @@ class Ingest:
         """Threads for the next file when `unsettled` files are left to finish."""
         return max(self.threads, self.workers * self.threads // max(1, min(self.workers, unsettled)))
 
-    def _submit(self, pool: ProcessPoolExecutor, source: str, threads: int) -> Future[dict[str, Any]]:
+    def _submit(self, pool: ProcessPoolExecutor, source: str, threads: int) -> Future[Entry]:
         """Submit one file; a pool found broken answers through the future,
         like the files already in flight, so one handler deals with both."""
         try:
             return pool.submit(self.worker, source, self._staging, self.settings, self.crosscheck, threads)
         except BrokenProcessPool as exc:
-            future: Future[dict[str, Any]] = Future()
+            future: Future[Entry] = Future()
             future.set_exception(exc)
             return future
 
-    def _isolated(self, source: str) -> dict[str, Any]:
+    def _isolated(self, source: str) -> Entry:
         """Run one file in a pool of its own; a crash fails that file alone."""
         with _new_pool(1) as pool:
             try:
                 return self._submit(pool, source, self.threads).result()
             except BrokenProcessPool:
-                return {"source_path": source, "source_size": 0, "source_mtime_ns": 0, "staged": None,
-                        "outcome": IngestOutcome.FAILED.value, "reason": Reason.WORKER_CRASHED.value,
-                        "detail": "the worker process died on this file (a decoder crash or out of memory)"}
+                return Entry(source, IngestOutcome.FAILED, Reason.WORKER_CRASHED.value,
+                             "the worker process died on this file (a decoder crash or out of memory)")
 
-    def _settle(self, batch: list[dict[str, Any]], total: int) -> None:
+    def _settle(self, batch: list[Entry], total: int) -> None:
         """Decide the outcome of finished files, place their objects, make
         the placements durable, then index them all in one transaction."""
         records = []
         placed: dict[str, tuple[Version, str]] = {}  # SOP UID -> version and path placed in this batch
         for entry in batch:
-            record = Record(ledger=entry)
-            staged = entry.pop("staged")
-            meta = entry.pop("dicom_json", None)
-            study_json, series_json = entry.pop("study_json", None), entry.pop("series_json", None)
-            frame_rows = entry.pop("frame_rows", [])
-            study_uid, series_uid = entry.pop("study_uid", None), entry.pop("series_uid", None)
-            transfer_syntax = entry.pop("transfer_syntax", None)
+            staged, entry.staged = entry.staged, None
+            record = Record(ledger=entry.ledger())
             if staged:
-                sop = entry["sop_uid"]
-                stored = entry["outcome"], entry["reason"]  # what the instance row says, whatever the ledger says
-                newcomer = Version.of(entry["object_digest"], entry["pixel_digest"], meta, entry["reason"])
-                archived = placed.get(sop) or self._archived(sop)
-                decision = resend(archived[0], newcomer, self.on_conflict) if archived else None
-                if decision is not None and decision.action is Resend.DUPLICATE:
-                    Path(staged).unlink()
-                    entry.update(outcome=IngestOutcome.DUPLICATE.value, detail=decision.detail)
-                elif decision is not None and decision.action is Resend.CONFLICT:
-                    relative = conflict_path(sop, entry["object_digest"])
-                    self.archive.place(Path(staged), relative)
-                    entry.update(outcome=IngestOutcome.CONFLICT.value, reason=decision.reason.value,
-                                 detail=f"{decision.detail}; this copy is kept at {relative} for review")
-                    record.conflict = (relative, entry["object_digest"], entry["pixel_digest"])
-                else:
-                    if archived is not None and decision is not None:  # replace: the old copy goes aside first
-                        previous, relative = archived
-                        aside = self._set_aside(sop, previous, relative)
-                        entry.update(outcome=IngestOutcome.REPLACED.value, reason=decision.reason.value,
-                                     detail=f"{decision.detail}; the previous copy is kept at {aside}")
-                        record.conflict = (aside, previous.object_digest, previous.pixel_digest)
-                    else:
-                        relative = object_path(study_uid, series_uid, sop)
-                    self.archive.place(Path(staged), relative)
-                    placed[sop] = (newcomer, relative)
-                    record.instance = InstanceRow(
-                        sop, series_uid, study_uid, relative, transfer_syntax, stored[0], stored[1],
-                        entry["bytes_out"], entry["object_digest"], entry["pixel_digest"], entry["frames"],
-                        meta,
-                    )
-                    record.frames = [FrameRow(*row) for row in frame_rows]
-                    record.study_json, record.series_json = study_json, series_json
+                record = self._place(entry, staged, placed)
             records.append(record)
         self.archive.flush()  # objects durable before any row points at them
         self.archive.index.record(records)
-        for record in records:
-            self.report.add(record.ledger, keep=self.keep_entries)
+        for entry in batch:
+            self.report.add(entry, keep=self.keep_entries)
             if self.on_entry:
-                self.on_entry(record.ledger)
+                self.on_entry(entry)
             if self.progress:
                 self.progress(self.report, self.report.files, total)
+
+    def _place(self, entry: Entry, staged: Staged, placed: dict[str, tuple[Version, str]]) -> Record:
+        """Settle a staged object by the re-send policy: drop it (a duplicate),
+        set it aside (a conflict) or place it as the instance (replacing
+        the archived copy, set aside first); the index record of it."""
+        sop = entry.sop_uid
+        assert sop is not None and entry.object_digest is not None  # every staged entry has them
+        stored = entry.outcome, entry.reason  # what the instance row says, whatever the ledger says
+        newcomer = Version.of(entry.object_digest, entry.pixel_digest, staged.dicom_json, entry.reason)
+        archived = placed.get(sop) or self._archived(sop)
+        decision = resend(archived[0], newcomer, self.on_conflict) if archived else None
+        if decision is not None and decision.action is Resend.DUPLICATE:
+            Path(staged.path).unlink()
+            entry.outcome, entry.detail = IngestOutcome.DUPLICATE, decision.detail
+            return Record(ledger=entry.ledger())
+        if decision is not None and decision.action is Resend.CONFLICT:
+            relative = conflict_path(sop, entry.object_digest)
+            self.archive.place(Path(staged.path), relative)
+            entry.outcome, entry.reason = IngestOutcome.CONFLICT, decision.reason.value
+            entry.detail = f"{decision.detail}; this copy is kept at {relative} for review"
+            return Record(ledger=entry.ledger(), conflict=(relative, entry.object_digest, entry.pixel_digest))
+        conflict = None
+        if archived is not None and decision is not None:  # replace: the old copy goes aside first
+            previous, relative = archived
+            aside = self._set_aside(sop, previous, relative)
+            entry.outcome, entry.reason = IngestOutcome.REPLACED, decision.reason.value
+            entry.detail = f"{decision.detail}; the previous copy is kept at {aside}"
+            conflict = (aside, previous.object_digest, previous.pixel_digest)
+        else:
+            assert entry.study_uid is not None and entry.series_uid is not None
+            relative = object_path(entry.study_uid, entry.series_uid, sop)
+        self.archive.place(Path(staged.path), relative)
+        placed[sop] = (newcomer, relative)
+        instance = InstanceRow(
+            sop, entry.series_uid, entry.study_uid, relative, staged.transfer_syntax, stored[0], stored[1],
+            entry.bytes_out, entry.object_digest, entry.pixel_digest, entry.frames, staged.dicom_json,
+        )
+        return Record(ledger=entry.ledger(), instance=instance, frames=staged.frames, study_json=staged.study_json,
+                      series_json=staged.series_json, conflict=conflict)
 
     def _archived(self, sop: str) -> tuple[Version, str] | None:
         """The archived copy of `sop` and its path, if there is one."""

@@ -12,7 +12,7 @@ from typing import Any, TextIO
 
 from tqdm import tqdm
 
-from transcode.pipeline import IngestOutcome, IngestReport
+from transcode.entries import Entry, IngestOutcome, IngestReport
 
 
 class Progress:
@@ -68,7 +68,7 @@ def print_summary(report: IngestReport, out: TextIO | None = None) -> None:
     print(f"{report.files} files in {report.seconds:.1f} s ({total_in / 1e6 / max(report.seconds, 1e-9):.1f} MB/s); "
           f"{report.skipped} already done in an earlier run.", file=out)
     for e in report.attention:
-        print(f"  {e['outcome']}: {e['source_path']}: {e.get('reason')}: {e.get('detail')}", file=out)
+        print(f"  {e.outcome}: {e.source_path}: {e.reason}: {e.detail}", file=out)
 
 
 class ReportFile:
@@ -84,8 +84,8 @@ class ReportFile:
         self._file.write('{"instances": [')
         self._separator = "\n"
 
-    def add(self, entry: dict[str, Any]) -> None:
-        self._file.write(self._separator + json.dumps(entry))
+    def add(self, entry: Entry) -> None:
+        self._file.write(self._separator + json.dumps(entry.to_json()))
         self._separator = ",\n"
 
     def finish(self, report: IngestReport, **extra: Any) -> None:

@@ -6,8 +6,8 @@ and gets back one ingest entry per file, with the same outcomes, reasons
 and ledger rows as `transcode ingest`, because it is `transcode ingest`:
 `pipeline.Ingest` over a pool of worker processes that stays up between
 calls (starting interpreters costs about half a second, a CT instance a few
-milliseconds). Calls are serialised in this process and take the archive's
-ingest lock, so a door and a running `transcode ingest` never write at once.
+milliseconds). Calls are serialised in this process and hold the archive's ingest lock,
+so a door and a running `transcode ingest` never write at once.
 Nothing is acknowledged before `store` returns, and it returns only once the
 objects and their index rows are durable.
 
@@ -25,16 +25,18 @@ import logging
 import shutil
 import sqlite3
 import threading
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import pydicom
 
 from transcode.archive import FolderArchive
 from transcode.codecs.htj2k import EncodeSettings
-from transcode.pipeline import IngestOutcome, WorkerPool, ingest
+from transcode.entries import Entry, IngestOutcome
+from transcode.pipeline import WorkerPool, ingest
 from transcode.policy import OnConflict, Reason
 from transcode.verify import CrossCheck
 
@@ -53,21 +55,21 @@ _UNDERSTANDING = {Reason.NOT_DICOM, Reason.MISSING_FILE_META, Reason.NO_SOP_INST
                   Reason.TRUNCATED, Reason.INVALID_UID, Reason.UNREADABLE}
 
 
-def storage_status(entry: dict[str, Any]) -> int:
+def storage_status(entry: Entry) -> int:
     """The storage status of an ingest entry: success when transcoded, a
     duplicate of the archived copy or its replacement; the warning 0xB000
     when kept as is (stored as received, not transcoded: PS3.4 has no closer
     warning, and the Error Comment says why); 0x0111 for a conflicting copy
     (set aside, not the archived instance); 0xC000 for bytes that cannot be
     an archived instance; 0x0110 for any other failure."""
-    outcome = entry["outcome"]
+    outcome = entry.outcome
     if outcome in (IngestOutcome.TRANSCODED, IngestOutcome.DUPLICATE, IngestOutcome.REPLACED):
         return SUCCESS
     if outcome == IngestOutcome.KEPT:
         return KEPT_AS_IS
     if outcome == IngestOutcome.CONFLICT:
         return DUPLICATE_SOP
-    return CANNOT_UNDERSTAND if entry.get("reason") in _UNDERSTANDING else PROCESSING_FAILURE
+    return CANNOT_UNDERSTAND if entry.reason in _UNDERSTANDING else PROCESSING_FAILURE
 
 
 class Sent(NamedTuple):
@@ -118,7 +120,14 @@ class ServiceBusy(RuntimeError):
 
 class IngestService:
     """Ingest into the archive at `root` with `workers` persistent worker
-    processes (started by the first call). Options are `transcode ingest`'s."""
+    processes (started by the first call). Options are `transcode ingest`'s.
+
+    The archive's write session (its ingest lock and index) stays open
+    between calls until `hold` seconds pass without one: a receiver taking
+    instance after instance pays for opening it once, not per instance
+    (two index commits and two marker writes each time). While it is held,
+    another writer (`transcode ingest`, another server) is refused with
+    `ArchiveBusy`; `hold=0` releases it after every call."""
 
     def __init__(
         self,
@@ -128,15 +137,20 @@ class IngestService:
         settings: EncodeSettings | None = None,
         crosscheck: CrossCheck | str = CrossCheck.SAMPLE,
         on_conflict: OnConflict | str = OnConflict.KEEP,
+        hold: float = 2.0,
     ) -> None:
         self.root = Path(root)
         self.settings = settings
         self.crosscheck = CrossCheck(crosscheck)
         self.on_conflict = OnConflict(on_conflict)
+        self.hold = hold
         self._pool = WorkerPool(workers)
         self._lock = threading.Lock()
+        self._archive: FolderArchive | None = None
+        self._last_call = 0.0
+        self._releaser: threading.Timer | None = None
 
-    def store(self, files: Sequence[Path | str], *, wait: float = 600.0) -> list[dict[str, Any]]:
+    def store(self, files: Sequence[Path | str], *, wait: float = 600.0) -> list[Entry]:
         """Ingest `files` (new paths: the ledger skips a path, size and mtime
         it holds) and return their entries, in the order given, once they
         are durable. Raises `ServiceBusy` after `wait` seconds behind
@@ -147,14 +161,26 @@ class IngestService:
         if not self._lock.acquire(timeout=wait):
             raise ServiceBusy(f"another ingest into {self.root} has run for over {wait:.0f} s")
         try:
-            with FolderArchive(self.root, exclusive=True) as archive:
+            if self._archive is None:
+                self._archive = FolderArchive(self.root, exclusive=True)
+            try:
                 report = ingest(
-                    [str(path) for path in files], archive, pool=self._pool, settings=self.settings,
+                    [str(path) for path in files], self._archive, pool=self._pool, settings=self.settings,
                     crosscheck=self.crosscheck, on_conflict=self.on_conflict,
                 )
+            except BaseException:
+                self._release()  # whatever failed, the next call starts from a fresh session
+                raise
+            self._last_call = time.monotonic()
+            if self.hold <= 0:
+                self._release()
+            elif self._releaser is None:
+                self._releaser = threading.Timer(self.hold, self._release_when_idle)
+                self._releaser.daemon = True
+                self._releaser.start()
         finally:
             self._lock.release()
-        by_path = {entry["source_path"]: entry for entry in report.entries}
+        by_path = {entry.source_path: entry for entry in report.entries}
         missing = [str(path) for path in files if str(Path(path).absolute()) not in by_path]
         if missing:  # the ledger skipped them: a door must spool each instance under a new name
             raise ValueError(f"already ingested under the same path, size and mtime: {', '.join(missing)}")
@@ -171,6 +197,31 @@ class IngestService:
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 
+    def _release_when_idle(self) -> None:
+        """Timer thread: close the write session once `hold` seconds have
+        passed since the last call, else look again when they will have."""
+        with self._lock:
+            self._releaser = None
+            idle = time.monotonic() - self._last_call
+            if idle >= self.hold:
+                self._release()
+            elif self._archive is not None:
+                self._releaser = threading.Timer(self.hold - idle, self._release_when_idle)
+                self._releaser.daemon = True
+                self._releaser.start()
+
+    def _release(self) -> None:
+        """Close the write session, if one is open (the caller holds the lock)."""
+        archive, self._archive = self._archive, None
+        if archive is not None:
+            archive.close()
+
     def close(self) -> None:
-        """Stop the worker processes (after the calls under way)."""
+        """Close the write session and stop the worker processes (after the
+        calls under way)."""
+        with self._lock:
+            if self._releaser is not None:
+                self._releaser.cancel()
+                self._releaser = None
+            self._release()
         self._pool.close()

@@ -49,7 +49,7 @@ from pynetdicom import AE, _config
 from transcode.archive import FolderArchive
 from transcode.archive.index import InstanceRow
 from transcode.dimse.scu import RemoteAE, no_delay
-from transcode.pipeline import IngestOutcome
+from transcode.entries import Entry, IngestOutcome
 from transcode.server import convert
 from transcode.server.service import Service
 
@@ -108,10 +108,10 @@ class Forwarder:
 
     # -- the queue -------------------------------------------------------------
 
-    def on_archived(self, entry: dict[str, Any]) -> None:
+    def on_archived(self, entry: Entry) -> None:
         """Queue an ingest entry's instance if it put one in the archive."""
-        if entry.get("outcome") in FORWARDED and entry.get("sop_uid"):
-            self.enqueue([entry["sop_uid"]])
+        if entry.outcome in FORWARDED and entry.sop_uid:
+            self.enqueue([entry.sop_uid])
 
     def enqueue(self, sop_uids: Iterable[str]) -> None:
         """Queue instances (committed on return); one queued already stays once."""

@@ -61,7 +61,7 @@ from transcode.archive import FolderArchive
 from transcode.archive.store import take_lock
 from transcode.dicom.write import copy_atomically, fsync_path, temporary_beside
 from transcode.dimse.scu import MAX_CONTEXTS, TRANSFER_SYNTAXES, RemoteAE, no_delay
-from transcode.pipeline import IngestReport
+from transcode.entries import Entry, IngestReport
 from transcode.service import IngestService
 
 log = logging.getLogger(__name__)
@@ -188,7 +188,7 @@ class Migration:
         move_port: int | None = None,
         rate: float | None = None,
         timeout: float = 60.0,
-        on_entry: Callable[[dict[str, Any]], None] | None = None,
+        on_entry: Callable[[Entry], None] | None = None,
         progress: Callable[[IngestReport, int, int], None] | None = None,
     ) -> None:
         self.root = Path(root)
@@ -349,7 +349,7 @@ class Migration:
             files = sorted(folder.iterdir())
             result.received, result.failed, result.warning = len(files), sub.failed, sub.warning
             for entry in self.service.store(files):
-                entry = {**entry, "study_uid": study.uid}
+                entry.study_uid = entry.study_uid or study.uid  # one that failed, by the study it came in
                 ingest.add(entry, keep=False)
                 if self.on_entry:
                     self.on_entry(entry)

@@ -47,7 +47,8 @@ from transcode.archive import ArchiveBusy, ArchiveMismatch, FolderArchive
 from transcode.codecs.htj2k import EncodeSettings
 from transcode.dimse.hooks import Hook, StudyTracker
 from transcode.dimse.spool import Spool
-from transcode.pipeline import CLEAN, SETTLE_BATCH
+from transcode.entries import CLEAN, Entry
+from transcode.pipeline import SETTLE_BATCH
 from transcode.policy import OnConflict
 from transcode.service import (
     OUT_OF_RESOURCES,
@@ -117,15 +118,15 @@ class _GroupCommit:
 
     def __init__(self, service: IngestService) -> None:
         self.service = service
-        self._queue: queue.Queue[tuple[Path, Future[dict[str, Any]]] | None] = queue.Queue()
+        self._queue: queue.Queue[tuple[Path, Future[Entry]] | None] = queue.Queue()
         self._lock = threading.Lock()
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="ingest-commit", daemon=True)
         self._thread.start()
 
-    def submit(self, path: Path) -> Future[dict[str, Any]]:
+    def submit(self, path: Path) -> Future[Entry]:
         """Queue `path` for the next call; raises RuntimeError once closed."""
-        future: Future[dict[str, Any]] = Future()
+        future: Future[Entry] = Future()
         with self._lock:
             if self._closed:
                 raise RuntimeError("the receiver is stopping")
@@ -183,7 +184,7 @@ class Receiver:
         timeouts: Timeouts = Timeouts(),
         study_idle: float = 60.0,
         study_hooks: Sequence[Hook] = (),
-        on_archived: Sequence[Callable[[dict[str, Any]], None]] = (),
+        on_archived: Sequence[Callable[[Entry], None]] = (),
         workers: int = 2,
         settings: EncodeSettings | None = None,
         crosscheck: CrossCheck | str = CrossCheck.SAMPLE,
@@ -224,7 +225,7 @@ class Receiver:
         self.address = self._server.server_address[:2]
         log.info("listening on %s:%d as %s", *self.address, self.ae.ae_title)
 
-    def drain(self) -> list[dict[str, Any]]:
+    def drain(self) -> list[Entry]:
         """Ingest the spool's leftovers (whole files a killed run had not
         settled) and return their entries."""
         leftovers = self.spool.leftovers()
@@ -287,22 +288,22 @@ class Receiver:
         finally:
             self.spool.remove(path)
         status = storage_status(entry)
-        comment = f"{entry['outcome']}: {entry.get('reason') or ''}: {entry.get('detail') or ''}"
+        comment = f"{entry.outcome}: {entry.reason or ''}: {entry.detail or ''}"
         if status == SUCCESS and sent.sop_class and sent.sop_class != event.request.AffectedSOPClassUID:
             status = DATA_SET_MISMATCH
             comment = f"stored; its SOP Class UID {sent.sop_class} is not the one it was sent as"
         self._settled(entry, sent, caller)
         return _status(status, comment if status != SUCCESS else None)
 
-    def _settled(self, entry: dict[str, Any], sent: Sent, caller: str) -> None:
+    def _settled(self, entry: Entry, sent: Sent, caller: str) -> None:
         """Count `entry` for its study and hand an archived instance to the callbacks."""
-        self.studies.seen(sent.study, sent.series, entry["outcome"], caller)
-        if entry["outcome"] in CLEAN:
+        self.studies.seen(sent.study, sent.series, entry.outcome, caller)
+        if entry.outcome in CLEAN:
             for callback in self.on_archived:
                 try:
                     callback(entry)
                 except Exception:  # a callback's failure is its own (logged), not the sender's
-                    log.exception("on_archived callback %r failed for %s", callback, entry.get("sop_uid"))
+                    log.exception("on_archived callback %r failed for %s", callback, entry.sop_uid)
 
 
 def _status(code: int, comment: str | None) -> Dataset:

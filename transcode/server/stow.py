@@ -100,16 +100,16 @@ def _store(service: Service, ingester: IngestService, request: Request, files: l
                           "nothing is stored until it is rebuilt (transcode verify --archive DIR "
                           "--rebuild-index; the server log says what was found)") from None
         for entry in entries:
-            sop_class, sop, study_uid = sent[entry["source_path"]]
-            sop = sop or entry.get("sop_uid")  # one pydicom cannot parse: as the ingest read it
+            sop_class, sop, study_uid = sent[entry.source_path]
+            sop = sop or entry.sop_uid  # one pydicom cannot parse: as the ingest read it
             code = storage_status(entry)
             if code in STORED:
                 item = {"00081150": _ui(sop_class), "00081155": _ui(sop)}
                 row = service.catalog.db.execute(
-                    "SELECT study_uid, series_uid FROM instances WHERE sop_uid = ?", (entry["sop_uid"],)
+                    "SELECT study_uid, series_uid FROM instances WHERE sop_uid = ?", (entry.sop_uid,)
                 ).fetchone()
                 if row is not None:
-                    item["00081190"] = {"vr": "UR", "Value": [service.url(request, row[0], row[1], entry["sop_uid"])]}
+                    item["00081190"] = {"vr": "UR", "Value": [service.url(request, row[0], row[1], entry.sop_uid)]}
                 referenced.append(item)
             else:
                 failed.append(_failed((sop_class, sop, study_uid), code))

@@ -1,0 +1,46 @@
+"""The ingest service behind the doors: its write session across calls."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from fixtures.generate import Spec, write
+from transcode.archive import FolderArchive
+from transcode.archive.check import verify_archive
+from transcode.archive.store import ArchiveBusy
+from transcode.service import IngestService
+
+
+def test_the_write_session_is_held_between_calls_then_released(tmp_path: Path) -> None:
+    """Instance after instance reuses one write session; another writer is
+    refused while it is held and gets in once the service has been idle
+    for `hold` seconds; every instance is archived and verifiable."""
+    src = tmp_path / "src"
+    src.mkdir()
+    files = [src / f"{n}.dcm" for n in range(3)]
+    for n, path in enumerate(files):
+        write(Spec("CT", 64, 64, seed=n), path)
+    root = tmp_path / "archive"
+    service = IngestService(root, workers=1, hold=1.0)
+    try:
+        assert [e.outcome for e in service.store(files[:1])] == ["transcoded"]
+        assert [e.outcome for e in service.store(files[1:2])] == ["transcoded"]
+        with pytest.raises(ArchiveBusy):
+            FolderArchive(root, exclusive=True)
+        deadline = time.monotonic() + 30
+        while True:  # released once idle for `hold` seconds
+            try:
+                with FolderArchive(root, exclusive=True):
+                    break
+            except ArchiveBusy:
+                assert time.monotonic() < deadline, "the write session was never released"
+                time.sleep(0.2)
+        assert [e.outcome for e in service.store(files[2:])] == ["transcoded"]  # a new session
+    finally:
+        service.close()
+    with FolderArchive(root, read_only=True) as archive:
+        assert verify_archive(archive) == []
+        assert archive.index.listed() == (3, 0)
