@@ -51,11 +51,26 @@ def _base(ids: dict[str, str]) -> str:
     ("/frames/1/rendered?viewport=\u00b2,10", "bad_viewport"),
     ("/frames/1/rendered?quality=+50", "bad_quality"),
     ("/frames/1/rendered?quality=" + "5" * 5000, "bad_quality"),
+    ("/frames/1/rendered?viewport=64,64,0,0,100000000000000000,9", "bad_viewport"),
+    ("/frames/1/region?x=1000000000000000000000000000000&y=0&w=9&h=9", "bad_region"),
+    ("/frames/1/region?x=0&y=0&w=9&h=9&level=\u00b2", "no_such_level"),
 ])
 def test_bad_instance_parameters_are_400_with_a_reason(client, ids, path: str, reason: str) -> None:
     frames = "multipart/related; type=application/octet-stream; transfer-syntax=*"
     r = client.get(_base(ids) + path, headers={"Accept": "image/png" if "rendered" in path else frames})
     assert r.status_code == 400, (path, r.status_code, r.text[:200])
+    assert r.json()["error"] == reason
+
+
+@pytest.mark.parametrize(("tail", "reason"), [
+    ("9" * 5000 + ",0,1,1/max/0/default.jpg", "bad_region"),  # int() of 5000 digits raises: was a 500
+    ("pct:" + "9" * 400 + ",0,1,1/max/0/default.jpg", "bad_region"),  # a float of 400 digits is inf
+    ("\u0661,0,9,9/max/0/default.jpg", "bad_region"),
+    ("full/pct:" + "9" * 400 + "/0/default.jpg", "bad_size"),
+])
+def test_bad_iiif_parameters_are_400_with_a_reason(client, ids, tail: str, reason: str) -> None:
+    r = client.get("/iiif" + _base(ids).removeprefix("/dicomweb") + "/frames/1/" + tail)
+    assert r.status_code == 400, (tail[:40], r.status_code, r.text[:200])
     assert r.json()["error"] == reason
 
 
@@ -90,7 +105,8 @@ _TEXT = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_si
 _NUMBERS = st.one_of(st.integers(-2**70, 2**70).map(str), st.sampled_from(
     ["nan", "inf", "-inf", "\u00b2", "\u0661", "1e999", "+5", " 5", "5_0", "", ",", "1,1", "0x10", "9" * 5000]))
 _VALUES = st.one_of(_NUMBERS, _TEXT, st.lists(_NUMBERS, min_size=1, max_size=4).map(",".join))
-_KEYS = st.one_of(st.sampled_from(["level", "window", "viewport", "quality", "accept", "limit", "offset",
+_KEYS = st.one_of(st.sampled_from(["level", "window", "viewport", "quality", "accept", "limit", "offset", "x", "y", "w",
+                                   "h",
                                    "includefield", "PatientName", "StudyDate", "Modality", "0020000D",
                                    "fuzzymatching", "00100010.x"]), _TEXT)
 _HEADER_TEXT = st.text(st.characters(codec="utf-8", min_codepoint=0x20, exclude_categories=("Cs", "Cc")), max_size=60)
@@ -99,7 +115,10 @@ _ACCEPT = st.one_of(st.none(), _HEADER_TEXT, st.sampled_from([
     "multipart/related; type=application/dicom", "image/png;q=nan", "image/jpeg;q=1e999",
     "multipart/related; type=image/jphc, */*;q=0.1"]))
 _ROUTES = ["", "/frames/{frames}", "/frames/{frames}/rendered", "/rendered", "/thumbnail", "/metadata",
-           "/bulkdata/{tag}", "/frames/{frames}/thumbnail"]
+           "/bulkdata/{tag}", "/frames/{frames}/thumbnail", "/frames/{frames}/region"]
+_IIIF = st.one_of(_VALUES, st.sampled_from(["full", "square", "max", "^max", "0", "!0", "!64,64", "pct:50", "64,",
+                                            ",64", "0,0,9,9", "pct:0,0,1e9,1", "\u0661,0,9,9", "9" * 5000 + ",0,1,1",
+                                            "pct:" + "9" * 5000, "360", "default.jpg", "gray.png", "color.tif"]))
 
 
 def _rss() -> int:
@@ -110,10 +129,13 @@ def _rss() -> int:
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                    HealthCheck.too_slow])
 @given(route=st.sampled_from(_ROUTES), frames=_VALUES, tag=_VALUES, query=st.lists(st.tuples(_KEYS, _VALUES),
-       max_size=6), accept=_ACCEPT, level=st.sampled_from(["instance", "series", "study", "search"]))
+       max_size=6), accept=_ACCEPT, level=st.sampled_from(["instance", "series", "study", "search", "iiif"]),
+       iiif=st.lists(_IIIF, min_size=4, max_size=4))
 def test_hostile_requests_never_fail_the_server(client, ids, served, route, frames, tag, query, accept,
-                                                level) -> None:
+                                                level, iiif) -> None:
     path = {"instance": _base(ids) + route,
+            "iiif": "/iiif" + _base(ids).removeprefix("/dicomweb") + "/frames/{frames}/"
+                    + "/".join(quote(part, safe=",!^:") for part in iiif),
             "series": f"/dicomweb/studies/{ids['study']}/series/{ids['series']}" + route.split("/frames")[0],
             "study": f"/dicomweb/studies/{ids['study']}" + route.split("/frames")[0],
             "search": "/dicomweb/studies"}[level]
