@@ -177,3 +177,11 @@ def test_serve_applies_its_limit_options(tmp_path: Path) -> None:
         assert refused.status_code == 400 and refused.json()["error"] == "host_not_allowed"
         big = requests.get(f"{base}/studies", headers={"X-Big": "a" * 5000}, timeout=5)
         assert big.status_code == 431
+
+
+def test_serve_refuses_a_limit_that_is_not_positive(tmp_path: Path, capsys) -> None:
+    from transcode.cli import main
+
+    assert main(["serve", "--archive", str(tmp_path / "new"), "--head-timeout", "0"]) == 2
+    assert "--head-timeout must be positive" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()  # refused before anything is created

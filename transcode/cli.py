@@ -294,6 +294,11 @@ def _rebuild(root: Path) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        bounds = limits.from_arguments(args)
+    except ValueError as exc:
+        print(f"transcode: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     archive = Path(args.archive)
     read_only = args.read_only or any(path.exists() and not os.access(path, os.W_OK)
                                       for path in (archive, archive / "index.sqlite"))
@@ -307,11 +312,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:  # a new folder becomes an empty archive, to be filled through STOW-RS
         FolderArchive(archive, read_only=read_only).close()
     except ArchiveMismatch as exc:  # never serve (nor store into) an index that is not the archive's
-        print(f"transcode: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    try:
-        bounds = limits.from_arguments(args)
-    except ValueError as exc:
         print(f"transcode: {exc}", file=sys.stderr)
         return EXIT_USAGE
     if read_only:
