@@ -72,11 +72,13 @@ def create_app(archive: Archive, *, prefix: str = "/dicomweb", cors_origins: Seq
     app.include_router(iiif.routes(service, render_limits))  # at the root: /iiif/...
     if ingester is not None:
         app.include_router(stow.routes(service, ingester, limits.max_upload_parts), prefix=prefix)
+    # Middleware added last runs first: CORS, then the limits (before any route, the frames route too),
+    # so that a browser can read a refusal (429 and its Retry-After, say).
+    app.add_middleware(LimitsMiddleware, limits=limits)
     if cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST", "OPTIONS"],
                            allow_headers=["*"], expose_headers=EXPOSED)
     _error_handlers(app)
-    app.add_middleware(LimitsMiddleware, limits=limits)  # outermost: before any route, the frames route too
     return app
 
 
