@@ -1,14 +1,22 @@
-"""A small archive to serve in the server tests, and an independent reader
-of multipart/related bodies (not the server's own code)."""
+"""A small archive to serve in the server tests, `transcode serve` run as a
+command, and an independent reader of multipart/related bodies (not the
+server's own code)."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
-from collections.abc import Sequence
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pydicom
+import requests
 from pydicom.uid import JPEGBaseline8Bit, RLELossless, generate_uid
 
 from fixtures.generate import Spec, dataset
@@ -106,3 +114,31 @@ def multipart_parts(content_type: str, body: bytes) -> list[tuple[dict[str, str]
         headers = dict(line.split(": ", 1) for line in head.decode().split("\r\n"))
         parts.append((headers, payload))
     return parts
+
+
+@contextlib.contextmanager
+def serve_command(archive: Path, *options: str) -> Iterator[str]:
+    """`transcode serve --archive ARCHIVE OPTIONS` on a free loopback port,
+    as a process; yields its DICOMweb root once it answers."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "transcode.cli", "serve", "--archive", str(archive), "--port",
+                               str(port), *options], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    base = f"http://127.0.0.1:{port}/dicomweb"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                requests.get(f"{base}/studies", timeout=5)
+                break
+            except requests.ConnectionError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    output = server.stdout.read().decode() if server.poll() is not None else ""  # type: ignore[union-attr]
+                    raise AssertionError(f"transcode serve did not start: {output}") from None
+                time.sleep(0.2)
+        yield base
+    finally:
+        server.terminate()
+        server.wait(30)

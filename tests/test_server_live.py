@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import imagecodecs
 import numpy as np
@@ -20,11 +21,15 @@ from pydicom.uid import generate_uid
 from fixtures.generate import Spec, write
 from tests.served import Served
 from transcode.archive import FolderArchive
+from transcode.limits import Limits
 from transcode.server import create_app
 
 
-def serve(archive: FolderArchive):  # -> Iterator[str]
-    server = uvicorn.Server(uvicorn.Config(create_app(archive), host="127.0.0.1", port=0, log_level="warning"))
+def serve(archive: FolderArchive, limits: Limits | None = None, **config: Any):  # -> Iterator[str]
+    """The app over `archive` under uvicorn on loopback (in a thread), with
+    `limits` and further uvicorn `config`; yields its DICOMweb root."""
+    app = create_app(archive, limits=limits)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", **config))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

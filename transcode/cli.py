@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import signal
+import sqlite3
 import sys
 import threading
 from collections import Counter
@@ -23,7 +24,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from transcode import logs
+from transcode import limits, logs
 from transcode.archive import ArchiveBusy, ArchiveMismatch, FolderArchive
 from transcode.archive.check import verify_archive
 from transcode.archive.rebuild import rebuild_index
@@ -34,6 +35,7 @@ from transcode.pipeline import ingest
 from transcode.policy import OnConflict, Outcome, Stop
 from transcode.report import Progress, ReportFile, print_summary
 from transcode.security import commands
+from transcode.service import clear_uploads, out_of_space
 from transcode.transcoder import TranscodeResult, transcode_file
 from transcode.verify import SAMPLE_EVERY, CrossCheck
 
@@ -197,9 +199,11 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     except (ArchiveBusy, ArchiveMismatch) as exc:
         print(f"transcode: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except OSError as exc:  # the archive or the report failed (disk full, read-only): stop, rerun later
-        print(f"transcode: cannot write: {exc}. Everything committed so far is safe; "
-              "rerun the same command once fixed.", file=sys.stderr)
+    except (OSError, sqlite3.OperationalError) as exc:  # the archive or the report failed (disk full, read-only)
+        if not (isinstance(exc, OSError) or out_of_space(exc)):
+            raise
+        print(f"transcode: cannot write: {'the disk is full' if out_of_space(exc) else exc}. Everything committed "
+              "so far is safe; rerun the same command once fixed.", file=sys.stderr)
         return EXIT_FAILED
     finally:
         progress.close()
@@ -291,6 +295,11 @@ def _rebuild(root: Path) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        bounds = limits.from_arguments(args)
+    except ValueError as exc:
+        print(f"transcode: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     archive = Path(args.archive)
     read_only = args.read_only or any(path.exists() and not os.access(path, os.W_OK)
                                       for path in (archive, archive / "index.sqlite"))
@@ -313,6 +322,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     if read_only:
         log.warning("%s is served read-only: STOW-RS answers 503", archive)
+    else:
+        clear_uploads(archive)  # before any worker starts: what is there was never acknowledged
     import uvicorn  # the server's dependencies load only when serving
 
     from transcode.server.app import SERVE_OPTIONS
@@ -322,7 +333,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                                             "cors_origins": args.cors_origin, "stow_workers": args.stow_workers,
                                             "on_conflict": args.on_conflict,
                                             "max_frame_bytes": _frame_bytes(args.max_frame_mb),
-                                            "max_render_pixels": args.max_render_pixels, "security": security})
+                                            "max_render_pixels": args.max_render_pixels, "security": security,
+                                            "limits": bounds.to_json()})
     host = f"[{args.host}]" if ":" in args.host else args.host
     root = f"{'https' if args.tls_cert else 'http'}://{host}:{args.port}/dicomweb"
     print(f"DICOMweb root: {root}  (studies: {root}/studies)", flush=True)
@@ -330,7 +342,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # by `transcode.access` (route templates). TLS: uvicorn's ssl options.
     uvicorn.run("transcode.server.app:app_from_environment", factory=True, workers=args.workers, host=args.host,
                 port=args.port, log_config=None, proxy_headers=True, access_log=False,
-                ssl_certfile=args.tls_cert, ssl_keyfile=args.tls_key)
+                ssl_certfile=args.tls_cert, ssl_keyfile=args.tls_key,
+                http="transcode.server.protocol:BoundedHttpTools", timeout_keep_alive=bounds.keep_alive,
+                limit_concurrency=bounds.max_connections)
     return EXIT_OK
 
 
@@ -535,6 +549,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="rendered images larger are scaled down to it, and no larger frame is decoded for one "
                             "(default: 4096 x 4096)")
     commands.add_serve_options(serve)
+    limits.add_arguments(serve)
     serve.set_defaults(func=cmd_serve, log_default="info")
 
     listen = sub.add_parser("listen", help="receive instances over DICOM (C-STORE) into an archive")

@@ -10,13 +10,24 @@ milliseconds). Calls are serialised in this process and hold the archive's inges
 so a door and a running `transcode ingest` never write at once.
 Nothing is acknowledged before `store` returns, and it returns only once the
 objects and their index rows are durable.
+
+A door that receives a body (STOW-RS) spools it with `upload()` in a folder
+under the archive (`spool/uploads/`, on the archive's disk, not /tmp): a
+full disk is the archive's, and what a killed server left there was never
+acknowledged and is removed by `clear_uploads` when `serve` starts.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import logging
+import shutil
+import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+import uuid
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -28,6 +39,10 @@ from transcode.entries import Entry, IngestOutcome
 from transcode.pipeline import WorkerPool, ingest
 from transcode.policy import OnConflict, Reason
 from transcode.verify import CrossCheck
+
+log = logging.getLogger(__name__)
+#: Where uploads (STOW-RS bodies) are spooled, under the archive: never acknowledged, so cleared at start.
+UPLOADS = Path("spool") / "uploads"
 
 # Storage status codes (PS3.4 B.2.3, PS3.7 C.4) of an ingest entry, one mapping for every door:
 # C-STORE answers them, STOW-RS gives the failures as Failure Reason (0008,1197) (PS3.18 10.5.3).
@@ -76,6 +91,27 @@ def identify(path: Path) -> Sent:
     except Exception:  # noqa: BLE001 (anything unreadable: the ingest will say why)
         return Sent(None, None, None, None)
     return Sent(*(str(ds.get(keyword, "")) or None for keyword in keywords))
+
+
+def out_of_space(exc: BaseException) -> bool:
+    """Whether `exc` says the disk (or the quota) is full, as an OSError
+    or as SQLite's "database or disk is full"."""
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    return isinstance(exc, sqlite3.OperationalError) and "full" in str(exc)
+
+
+def clear_uploads(root: Path) -> None:
+    """Remove what killed servers left in the archive's upload spool (call
+    once, before any door receives: it removes uploads in progress too)."""
+    folder = Path(root) / UPLOADS
+    if folder.is_dir():
+        for leftover in folder.iterdir():
+            log.info("removing an upload a stopped server left: %s", leftover.name)
+            if leftover.is_dir():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
 
 
 class ServiceBusy(RuntimeError):
@@ -149,6 +185,17 @@ class IngestService:
         if missing:  # the ledger skipped them: a door must spool each instance under a new name
             raise ValueError(f"already ingested under the same path, size and mtime: {', '.join(missing)}")
         return [by_path[str(Path(path).absolute())] for path in files]
+
+    @contextlib.contextmanager
+    def upload(self) -> Iterator[Path]:
+        """A new, empty folder under the archive's upload spool for the
+        files of one upload, removed with what it holds on leaving."""
+        folder = self.root / UPLOADS / uuid.uuid4().hex
+        folder.mkdir(parents=True)
+        try:
+            yield folder
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
 
     def _release_when_idle(self) -> None:
         """Timer thread: close the write session once `hold` seconds have

@@ -106,7 +106,13 @@ class Archive(ABC):
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
-        self.close()
+        if exc is None:
+            self.close()
+            return
+        try:
+            self.close()
+        except Exception as late:  # noqa: BLE001 - the first error is the one to report (a full disk fails both)
+            log.warning("closing the archive after an error failed too: %s", late)
 
 
 class FolderArchive(Archive):

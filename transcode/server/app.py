@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
@@ -26,9 +27,11 @@ from transcode import __version__, logs
 from transcode.archive import FolderArchive
 from transcode.archive.store import Archive
 from transcode.codecs.htj2k import EncodeSettings
+from transcode.limits import Limits
 from transcode.policy import Stop
 from transcode.security.guard import Guard, Security, security_from
 from transcode.server import iiif, qido, rendered, stow, wado, zarrview
+from transcode.server.admission import LimitsMiddleware
 from transcode.server.catalog import uid
 from transcode.server.errors import Problem
 from transcode.server.negotiate import NotAcceptable, accepts_json
@@ -45,7 +48,8 @@ STUDY, SERIES = qido.STUDY_UID, qido.SERIES_UID
 
 def create_app(archive: Archive, *, prefix: str = "/dicomweb", cors_origins: Sequence[str] = (),
                stow_workers: int | None = None, on_conflict: str = "keep", settings: EncodeSettings | None = None,
-               render_limits: RenderLimits | None = None, security: Security | None = None) -> FastAPI:
+               render_limits: RenderLimits | None = None, security: Security | None = None,
+               limits: Limits | None = None) -> FastAPI:
     """The application over `archive` (opened by the caller, who closes it).
     `cors_origins`: origins allowed to call from a browser ("*" for any);
     `on_conflict`: what STOW-RS does with other content under an archived
@@ -53,8 +57,10 @@ def create_app(archive: Archive, *, prefix: str = "/dicomweb", cors_origins: Seq
     transcodes (the frame size cap among them); `render_limits`: the
     largest rendered image; `security`: authentication, the audit trail
     (closed with the app) and the template-only access log (`guard`); none
-    by default, as for an app embedded behind its own gate."""
-    service = Service(archive, prefix)
+    by default, as for an app embedded behind its own gate; `limits`: what
+    a request may be (`transcode.limits`)."""
+    limits = limits or Limits()
+    service = Service(archive, prefix, max_frames=limits.max_frames)
     ingester = IngestService(archive.root, workers=stow_workers or 2, settings=settings,  # started by the first STOW
                              on_conflict=on_conflict) if archive.root is not None else None
 
@@ -73,16 +79,19 @@ def create_app(archive: Archive, *, prefix: str = "/dicomweb", cors_origins: Seq
     routers = [(prefix, wado.routes(service)), (prefix, _qido_routes(service)), (prefix, rendered_routes),
                ("", iiif.routes(service, render_limits))]  # IIIF at the root: /iiif/...
     if ingester is not None:
-        routers.append((prefix, stow.routes(service, ingester)))
+        routers.append((prefix, stow.routes(service, ingester, limits.max_upload_parts)))
     for where, router in routers:
         app.include_router(router, prefix=where)
     app.router.routes[1:1] = rendered.plain_routes(rendered_routes, prefix)  # after the frames route
     app.router.routes.extend(zarrview.routes(service))  # at the root: /zarr/...
+    # Middleware added last runs first: CORS, then the limits (before any route, the frames route too, and
+    # before authentication: a hostile request costs nothing more), then the security guard.
     if security is not None:  # every route template (the app's own, then its routers'), for the log and the trail
         templates = [path for route in app.router.routes if (path := getattr(route, "path", None))]
         templates += [where + route.path for where, router in routers for route in router.routes]
         app.add_middleware(Guard, security=security, templates=templates)
-    if cors_origins:  # outside the guard: preflights carry no credentials; cookies only for listed origins
+    app.add_middleware(LimitsMiddleware, limits=limits)
+    if cors_origins:  # outermost, so a browser can read a refusal; preflights carry no credentials
         app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST", "OPTIONS"],
                            allow_headers=["*"], expose_headers=EXPOSED, allow_credentials="*" not in cors_origins)
     _error_handlers(app)
@@ -95,11 +104,12 @@ def app_from_environment() -> FastAPI:
     logs.inherit()
     options = json.loads(os.environ[SERVE_OPTIONS])
     settings = EncodeSettings(max_frame_bytes=options["max_frame_bytes"]) if options.get("max_frame_bytes") else None
-    limits = RenderLimits(options["max_render_pixels"]) if options.get("max_render_pixels") else None
+    render_limits = RenderLimits(options["max_render_pixels"]) if options.get("max_render_pixels") else None
     archive = FolderArchive(options["archive"], read_only=options["read_only"])
     return create_app(archive, cors_origins=options["cors_origins"], stow_workers=options["stow_workers"],
-                      on_conflict=options.get("on_conflict", "keep"), settings=settings, render_limits=limits,
-                      security=security_from(options.get("security", {}), archive.index.path))
+                      on_conflict=options.get("on_conflict", "keep"), settings=settings,
+                      render_limits=render_limits, security=security_from(options.get("security", {}), archive.index.path),
+                      limits=Limits.from_json(options.get("limits", {})))
 
 
 def _qido_routes(service: Service) -> APIRouter:
@@ -168,13 +178,21 @@ def _error_handlers(app: FastAPI) -> None:
         return _error(400, "bad_request", where)
 
     @app.exception_handler(Stop)
-    async def unreadable(_: Request, exc: Stop) -> JSONResponse:
-        return _error(500, exc.reason.value, f"the stored object cannot be read: {exc.detail}")
+    async def unreadable(request: Request, exc: Stop) -> JSONResponse:
+        log.error("%s %s: the stored object cannot be read: %s: %s", request.method, request.url.path,
+                  exc.reason.value, exc.detail)  # the detail may name a path: the log's, not the client's
+        return _error(500, exc.reason.value, "the stored object cannot be read (the server log says why)")
+
+    @app.exception_handler(sqlite3.DatabaseError)
+    async def damaged_index(request: Request, exc: sqlite3.DatabaseError) -> JSONResponse:
+        log.error("%s %s: the index cannot be read: %s", request.method, request.url.path, exc)
+        return _error(503, "index_unreadable", "the archive's index cannot be read; its administrator can rebuild "
+                      "it from the stored objects (transcode verify --rebuild-index)")
 
     @app.exception_handler(Exception)
     async def internal(request: Request, exc: Exception) -> JSONResponse:
         log.exception("%s %s failed", request.method, request.url.path)
-        return _error(500, "internal_error", f"{type(exc).__name__} (the server log has the details)")
+        return _error(500, "internal_error", "the request failed (the server log has the details)")
 
     @app.exception_handler(HTTPException)
     async def http_error(_: Request, exc: HTTPException) -> JSONResponse:

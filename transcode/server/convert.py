@@ -19,6 +19,7 @@ full size as RGB), not as the decoder's YCbCr.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Iterator
 from io import BytesIO
 from pathlib import Path
@@ -35,6 +36,8 @@ from transcode.dicom.write import native_file
 from transcode.server.errors import Problem
 from transcode.server.frames import FrameReader, StoredInstance
 from transcode.server.service import Service
+
+log = logging.getLogger(__name__)
 
 _LITTLE_ENDIAN_NATIVE = {ImplicitVRLittleEndian, ExplicitVRLittleEndian, DeflatedExplicitVRLittleEndian}
 
@@ -105,7 +108,8 @@ def _whole(path: Path) -> bytes:
         buffer = BytesIO()
         ds.save_as(buffer, implicit_vr=False, little_endian=True, enforce_file_format=True)
     except Exception as exc:  # any decoder's or the writer's complaint about the stored data
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        log.warning("%s cannot be converted to Explicit VR Little Endian: %s: %s", path, type(exc).__name__, exc)
         raise Problem(406, "not_acceptable", f"{path.stem} cannot be converted to Explicit VR Little Endian "
-                      f"({reason}); retrieve it as stored (transfer-syntax=*)") from exc
+                      "(the decoders refuse its stored data; the server log says why); retrieve it as stored "
+                      "(transfer-syntax=*)") from exc
     return buffer.getvalue()

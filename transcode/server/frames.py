@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import logging
 import math
 import os
 import sys
@@ -35,6 +36,8 @@ from transcode.server.errors import Problem
 from transcode.server.integrity import StoredObjects
 
 EOC = b"\xff\xd9"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -209,8 +212,9 @@ class FrameReader:
             frames = iter_pixels(path, raw=True)
             return next(itertools.islice(frames, number - 1, None))
         except Exception as exc:  # any decoder's complaint about the stored data
-            raise Problem(500, "cannot_decode", f"frame {number} of the stored object cannot be decoded: "
-                          f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
+            log.warning("frame %d of %s cannot be decoded: %s: %s", number, path, type(exc).__name__, exc)
+            raise Problem(500, "cannot_decode", f"frame {number} of the stored object cannot be decoded "
+                          "(the server log says why)") from exc
 
 
 def little_endian(frame: np.ndarray) -> bytes:

@@ -21,10 +21,12 @@ from transcode.server.regions import Box
 FORMATS = {"jpg": "image/jpeg", "png": "image/png"}
 #: Valid format names of the specification this server does not produce.
 OTHER_FORMATS = ("tif", "gif", "pdf", "jp2", "webp")
-_NUMBER = r"\d+(?:\.\d+)?"
+# ASCII digits only (`\d` takes any script's, and int() reads them), at most 9 of them:
+# a 5000-digit number is a 400 here, not an int() or float-overflow 500 later.
+_NUMBER = r"[0-9]{1,9}(?:\.[0-9]{1,9})?"
 _PCT_REGION = re.compile(rf"pct:({_NUMBER}),({_NUMBER}),({_NUMBER}),({_NUMBER})")
-_PX_REGION = re.compile(r"(\d+),(\d+),(\d+),(\d+)")
-_SIZE = re.compile(r"(\^?)(?:(max)|pct:(" + _NUMBER + r")|(!?)(\d*),(\d*))")
+_PX_REGION = re.compile(r"([0-9]{1,9}),([0-9]{1,9}),([0-9]{1,9}),([0-9]{1,9})")
+_SIZE = re.compile(r"(\^?)(?:(max)|pct:(" + _NUMBER + r")|(!?)([0-9]{0,9}),([0-9]{0,9}))")
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,6 +12,7 @@ python-multipart's parser; nothing is held in memory but one chunk.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import AsyncIterator, Iterable, Iterator
 from pathlib import Path
@@ -22,6 +23,8 @@ from python_multipart.multipart import MultipartParser
 
 from transcode.server.errors import Problem
 from transcode.server.negotiate import parse_media_type
+
+log = logging.getLogger(__name__)
 
 
 def boundary_for(key: str) -> str:
@@ -90,10 +93,11 @@ async def save_parts(stream: AsyncIterator[bytes], request_type: str | None, fol
         async for chunk in stream:
             parser.write(chunk)
         parser.finalize()
-    except Problem:
+    except (Problem, OSError):  # a refusal, or the disk: not the client's syntax
         raise
     except Exception as exc:  # python-multipart's parse errors
-        raise Problem(400, "bad_multipart", f"the multipart body cannot be parsed: {exc}") from exc
+        log.info("unparsable STOW-RS body: %s", exc)
+        raise Problem(400, "bad_multipart", "the multipart/related body cannot be parsed") from exc
     finally:
         for handle in current:
             handle.close()

@@ -122,11 +122,25 @@ def _frame_option(media_type: str, syntax: str | None, stored: str, decodable: b
     return None
 
 
-@functools.lru_cache(maxsize=1024)  # a pure function of what clients send again and again
+#: Accept headers longer than this (normalised) are answered without the cache: it holds
+#: at most 1024 entries of this size, whatever clients send (the head's size is capped too).
+CACHED_ACCEPT = 256
+
+
 def choose_frames(accept: str | None, stored: str, *, single: bool, decodable: bool = True) -> FrameChoice:
     """Pick the representation of frames stored as `stored` for this Accept
     header. `single`: one frame was asked for, so a single-part body is
-    possible. `decodable`: frames can be decoded to native pixels."""
+    possible. `decodable`: frames can be decoded to native pixels.
+
+    A pure function of what clients send again and again, so cached, keyed
+    by the header with its white space collapsed, and only when short."""
+    key = " ".join(accept.split()) if accept else None
+    if key is not None and len(key) > CACHED_ACCEPT:
+        return _choose_frames(key, stored, single, decodable)
+    return _cached_choice(key, stored, single, decodable)
+
+
+def _choose_frames(accept: str | None, stored: str, single: bool, decodable: bool) -> FrameChoice:
     if stored in (_BIG_ENDIAN, _DEFLATED):
         stored = EXPLICIT_LE  # frames of these are served as native little-endian bytes
     for r in parse_accept(accept):
@@ -145,6 +159,9 @@ def choose_frames(accept: str | None, stored: str, *, single: bool, decodable: b
     if decodable:
         offers.append(f'multipart/related; type="{OCTET}"; transfer-syntax={EXPLICIT_LE}')
     raise NotAcceptable(f"frames are stored as {stored}; acceptable: {' or '.join(offers)}")
+
+
+_cached_choice = functools.lru_cache(maxsize=1024)(_choose_frames)
 
 
 def level_refusal(choice: FrameChoice, stored: str, *, has_levels: bool) -> str | None:

@@ -25,6 +25,7 @@ from typing import Any
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 
 from transcode.archive.index import SERIES_TAGS, STUDY_TAGS
+from transcode.server.params import whole
 
 MAX_RESULTS = 1000
 CONTROL = {"limit", "offset", "includefield", "fuzzymatching"}
@@ -142,12 +143,7 @@ def parse_params(params: Sequence[tuple[str, str]]) -> tuple[dict[str, str], set
                 elif include is not None:
                     include.add(_tag(item))
         elif name in ("limit", "offset"):
-            try:
-                number = int(value)
-            except ValueError:
-                raise QueryError(f"{name} must be a whole number, not {value!r}") from None
-            if number < 0:
-                raise QueryError(f"{name} must not be negative")
+            number = whole(value, name, "bad_query")
             if name == "limit":
                 limit = number
             else:

@@ -28,6 +28,7 @@ from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, c
 
 from transcode.codecs import region
 from transcode.codecs.codestream import CodestreamIndex
+from transcode.server import params
 from transcode.server.errors import Problem
 
 WINDOW_FUNCTIONS = ("LINEAR", "LINEAR_EXACT", "SIGMOID")
@@ -60,10 +61,9 @@ def parse_window(value: str | None) -> Window | None:
     if not value:
         return None
     parts = value.split(",")
-    try:
-        center, width = float(parts[0]), float(parts[1])
-    except (IndexError, ValueError):
-        raise Problem(400, "bad_window", "window is center,width[,linear|linear-exact|sigmoid]") from None
+    if not 2 <= len(parts) <= 3:
+        raise Problem(400, "bad_window", "window is center,width[,linear|linear-exact|sigmoid]")
+    center, width = (params.decimal(part, "window center and width", "bad_window") for part in parts[:2])
     function = (parts[2] if len(parts) > 2 else "linear").strip().upper().replace("-", "_")
     if width < 1 or function not in WINDOW_FUNCTIONS:
         raise Problem(400, "bad_window", "window width must be >= 1 and the function linear, linear-exact or sigmoid")
@@ -93,20 +93,15 @@ def parse_viewport(value: str | None) -> Viewport | None:
     if not value:
         return None
     parts = value.split(",")
-    try:
-        width, height = int(parts[0]), int(parts[1])
-        source = [int(p) if p.strip() else None for p in parts[2:]]
-    except (IndexError, ValueError):
-        raise Problem(400, "bad_viewport", "viewport is width,height[,sx,sy,sw,sh] in pixels") from None
     if len(parts) not in (2, 6):
-        raise Problem(400, "bad_viewport", "viewport is width,height or width,height,sx,sy,sw,sh")
-    if not (1 <= width <= 8192 and 1 <= height <= 8192):
-        raise Problem(400, "bad_viewport", "viewport sides must be 1 to 8192 pixels")
+        raise Problem(400, "bad_viewport", "viewport is width,height or width,height,sx,sy,sw,sh in pixels")
+    width, height = (params.whole(part, "viewport sides", "bad_viewport", low=1, high=8192) for part in parts[:2])
+    # sx, sy, sw, sh: whole numbers, so never negative (no flipping here); empty for the default
+    source = [params.whole(part, "viewport source values", "bad_viewport") if part.strip() else None
+              for part in parts[2:]]
     if not source:
         return Viewport((width, height))
     x, y, w, h = source
-    if any(v is not None and v < 0 for v in source):
-        raise Problem(400, "bad_viewport", "viewport source regions are not flipped here: sx, sy, sw, sh are >= 0")
     return Viewport((width, height), (x or 0, y or 0, w, h))
 
 

@@ -20,8 +20,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from transcode.archive.index import InstanceRow
-from transcode.server import regions, render
-from transcode.server.errors import Problem
+from transcode.server import params, regions, render
 from transcode.server.frames import StoredInstance
 from transcode.server.negotiate import choose_image
 from transcode.server.responses import cache_headers, etag, not_modified
@@ -131,6 +130,4 @@ def plain_routes(router: APIRouter, prefix: str) -> list[Route]:
 def _quality(value: str | None) -> int:
     if value is None:
         return 90
-    if not value.isdigit() or not 1 <= int(value) <= 100:
-        raise Problem(400, "bad_quality", "quality is 1 to 100")
-    return int(value)
+    return params.whole(value, "quality", "bad_quality", low=1, high=100)

@@ -22,6 +22,7 @@ from transcode.server.responses import base_url
 class Service:
     archive: Archive
     prefix: str = "/dicomweb"
+    max_frames: int = 4096  # frames in one request (Limits.max_frames)
     catalog: Catalog = field(init=False)
     reader: FrameReader = field(init=False)
 

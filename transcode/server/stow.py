@@ -1,11 +1,14 @@
 """STOW-RS (PS3.18 10.5): store instances through the ingest pipeline.
 
-The body is streamed to files in a temporary folder, then ingested exactly
+The body is streamed to files in the archive's upload spool
+(`IngestService.upload`), then ingested exactly
 as `transcode ingest` would (same outcomes, same ledger) by worker processes
 kept running between requests, under the archive's ingest lock: while
 another ingest holds it the answer is 503 with Retry-After. A read-only
 archive, or one whose index is not the archive's (identity.py), stores
-nothing: 503 with the reason. The store
+nothing: 503 with the reason. A full disk, while the body is spooled or
+while it is ingested, is 507: nothing of the request is acknowledged, and
+the index stays consistent (the ingest commits whole instances). The store
 response lists each instance as referenced
 (transcoded, kept as is, or already there) or failed with a PS3.18 failure
 reason; a conflicting copy is kept aside and reported as failed (0111),
@@ -16,7 +19,7 @@ then stored and referenced, and the previous copy kept aside.
 from __future__ import annotations
 
 import json
-import tempfile
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -32,16 +35,19 @@ from transcode.server.catalog import uid
 from transcode.server.errors import Problem
 from transcode.server.multipart import save_parts
 from transcode.server.service import Service
-from transcode.service import STORED, IngestService, ServiceBusy, identify, storage_status
+from transcode.service import STORED, IngestService, ServiceBusy, identify, out_of_space, storage_status
+
+log = logging.getLogger(__name__)
 
 #: Failure Reason for an instance of another study than the request's (PS3.18 10.5.3).
 WRONG_STUDY = 0xA900
 
 
-def routes(service: Service, ingester: IngestService) -> APIRouter:
+def routes(service: Service, ingester: IngestService, max_parts: int = 10000) -> APIRouter:
     """STOW-RS routes, storing through `ingester` (its options: how
     instances are transcoded, and what becomes of a SOP Instance UID
-    archived already with other content)."""
+    archived already with other content); at most `max_parts` instances
+    per request."""
     router = APIRouter()
 
     async def store(request: Request, study: str | None) -> Response:
@@ -49,9 +55,16 @@ def routes(service: Service, ingester: IngestService) -> APIRouter:
             raise Problem(503, "read_only", "this archive is served read-only: it stores nothing")
         if study is not None:
             study = uid(study, "Study Instance UID")
-        with tempfile.TemporaryDirectory(prefix="stow-") as folder:
-            files = await save_parts(request.stream(), request.headers.get("content-type"), Path(folder))
-            status, body = await run_in_threadpool(_store, service, ingester, request, files, study)
+        try:
+            with ingester.upload() as folder:
+                files = await save_parts(request.stream(), request.headers.get("content-type"), folder, max_parts)
+                status, body = await run_in_threadpool(_store, service, ingester, request, files, study)
+        except Exception as exc:
+            if not out_of_space(exc):
+                raise
+            log.error("STOW-RS: the archive's disk is full: %s", exc)
+            raise Problem(507, "insufficient_storage",
+                          "the archive's disk is full: nothing of this request was stored") from None
         return Response(json.dumps(body), status_code=status, media_type="application/dicom+json")
 
     @router.post("/studies")
@@ -87,7 +100,10 @@ def _store(service: Service, ingester: IngestService, request: Request, files: l
         except ArchiveBusy:
             raise Problem(503, "busy", "an ingest is running into this archive", {"Retry-After": "60"}) from None
         except ArchiveMismatch as exc:  # the index was emptied or replaced while serving: store nothing
-            raise Problem(503, "index_mismatch", str(exc)) from None
+            log.error("STOW-RS refused: %s", exc)
+            raise Problem(503, "index_mismatch", "the archive's index does not describe its objects: "
+                          "nothing is stored until it is rebuilt (transcode verify --archive DIR "
+                          "--rebuild-index; the server log says what was found)") from None
         for entry in entries:
             sop_class, sop, study_uid = sent[entry.source_path]
             sop = sop or entry.sop_uid  # one pydicom cannot parse: as the ingest read it

@@ -28,7 +28,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from transcode.archive.index import InstanceRow
-from transcode.server import convert, multipart, regions
+from transcode.server import convert, multipart, params, regions
 from transcode.server.errors import Problem
 from transcode.server.frames import StoredInstance, little_endian
 from transcode.server.negotiate import (
@@ -46,21 +46,23 @@ PIXEL_DATA = "7FE00010"
 T = TypeVar("T")
 
 
-def parse_frames(value: str) -> list[int]:
-    """`1,2,5` -> [1, 2, 5]; 400 for anything else."""
+def parse_frames(value: str, max_frames: int) -> list[int]:
+    """`1,2,5` -> [1, 2, 5]; 400 for anything else, for a frame named twice
+    (a response is never larger than the frames it holds) and for more
+    than `max_frames` frames."""
     items = value.split(",")
-    numbers = [int(item) for item in items] if all(item.isdigit() and item.isascii() for item in items) else []
-    if not numbers or min(numbers) < 1:
-        raise Problem(400, "bad_frame_list", f"frames are 1-based numbers separated by commas, not {value!r}")
+    if len(items) > max_frames:
+        raise Problem(400, "too_many_frames", f"at most {max_frames} frames per request")
+    numbers = [params.whole(item, "a frame", "bad_frame_list", low=1) for item in items]
+    if len(set(numbers)) < len(numbers):
+        raise Problem(400, "repeated_frames", "each frame is asked for once")
     return numbers
 
 
 def parse_level(value: str | None) -> int | None:
     if value is None:
         return None
-    if not value.isdigit():
-        raise Problem(400, "no_such_level", f"level is a resolution level number, not {value!r}")
-    return int(value)
+    return params.whole(value, "level", "no_such_level", high=32)
 
 
 def send_frames(service: Service, request: Request, stored: StoredInstance, numbers: list[int],
@@ -133,7 +135,7 @@ def frames_route(service: Service, prefix: str) -> Route:
     async def endpoint(request: Request) -> Response:
         p = request.path_params
         stored = service.catalog.instance(p["study"], p["series"], p["sop"])
-        numbers, level = parse_frames(p["frames"]), parse_level(request.query_params.get("level"))
+        numbers, level = parse_frames(p["frames"], service.max_frames), parse_level(request.query_params.get("level"))
         if len(numbers) == 1 and stored.transcoded and not _wants_decoded(request, stored):
             return send_frames(service, request, stored, numbers, level)
         return await run_in_threadpool(send_frames, service, request, stored, numbers, level)

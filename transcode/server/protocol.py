@@ -1,0 +1,134 @@
+"""uvicorn's httptools protocol with the limits it lacks.
+
+With httptools, uvicorn keeps every byte of a request head until the head
+is complete and waits for it for ever: a client sending an endless header
+grows the server's memory, and one sending a byte now and then holds a
+connection (slowloris). `h11_max_incomplete_event_size` applies to h11 only.
+This protocol answers 431 once the head passes `Limits.max_head_bytes` or
+`max_headers` lines, closes a connection whose head is not complete within
+`head_timeout` seconds, and one that sends nothing for `body_idle_timeout`
+seconds while its body is read (the app sees the client gone). Responses
+are not timed: a slow reader is held back by flow control, not buffered.
+
+The limits come from `TRANSCODE_SERVE_OPTIONS` (uvicorn builds the protocol
+from a class with no arguments of ours), or are set on a subclass
+(`bounded(limits)`), as tests do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+from transcode.limits import Limits
+from transcode.server.app import SERVE_OPTIONS
+
+log = logging.getLogger(__name__)
+
+
+class _HeadTooLarge(Exception):
+    """Raised in a parser callback: httptools stops, uvicorn calls `send_400_response`."""
+
+
+class BoundedHttpTools(HttpToolsProtocol):
+    """HttpToolsProtocol with a bounded request head and read timeouts."""
+
+    limits: Limits | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if type(self).limits is None:
+            options = json.loads(os.environ.get(SERVE_OPTIONS, "{}")).get("limits", {})
+            type(self).limits = Limits.from_json(options)
+        self.bounds: Limits = type(self).limits  # type: ignore[assignment]
+        self._head_bytes = 0
+        self._in_head = True
+        self._reading = True
+        self._refused = False
+        self._too_large = False  # set by a parser callback before it raises _HeadTooLarge
+        self._timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm(self.bounds.head_timeout, "request head")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self.parser is None or self._refused:
+            return
+        if self._in_head:
+            self._head_bytes += len(data)
+        elif self._reading:
+            self._arm(self.bounds.body_idle_timeout, "request body")
+        super().data_received(data)
+        if self._in_head and self._head_bytes > self.bounds.max_head_bytes and not self._refused:
+            self.send_400_response("")
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._in_head, self._reading, self._head_bytes = True, True, 0
+        if self._timer is None:  # a pipelined request: its head gets the whole time again
+            self._arm(self.bounds.head_timeout, "request head")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if len(self.headers) >= self.bounds.max_headers:
+            self._too_large = True
+            raise _HeadTooLarge
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        size = len(self.url) + sum(len(n) + len(v) + 4 for n, v in self.headers)
+        if size > self.bounds.max_head_bytes:
+            self._too_large = True
+            raise _HeadTooLarge
+        self._in_head, self._head_bytes = False, 0
+        self._arm(self.bounds.body_idle_timeout, "request body")
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._reading = False
+        self._disarm()
+        super().on_message_complete()
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to a request it cannot parse: 431 where the head
+        was too large (raised from a parser callback, or found here)."""
+        if not (self._in_head and (self._head_bytes > self.bounds.max_head_bytes or self._too_large)):
+            super().send_400_response(msg)
+            return
+        self._refused = True
+        body = json.dumps({"error": "headers_too_large", "detail": f"the request head is over "
+                           f"{self.bounds.max_head_bytes} bytes or {self.bounds.max_headers} lines"}).encode()
+        self.transport.write(b"".join([STATUS_LINE[431], b"content-type: application/json\r\n",
+                                       b"content-length: ", str(len(body)).encode(), b"\r\n",
+                                       b"connection: close\r\n\r\n", body]))
+        self.transport.close()
+
+    def _arm(self, seconds: float, what: str) -> None:
+        self._disarm()
+        self._timer = self.loop.call_later(seconds, self._expire, what)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _expire(self, what: str) -> None:
+        self._timer = None
+        if self.transport is not None and not self.transport.is_closing():
+            log.info("%s: no complete %s in time; connection closed", self.client, what)
+            self.transport.close()
+
+
+def bounded(limits: Limits) -> type[BoundedHttpTools]:
+    """The protocol class with these `limits` (for a uvicorn Config's `http`)."""
+    return type("BoundedHttpTools", (BoundedHttpTools,), {"limits": limits})
+
