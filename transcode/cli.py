@@ -26,6 +26,7 @@ from typing import Any, TextIO
 from transcode import logs
 from transcode.archive import ArchiveBusy, ArchiveMismatch, FolderArchive
 from transcode.archive.check import verify_archive
+from transcode.archive.objects import ArchiveURLError, open_archive
 from transcode.archive.rebuild import rebuild_index
 from transcode.codecs import codestream
 from transcode.codecs.htj2k import EncodeSettings
@@ -184,7 +185,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         print(f"transcode: cannot write the report: {exc}", file=sys.stderr)
         return EXIT_USAGE
     try:
-        with FolderArchive(args.archive, exclusive=True) as archive:
+        with open_archive(args.archive, catalog=args.catalog, exclusive=True) as archive:
             report = ingest(
                 args.paths, archive, workers=args.workers, threads=args.threads, crosscheck=args.crosscheck,
                 progress=progress, on_entry=report_file.add if report_file else None, keep_entries=False,
@@ -193,7 +194,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             )
         if report_file:
             report_file.finish(report)
-    except (ArchiveBusy, ArchiveMismatch) as exc:
+    except (ArchiveBusy, ArchiveMismatch, ArchiveURLError) as exc:
         print(f"transcode: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except OSError as exc:  # the archive or the report failed (disk full, read-only): stop, rerun later
@@ -468,7 +469,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     ingest_ = sub.add_parser("ingest", help="transcode files, folders and DICOMDIRs into an archive (resumable)")
     ingest_.add_argument("paths", nargs="+", help="files, folders (recursive) or DICOMDIR files; read only")
-    ingest_.add_argument("--archive", required=True, help="archive folder (created if missing)")
+    ingest_.add_argument("--archive", required=True,
+                         help="archive folder (created if missing), or s3://BUCKET/PREFIX (README, Object storage)")
+    ingest_.add_argument("--catalog", help="for an s3:// archive: the local folder of its index and staging")
     ingest_.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
     ingest_.add_argument("--threads", type=int, default=None,
                          help="threads per worker over frames (default: cores / workers)")

@@ -1,0 +1,201 @@
+"""An `Archive` over any `Store`, and `open_archive` for archive URLs.
+
+`StoreArchive` keeps the objects in a store (S3, memory, a folder) under
+the same keys `FolderArchive` uses as paths (`objects/STUDY/SERIES/SOP.dcm`,
+`conflicts/...`), and everything that is not an object in a local *catalog*
+folder given by the caller: the SQLite index, the workers' staging folder
+and the writer lock. `root` is None: nothing may open an object by path.
+
+The identity rules of `identity.py` hold with the marker stored as the
+object `archive.json` beside the objects: an index that does not describe
+the store (another archive's, an older copy, a fresh catalog over a store
+with objects) is refused with ArchiveMismatch. `transcode verify
+--rebuild-index` does not yet read a store (README, "Object storage").
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from transcode.archive import identity
+from transcode.archive.identity import ArchiveMismatch, Identity, decode_marker, encode_marker
+from transcode.archive.index import Index
+from transcode.archive.store import Archive, ArchiveReadOnly, FolderArchive, take_lock
+from transcode.stores.base import ByteRange, ObjectMissing, ObjectTruncated, Store
+
+log = logging.getLogger(__name__)
+
+MARKER = "archive.json"
+#: The key prefixes of stored instances and of conflicting copies (layout.py).
+STORED = ("objects/", "conflicts/")
+
+
+class ArchiveURLError(ValueError):
+    """An archive URL that names no archive this build can open."""
+
+
+class StoreArchive(Archive):
+    """Objects in `store`, index and staging in the local folder `catalog`.
+
+    `exclusive`, `read_only` and `check` mean what they mean for
+    `FolderArchive`. `name` is how messages name the store (its URL)."""
+
+    def __init__(self, store: Store, catalog: str | os.PathLike[str], *, name: str, exclusive: bool = False,
+                 read_only: bool = False, check: bool = True) -> None:
+        if exclusive and (read_only or not check):
+            raise ValueError("a write session is neither read-only nor unchecked")
+        self.store = store
+        self.name = name
+        self.catalog = Path(catalog)
+        self.read_only = read_only or not store.supports_writes
+        self._staging = self.catalog / "staging"
+        self._lock_fd: int | None = None
+        self._writing = False
+        if not self.read_only:
+            self._staging.mkdir(parents=True, exist_ok=True)
+        index_path = self.catalog / "index.sqlite"
+        if self.read_only and not index_path.is_file():
+            raise FileNotFoundError(f"{index_path} does not exist")
+        if exclusive:
+            self._lock_fd = take_lock(self.catalog / ".lock")
+            for leftover in self._staging.iterdir():  # what killed runs staged
+                shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
+        try:
+            self.index = Index(index_path, read_only=self.read_only)
+            self.identity, self.mismatch = self._check()
+            if self.mismatch and check:
+                raise ArchiveMismatch(self.mismatch)
+        except BaseException:
+            self._release()
+            raise
+
+    def _check(self) -> tuple[Identity | None, str | None]:
+        """As `FolderArchive._check`, with the marker in the store: (identity,
+        None) for an index that describes the store, (None, why) otherwise."""
+        indexed = self.index.identity()
+        try:
+            marker: Identity | None = decode_marker(self.store.get(MARKER), f"{self.name}/{MARKER}")
+        except ObjectMissing:
+            marker = None
+        except ArchiveMismatch as exc:
+            return None, f"{exc}: {identity.REBUILD.format(root=self.name)}"
+        if marker is None:
+            stored = tuple(sum(1 for _ in self.store.list(prefix)) for prefix in STORED)
+            why = identity.counts_match(stored, self.index.listed(), self.name)  # type: ignore[arg-type]
+            if why is not None or self.read_only:
+                return indexed, why
+            self.index.create()
+            marker = indexed or Identity.new()
+            if indexed is None:
+                self.index.set_identity(marker)
+            self.store.put(MARKER, encode_marker(marker))
+            log.info("%s: archive identity %s recorded in %s", self.name, marker.archive, MARKER)
+            return marker, None
+        why = identity.check(marker, indexed, self.name)
+        if why is None and not self.read_only:
+            self.index.create()
+            if indexed != marker:  # a crash between the index and the marker
+                self.store.put(MARKER, encode_marker(indexed))  # type: ignore[arg-type]
+        return (None if why else indexed), why
+
+    def _next_generation(self) -> None:
+        """Start or end a write session: the index first, then the marker."""
+        assert self.identity is not None
+        self.identity = self.identity.next()
+        self.index.set_identity(self.identity)
+        self.store.put(MARKER, encode_marker(self.identity))
+
+    def place(self, staged: Path, relative: str) -> None:
+        """`store.put` (atomic and durable when it returns), then the staged
+        file is removed."""
+        if self.read_only:
+            raise ArchiveReadOnly(f"{self.name} is open read-only")
+        if not self._writing:
+            self._next_generation()
+            self._writing = True
+        self.store.put(relative, staged)
+        staged.unlink()
+
+    def flush(self) -> None:
+        """Nothing to do: every `place` was durable when it returned."""
+
+    def read(self, relative: str, start: int = 0, end: int | None = None) -> bytes:
+        """Bytes [start, end) of an object, fewer where it ends first (as a
+        file read); FileNotFoundError (ObjectMissing) when it is missing."""
+        if start == 0 and end is None:
+            return self.store.get(relative)
+        if end is not None:  # the common case, one request: a range inside the object
+            try:
+                return self.store.get_range(relative, ByteRange(start, max(start, end)))
+            except ObjectTruncated:
+                pass
+        size = self.store.size(relative)
+        end = size if end is None else min(end, size)
+        return self.store.get_range(relative, ByteRange(start, end)) if start < end else b""
+
+    def read_into(self, relative: str, start: int, view: memoryview) -> None:
+        """EOFError (ObjectTruncated) when the object ends before `view` is full."""
+        view[:] = self.store.get_range(relative, ByteRange(start, start + len(view)))
+
+    def read_ranges(self, relative: str, ranges: Sequence[ByteRange]) -> list[bytearray]:
+        """Several ranges in one `get_ranges` call (one request per range, or
+        fewer, where the store coalesces them)."""
+        return [bytearray(data) for data in self.store.get_ranges(relative, ranges)]
+
+    def exists(self, relative: str) -> bool:
+        return self.store.exists(relative)
+
+    def size(self, relative: str) -> int:
+        return self.store.size(relative)
+
+    def staging(self) -> Path:
+        return self._staging
+
+    def _release(self) -> None:
+        if getattr(self, "index", None) is not None:
+            self.index.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def close(self) -> None:
+        try:
+            if self._writing:
+                self._writing = False
+                self._next_generation()
+        finally:
+            self._release()
+            self.store.close()
+
+
+def open_archive(url: str | os.PathLike[str], *, catalog: str | os.PathLike[str] | None = None,
+                 exclusive: bool = False, read_only: bool = False, check: bool = True) -> Archive:
+    """The archive at `url`: a folder path (objects and SQLite inside it, as
+    always) or `s3://BUCKET/PREFIX` (objects in S3, reached through the AWS
+    environment variables; index and staging in the local folder
+    `catalog`, required). ArchiveURLError for a URL of another scheme, an
+    S3 URL without a catalog or a folder with one."""
+    text = os.fspath(url)
+    scheme = urlsplit(text).scheme
+    if scheme in ("", "file"):
+        if catalog is not None:
+            raise ArchiveURLError("--catalog is for an object-store archive; a folder archive keeps its index inside")
+        folder = urlsplit(text).path if scheme == "file" else text
+        return FolderArchive(folder, exclusive=exclusive, read_only=read_only, check=check)
+    if scheme != "s3":
+        raise ArchiveURLError(f"{text}: an archive is a folder or an s3://bucket/prefix URL")
+    if catalog is None:
+        raise ArchiveURLError(f"{text}: an S3 archive needs --catalog FOLDER for its index and staging")
+    from transcode.stores.s3 import S3Store
+
+    try:
+        store = S3Store.from_url(text, read_only=read_only)
+    except ValueError as exc:
+        raise ArchiveURLError(str(exc)) from None
+    return StoreArchive(store, catalog, name=text, exclusive=exclusive,
+                        read_only=read_only, check=check)
