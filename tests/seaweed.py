@@ -7,7 +7,6 @@ a client configured for a real S3 would)."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import subprocess
@@ -20,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests.peers import stop
 
 #: How long `weed server` may take to answer S3 on a loaded machine.
 START_TIMEOUT = 90.0
@@ -110,12 +111,7 @@ def start(folder: Path) -> Iterator[Seaweed]:
         _create(server, server.bucket, deadline)
         yield server
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, 9)
-            process.wait()
+        stop(process)
 
 
 def _create(server: Seaweed, bucket: str, deadline: float) -> None:

@@ -17,29 +17,32 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from transcode.archive import identity
 from transcode.archive.identity import ArchiveMismatch, Identity, decode_marker, encode_marker
-from transcode.archive.index import Index
-from transcode.archive.store import Archive, ArchiveReadOnly, FolderArchive, take_lock
+from transcode.archive.store import (
+    Archive,
+    ArchiveReadOnly,
+    FolderArchive,
+    SessionArchive,
+    clear_staging,
+    take_lock,
+)
 from transcode.stores.base import ByteRange, ObjectMissing, ObjectTruncated, Store
 
 log = logging.getLogger(__name__)
 
 MARKER = "archive.json"
-#: The key prefixes of stored instances and of conflicting copies (layout.py).
-STORED = ("objects/", "conflicts/")
 
 
 class ArchiveURLError(ValueError):
     """An archive URL that names no archive this build can open."""
 
 
-class StoreArchive(Archive):
+class StoreArchive(SessionArchive):
     """Objects in `store`, index and staging in the local folder `catalog`.
 
     `exclusive`, `read_only` and `check` mean what they mean for
@@ -54,29 +57,16 @@ class StoreArchive(Archive):
         self.catalog = Path(catalog)
         self.read_only = read_only or not store.supports_writes
         self._staging = self.catalog / "staging"
-        self._lock_fd: int | None = None
-        self._writing = False
         if not self.read_only:
             self._staging.mkdir(parents=True, exist_ok=True)
-        index_path = self.catalog / "index.sqlite"
-        if self.read_only and not index_path.is_file():
-            raise FileNotFoundError(f"{index_path} does not exist")
         if exclusive:
             self._lock_fd = take_lock(self.catalog / ".lock")
-            for leftover in self._staging.iterdir():  # what killed runs staged
-                shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
-        try:
-            self.index = Index(index_path, read_only=self.read_only)
-            self.identity, self.mismatch = self._check()
-            if self.mismatch and check:
-                raise ArchiveMismatch(self.mismatch)
-        except BaseException:
-            self._release()
-            raise
+        self._open_index(self.catalog / "index.sqlite", check=check)
+        if exclusive:
+            clear_staging(self._staging)
 
     def _check(self) -> tuple[Identity | None, str | None]:
-        """As `FolderArchive._check`, with the marker in the store: (identity,
-        None) for an index that describes the store, (None, why) otherwise."""
+        """As `FolderArchive._check`, with the marker in the store."""
         indexed = self.index.identity()
         try:
             marker: Identity | None = decode_marker(self.store.get(MARKER), f"{self.name}/{MARKER}")
@@ -85,8 +75,8 @@ class StoreArchive(Archive):
         except ArchiveMismatch as exc:
             return None, f"{exc}: {identity.REBUILD.format(root=self.name)}"
         if marker is None:
-            stored = tuple(sum(1 for _ in self.store.list(prefix)) for prefix in STORED)
-            why = identity.counts_match(stored, self.index.listed(), self.name)  # type: ignore[arg-type]
+            stored = (sum(1 for _ in self.store.list("objects/")), sum(1 for _ in self.store.list("conflicts/")))
+            why = identity.counts_match(stored, self.index.listed(), self.name)
             if why is not None or self.read_only:
                 return indexed, why
             self.index.create()
@@ -99,25 +89,19 @@ class StoreArchive(Archive):
         why = identity.check(marker, indexed, self.name)
         if why is None and not self.read_only:
             self.index.create()
-            if indexed != marker:  # a crash between the index and the marker
-                self.store.put(MARKER, encode_marker(indexed))  # type: ignore[arg-type]
+            if indexed is not None and indexed != marker:  # a crash between the index and the marker
+                self.store.put(MARKER, encode_marker(indexed))
         return (None if why else indexed), why
 
-    def _next_generation(self) -> None:
-        """Start or end a write session: the index first, then the marker."""
-        assert self.identity is not None
-        self.identity = self.identity.next()
-        self.index.set_identity(self.identity)
-        self.store.put(MARKER, encode_marker(self.identity))
+    def _write_marker(self, identity: Identity) -> None:
+        self.store.put(MARKER, encode_marker(identity))
 
     def place(self, staged: Path, relative: str) -> None:
         """`store.put` (atomic and durable when it returns), then the staged
         file is removed."""
         if self.read_only:
             raise ArchiveReadOnly(f"{self.name} is open read-only")
-        if not self._writing:
-            self._next_generation()
-            self._writing = True
+        self._start_writing()
         self.store.put(relative, staged)
         staged.unlink()
 
@@ -156,20 +140,10 @@ class StoreArchive(Archive):
     def staging(self) -> Path:
         return self._staging
 
-    def _release(self) -> None:
-        if getattr(self, "index", None) is not None:
-            self.index.close()
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
-
     def close(self) -> None:
         try:
-            if self._writing:
-                self._writing = False
-                self._next_generation()
+            super().close()
         finally:
-            self._release()
             self.store.close()
 
 
