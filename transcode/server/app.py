@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from transcode import __version__, logs
-from transcode.archive import FolderArchive
+from transcode.archive.objects import open_archive
 from transcode.archive.store import Archive
 from transcode.codecs.htj2k import EncodeSettings
 from transcode.policy import Stop
@@ -81,7 +81,7 @@ def app_from_environment() -> FastAPI:
     options = json.loads(os.environ[SERVE_OPTIONS])
     settings = EncodeSettings(max_frame_bytes=options["max_frame_bytes"]) if options.get("max_frame_bytes") else None
     limits = RenderLimits(options["max_render_pixels"]) if options.get("max_render_pixels") else None
-    return create_app(FolderArchive(options["archive"], read_only=options["read_only"]),
+    return create_app(open_archive(options["archive"], catalog=options.get("catalog"), read_only=options["read_only"]),
                       cors_origins=options["cors_origins"], stow_workers=options["stow_workers"],
                       on_conflict=options.get("on_conflict", "keep"), settings=settings, render_limits=limits)
 
