@@ -15,7 +15,6 @@ import sqlite3
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -25,20 +24,9 @@ from transcode.archive.identity import ArchiveMismatch, Identity, read_marker, w
 from transcode.archive.index import Index
 from transcode.archive.layout import Layout
 from transcode.dicom.write import fsync_path
+from transcode.stores.base import ByteRange
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class ByteRange:
-    """Bytes [`start`, `end`) of an object (zarr's `RangeByteRequest`)."""
-
-    start: int
-    end: int
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.start <= self.end:
-            raise ValueError(f"byte range [{self.start}, {self.end}) is empty or negative")
 
 
 class ArchiveBusy(RuntimeError):
