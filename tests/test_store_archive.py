@@ -137,7 +137,7 @@ def test_an_index_that_is_not_the_stores_is_refused(tmp_path: Path) -> None:
         assert archive.index.counts()["instances"] == 1
 
 
-def test_archive_urls(tmp_path: Path) -> None:
+def test_archive_urls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with open_archive(tmp_path / "plain") as archive:
         assert isinstance(archive, FolderArchive)
     for url, catalog in [("s3://bucket/prefix", None), (str(tmp_path / "plain"), tmp_path / "c"),
@@ -145,6 +145,10 @@ def test_archive_urls(tmp_path: Path) -> None:
         with pytest.raises(ArchiveURLError):
             open_archive(url, catalog=catalog)
     assert main(["ingest", str(tmp_path), "--archive", "s3://bucket/p"]) == EXIT_USAGE
+    # Commands that take a folder only refuse a URL rather than make a folder "s3:" of it.
+    monkeypatch.chdir(tmp_path)
+    assert main(["migrate", "--from", "PACS@127.0.0.1:9", "--archive", "s3://bucket/p"]) == EXIT_USAGE
+    assert not Path("s3:").exists()
 
 
 def test_cli_ingest_into_s3(tmp_path: Path, s3_server: seaweed.Seaweed, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -594,6 +594,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:
         return EXIT_USAGE if exc.code else EXIT_OK
     _configure_logging(args)
+    if "://" in str(getattr(args, "archive", None) or "") and args.func not in (cmd_ingest, cmd_serve):
+        print(f"transcode: {args.command} takes an archive folder; s3:// archives work with ingest and serve "
+              "(README, Object storage)", file=sys.stderr)
+        return EXIT_USAGE
     try:
         code = int(args.func(args))
         sys.stdout.flush()  # here, where a closed pipe can still be caught

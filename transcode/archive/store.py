@@ -1,8 +1,10 @@
 """The `Archive` interface and its embedded backend: a folder plus SQLite.
 
 The pipeline and the server see only `Archive`: place an object, read it
-(whole, a byte range, or several ranges in one call), and query the index. An object-store backend
-implements the same four byte operations; the index stays SQLite.
+(whole, a byte range, or several ranges in one call), and query the index.
+`SessionArchive` holds what every backend shares (the identity check and
+write sessions); the object-store backend, over any `transcode.stores`
+Store, is `transcode.archive.objects.StoreArchive`; the index stays SQLite.
 """
 
 from __future__ import annotations
@@ -296,7 +298,6 @@ class FolderArchive(SessionArchive):
 
     def staging(self) -> Path:
         return self.layout.staging
-
 
 
 def clear_staging(folder: Path) -> None:
