@@ -76,8 +76,9 @@ def start(cmd: list[str], port: int, env: dict[str, str] | None = None) -> subpr
 
 def load(port: int, paths: list[str], clients: int, seconds: float, accept: str = ACCEPT) -> dict[str, float]:
     """`clients` threads, each on one keep-alive connection, cycling through
-    `paths` for `seconds`; frames per second and latency percentiles."""
-    return summary(*_requests(port, paths, clients, seconds, accept))
+    `paths` for `seconds` (asking for `accept`); frames per second and
+    latency percentiles."""
+    return summary(*timed_requests(port, paths, clients, seconds, accept))
 
 
 def paired(servers: tuple[tuple[int, int], tuple[int, int]], paths: list[str], clients: int,
@@ -91,7 +92,7 @@ def paired(servers: tuple[tuple[int, int], tuple[int, int]], paths: list[str], c
     for which in (0, 1, 1, 0) * 4:
         port, pid = servers[which]
         before = cpu_seconds(pid)
-        runs[which].append(_requests(port, paths, clients, seconds / 16))
+        runs[which].append(timed_requests(port, paths, clients, seconds / 16))
         cpu[which] += cpu_seconds(pid) - before
     results = []
     for run, used in zip(runs, cpu, strict=True):
@@ -113,7 +114,7 @@ def summary(latencies: list[float], elapsed: float) -> dict[str, float]:
             "p99_ms": latencies[int(0.99 * (len(latencies) - 1))] * 1e3, "requests": len(latencies)}
 
 
-def _requests(port: int, paths: list[str], clients: int, seconds: float,
+def timed_requests(port: int, paths: list[str], clients: int, seconds: float,
               accept: str = ACCEPT) -> tuple[list[float], float]:
     """Each request's latency, and the seconds they took in all."""
     latencies: list[float] = []
@@ -237,19 +238,27 @@ def check_cost(archive: Path, repeats: int = 10) -> dict[str, float]:
         return asyncio.run(measure())
 
 
+def ct_archive(root: Path, files: int) -> tuple[str, str]:
+    """`files` CT instances (512x512, 12 bits signed) written under
+    `root`/src and ingested by `transcode ingest` into `root`/archive; their
+    study and series UIDs."""
+    study, series = "1.2.826.0.1.3680043.8.498.1", "1.2.826.0.1.3680043.8.498.2"
+    (root / "src").mkdir()
+    for n in range(files):
+        frame = phantom(512, 512, bits=12, signed=True, seed=n)
+        write_instance(frame, 12, root / "src" / f"{n:04d}.dcm", study=study, series=series, number=n + 1)
+    subprocess.run([sys.executable, "-m", "transcode.cli", "ingest", str(root / "src"), "--archive",
+                    str(root / "archive")], check=True, stdout=subprocess.DEVNULL)
+    return study, series
+
+
 def run(files: int, seconds: float, clients: list[int]) -> dict[str, Any]:
     """Generate and ingest `files` CT instances, then load the server and
     the bare endpoint side by side."""
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        study, series = "1.2.826.0.1.3680043.8.498.1", "1.2.826.0.1.3680043.8.498.2"
-        (root / "src").mkdir()
-        for n in range(files):
-            frame = phantom(512, 512, bits=12, signed=True, seed=n)
-            write_instance(frame, 12, root / "src" / f"{n:04d}.dcm", study=study, series=series, number=n + 1)
-        subprocess.run([sys.executable, "-m", "transcode.cli", "ingest", str(root / "src"), "--archive",
-                        str(root / "archive")], check=True, stdout=subprocess.DEVNULL)
+        study, series = ct_archive(root, files)
         ours, unchecked = free_port(), free_port()
 
         def serve(port: int, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:

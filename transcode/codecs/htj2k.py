@@ -83,11 +83,20 @@ def encode(frame: np.ndarray, *, colour_transform: bool, settings: EncodeSetting
     return codestream.make_resolution_major(data, index)
 
 
-def decode(data: bytes, *, level: int | None = None, decompositions: int = 0) -> np.ndarray:
+def decode(data: bytes | memoryview, *, level: int | None = None, decompositions: int = 0,
+           out: np.ndarray | None = None) -> np.ndarray:
     """Decode with OpenJPH to (rows, columns[, samples]), optionally only up
-    to resolution `level`."""
+    to resolution `level`; into `out` when given (its shape and data type
+    those of the decoded frame, `decoded_dtype`)."""
     skip = 0 if level is None else decompositions - level
-    return imagecodecs.htj2k_decode(data, planar=False, skipres=skip)
+    return imagecodecs.htj2k_decode(data, planar=False, skipres=skip, out=out)
+
+
+def decoded_dtype(index: CodestreamIndex) -> np.dtype:
+    """The data type OpenJPH decodes a codestream to: the smallest
+    container of 8, 16 or 32 bits for its depth, signed as it says."""
+    size = 1 if index.bit_depth <= 8 else 2 if index.bit_depth <= 16 else 4
+    return np.dtype(f"{'i' if index.signed else 'u'}{size}")
 
 
 def decode_reduced(data: bytes | bytearray, *, level: int, decompositions: int, bits: int) -> np.ndarray:

@@ -2,7 +2,9 @@
 
 Routes live under `prefix` (default `/dicomweb`): QIDO-RS search, WADO-RS
 retrieval (instances, metadata, frames, frame regions, bulk data, rendered,
-thumbnails) and STOW-RS; the IIIF Image API under `/iiif`. Errors are JSON, `{"error": reason, "detail": sentence}`.
+thumbnails) and STOW-RS; the IIIF Image API under `/iiif` and the read-only
+zarr view of series and instances under `/zarr` (`zarrview`). Errors are
+JSON, `{"error": reason, "detail": sentence}`.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from transcode.archive.objects import open_archive
 from transcode.archive.store import Archive
 from transcode.codecs.htj2k import EncodeSettings
 from transcode.policy import Stop
-from transcode.server import iiif, qido, rendered, stow, wado
+from transcode.server import iiif, qido, rendered, stow, wado, zarrview
 from transcode.server.catalog import uid
 from transcode.server.errors import Problem
 from transcode.server.negotiate import NotAcceptable, accepts_json
@@ -64,8 +66,11 @@ def create_app(archive: Archive, *, prefix: str = "/dicomweb", cors_origins: Seq
     app.router.routes.insert(0, wado.frames_route(service, prefix))  # first: the hot path
     app.include_router(wado.routes(service), prefix=prefix)
     app.include_router(_qido_routes(service), prefix=prefix)
-    app.include_router(rendered.routes(service, render_limits), prefix=prefix)
+    rendered_routes = rendered.routes(service, render_limits)
+    app.include_router(rendered_routes, prefix=prefix)
+    app.router.routes[1:1] = rendered.plain_routes(rendered_routes, prefix)  # after the frames route
     app.include_router(iiif.routes(service, render_limits))  # at the root: /iiif/...
+    app.router.routes.extend(zarrview.routes(service))  # at the root: /zarr/...
     if ingester is not None:
         app.include_router(stow.routes(service, ingester), prefix=prefix)
     if cors_origins:

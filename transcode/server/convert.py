@@ -57,14 +57,15 @@ def possible(row: InstanceRow) -> bool:
         return False
 
 
-def native_frame(service: Service, stored: StoredInstance, number: int) -> bytes:
-    """Frame `number` as native little-endian pixel bytes: RGB for the
-    frames of a kept instance stored as YBR_FULL_422."""
+def native_frame(service: Service, stored: StoredInstance, number: int, *, head: bytes = b"",
+                 tail: bytes = b"") -> bytes | memoryview:
+    """Frame `number` as native little-endian pixel bytes, between `head`
+    and `tail`: RGB for the frames of a kept instance stored as YBR_FULL_422."""
     if stored.transcoded or service.header(stored.row.path).get("PhotometricInterpretation") != "YBR_FULL_422":
-        return service.reader.native(stored, number)
+        return service.reader.native(stored, number, head=head, tail=tail)
     # the decoder's full-size YCbCr (YBR_FULL) to RGB, as pydicom decompresses the whole instance
     frame = convert_color_space(service.reader.pixels(stored, number), "YBR_FULL", "RGB")
-    return np.ascontiguousarray(frame).tobytes()  # 8-bit samples: no byte order
+    return head + np.ascontiguousarray(frame).tobytes() + tail  # 8-bit samples: no byte order
 
 
 def explicit_le(reader: FrameReader, stored: StoredInstance) -> Iterable[bytes]:

@@ -14,6 +14,10 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import math
+import os
+import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,6 +87,10 @@ class FrameReader:
     def __init__(self, archive: Archive) -> None:
         self.archive = archive
         self.objects = StoredObjects(archive)
+        # CPU-bound work (decoding, rendering) runs on at most one thread per
+        # core at a time: more threads than cores only contend for them and
+        # for the GIL, and rates fell with more clients (benchmarks/decoded_rendered.py).
+        self.compute = threading.BoundedSemaphore(os.cpu_count() or 1)
 
     def check(self, instance: StoredInstance, numbers: list[int]) -> None:
         bad = [n for n in numbers if not 1 <= n <= instance.count]
@@ -144,17 +152,33 @@ class FrameReader:
                level: int | None) -> np.ndarray:
         """A codestream of one of `instance`'s frames (or a cut-out of one)
         decoded up to `level`, clamped into Bits Stored below full size."""
-        if level is None or level == decompositions:
-            return htj2k.decode(data, level=level, decompositions=decompositions)
-        return htj2k.decode_reduced(bytes(data), level=level, decompositions=decompositions,
-                                    bits=instance.bits_stored)
+        with self.compute:
+            if level is None or level == decompositions:
+                return htj2k.decode(data, level=level, decompositions=decompositions)
+            return htj2k.decode_reduced(bytes(data), level=level, decompositions=decompositions,
+                                        bits=instance.bits_stored)
 
-    def native(self, instance: StoredInstance, number: int) -> bytes:
-        """Frame `number` as Explicit VR Little Endian pixel bytes."""
+    def native(self, instance: StoredInstance, number: int, *, head: bytes = b"",
+               tail: bytes = b"") -> bytes | memoryview:
+        """Frame `number` as Explicit VR Little Endian pixel bytes, with
+        `head` and `tail` around them in the same buffer. A transcoded frame
+        is decoded straight into that buffer (on a little-endian machine):
+        no copy of the pixels is made on the way to the response."""
         if instance.bits_allocated == 1:  # bit-packed across frame boundaries: no per-frame bytes here
             raise Problem(501, "one_bit_frames", "frames of 1-bit images are not served; retrieve the instance, "
                           "or /rendered")
-        return little_endian(self.pixels(instance, number))
+        if not instance.transcoded or sys.byteorder != "little":
+            return head + little_endian(self.pixels(instance, number)) + tail
+        index = instance.index(number)
+        shape = (index.height, index.width, index.components)[:3 if index.components > 1 else 2]
+        dtype = htj2k.decoded_dtype(index)
+        size = math.prod(shape) * dtype.itemsize
+        body = memoryview(bytearray(len(head) + size + len(tail)))
+        body[:len(head)], body[len(head) + size:] = head, tail
+        data = self.stored(instance, number)
+        with self.compute:
+            htj2k.decode(data, out=np.frombuffer(body[len(head):len(head) + size], dtype).reshape(shape))
+        return body
 
     def _local(self, instance: StoredInstance) -> Path:
         """The object's file, proved whole against its digest (once per

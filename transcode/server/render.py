@@ -32,6 +32,8 @@ from transcode.server.errors import Problem
 
 WINDOW_FUNCTIONS = ("LINEAR", "LINEAR_EXACT", "SIGMOID")
 MAX_RENDER_PIXELS = 4096 * 4096
+#: Grey-scale frames whose values span fewer than this many go through a lookup table.
+LUT_MAX = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,13 +200,31 @@ def range_window(values: np.ndarray) -> Window:
     return Window((low + high + 1) / 2, max(high - low + 1, 1.0), "LINEAR")
 
 
+def grey_image(frame: np.ndarray, ds: Dataset, window: Window | None) -> np.ndarray:
+    """A grey-scale frame as uint8 for display: `grey_levels`, rounded.
+
+    An integer frame goes through a lookup table over the values between
+    its minimum and maximum, computed by `grey_levels` itself, so that the
+    float stages run on a few thousand entries rather than on every pixel
+    (12-bit CT: 4096 entries for 262144 pixels). The result is the same:
+    the transforms are per value, and the one input that depends on the
+    frame, the fallback window over its own range, comes out the same from
+    the table's ends when the modality transform is linear (a Modality LUT
+    Sequence with no window given takes the per-pixel path)."""
+    low, high = (int(frame.min()), int(frame.max())) if frame.size else (0, 0)
+    per_pixel = window is None and "ModalityLUTSequence" in ds and _dataset_window(ds) is None \
+        and "VOILUTSequence" not in ds
+    if frame.dtype.kind not in "iu" or high - low >= LUT_MAX or per_pixel:
+        return np.rint(grey_levels(frame, ds, window)).astype(np.uint8)
+    table = np.rint(grey_levels(np.arange(low, high + 1, dtype=np.int64), ds, window)).astype(np.uint8)
+    return np.take(table, np.subtract(frame, low, dtype=np.intp))  # take: twice as fast as table[...]
+
+
 def to_rgb_or_grey(frame: np.ndarray, ds: Dataset, window: Window | None) -> np.ndarray:
     """uint8 (rows, columns) or (rows, columns, 3) for display."""
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
     if photometric in ("MONOCHROME1", "MONOCHROME2"):
-        if frame.dtype.kind in "iu" and frame.dtype.itemsize <= 2 and frame.size:
-            return _through_table(frame, ds, window)
-        return np.rint(grey_levels(frame, ds, window)).astype(np.uint8)
+        return grey_image(frame, ds, window)
     if photometric == "PALETTE COLOR":
         frame = apply_color_lut(frame, ds)
     elif photometric.startswith("YBR_FULL"):
@@ -213,19 +233,6 @@ def to_rgb_or_grey(frame: np.ndarray, ds: Dataset, window: Window | None) -> np.
         shift = max(int(frame.max()).bit_length() - 8, 0) if frame.size else 0
         frame = (frame >> shift).astype(np.uint8)
     return frame
-
-
-def _through_table(frame: np.ndarray, ds: Dataset, window: Window | None) -> np.ndarray:
-    """`grey_levels` of an integer frame through a lookup table: every step
-    (Modality LUT, VOI, MONOCHROME1) maps each stored value on its own, so
-    computing it once per value from the frame's minimum to its maximum
-    gives the same pixels as computing it per pixel, at a fraction of the
-    cost for a large frame (one gather instead of several float passes)."""
-    low, high = int(frame.min()), int(frame.max())
-    table = np.rint(grey_levels(np.arange(low, high + 1, dtype=frame.dtype), ds, window)).astype(np.uint8)
-    if low == 0 and frame.dtype.kind == "u":
-        return np.take(table, frame)
-    return np.take(table, np.subtract(frame, low, dtype=np.int32))
 
 
 def encode_image(pixels: np.ndarray, size: tuple[int, int], media_type: str, quality: int = 90) -> bytes:

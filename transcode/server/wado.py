@@ -81,7 +81,7 @@ def send_frames(service: Service, request: Request, stored: StoredInstance, numb
 
     def frame(number: int, head: bytes = b"", tail: bytes = b"") -> bytes | memoryview:
         if choice.decode:
-            return head + convert.native_frame(service, stored, number) + tail
+            return convert.native_frame(service, stored, number, head=head, tail=tail)
         return reader.stored(stored, number, level, head=head, tail=tail)
 
     base = service.instance_url(request, row)
