@@ -1,5 +1,7 @@
 """Frame serving on loopback against a bare uvicorn endpoint (issue 4's load
-test), and with integrity checks against without (issue 11: at least 0.9x);
+test), with integrity checks against without (issue 11: at least 0.9x), and
+with authentication and the audit trail on against both off (issue 14: at
+least 0.9x; also the cost of one audit line: transcode/bench/secured.py);
 the measurement lives in `transcode.bench.server`, which `transcode bench`
 also runs.
 

@@ -217,7 +217,8 @@ def test_serve_on_a_read_only_mount(served: Served, archive: Path, tmp_path: Pat
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     script = (f"mount --bind {archive} {archive} && mount -o remount,ro,bind {archive} && exec {sys.executable} "
-              f"-m transcode.cli serve --archive {archive} --port {port} --log-level warning")
+              f"-m transcode.cli serve --archive {archive} --port {port} --log-level warning "
+              f"--audit-dir {tmp_path / 'audit'}")  # the trail cannot live in a read-only archive
     proc = subprocess.Popen(["unshare", "-m", "sh", "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     url = f"http://127.0.0.1:{port}/dicomweb/studies"

@@ -1,9 +1,9 @@
-"""The `transcode` command: `convert`, `ingest`, `migrate`, `verify`, `serve`, `listen`, `bench`, `info`.
+"""The `transcode` command: `convert`, `ingest`, `migrate`, `verify`, `serve`, `listen`, `bench`, `info`, `keys`, `audit`.
 
 Exit codes. `convert`: 0 every instance transcoded, 3 some kept as is (none
 failed), 1 at least one failed. `ingest`: 0 every file transcoded, kept, a
 duplicate or replaced, 1 any failed or conflicted. `migrate`: 0 every study done and every instance
-clean, 1 otherwise (a rerun retries what is not done). `verify`: 0 whole, 1 problems.
+clean, 1 otherwise (a rerun retries what is not done). `verify`, `audit verify`: 0 whole, 1 problems.
 All: 2 for usage errors and refusals (an archive busy, an index that is not the
 archive's); 141 (128 + SIGPIPE, as for cat) when the reader of the output
 went away.
@@ -34,6 +34,7 @@ from transcode.dicom.read import open_instance
 from transcode.pipeline import ingest
 from transcode.policy import OnConflict, Outcome, Stop
 from transcode.report import Progress, ReportFile, print_summary
+from transcode.security import commands
 from transcode.transcoder import TranscodeResult, transcode_file
 from transcode.verify import SAMPLE_EVERY, CrossCheck
 
@@ -292,7 +293,8 @@ def _rebuild(root: Path) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     if args.catalog is not None:  # an object-store archive: served read-only (README, Object storage)
-        return _serve(args, args.archive, read_only=True) if _store_servable(args) else EXIT_USAGE
+        security = _store_security(args)
+        return EXIT_USAGE if security is None else _serve(args, args.archive, True, security)
     archive = Path(args.archive)
     read_only = args.read_only or any(path.exists() and not os.access(path, os.W_OK)
                                       for path in (archive, archive / "index.sqlite"))
@@ -308,22 +310,29 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ArchiveMismatch as exc:  # never serve (nor store into) an index that is not the archive's
         print(f"transcode: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    try:
+        security = commands.serve_security(args, archive, read_only)
+    except commands.Refused as exc:
+        print(f"transcode: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     if read_only:
         log.warning("%s is served read-only: STOW-RS answers 503", archive)
-    return _serve(args, str(archive.resolve()), read_only)
+    return _serve(args, str(archive.resolve()), read_only, security)
 
 
-def _store_servable(args: argparse.Namespace) -> bool:
-    """An object-store archive opens read-only with its catalog (else say why)."""
+def _store_security(args: argparse.Namespace) -> dict[str, Any] | None:
+    """For an object-store archive, which must open read-only with its
+    catalog: the security options, with its API keys and audit trail in the
+    catalog folder (local and writable). None when refused (and why said)."""
     try:
         open_archive(args.archive, catalog=args.catalog, read_only=True).close()
-    except (ArchiveMismatch, ArchiveURLError, FileNotFoundError) as exc:
+        return commands.serve_security(args, Path(args.catalog), read_only=False)
+    except (ArchiveMismatch, ArchiveURLError, FileNotFoundError, commands.Refused) as exc:
         print(f"transcode: {exc}", file=sys.stderr)
-        return False
-    return True
+        return None
 
 
-def _serve(args: argparse.Namespace, archive: str, read_only: bool) -> int:
+def _serve(args: argparse.Namespace, archive: str, read_only: bool, security: dict[str, Any]) -> int:
     import uvicorn  # the server's dependencies load only when serving
 
     from transcode.server.app import SERVE_OPTIONS
@@ -334,12 +343,15 @@ def _serve(args: argparse.Namespace, archive: str, read_only: bool) -> int:
                                             "cors_origins": args.cors_origin, "stow_workers": args.stow_workers,
                                             "on_conflict": args.on_conflict,
                                             "max_frame_bytes": _frame_bytes(args.max_frame_mb),
-                                            "max_render_pixels": args.max_render_pixels})
+                                            "max_render_pixels": args.max_render_pixels, "security": security})
     host = f"[{args.host}]" if ":" in args.host else args.host
-    print(f"DICOMweb root: http://{host}:{args.port}/dicomweb  (studies: http://{host}:{args.port}/dicomweb/studies)",
-          flush=True)
+    root = f"{'https' if args.tls_cert else 'http'}://{host}:{args.port}/dicomweb"
+    print(f"DICOMweb root: {root}  (studies: {root}/studies)", flush=True)
+    # uvicorn logs through `transcode.logs`; its access log (full URLs, patient data in queries) is replaced
+    # by `transcode.access` (route templates). TLS: uvicorn's ssl options.
     uvicorn.run("transcode.server.app:app_from_environment", factory=True, workers=args.workers, host=args.host,
-                port=args.port, log_config=None, proxy_headers=True)  # uvicorn logs through `transcode.logs`
+                port=args.port, log_config=None, proxy_headers=True, access_log=False,
+                ssl_certfile=args.tls_cert, ssl_keyfile=args.tls_key)
     return EXIT_OK
 
 
@@ -373,8 +385,9 @@ def cmd_listen(args: argparse.Namespace) -> int:
     try:
         peers = [Peer.parse(text) for text in args.accept_from]
         targets: list[RemoteAE | str] = [RemoteAE.parse(text) for text in args.forward] + args.forward_stow
-    except (ValueError, OSError) as exc:
-        print(f"transcode: --accept-from / --forward: {exc}", file=sys.stderr)
+        tls = commands.listen_tls(args)
+    except (ValueError, OSError, commands.Refused) as exc:
+        print(f"transcode: --accept-from / --forward / --tls-*: {exc}", file=sys.stderr)
         return EXIT_USAGE
     study_hooks = ([hooks.command_hook(command) for command in args.on_study]
                    + [hooks.url_hook(url) for url in args.on_study_url] + hooks.entry_point_hooks())
@@ -383,7 +396,8 @@ def cmd_listen(args: argparse.Namespace) -> int:
                         accept_from=peers, max_associations=args.max_associations, study_idle=args.study_idle,
                         study_hooks=study_hooks, workers=args.workers, settings=_settings(args),
                         crosscheck=args.crosscheck, on_conflict=args.on_conflict,
-                        on_archived=[forwarder.on_archived for forwarder in forwarders])
+                        on_archived=[forwarder.on_archived for forwarder in forwarders], ssl_context=tls,
+                        audit=commands.listen_audit(args))
     stopped = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stopped.set())
@@ -544,6 +558,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-render-pixels", type=int, default=None,
                        help="rendered images larger are scaled down to it, and no larger frame is decoded for one "
                             "(default: 4096 x 4096)")
+    commands.add_serve_options(serve)
     serve.set_defaults(func=cmd_serve, log_default="info")
 
     listen = sub.add_parser("listen", help="receive instances over DICOM (C-STORE) into an archive")
@@ -571,6 +586,7 @@ def build_parser() -> argparse.ArgumentParser:
     listen.add_argument("--workers", type=int, default=2, help="ingest worker processes (default: %(default)s)")
     _encode_options(listen)
     _conflict_option(listen)
+    commands.add_listen_options(listen)
     listen.set_defaults(func=cmd_listen)
 
     bench_ = sub.add_parser("bench", help="speed, size, progressive and scaling benchmarks (generated data or yours)")
@@ -584,6 +600,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("file")
     info.add_argument("--frames", type=int, default=1, help="how many frames to map (default: 1)")
     info.set_defaults(func=cmd_info)
+    commands.add_commands(sub)
     return parser
 
 

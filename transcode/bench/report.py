@@ -88,15 +88,30 @@ def server_table(server: dict[str, Any]) -> str:
             rows.append([case, str(n), f"{r['fps']:.0f}", f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}",
                          f"{r['fps'] / bare:.2f}x", f"{r['cpu_us']:.0f}" if "cpu_us" in r else "",
                          f"{r['fps'] / off['fps']:.2f}x / {off['cpu_us'] / r['cpu_us']:.2f}x" if off else ""])
+        if f"full-secured_{n}" in server:  # authentication and audit on, against both off, in the same run
+            on, off = server[f"full-secured_{n}"], server[f"full-open_{n}"]
+            rows += [[case, str(n), f"{r['fps']:.0f}", f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}",
+                      f"{r['fps'] / bare:.2f}x", f"{r['cpu_us']:.0f}",
+                      f"secured vs open: {on['fps'] / off['fps']:.2f}x / {off['cpu_us'] / on['cpu_us']:.2f}x"
+                      if case == "full-secured" else ""] for case, r in (("full-secured", on), ("full-open", off))]
     t = server["thumbnail"]
     columns = ["case", "clients", "frames/s", "p50 ms", "p99 ms", "vs bare", "server CPU µs/frame",
-               "checked vs unchecked (frames/s / CPU)"]
+               "checked vs unchecked, secured vs open (frames/s / CPU)"]
     c = server["check_cost"]
     cost = [[case, f"{c[f'{case}_us']:.0f}", f"{c[f'{case}-unchecked_us']:.0f}",
              f"{c[f'{case}-unchecked_us'] / c[f'{case}_us']:.2f}x"] for case in ("full", "level2")]
+    if (sc := server.get("security_cost")) is not None:
+        cost += [[f"{case}, authentication + audit on / off", f"{sc[f'{case}-secured_us']:.0f}",
+                  f"{sc[f'{case}-open_us']:.0f}", f"{sc[f'{case}-open_us'] / sc[f'{case}-secured_us']:.2f}x"]
+                 for case in ("full", "level2")]
+    audit = ""
+    if (line := server.get("audit_line")) is not None:
+        audit = _table(["one audit line (writer thread)", "µs", "bytes"],
+                       [["a line per batch (flushed per request)", f"{line['batch1_us']:.1f}", f"{line['line_bytes']:.0f}"],
+                        ["64 lines per batch", f"{line['batch64_us']:.1f}", ""]]) + "\n"
     return (_table(columns, rows) + "\n"
-            + _table(["in process, request by request", "µs checked", "µs unchecked", "frames/s checked vs unchecked"],
-                     cost) + "\n"
+            + _table(["in process, request by request", "µs on (checked / secured)", "µs off",
+                      "frames/s on vs off"], cost) + "\n" + audit
             + _table(["128-px thumbnail of a 512x512 CT frame", "ms", "bytes read"],
                      [["from the level prefix (server path)", f"{t['thumbnail_s'] * 1e3:.2f}",
                        str(t["thumbnail_bytes_read"])],

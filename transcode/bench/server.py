@@ -1,4 +1,5 @@
-"""Frame serving on loopback, against a bare uvicorn endpoint in the same run.
+"""Frame serving on loopback, against a bare uvicorn endpoint in the same run
+(and with authentication and the audit trail on against off: secured.py).
 
 A CT series (single-frame 512x512 16-bit instances, generated and ingested)
 is served by `transcode serve` in its own process. Concurrent clients
@@ -45,6 +46,7 @@ import pydicom
 import uvicorn
 
 from transcode.archive import FolderArchive
+from transcode.bench import secured
 from transcode.bench.dataset import write_instance
 from transcode.phantom import phantom
 from transcode.server import create_app, render
@@ -82,17 +84,17 @@ def load(port: int, paths: list[str], clients: int, seconds: float, accept: str 
 
 
 def paired(servers: tuple[tuple[int, int], tuple[int, int]], paths: list[str], clients: int,
-           seconds: float) -> tuple[dict[str, float], ...]:
+           seconds: float, headers: tuple[dict[str, str], dict[str, str]] = ({}, {})) -> tuple[dict[str, float], ...]:
     """`load` on two servers (port, process id), `seconds` each, in sixteen
     alternating slices (A B B A, four times); each also with the server
     process's CPU time per request, which other load on the machine disturbs
-    less than throughput."""
+    less than throughput. `headers`: sent to each server besides Accept."""
     runs: list[list[tuple[list[float], float]]] = [[], []]
     cpu = [0.0, 0.0]
     for which in (0, 1, 1, 0) * 4:
         port, pid = servers[which]
         before = cpu_seconds(pid)
-        runs[which].append(timed_requests(port, paths, clients, seconds / 16))
+        runs[which].append(timed_requests(port, paths, clients, seconds / 16, headers=headers[which]))
         cpu[which] += cpu_seconds(pid) - before
     results = []
     for run, used in zip(runs, cpu, strict=True):
@@ -114,8 +116,8 @@ def summary(latencies: list[float], elapsed: float) -> dict[str, float]:
             "p99_ms": latencies[int(0.99 * (len(latencies) - 1))] * 1e3, "requests": len(latencies)}
 
 
-def timed_requests(port: int, paths: list[str], clients: int, seconds: float,
-              accept: str = ACCEPT) -> tuple[list[float], float]:
+def timed_requests(port: int, paths: list[str], clients: int, seconds: float, accept: str = ACCEPT,
+                   headers: dict[str, str] | None = None) -> tuple[list[float], float]:
     """Each request's latency, and the seconds they took in all."""
     latencies: list[float] = []
     lock = threading.Lock()
@@ -126,7 +128,7 @@ def timed_requests(port: int, paths: list[str], clients: int, seconds: float,
         mine, n = [], offset
         while time.perf_counter() < stop:
             began = time.perf_counter()
-            conn.request("GET", paths[n % len(paths)], headers={"Accept": accept})
+            conn.request("GET", paths[n % len(paths)], headers={"Accept": accept, **(headers or {})})
             response = conn.getresponse()
             response.read()
             if response.status != 200:
@@ -194,16 +196,26 @@ def check_cost(archive: Path, repeats: int = 10) -> dict[str, float]:
     process (no sockets), integrity checks on and off, alternating request
     by request so that both see the same machine from moment to moment: the
     checks' cost where the load test's figures are too noisy to show it."""
-    store = FolderArchive(archive)
-    apps = []
-    for unchecked in ("0", "1"):
-        os.environ[UNCHECKED] = unchecked  # read when the application is made
-        apps.append(create_app(store))
-    del os.environ[UNCHECKED]
+    with FolderArchive(archive) as store:
+        apps = []
+        for unchecked in ("0", "1"):
+            os.environ[UNCHECKED] = unchecked  # read when the application is made
+            apps.append(create_app(store))
+        del os.environ[UNCHECKED]
+        return alternating(store, ((apps[0], {}), (apps[1], {})), ("", "-unchecked"), repeats)
+
+
+def alternating(store: FolderArchive, apps: tuple[tuple[Any, dict[str, str]], tuple[Any, dict[str, str]]],
+                names: tuple[str, str], repeats: int) -> dict[str, float]:
+    """Median microseconds per frame request (full, and level 2) of each
+    (application, extra headers), alternating request by request: keys
+    `full{name}_us`, `level2{name}_us` for each of `names`."""
     paths = [f"/dicomweb/studies/{r.study_uid}/series/{r.series_uid}/instances/{r.sop_uid}/frames/1"
              for r in store.index.instances()]
+    headers = [[(b"host", b"bench"), (b"accept", ACCEPT.encode()),
+                *((k.lower().encode(), v.encode()) for k, v in extra.items())] for _, extra in apps]
 
-    async def request(app: Any, path: str, query: bytes) -> None:
+    async def request(which: int, path: str, query: bytes) -> None:
         status = []
 
         async def receive() -> dict[str, Any]:
@@ -213,10 +225,10 @@ def check_cost(archive: Path, repeats: int = 10) -> dict[str, float]:
             if message["type"] == "http.response.start":
                 status.append(message["status"])
 
-        await app({"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
-                   "scheme": "http", "path": path, "raw_path": path.encode(), "root_path": "", "query_string": query,
-                   "headers": [(b"host", b"bench"), (b"accept", ACCEPT.encode())], "client": ("127.0.0.1", 1),
-                   "server": ("127.0.0.1", 80)}, receive, send)
+        await apps[which][0]({"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
+                              "scheme": "http", "path": path, "raw_path": path.encode(), "root_path": "",
+                              "query_string": query, "headers": headers[which], "client": ("127.0.0.1", 1),
+                              "server": ("127.0.0.1", 80)}, receive, send)
         if status != [200]:
             raise RuntimeError(f"{path}?{query.decode()}: {status}")
 
@@ -228,14 +240,14 @@ def check_cost(archive: Path, repeats: int = 10) -> dict[str, float]:
                 for i, path in enumerate(paths):
                     for which in ((0, 1) if (i + repeat) % 2 else (1, 0)):
                         began = time.perf_counter()
-                        await request(apps[which], path, query)
+                        await request(which, path, query)
                         if repeat:
                             times[which].append(time.perf_counter() - began)
-            results[f"{case}_us"], results[f"{case}-unchecked_us"] = (statistics.median(t) * 1e6 for t in times)
+            for name, t in zip(names, times, strict=True):
+                results[f"{case}{name}_us"] = statistics.median(t) * 1e6
         return results
 
-    with store:
-        return asyncio.run(measure())
+    return asyncio.run(measure())
 
 
 def ct_archive(root: Path, files: int) -> tuple[str, str]:
@@ -259,13 +271,16 @@ def run(files: int, seconds: float, clients: list[int]) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         study, series = ct_archive(root, files)
-        ours, unchecked = free_port(), free_port()
+        ours, unchecked, guarded = free_port(), free_port(), free_port()
+        options, token = secured.identity(root / "security")
 
-        def serve(port: int, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        def serve(port: int, env: dict[str, str] | None = None, extra: tuple[str, ...] = ("--no-audit",)
+                  ) -> subprocess.Popen[bytes]:
             return start([sys.executable, "-m", "transcode.cli", "serve", "--archive", str(root / "archive"),
-                          "--port", str(port), "--log-level", "warning"], port, env)
+                          "--port", str(port), "--log-level", "warning", *extra], port, env)
 
         server, server_unchecked = serve(ours), serve(unchecked, {**os.environ, UNCHECKED: "1"})
+        server_guarded = serve(guarded, extra=(*options, "--audit-dir", str(root / "audit")))
         try:
             conn = http.client.HTTPConnection("127.0.0.1", ours)
             conn.request("GET", f"/dicomweb/studies/{study}/series/{series}/instances")
@@ -286,13 +301,21 @@ def run(files: int, seconds: float, clients: list[int]) -> dict[str, Any]:
                     pair = ((ours, server.pid), (unchecked, server_unchecked.pid))
                     results[f"full_{n}"], results[f"full-unchecked_{n}"] = paired(pair, full, n, seconds)
                     results[f"level2_{n}"], results[f"level2-unchecked_{n}"] = paired(pair, level2, n, seconds)
+                    pair = ((guarded, server_guarded.pid), (ours, server.pid))  # authentication and audit on / off
+                    results[f"full-secured_{n}"], results[f"full-open_{n}"] = paired(
+                        pair, full, n, seconds, ({"Authorization": f"Bearer {token}"}, {}))
             finally:
                 bare_server.terminate()
         finally:
-            server.terminate()
-            server_unchecked.terminate()
+            for process in (server, server_unchecked, server_guarded):
+                process.terminate()
+            server_guarded.wait(30)  # its trail flushed
+        results["audit_lines"] = secured.trail_lines(root / "audit")
         results["thumbnail"] = thumbnail_times(root / "archive")
         results["check_cost"] = check_cost(root / "archive")
+        with FolderArchive(root / "archive") as store:
+            results["security_cost"] = secured.security_cost(store, root / "security", token, alternating)
+        results["audit_line"] = secured.audit_line_cost(root / "line-cost")
         results["frame_body_bytes"] = (root / "body.bin").stat().st_size
     return results
 

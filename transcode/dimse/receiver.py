@@ -30,6 +30,7 @@ import errno
 import logging
 import queue
 import socket
+import ssl
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
@@ -50,6 +51,7 @@ from transcode.dimse.spool import Spool
 from transcode.entries import CLEAN, Entry
 from transcode.pipeline import SETTLE_BATCH
 from transcode.policy import OnConflict
+from transcode.security.audit import AuditEvent, AuditLog, Touched
 from transcode.service import (
     OUT_OF_RESOURCES,
     PROCESSING_FAILURE,
@@ -170,7 +172,10 @@ class Receiver:
     archive at `archive`. `accept_from` lists the callers allowed (all when
     empty); `study_hooks` fire once a study has been quiet `study_idle`
     seconds; `on_archived` callbacks get the entry of every archived
-    instance. `start` drains the spool, then listens; `stop` ends both."""
+    instance; `ssl_context`: TLS on every association (a server context,
+    with a CA and CERT_REQUIRED for mutual TLS); `audit`: the trail that
+    records every C-STORE and every rejected caller (closed by `stop`).
+    The called AE title must be `ae_title`. `start` drains the spool, then listens; `stop` ends both."""
 
     def __init__(
         self,
@@ -189,6 +194,8 @@ class Receiver:
         settings: EncodeSettings | None = None,
         crosscheck: CrossCheck | str = CrossCheck.SAMPLE,
         on_conflict: OnConflict | str = OnConflict.KEEP,
+        ssl_context: ssl.SSLContext | None = None,
+        audit: AuditLog | None = None,
     ) -> None:
         self.archive = Path(archive)
         self.address = (host, port)
@@ -203,7 +210,9 @@ class Receiver:
         self.ae.maximum_associations = max_associations
         self.ae.acse_timeout, self.ae.dimse_timeout = timeouts.acse, timeouts.dimse
         self.ae.network_timeout = timeouts.network
+        self.ae.require_called_aet = True  # an association addressed to another AE title is rejected
         self.ae.add_supported_context(Verification)
+        self.ssl_context, self.audit = ssl_context, audit
         self._server: Any = None
         self._unrestricted = _config.UNRESTRICTED_STORAGE_SERVICE
 
@@ -219,7 +228,8 @@ class Receiver:
         _config.UNRESTRICTED_STORAGE_SERVICE = True
         handlers = [(evt.EVT_C_ECHO, lambda event: SUCCESS), (evt.EVT_C_STORE, self._on_store),
                     (evt.EVT_REQUESTED, self._on_requested)]
-        self._server = self.ae.make_server(self.address, evt_handlers=handlers, server_class=_NoDelayServer)
+        self._server = self.ae.make_server(self.address, evt_handlers=handlers, server_class=_NoDelayServer,
+                                           ssl_context=self.ssl_context)
         threading.Thread(target=self._server.serve_forever, name="storage-scp", daemon=True).start()
         self.ae._servers.append(self._server)  # as `AE.start_server` does: its `shutdown` expects it there
         self.address = self._server.server_address[:2]
@@ -253,6 +263,8 @@ class Receiver:
         self._commit.close()
         self.service.close()
         self.studies.close()
+        if self.audit is not None:
+            self.audit.close()
 
     def _on_requested(self, event: Event) -> None:
         """Reject a caller not in `accept_from` (permanent, calling AE title not recognised)."""
@@ -262,6 +274,7 @@ class Receiver:
         address = event.assoc.requestor.address
         if not any(peer.allows(calling, address) for peer in self.accept_from):
             log.warning("rejected association from %s at %s: not in --accept-from", calling, address)
+            self._audit(calling, address, "association", 403, "denied", ())
             event.assoc.acse.send_reject(0x01, 0x01, 0x03)
             event.assoc.kill()  # as pynetdicom's own rejections: the DUL sends the A-ASSOCIATE-RJ, then stops
 
@@ -293,6 +306,9 @@ class Receiver:
             status = DATA_SET_MISMATCH
             comment = f"stored; its SOP Class UID {sent.sop_class} is not the one it was sent as"
         self._settled(entry, sent, caller)
+        self._audit(caller, event.assoc.requestor.address, "store", status,
+                    "success" if entry.outcome in CLEAN else "failure",
+                    (Touched(sent.study, sent.series, sent.sop or entry.sop_uid),))
         return _status(status, comment if status != SUCCESS else None)
 
     def _settled(self, entry: Entry, sent: Sent, caller: str) -> None:
@@ -304,6 +320,15 @@ class Receiver:
                     callback(entry)
                 except Exception:  # a callback's failure is its own (logged), not the sender's
                     log.exception("on_archived callback %r failed for %s", callback, entry.sop_uid)
+
+
+    def _audit(self, caller: str, address: str, action: str, status: int, outcome: str,
+               touched: tuple[Touched, ...]) -> None:
+        """Record a C-STORE (`status`: its DIMSE status) or a rejected association (403)."""
+        if self.audit is not None:
+            method = "C-STORE" if touched else "A-ASSOCIATE"
+            self.audit.record(AuditEvent(f"ae:{caller.strip()}", address, action, method,
+                                         f"dimse:{self.ae.ae_title}", status, outcome, touched))
 
 
 def _status(code: int, comment: str | None) -> Dataset:

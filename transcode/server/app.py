@@ -27,6 +27,7 @@ from transcode.archive.objects import open_archive
 from transcode.archive.store import Archive
 from transcode.codecs.htj2k import EncodeSettings
 from transcode.policy import Stop
+from transcode.security.guard import Guard, Security, security_from
 from transcode.server import iiif, qido, rendered, stow, wado, zarrview
 from transcode.server.catalog import uid
 from transcode.server.errors import Problem
@@ -44,13 +45,15 @@ STUDY, SERIES = qido.STUDY_UID, qido.SERIES_UID
 
 def create_app(archive: Archive, *, prefix: str = "/dicomweb", cors_origins: Sequence[str] = (),
                stow_workers: int | None = None, on_conflict: str = "keep", settings: EncodeSettings | None = None,
-               render_limits: RenderLimits | None = None) -> FastAPI:
+               render_limits: RenderLimits | None = None, security: Security | None = None) -> FastAPI:
     """The application over `archive` (opened by the caller, who closes it).
     `cors_origins`: origins allowed to call from a browser ("*" for any);
     `on_conflict`: what STOW-RS does with other content under an archived
     SOP Instance UID (`policy.OnConflict`); `settings`: how STOW-RS
     transcodes (the frame size cap among them); `render_limits`: the
-    largest rendered image."""
+    largest rendered image; `security`: authentication, the audit trail
+    (closed with the app) and the template-only access log (`guard`); none
+    by default, as for an app embedded behind its own gate."""
     service = Service(archive, prefix)
     ingester = IngestService(archive.root, workers=stow_workers or 2, settings=settings,  # started by the first STOW
                              on_conflict=on_conflict) if archive.root is not None else None
@@ -60,22 +63,28 @@ def create_app(archive: Archive, *, prefix: str = "/dicomweb", cors_origins: Seq
         yield
         if ingester is not None:
             ingester.close()
+        if security is not None and security.audit is not None:
+            security.audit.close()
 
     app = FastAPI(title="transcode DICOMweb", version=__version__, docs_url=f"{prefix}/docs",
                   openapi_url=f"{prefix}/openapi.json", lifespan=lifespan)
     app.router.routes.insert(0, wado.frames_route(service, prefix))  # first: the hot path
-    app.include_router(wado.routes(service), prefix=prefix)
-    app.include_router(_qido_routes(service), prefix=prefix)
     rendered_routes = rendered.routes(service, render_limits)
-    app.include_router(rendered_routes, prefix=prefix)
-    app.router.routes[1:1] = rendered.plain_routes(rendered_routes, prefix)  # after the frames route
-    app.include_router(iiif.routes(service, render_limits))  # at the root: /iiif/...
-    app.router.routes.extend(zarrview.routes(service))  # at the root: /zarr/...
+    routers = [(prefix, wado.routes(service)), (prefix, _qido_routes(service)), (prefix, rendered_routes),
+               ("", iiif.routes(service, render_limits))]  # IIIF at the root: /iiif/...
     if ingester is not None:
-        app.include_router(stow.routes(service, ingester), prefix=prefix)
-    if cors_origins:
+        routers.append((prefix, stow.routes(service, ingester)))
+    for where, router in routers:
+        app.include_router(router, prefix=where)
+    app.router.routes[1:1] = rendered.plain_routes(rendered_routes, prefix)  # after the frames route
+    app.router.routes.extend(zarrview.routes(service))  # at the root: /zarr/...
+    if security is not None:  # every route template (the app's own, then its routers'), for the log and the trail
+        templates = [path for route in app.router.routes if (path := getattr(route, "path", None))]
+        templates += [where + route.path for where, router in routers for route in router.routes]
+        app.add_middleware(Guard, security=security, templates=templates)
+    if cors_origins:  # outside the guard: preflights carry no credentials; cookies only for listed origins
         app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST", "OPTIONS"],
-                           allow_headers=["*"], expose_headers=EXPOSED)
+                           allow_headers=["*"], expose_headers=EXPOSED, allow_credentials="*" not in cors_origins)
     _error_handlers(app)
     return app
 
@@ -87,9 +96,10 @@ def app_from_environment() -> FastAPI:
     options = json.loads(os.environ[SERVE_OPTIONS])
     settings = EncodeSettings(max_frame_bytes=options["max_frame_bytes"]) if options.get("max_frame_bytes") else None
     limits = RenderLimits(options["max_render_pixels"]) if options.get("max_render_pixels") else None
-    return create_app(open_archive(options["archive"], catalog=options.get("catalog"), read_only=options["read_only"]),
-                      cors_origins=options["cors_origins"], stow_workers=options["stow_workers"],
-                      on_conflict=options.get("on_conflict", "keep"), settings=settings, render_limits=limits)
+    archive = open_archive(options["archive"], catalog=options.get("catalog"), read_only=options["read_only"])
+    return create_app(archive, cors_origins=options["cors_origins"], stow_workers=options["stow_workers"],
+                      on_conflict=options.get("on_conflict", "keep"), settings=settings, render_limits=limits,
+                      security=security_from(options.get("security", {}), archive.index.path))
 
 
 def _qido_routes(service: Service) -> APIRouter:

@@ -26,6 +26,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from transcode.archive import ArchiveBusy, ArchiveMismatch
+from transcode.security.audit import Touched
+from transcode.security.guard import AUDIT_TOUCHED
 from transcode.server.catalog import uid
 from transcode.server.errors import Problem
 from transcode.server.multipart import save_parts
@@ -68,10 +70,13 @@ def _store(service: Service, ingester: IngestService, request: Request, files: l
     sent = {str(path): identify(path)[:3] for path in files}
     failed: list[dict[str, Any]] = []
     referenced: list[dict[str, Any]] = []
+    touched: list[Touched] = []
+    setattr(request.state, AUDIT_TOUCHED, touched)  # what the audit trail records of this request
     todo = []
     for path, (_, _, study_uid) in sent.items():
         if study is not None and study_uid is not None and study_uid != study:
             failed.append(_failed(sent[path], WRONG_STUDY))
+            touched.append(Touched(study_uid, None, sent[path][1]))
         else:
             todo.append(path)
     if todo:
@@ -93,10 +98,12 @@ def _store(service: Service, ingester: IngestService, request: Request, files: l
                     "SELECT study_uid, series_uid FROM instances WHERE sop_uid = ?", (entry.sop_uid,)
                 ).fetchone()
                 if row is not None:
+                    touched.append(Touched(row[0], row[1], entry.sop_uid))
                     item["00081190"] = {"vr": "UR", "Value": [service.url(request, row[0], row[1], entry.sop_uid)]}
                 referenced.append(item)
             else:
                 failed.append(_failed((sop_class, sop, study_uid), code))
+                touched.append(Touched(study_uid, None, sop))
     body: dict[str, Any] = {}
     if study is not None:
         body["00081190"] = {"vr": "UR", "Value": [service.url(request, study)]}

@@ -1,0 +1,80 @@
+"""What authentication and the audit trail cost a frame request (issue 14:
+frames/s with both on at least 0.9x with both off, in the same run).
+
+The load test (server.py) serves the same archive from a third `transcode
+serve` with `--auth-config` (an issuer whose key is made here; every request
+carries one bearer token, verified once and then found in the token cache,
+as a viewer's session is) and the audit trail on, against the open server
+without a trail. Beside it: the same comparison in this process request by
+request, and the cost of one audit line in the writer thread, written a
+line per batch (as under light load: flushed per request) and 64 per batch.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from transcode.archive import FolderArchive
+from transcode.security.audit import AuditEvent, AuditLog, Touched, records, verify
+from transcode.security.auth import AuthConfig, Authenticator
+from transcode.security.guard import Security
+from transcode.server import create_app
+
+ISSUER, AUDIENCE = "https://idp.bench/realms/pacs", "transcode"
+
+
+def identity(folder: Path) -> tuple[tuple[str, ...], str]:
+    """(`serve` options turning authentication on, a read token valid for an hour)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    (folder / "issuer.pem").write_bytes(key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    (folder / "auth.toml").write_text(f'[oidc]\nissuer = "{ISSUER}"\naudience = "{AUDIENCE}"\n'
+                                      f'key_file = "{folder / "issuer.pem"}"\n'
+                                      f'[api_keys]\nfile = "{folder / "keys.json"}"\n')
+    now = int(time.time())
+    token = jwt.encode({"sub": "bench-viewer", "iss": ISSUER, "aud": AUDIENCE, "exp": now + 3600, "iat": now,
+                        "scope": "read"}, key, algorithm="RS256")
+    return ("--auth-config", str(folder / "auth.toml")), token
+
+
+def security_cost(store: FolderArchive, folder: Path, token: str,
+                  alternating: Callable[..., dict[str, float]], repeats: int = 10) -> dict[str, float]:
+    """Microseconds per frame request in this process, authentication and
+    the trail on (`-secured`) and both off (`-open`), request by request."""
+    config = AuthConfig.load(folder / "auth.toml", folder / "keys.json")
+    with AuditLog(folder / "audit-in-process", index=store.index.path) as audit:
+        guarded = create_app(store, security=Security(Authenticator(config), audit))
+        return alternating(store, ((guarded, {"Authorization": f"Bearer {token}"}), (create_app(store), {})),
+                           ("-secured", "-open"), repeats)
+
+
+def audit_line_cost(folder: Path, lines: int = 5000) -> dict[str, float]:
+    """Microseconds of the writer thread per audit line (chain, JSON, write
+    to the OS), one line per batch and 64 per batch."""
+    event = AuditEvent("bench-viewer", "127.0.0.1", "retrieve", "GET",
+                       "/dicomweb/studies/{study}/series/{series}/instances/{sop}/frames/{frames}", 200, "success",
+                       (Touched("1.2.826.0.1.3680043.8.498.1", "1.2.826.0.1.3680043.8.498.2",
+                                "1.2.826.0.1.3680043.8.498.3"),))
+    results = {}
+    with AuditLog(folder) as audit:
+        for batch in (1, 64):
+            began = time.perf_counter()
+            for _ in range(lines // batch):
+                audit.write([event] * batch)
+            results[f"batch{batch}_us"] = (time.perf_counter() - began) / (lines // batch * batch) * 1e6
+    results["line_bytes"] = (folder / "audit.jsonl").stat().st_size / (lines // 64 * 64 + lines)
+    return results
+
+
+def trail_lines(folder: Path) -> dict[str, Any]:
+    """How many lines the secured server wrote, and whether the chain is whole."""
+    result = verify(folder)
+    return {"lines": sum(1 for _ in records(folder)), "problems": len(result.problems)}

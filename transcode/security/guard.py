@@ -1,0 +1,153 @@
+"""The ASGI middleware in front of every route: authentication, the scope a
+method needs, the access log and the audit trail.
+
+An ASGI middleware rather than a FastAPI dependency, because the frames
+route is a plain Starlette route that FastAPI's dependencies never see.
+CORS preflights (OPTIONS) pass unauthenticated: browsers send them without
+credentials, and the CORS middleware outside answers them.
+
+The access log (logger `transcode.access`, replacing uvicorn's) writes the
+route template (`/dicomweb/studies/{study}`), never the URL: UIDs and query
+strings (patient names, birth dates) belong in the audit trail only.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import JSONResponse
+from starlette.routing import compile_path
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from transcode.security.audit import AuditEvent, AuditLog, Touched
+from transcode.security.auth import ANONYMOUS, AuthConfig, Authenticator, Denied, Principal, require
+
+log = logging.getLogger(__name__)
+access = logging.getLogger("transcode.access")
+
+#: Where a route handler leaves the instances it stored (STOW-RS), for the trail: scope["state"][AUDIT_TOUCHED].
+AUDIT_TOUCHED = "audit_touched"
+_SEARCHES = ("/studies", "/series", "/instances")
+
+
+@dataclass(frozen=True)
+class Security:
+    """What the middleware enforces and records: `authenticator` None
+    means authentication off (everyone may do everything); `audit` None
+    means no trail."""
+
+    authenticator: Authenticator | None = None
+    audit: AuditLog | None = None
+
+
+class Guard:
+    """The middleware (`app.add_middleware(Guard, security=...)`)."""
+
+    def __init__(self, app: ASGIApp, security: Security, templates: Sequence[str] = ()) -> None:
+        """`templates`: the application's route paths (`/dicomweb/studies/{study}`),
+        in the order its router tries them: what the log and the trail name."""
+        self.app = app
+        self._patterns = [(compile_path(template)[0], template) for template in templates]
+        self.authenticator, self.audit = security.authenticator, security.audit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        began = time.perf_counter()
+        status = 500  # unless a response starts
+
+        async def sending(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        principal = ANONYMOUS
+        scope.setdefault("state", {})  # where handlers leave what the trail needs (AUDIT_TOUCHED)
+        try:
+            if self.authenticator is not None and scope["method"] != "OPTIONS":
+                principal = await self._principal(scope)
+                require(principal, scope["method"])
+        except Denied as exc:
+            principal = Principal(exc.who, frozenset())
+            headers = {"WWW-Authenticate": exc.challenge(self.authenticator.config.realm)}  # type: ignore[union-attr]
+            await JSONResponse({"error": exc.reason, "detail": exc.detail}, exc.status, headers)(scope, receive,
+                                                                                                    sending)
+            self._done(scope, principal, status, began)
+            return
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            self._done(scope, principal, status, began)
+
+    async def _principal(self, scope: Scope) -> Principal:
+        credential = Authenticator.credential(scope["headers"])
+        principal = self.authenticator.cached(credential)  # type: ignore[union-attr]
+        if principal is None:  # a signature to check, perhaps keys to fetch: off the event loop
+            principal = await run_in_threadpool(self.authenticator.authenticate, credential)  # type: ignore[union-attr]
+        return principal
+
+    def _route(self, scope: Scope) -> tuple[str, dict[str, Any]]:
+        """The template the request's path matches and its parameters
+        (a refused request never reaches the router; FastAPI's router does
+        not leave the full template in the scope)."""
+        path = scope["path"]
+        for pattern, template in self._patterns:
+            if (match := pattern.match(path)) is not None:
+                return template, match.groupdict()
+        return "(no route)", {}
+
+    def _done(self, scope: Scope, principal: Principal, status: int, began: float) -> None:
+        template, params = self._route(scope)
+        if access.isEnabledFor(logging.INFO):
+            client = scope.get("client") or ("-", 0)
+            access.info("%s %s %s %d %.1f ms", client[0], scope["method"], template, status,
+                        (time.perf_counter() - began) * 1e3)
+        if self.audit is not None and scope["method"] != "OPTIONS":
+            self.audit.record(_event(scope, principal, template, params, status))
+
+
+def _event(scope: Scope, principal: Principal, template: str, params: dict[str, Any], status: int) -> AuditEvent:
+    method = scope["method"]
+    stored = (scope.get("state") or {}).get(AUDIT_TOUCHED)
+    if stored is not None:
+        touched = tuple(stored)
+    elif "study" in params:
+        touched = (Touched(params.get("study"), params.get("series"), params.get("sop")),)
+    else:
+        touched = ()
+    if method == "POST":
+        action = "store"
+    elif template.endswith(_SEARCHES):
+        action = "search"
+    elif "/rendered" in template or template.endswith("/thumbnail"):
+        action = "render"
+    elif "{study}" in template:
+        action = "retrieve"
+    else:
+        action = "other"
+    outcome = "success" if status < 400 else "denied" if status in (401, 403) else "failure"
+    client = scope.get("client") or ("", 0)
+    return AuditEvent(principal.who, client[0], action, method, template, status, outcome, touched,
+                      scope.get("query_string", b"").decode("latin-1") or None)
+
+
+def security_from(options: dict[str, Any], index: Path | None) -> Security:
+    """The `Security` of one `transcode serve` worker, from the options the
+    command passed (`auth_config`, `api_keys`, `audit`, `audit_max_bytes`,
+    `audit_fsync`); `index`: the archive index, for the trail's patient ids."""
+    authenticator = None
+    if options.get("auth_config"):
+        authenticator = Authenticator(AuthConfig.load(Path(options["auth_config"]), Path(options["api_keys"])))
+    audit = None
+    if options.get("audit"):
+        audit = AuditLog(Path(options["audit"]), index=index, max_bytes=options.get("audit_max_bytes", 64 << 20),
+                         fsync=options.get("audit_fsync", False))
+    return Security(authenticator, audit)
