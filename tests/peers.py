@@ -93,9 +93,14 @@ def orthanc(folder: Path, *, modalities: dict[str, list[Any]] | None = None, pyt
                 time.sleep(0.1)
         yield peer
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process)
+
+
+def stop(process: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    """Terminate a peer started by a test; kill it if it lingers."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()

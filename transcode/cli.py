@@ -27,6 +27,7 @@ from typing import Any, TextIO
 from transcode import limits, logs
 from transcode.archive import ArchiveBusy, ArchiveMismatch, FolderArchive
 from transcode.archive.check import verify_archive
+from transcode.archive.objects import ArchiveURLError, open_archive
 from transcode.archive.rebuild import rebuild_index
 from transcode.codecs import codestream
 from transcode.codecs.htj2k import EncodeSettings
@@ -187,7 +188,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         print(f"transcode: cannot write the report: {exc}", file=sys.stderr)
         return EXIT_USAGE
     try:
-        with FolderArchive(args.archive, exclusive=True) as archive:
+        with open_archive(args.archive, catalog=args.catalog, exclusive=True) as archive:
             report = ingest(
                 args.paths, archive, workers=args.workers, threads=args.threads, crosscheck=args.crosscheck,
                 progress=progress, on_entry=report_file.add if report_file else None, keep_entries=False,
@@ -196,7 +197,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             )
         if report_file:
             report_file.finish(report)
-    except (ArchiveBusy, ArchiveMismatch) as exc:
+    except (ArchiveBusy, ArchiveMismatch, ArchiveURLError) as exc:
         print(f"transcode: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except (OSError, sqlite3.OperationalError) as exc:  # the archive or the report failed (disk full, read-only)
@@ -300,6 +301,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"transcode: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    if args.catalog is not None:  # an object-store archive: served read-only (README, Object storage)
+        security = _store_security(args)
+        return EXIT_USAGE if security is None else _serve(args, args.archive, True, security, bounds)
     archive = Path(args.archive)
     read_only = args.read_only or any(path.exists() and not os.access(path, os.W_OK)
                                       for path in (archive, archive / "index.sqlite"))
@@ -324,12 +328,30 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log.warning("%s is served read-only: STOW-RS answers 503", archive)
     else:
         clear_uploads(archive)  # before any worker starts: what is there was never acknowledged
+    return _serve(args, str(archive.resolve()), read_only, security, bounds)
+
+
+def _store_security(args: argparse.Namespace) -> dict[str, Any] | None:
+    """For an object-store archive, which must open read-only with its
+    catalog: the security options, with its API keys and audit trail in the
+    catalog folder (local and writable). None when refused (and why said)."""
+    try:
+        open_archive(args.archive, catalog=args.catalog, read_only=True).close()
+        return commands.serve_security(args, Path(args.catalog), read_only=False)
+    except (ArchiveMismatch, ArchiveURLError, FileNotFoundError, commands.Refused) as exc:
+        print(f"transcode: {exc}", file=sys.stderr)
+        return None
+
+
+def _serve(args: argparse.Namespace, archive: str, read_only: bool, security: dict[str, Any],
+           bounds: limits.Limits) -> int:
     import uvicorn  # the server's dependencies load only when serving
 
     from transcode.server.app import SERVE_OPTIONS
 
     # Each worker process builds its own app (and archive handle) from these.
-    os.environ[SERVE_OPTIONS] = json.dumps({"archive": str(Path(args.archive).resolve()), "read_only": read_only,
+    os.environ[SERVE_OPTIONS] = json.dumps({"archive": archive, "read_only": read_only,
+                                            "catalog": args.catalog and str(Path(args.catalog).resolve()),
                                             "cors_origins": args.cors_origin, "stow_workers": args.stow_workers,
                                             "on_conflict": args.on_conflict,
                                             "max_frame_bytes": _frame_bytes(args.max_frame_mb),
@@ -493,7 +515,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     ingest_ = sub.add_parser("ingest", help="transcode files, folders and DICOMDIRs into an archive (resumable)")
     ingest_.add_argument("paths", nargs="+", help="files, folders (recursive) or DICOMDIR files; read only")
-    ingest_.add_argument("--archive", required=True, help="archive folder (created if missing)")
+    ingest_.add_argument("--archive", required=True,
+                         help="archive folder (created if missing), or s3://BUCKET/PREFIX (README, Object storage)")
+    ingest_.add_argument("--catalog", help="for an s3:// archive: the local folder of its index and staging")
     ingest_.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
     ingest_.add_argument("--threads", type=int, default=None,
                          help="threads per worker over frames (default: cores / workers)")
@@ -532,7 +556,8 @@ def build_parser() -> argparse.ArgumentParser:
     verify.set_defaults(func=cmd_verify)
 
     serve = sub.add_parser("serve", help="serve an archive over DICOMweb (QIDO-RS, WADO-RS, STOW-RS)")
-    serve.add_argument("--archive", required=True)
+    serve.add_argument("--archive", required=True, help="archive folder, or s3://BUCKET/PREFIX with --catalog")
+    serve.add_argument("--catalog", help="for an s3:// archive: the local folder of its index (served read-only)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     serve.add_argument("--port", type=int, default=8042, help="(default: %(default)s)")
     serve.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
@@ -602,6 +627,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:
         return EXIT_USAGE if exc.code else EXIT_OK
     _configure_logging(args)
+    if "://" in str(getattr(args, "archive", None) or "") and args.func not in (cmd_ingest, cmd_serve):
+        print(f"transcode: {args.command} takes an archive folder; s3:// archives work with ingest and serve "
+              "(README, Object storage)", file=sys.stderr)
+        return EXIT_USAGE
     try:
         code = int(args.func(args))
         sys.stdout.flush()  # here, where a closed pipe can still be caught

@@ -73,12 +73,22 @@ def read_marker(path: Path) -> Identity | None:
     """The identity in the marker file, None when there is none; raises
     ArchiveMismatch for a marker that cannot be read (never guessed)."""
     try:
-        data = json.loads(path.read_bytes())
-        return Identity(str(data["archive"]), int(data["generation"]))
+        data = path.read_bytes()
     except FileNotFoundError:
         return None
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except OSError as exc:
         raise ArchiveMismatch(f"{path} cannot be read ({exc}): it says which archive the index belongs to") from exc
+    return decode_marker(data, str(path))
+
+
+def decode_marker(data: bytes, where: str) -> Identity:
+    """The identity in a marker's bytes (read from `where`); ArchiveMismatch
+    for bytes that are not one."""
+    try:
+        fields = json.loads(data)
+        return Identity(str(fields["archive"]), int(fields["generation"]))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ArchiveMismatch(f"{where} cannot be read ({exc}): it says which archive the index belongs to") from exc
 
 
 #: The marker's size: its JSON padded with spaces, so that a session's
@@ -86,13 +96,18 @@ def read_marker(path: Path) -> Identity | None:
 MARKER_BYTES = 128
 
 
+def encode_marker(identity: Identity) -> bytes:
+    """The marker's bytes: its JSON padded to MARKER_BYTES."""
+    text = json.dumps({"archive": identity.archive, "generation": identity.generation})
+    return text.ljust(MARKER_BYTES - 1).encode() + b"\n"
+
+
 def write_marker(path: Path, identity: Identity, *, durable: bool = True) -> None:
     """Write the marker. `durable`: a new file, fsynced, renamed over the old
     one, the folder fsynced. Otherwise (a write session's update, see above)
     the same number of bytes written over the old marker in place: one
     sector, no rename, no fsync."""
-    text = json.dumps({"archive": identity.archive, "generation": identity.generation})
-    data = text.ljust(MARKER_BYTES - 1).encode() + b"\n"
+    data = encode_marker(identity)
     if not durable and path.is_file():
         fd = os.open(path, os.O_WRONLY)
         try:
@@ -113,7 +128,7 @@ def write_marker(path: Path, identity: Identity, *, durable: bool = True) -> Non
     fsync_path(path.parent)
 
 
-def check(marker: Identity | None, index: Identity | None, root: Path) -> str | None:
+def check(marker: Identity | None, index: Identity | None, root: Path | str) -> str | None:
     """Why an index with identity `index` does not describe the archive whose
     marker holds `marker` (None: it does). Only for a present marker; see
     `counts_match` for archives without one."""
@@ -134,7 +149,7 @@ def check(marker: Identity | None, index: Identity | None, root: Path) -> str | 
     return None
 
 
-def counts_match(stored: tuple[int, int], indexed: tuple[int, int], root: Path) -> str | None:
+def counts_match(stored: tuple[int, int], indexed: tuple[int, int], root: Path | str) -> str | None:
     """For an archive without a marker: why its index (instances, conflicts
     rows) does not list the stored files (objects/, conflicts/), or None."""
     if stored == indexed:

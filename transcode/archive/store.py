@@ -1,8 +1,10 @@
 """The `Archive` interface and its embedded backend: a folder plus SQLite.
 
 The pipeline and the server see only `Archive`: place an object, read it
-(whole, a byte range, or several ranges in one call), and query the index. An object-store backend
-implements the same four byte operations; the index stays SQLite.
+(whole, a byte range, or several ranges in one call), and query the index.
+`SessionArchive` holds what every backend shares (the identity check and
+write sessions); the object-store backend, over any `transcode.stores`
+Store, is `transcode.archive.objects.StoreArchive`; the index stays SQLite.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ import sqlite3
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -25,20 +26,9 @@ from transcode.archive.identity import ArchiveMismatch, Identity, read_marker, w
 from transcode.archive.index import Index
 from transcode.archive.layout import Layout
 from transcode.dicom.write import fsync_path
+from transcode.stores.base import ByteRange
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class ByteRange:
-    """Bytes [`start`, `end`) of an object (zarr's `RangeByteRequest`)."""
-
-    start: int
-    end: int
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.start <= self.end:
-            raise ValueError(f"byte range [{self.start}, {self.end}) is empty or negative")
 
 
 class ArchiveBusy(RuntimeError):
@@ -115,7 +105,71 @@ class Archive(ABC):
             log.warning("closing the archive after an error failed too: %s", late)
 
 
-class FolderArchive(Archive):
+class SessionArchive(Archive):
+    """An archive with an identity marker and write sessions (identity.py):
+    what every backend shares; a backend says where its marker lives
+    (`_write_marker`) and how it checks its index against it (`_check`)."""
+
+    identity: Identity | None
+    mismatch: str | None
+    _lock_fd: int | None = None
+    #: Whether this session has placed an object (and so raised the generation).
+    _writing: bool = False
+
+    @abstractmethod
+    def _check(self) -> tuple[Identity | None, str | None]:
+        """(identity, None) for an index that describes this archive; (None, why) otherwise."""
+
+    @abstractmethod
+    def _write_marker(self, identity: Identity) -> None:
+        """Record a write session's generation in the marker (not durably: identity.py)."""
+
+    def _open_index(self, path: Path, *, check: bool) -> None:
+        """Open the index at `path` and check it against the marker;
+        ArchiveMismatch (with `check`), and the lock released, when it is not
+        this archive's."""
+        try:
+            if self.read_only and not path.is_file():
+                raise FileNotFoundError(f"{path} does not exist")
+            self.index = Index(path, read_only=self.read_only)
+            self.identity, self.mismatch = self._check()
+            if self.mismatch and check:
+                raise ArchiveMismatch(self.mismatch)
+        except BaseException:
+            self._release()
+            raise
+
+    def _start_writing(self) -> None:
+        """Called before each object is placed: the first raises the generation."""
+        if not self._writing:
+            self._next_generation()
+            self._writing = True
+
+    def _next_generation(self) -> None:
+        """Start or end a write session that places objects: the index
+        first, then the marker (see identity.py for why that order)."""
+        assert self.identity is not None
+        self.identity = self.identity.next()
+        self.index.set_identity(self.identity)
+        self._write_marker(self.identity)
+
+    def _release(self) -> None:
+        if getattr(self, "index", None) is not None:
+            self.index.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def close(self) -> None:
+        try:
+            if self._writing:
+                self._writing = False
+                self._next_generation()  # the write session ends
+        finally:
+            self._release()
+
+
+class FolderArchive(SessionArchive):
     """The embedded default: objects in a folder tree, index in SQLite.
 
     Opening checks that the index is this archive's (identity.py) and raises
@@ -141,30 +195,14 @@ class FolderArchive(Archive):
         self.layout = Layout(Path(root))
         self.root = self.layout.root
         self.read_only = read_only
-        self._lock_fd: int | None = None
         self._syncer: ThreadPoolExecutor | None = None
-        #: Whether this session has placed an object (and so raised the generation).
-        self._writing = False
         if not read_only:
             self.layout.create()
         if exclusive:
             self._lock_fd = take_lock(self.layout.lock)
-        try:
-            if read_only and not self.layout.index.is_file():
-                raise FileNotFoundError(f"{self.layout.index} does not exist")
-            self.index = Index(self.layout.index, read_only=read_only)
-            self.identity, self.mismatch = self._check()
-            if self.mismatch and check:
-                raise ArchiveMismatch(self.mismatch)
-        except BaseException:
-            self._release()
-            raise
+        self._open_index(self.layout.index, check=check)
         if exclusive:
-            for leftover in self.layout.staging.iterdir():  # what killed runs staged
-                if leftover.is_dir():
-                    shutil.rmtree(leftover, ignore_errors=True)
-                else:
-                    leftover.unlink()
+            clear_staging(self.layout.staging)
         self._unsynced: list[Path] = []
         self._folders: set[Path] = set()
         self._syncer = ThreadPoolExecutor(max_workers=8, thread_name_prefix="fsync")
@@ -205,27 +243,19 @@ class FolderArchive(Archive):
         log.info("%s: archive identity %s recorded in %s", layout.root, adopted.archive, layout.marker)
         return adopted, None
 
-    def _next_generation(self) -> None:
-        """Start or end a write session that places objects: the index
-        first, then the marker (see identity.py for why that order)."""
-        assert self.identity is not None
-        self.identity = self.identity.next()
-        self.index.set_identity(self.identity)
-        write_marker(self.layout.marker, self.identity, durable=False)  # why not durable: identity.py
+    def _write_marker(self, identity: Identity) -> None:
+        write_marker(self.layout.marker, identity, durable=False)  # why not durable: identity.py
 
     def _release(self) -> None:
-        if getattr(self, "index", None) is not None:
-            self.index.close()
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        if self._syncer is not None:
+            self._syncer.shutdown()
+            self._syncer = None
+        super()._release()
 
     def place(self, staged: Path, relative: str) -> None:
         if self.read_only:
             raise ArchiveReadOnly(f"{self.root} is open read-only")
-        if not self._writing:  # the first object of this session
-            self._next_generation()
-            self._writing = True
+        self._start_writing()
         target = self.layout.resolve(relative)
         if target.parent not in self._folders:  # one mkdir walk per series, not per object
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -275,15 +305,15 @@ class FolderArchive(Archive):
     def staging(self) -> Path:
         return self.layout.staging
 
-    def close(self) -> None:
-        try:
-            if self._writing:
-                self._writing = False
-                self._next_generation()  # the write session ends
-        finally:
-            if self._syncer is not None:
-                self._syncer.shutdown()
-            self._release()
+
+def clear_staging(folder: Path) -> None:
+    """Remove what killed runs left in a staging folder (never placed, so
+    nothing refers to it): for a write session, which holds the lock."""
+    for leftover in folder.iterdir():
+        if leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink()
 
 
 def _pread_into(fd: int, relative: str, start: int, view: memoryview) -> None:

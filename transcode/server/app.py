@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from transcode import __version__, logs
-from transcode.archive import FolderArchive
+from transcode.archive.objects import open_archive
 from transcode.archive.store import Archive
 from transcode.codecs.htj2k import EncodeSettings
 from transcode.limits import Limits
@@ -105,7 +105,7 @@ def app_from_environment() -> FastAPI:
     options = json.loads(os.environ[SERVE_OPTIONS])
     settings = EncodeSettings(max_frame_bytes=options["max_frame_bytes"]) if options.get("max_frame_bytes") else None
     render_limits = RenderLimits(options["max_render_pixels"]) if options.get("max_render_pixels") else None
-    archive = FolderArchive(options["archive"], read_only=options["read_only"])
+    archive = open_archive(options["archive"], catalog=options.get("catalog"), read_only=options["read_only"])
     return create_app(archive, cors_origins=options["cors_origins"], stow_workers=options["stow_workers"],
                       on_conflict=options.get("on_conflict", "keep"), settings=settings,
                       render_limits=render_limits, security=security_from(options.get("security", {}), archive.index.path),

@@ -37,9 +37,10 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 from transcode.archive.index import InstanceRow
-from transcode.archive.store import Archive, ByteRange
+from transcode.archive.store import Archive
 from transcode.digest import Digest, frame_pieces_match, frame_prefix_matches
 from transcode.server.errors import StoredDataError
+from transcode.stores.base import ByteRange
 
 log = logging.getLogger(__name__)
 

@@ -15,13 +15,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from transcode.archive.store import ByteRange
 from transcode.codecs import region
 from transcode.codecs.codestream import CodestreamIndex
 from transcode.codecs.region import Cut
 from transcode.digest import has_piece_checksums
 from transcode.server.errors import Problem
 from transcode.server.frames import FrameReader, StoredInstance
+from transcode.stores.base import ByteRange
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,175 @@
+"""An `Archive` over any `Store`, and `open_archive` for archive URLs.
+
+`StoreArchive` keeps the objects in a store (S3, memory, a folder) under
+the same keys `FolderArchive` uses as paths (`objects/STUDY/SERIES/SOP.dcm`,
+`conflicts/...`), and everything that is not an object in a local *catalog*
+folder given by the caller: the SQLite index, the workers' staging folder
+and the writer lock. `root` is None: nothing may open an object by path.
+
+The identity rules of `identity.py` hold with the marker stored as the
+object `archive.json` beside the objects: an index that does not describe
+the store (another archive's, an older copy, a fresh catalog over a store
+with objects) is refused with ArchiveMismatch. `transcode verify
+--rebuild-index` does not yet read a store (README, "Object storage").
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from transcode.archive import identity
+from transcode.archive.identity import ArchiveMismatch, Identity, decode_marker, encode_marker
+from transcode.archive.store import (
+    Archive,
+    ArchiveReadOnly,
+    FolderArchive,
+    SessionArchive,
+    clear_staging,
+    take_lock,
+)
+from transcode.stores.base import ByteRange, ObjectMissing, ObjectTruncated, Store
+
+log = logging.getLogger(__name__)
+
+MARKER = "archive.json"
+
+
+class ArchiveURLError(ValueError):
+    """An archive URL that names no archive this build can open."""
+
+
+class StoreArchive(SessionArchive):
+    """Objects in `store`, index and staging in the local folder `catalog`.
+
+    `exclusive`, `read_only` and `check` mean what they mean for
+    `FolderArchive`. `name` is how messages name the store (its URL)."""
+
+    def __init__(self, store: Store, catalog: str | os.PathLike[str], *, name: str, exclusive: bool = False,
+                 read_only: bool = False, check: bool = True) -> None:
+        if exclusive and (read_only or not check):
+            raise ValueError("a write session is neither read-only nor unchecked")
+        self.store = store
+        self.name = name
+        self.catalog = Path(catalog)
+        self.read_only = read_only or not store.supports_writes
+        self._staging = self.catalog / "staging"
+        if not self.read_only:
+            self._staging.mkdir(parents=True, exist_ok=True)
+        if exclusive:
+            self._lock_fd = take_lock(self.catalog / ".lock")
+        self._open_index(self.catalog / "index.sqlite", check=check)
+        if exclusive:
+            clear_staging(self._staging)
+
+    def _check(self) -> tuple[Identity | None, str | None]:
+        """As `FolderArchive._check`, with the marker in the store."""
+        indexed = self.index.identity()
+        try:
+            marker: Identity | None = decode_marker(self.store.get(MARKER), f"{self.name}/{MARKER}")
+        except ObjectMissing:
+            marker = None
+        except ArchiveMismatch as exc:
+            return None, f"{exc}: {identity.REBUILD.format(root=self.name)}"
+        if marker is None:
+            stored = (sum(1 for _ in self.store.list("objects/")), sum(1 for _ in self.store.list("conflicts/")))
+            why = identity.counts_match(stored, self.index.listed(), self.name)
+            if why is not None or self.read_only:
+                return indexed, why
+            self.index.create()
+            marker = indexed or Identity.new()
+            if indexed is None:
+                self.index.set_identity(marker)
+            self.store.put(MARKER, encode_marker(marker))
+            log.info("%s: archive identity %s recorded in %s", self.name, marker.archive, MARKER)
+            return marker, None
+        why = identity.check(marker, indexed, self.name)
+        if why is None and not self.read_only:
+            self.index.create()
+            if indexed is not None and indexed != marker:  # a crash between the index and the marker
+                self.store.put(MARKER, encode_marker(indexed))
+        return (None if why else indexed), why
+
+    def _write_marker(self, identity: Identity) -> None:
+        self.store.put(MARKER, encode_marker(identity))
+
+    def place(self, staged: Path, relative: str) -> None:
+        """`store.put` (atomic and durable when it returns), then the staged
+        file is removed."""
+        if self.read_only:
+            raise ArchiveReadOnly(f"{self.name} is open read-only")
+        self._start_writing()
+        self.store.put(relative, staged)
+        staged.unlink()
+
+    def flush(self) -> None:
+        """Nothing to do: every `place` was durable when it returned."""
+
+    def read(self, relative: str, start: int = 0, end: int | None = None) -> bytes:
+        """Bytes [start, end) of an object, fewer where it ends first (as a
+        file read); FileNotFoundError (ObjectMissing) when it is missing."""
+        if start == 0 and end is None:
+            return self.store.get(relative)
+        if end is not None:  # the common case, one request: a range inside the object
+            try:
+                return self.store.get_range(relative, ByteRange(start, max(start, end)))
+            except ObjectTruncated:
+                pass
+        size = self.store.size(relative)
+        end = size if end is None else min(end, size)
+        return self.store.get_range(relative, ByteRange(start, end)) if start < end else b""
+
+    def read_into(self, relative: str, start: int, view: memoryview) -> None:
+        """EOFError (ObjectTruncated) when the object ends before `view` is full."""
+        view[:] = self.store.get_range(relative, ByteRange(start, start + len(view)))
+
+    def read_ranges(self, relative: str, ranges: Sequence[ByteRange]) -> list[bytearray]:
+        """Several ranges in one `get_ranges` call (one request per range, or
+        fewer, where the store coalesces them)."""
+        return [bytearray(data) for data in self.store.get_ranges(relative, ranges)]
+
+    def exists(self, relative: str) -> bool:
+        return self.store.exists(relative)
+
+    def size(self, relative: str) -> int:
+        return self.store.size(relative)
+
+    def staging(self) -> Path:
+        return self._staging
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self.store.close()
+
+
+def open_archive(url: str | os.PathLike[str], *, catalog: str | os.PathLike[str] | None = None,
+                 exclusive: bool = False, read_only: bool = False, check: bool = True) -> Archive:
+    """The archive at `url`: a folder path (objects and SQLite inside it, as
+    always) or `s3://BUCKET/PREFIX` (objects in S3, reached through the AWS
+    environment variables; index and staging in the local folder
+    `catalog`, required). ArchiveURLError for a URL of another scheme, an
+    S3 URL without a catalog or a folder with one."""
+    text = os.fspath(url)
+    scheme = urlsplit(text).scheme if "://" in text else ""  # a folder may have a colon in its name
+    if scheme in ("", "file"):
+        if catalog is not None:
+            raise ArchiveURLError("--catalog is for an object-store archive; a folder archive keeps its index inside")
+        return FolderArchive(urlsplit(text).path if scheme else text, exclusive=exclusive, read_only=read_only,
+                             check=check)
+    if scheme != "s3":
+        raise ArchiveURLError(f"{text}: an archive is a folder or an s3://bucket/prefix URL")
+    if catalog is None:
+        raise ArchiveURLError(f"{text}: an S3 archive needs --catalog FOLDER for its index and staging")
+    from transcode.stores.s3 import S3Store
+
+    try:
+        store = S3Store.from_url(text, read_only=read_only)
+    except ValueError as exc:
+        raise ArchiveURLError(str(exc)) from None
+    return StoreArchive(store, catalog, name=text, exclusive=exclusive,
+                        read_only=read_only, check=check)
