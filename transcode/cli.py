@@ -300,6 +300,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
                   "ingest first, or give a new folder for an archive filled through STOW-RS", file=sys.stderr)
             return EXIT_USAGE
         log.info("new empty archive at %s", archive)
+    if args.viewer_dir and not (Path(args.viewer_dir) / "index.html").is_file():
+        print(f"transcode: --viewer-dir {args.viewer_dir} holds no index.html (give a built static viewer: "
+              "OHIF's dist folder)", file=sys.stderr)
+        return EXIT_USAGE
     try:  # a new folder becomes an empty archive, to be filled through STOW-RS
         FolderArchive(archive, read_only=read_only).close()
     except ArchiveMismatch as exc:  # never serve (nor store into) an index that is not the archive's
@@ -316,10 +320,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
                                             "cors_origins": args.cors_origin, "stow_workers": args.stow_workers,
                                             "on_conflict": args.on_conflict,
                                             "max_frame_bytes": _frame_bytes(args.max_frame_mb),
-                                            "max_render_pixels": args.max_render_pixels})
+                                            "max_render_pixels": args.max_render_pixels,
+                                            "viewer_dir": str(Path(args.viewer_dir).resolve()) if args.viewer_dir else None})
     host = f"[{args.host}]" if ":" in args.host else args.host
-    print(f"DICOMweb root: http://{host}:{args.port}/dicomweb  (studies: http://{host}:{args.port}/dicomweb/studies)",
-          flush=True)
+    print(f"DICOMweb root: http://{host}:{args.port}/dicomweb  (studies: http://{host}:{args.port}/dicomweb/studies)")
+    if args.viewer_dir:
+        print(f"OHIF: http://{host}:{args.port}/ohif/")
+    print(f"Viewer: open http://{host}:{args.port}/ in a browser", flush=True)
     uvicorn.run("transcode.server.app:app_from_environment", factory=True, workers=args.workers, host=args.host,
                 port=args.port, log_config=None, proxy_headers=True)  # uvicorn logs through `transcode.logs`
     return EXIT_OK
@@ -523,6 +530,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-render-pixels", type=int, default=None,
                        help="rendered images larger are scaled down to it, and no larger frame is decoded for one "
                             "(default: 4096 x 4096)")
+    serve.add_argument("--viewer-dir", default=None, metavar="DIR",
+                       help="a prebuilt static viewer (OHIF's dist) to serve under /ohif/, configured for this server")
     serve.set_defaults(func=cmd_serve, log_default="info")
 
     listen = sub.add_parser("listen", help="receive instances over DICOM (C-STORE) into an archive")

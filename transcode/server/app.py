@@ -3,6 +3,7 @@
 Routes live under `prefix` (default `/dicomweb`): QIDO-RS search, WADO-RS
 retrieval (instances, metadata, frames, bulk data, rendered, thumbnails)
 and STOW-RS. Errors are JSON, `{"error": reason, "detail": sentence}`.
+The built-in viewer is at `/`, a prebuilt OHIF (optional) under `/ohif/`.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import logging
 import os
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import APIRouter, FastAPI
 from fastapi.exceptions import RequestValidationError
@@ -25,7 +27,7 @@ from transcode.archive import FolderArchive
 from transcode.archive.store import Archive
 from transcode.codecs.htj2k import EncodeSettings
 from transcode.policy import Stop
-from transcode.server import qido, rendered, stow, wado
+from transcode.server import qido, rendered, stow, viewer, wado
 from transcode.server.catalog import uid
 from transcode.server.errors import Problem
 from transcode.server.negotiate import NotAcceptable, accepts_json
@@ -36,19 +38,22 @@ from transcode.service import IngestService
 
 SERVE_OPTIONS = "TRANSCODE_SERVE_OPTIONS"
 log = logging.getLogger(__name__)
+#: How long a browser may reuse a CORS preflight answer (Chromium caps it at 2 hours).
+PREFLIGHT_MAX_AGE = 7200
 EXPOSED = ["Content-Range", "Content-Length", "Content-Type", "Content-Location", "ETag", "Warning"]
 STUDY, SERIES = qido.STUDY_UID, qido.SERIES_UID
 
 
 def create_app(archive: Archive, *, prefix: str = "/dicomweb", cors_origins: Sequence[str] = (),
                stow_workers: int | None = None, on_conflict: str = "keep", settings: EncodeSettings | None = None,
-               render_limits: RenderLimits | None = None) -> FastAPI:
+               render_limits: RenderLimits | None = None, viewer_dir: Path | None = None) -> FastAPI:
     """The application over `archive` (opened by the caller, who closes it).
     `cors_origins`: origins allowed to call from a browser ("*" for any);
     `on_conflict`: what STOW-RS does with other content under an archived
     SOP Instance UID (`policy.OnConflict`); `settings`: how STOW-RS
     transcodes (the frame size cap among them); `render_limits`: the
-    largest rendered image."""
+    largest rendered image; `viewer_dir`: a prebuilt static viewer (OHIF's
+    dist) to serve under `/ohif/`, configured for this server."""
     service = Service(archive, prefix)
     ingester = IngestService(archive.root, workers=stow_workers or 2, settings=settings,  # started by the first STOW
                              on_conflict=on_conflict) if archive.root is not None else None
@@ -67,9 +72,10 @@ def create_app(archive: Archive, *, prefix: str = "/dicomweb", cors_origins: Seq
     app.include_router(rendered.routes(service, render_limits), prefix=prefix)
     if ingester is not None:
         app.include_router(stow.routes(service, ingester), prefix=prefix)
+    viewer.mount(app, prefix, viewer_dir)
     if cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST", "OPTIONS"],
-                           allow_headers=["*"], expose_headers=EXPOSED)
+                           allow_headers=["*"], expose_headers=EXPOSED, max_age=PREFLIGHT_MAX_AGE)
     _error_handlers(app)
     return app
 
@@ -83,7 +89,8 @@ def app_from_environment() -> FastAPI:
     limits = RenderLimits(options["max_render_pixels"]) if options.get("max_render_pixels") else None
     return create_app(FolderArchive(options["archive"], read_only=options["read_only"]),
                       cors_origins=options["cors_origins"], stow_workers=options["stow_workers"],
-                      on_conflict=options.get("on_conflict", "keep"), settings=settings, render_limits=limits)
+                      on_conflict=options.get("on_conflict", "keep"), settings=settings, render_limits=limits,
+                      viewer_dir=Path(options["viewer_dir"]) if options.get("viewer_dir") else None)
 
 
 def _qido_routes(service: Service) -> APIRouter:

@@ -1,0 +1,155 @@
+// Drives the built-in viewer in Debian's chromium (puppeteer-core) and prints
+// one JSON object on stdout; the Python tests and benchmarks judge it.
+//
+//   node viewer.mjs URL OUT_DIR check JOBS_JSON
+//     JOBS_JSON: {"modes": [...], "frames": [{"study", "series", "index"}...], "screenshot": bool,
+//                 "zoom": {"study", "series", "sop", "frame", "x", "y", "w", "h"} | null,
+//                 "ohif": "URL" | null}
+//     -> {"frames": {mode: [pixel summary...]}, "zoom": {info, panel, tiles, visible} | null,
+//         "ohif": {requests, text} | null, "screenshot": path | null, "console": [...]}
+//   node viewer.mjs URL OUT_DIR first-image JOBS_JSON
+//     JOBS_JSON: {"modes": [...], "study", "series", "repeat": n}
+//     -> {"runs": [{"mode", "ms", "bytes", "requests", "columns", "rows"}...]}
+import puppeteer from 'puppeteer-core';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+const [url, outDir, command, jobsJson] = process.argv.slice(2);
+const jobs = JSON.parse(jobsJson);
+const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
+const profile = mkdtempSync(join(tmpdir(), 'transcode-chromium-'));
+const consoleLines = [];
+
+const browser = await puppeteer.launch({
+  executablePath: CHROMIUM,
+  headless: true,
+  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+    '--disable-background-networking', '--disable-component-update', '--disable-sync',
+    `--user-data-dir=${profile}`],
+});
+
+/** A fresh page on the viewer in `mode`, with the HTTP cache off: frames are
+ * served immutable, and each mode must fetch them itself. */
+async function open(mode) {
+  const page = await browser.newPage();
+  await page.setViewport({ width: 1280, height: 800 });
+  await page.setCacheEnabled(false);
+  page.on('console', (msg) => consoleLines.push(`${msg.type()}: ${msg.text()}`));
+  page.on('pageerror', (error) => consoleLines.push(`pageerror: ${error.message}`));
+  await page.goto(`${url}/?mode=${mode}`, { waitUntil: 'load' });
+  await page.evaluate(() => window.transcodeViewer.ready);
+  return page;
+}
+
+async function check() {
+  const result = { frames: {}, zoom: null, screenshot: null };
+  for (const mode of jobs.modes) {
+    const page = await open(mode);
+    const summaries = [];
+    for (const { study, series, index } of jobs.frames) {
+      summaries.push(await page.evaluate(async (s, r, i, m) => {
+        const v = window.transcodeViewer;
+        const ids = await v.openSeries(s, r, m);
+        await v.showImage(i);
+        return v.pixelSummary(ids[i]);
+      }, study, series, index, mode));
+    }
+    result.frames[mode] = summaries;
+    if (jobs.screenshot && mode === jobs.modes[0]) {
+      const first = jobs.frames[0];
+      await page.evaluate((s, r) => window.transcodeViewer.openSeries(s, r), first.study, first.series);
+      await new Promise((resolve) => setTimeout(resolve, 500));
+      result.screenshot = join(outDir, 'viewer.png');
+      await page.screenshot({ path: result.screenshot });
+    }
+    await page.close();
+  }
+  if (jobs.zoom) {
+    result.zoom = await zoom(jobs.zoom);
+  }
+  if (jobs.ohif) {
+    result.ohif = await ohif(jobs.ohif);
+  }
+  return result;
+}
+
+/** Open the deep zoom of a frame, then zoom into a rectangle of it; report
+ * the tiles fetched for that rectangle and the region then visible. */
+async function zoom(target) {
+  const page = await open('whole');
+  const result = await page.evaluate(async (t) => {
+    const v = window.transcodeViewer;
+    const info = await v.openDeepZoom(t);
+    await v.deepZoomSettled();
+    const zoomed = await v.zoomTo(t.x, t.y, t.w, t.h);
+    const panel = Number(document.getElementById('tile-count').textContent);
+    return { info, panel, ...zoomed };
+  }, target);
+  await page.screenshot({ path: join(outDir, 'zoom.png') });
+  await page.close();
+  return result;
+}
+
+/** Open OHIF's study list from the same origin; report the requests it made. */
+async function ohif(ohifUrl) {
+  const page = await browser.newPage();
+  await page.setCacheEnabled(false);
+  const requests = [];
+  page.on('request', (request) => requests.push({ method: request.method(), url: request.url() }));
+  page.on('pageerror', (error) => consoleLines.push(`ohif pageerror: ${error.message}`));
+  await page.goto(ohifUrl, { waitUntil: 'networkidle0', timeout: 60000 });
+  const text = await page.evaluate(() => document.body.innerText);
+  await page.screenshot({ path: join(outDir, 'ohif.png') });
+  await page.close();
+  return { requests, text };
+}
+
+/** Milliseconds and bytes from opening a series to its first rendered image. */
+async function firstImage() {
+  const runs = [];
+  for (let i = 0; i < (jobs.repeat ?? 1); i++) {
+    for (const mode of jobs.modes) {
+      const page = await open(mode);
+      runs.push(await page.evaluate(async (s, r, m) => {
+        const v = window.transcodeViewer;
+        const element = document.getElementById('stack');
+        performance.clearResourceTimings();
+        const start = performance.now();
+        const rendered = new Promise((resolve) => {
+          const seen = () => {
+            const image = v.shownImage();
+            if (image) {
+              element.removeEventListener(v.events.IMAGE_RENDERED, seen);
+              resolve({ at: performance.now(), columns: image.columns, rows: image.rows });
+            }
+          };
+          element.addEventListener(v.events.IMAGE_RENDERED, seen);
+        });
+        v.openSeries(s, r, m);
+        const shown = await rendered;
+        const frames = performance.getEntriesByType('resource')
+          .filter((e) => e.name.includes('/frames/') && e.responseEnd <= shown.at);
+        return {
+          mode: m,
+          ms: shown.at - start,
+          bytes: frames.reduce((sum, e) => sum + e.encodedBodySize, 0),
+          requests: frames.length,
+          columns: shown.columns,
+          rows: shown.rows,
+        };
+      }, jobs.study, jobs.series, mode));
+      await page.close();
+    }
+  }
+  return { runs };
+}
+
+try {
+  const result = command === 'check' ? await check() : await firstImage();
+  result.console = consoleLines;
+  process.stdout.write(`${JSON.stringify(result)}\n`);
+} finally {
+  await browser.close();
+  rmSync(profile, { recursive: true, force: true });
+}

@@ -1,0 +1,134 @@
+"""The built-in viewer in headless chromium over `transcode serve` on the
+README's demo archive: the frames Cornerstone3D decoded in the browser (from
+HTJ2K, by OpenJPH's WebAssembly) are the source pixels, in every loading
+mode; the deep zoom fetches only the IIIF tiles in view; OHIF served from
+the same origin needs no CORS preflight. Skips where node, chromium or the
+harness's node_modules (`npm ci --prefix tests/browser`) are absent."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+import pytest
+
+from tests import browser_harness as harness
+
+MODES = ["range", "stream", "whole"]
+#: (modality, index in the series' stack): CT (two source syntaxes), the
+#: deflated MR multi-frame, the tiled CR, a frame of the colour US.
+FRAMES = [("MR", 3), ("CT", 0), ("CT", 7), ("CR", 0), ("US", 1)]
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    if (why := harness.missing()) is not None:
+        pytest.skip(why)
+    folder = tmp_path_factory.mktemp("viewer")
+    archive, sources = harness.demo_archive(folder)
+    by_sop = {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID: p for p in sources}
+    return {"folder": folder, "archive": archive, "sources": by_sop}
+
+
+@pytest.fixture(scope="module")
+def origin(demo: dict[str, Any]):  # -> Iterator[str]
+    with harness.serving(demo["archive"]) as url:
+        yield url
+
+
+def series_by_modality(origin: str) -> dict[str, tuple[str, str]]:
+    found = {}
+    for study in harness.qido(origin, "/studies"):
+        study_uid = study["0020000D"]["Value"][0]
+        for series in harness.qido(origin, f"/studies/{study_uid}/series"):
+            found[series["00080060"]["Value"][0]] = (study_uid, series["0020000E"]["Value"][0])
+    return found
+
+
+def expected_sha256(source: Path, frame: int, summary: dict[str, Any]) -> str:
+    """The browser's digest recomputed from pydicom's decode of the source:
+    values as float64 after the rescale Cornerstone says it applied."""
+    ds = pydicom.dcmread(source)
+    pixels = ds.pixel_array
+    if int(getattr(ds, "NumberOfFrames", 1) or 1) > 1:
+        pixels = pixels[frame - 1]
+    assert pixels.shape[:2] == (summary["rows"], summary["columns"])
+    values = pixels.astype(np.float64)
+    if summary["scaled"]:
+        values = values * summary["slope"] + summary["intercept"]
+    return hashlib.sha256(values.astype("<f8").tobytes()).hexdigest()
+
+
+def test_frames_decoded_in_the_browser_are_the_source_pixels(demo, origin, tmp_path) -> None:
+    series = series_by_modality(origin)
+    jobs = {"modes": MODES, "screenshot": True,
+            "frames": [{"study": series[m][0], "series": series[m][1], "index": i} for m, i in FRAMES]}
+    result = harness.browse(origin, tmp_path, "check", jobs)
+    assert set(result["frames"]) == set(MODES)
+    for mode, summaries in result["frames"].items():
+        assert len(summaries) == len(FRAMES)
+        for (modality, _), summary in zip(FRAMES, summaries, strict=True):
+            sop, frame = re.search(r"/instances/([\d.]+)/frames/(\d+)$", summary["imageId"]).groups()
+            assert summary["transferSyntax"] == "1.2.840.10008.1.2.4.202", (mode, modality, summary)
+            assert summary["samples"] == (3 if modality == "US" else 1)
+            assert summary["sha256"] == expected_sha256(demo["sources"][sop], int(frame), summary), \
+                (mode, modality, summary)
+    screenshot = Path(result["screenshot"])
+    assert screenshot.stat().st_size > 10_000  # a rendered page, not an empty one
+    assert not [line for line in result["console"] if line.startswith("pageerror")]
+
+
+def _region(url: str, width: int, height: int) -> tuple[float, float, float, float]:
+    region = url.split("/")[-4]
+    if region == "full":
+        return 0, 0, width, height
+    x, y, w, h = map(float, region.split(","))
+    return x, y, w, h
+
+
+def test_deep_zoom_fetches_only_the_tiles_in_view(demo, origin, tmp_path) -> None:
+    study, series = series_by_modality(origin)["CR"]
+    instance = harness.qido(origin, f"/studies/{study}/series/{series}/instances")[0]
+    sop = instance["00080018"]["Value"][0]
+    base = f"{origin}/iiif/studies/{study}/series/{series}/instances/{sop}/frames/1"
+    answered = harness.status(f"{base}/info.json")
+    if answered == 404:
+        pytest.skip("the IIIF Image API is not served here (GET …/info.json answers 404: branch `regions` "
+                    "not merged)")
+    assert answered == 200
+    rows, columns = pydicom.dcmread(demo["sources"][sop], stop_before_pixels=True)[0x00280010:0x00280012]
+    width, height = columns.value, rows.value
+    corner = {"x": 0, "y": 0, "w": width // 4, "h": height // 4}
+    result = harness.browse(origin, tmp_path, "check",
+                            {"modes": [], "frames": [], "zoom": {"study": study, "series": series, "sop": sop,
+                                                                 "frame": 1, **corner}})
+    zoom = result["zoom"]
+    assert zoom["info"] == f"{base}/info.json"
+    assert zoom["tiles"], "zooming in fetched no tile"
+    visible = zoom["visible"]
+    for url in zoom["tiles"]:
+        assert url.startswith(f"{base}/") and url.endswith("/0/default.jpg"), url
+        x, y, w, h = _region(url, width, height)
+        overlaps = (x < visible["x"] + visible["w"] + 1 and visible["x"] - 1 < x + w
+                    and y < visible["y"] + visible["h"] + 1 and visible["y"] - 1 < y + h)
+        assert overlaps, (url, visible)
+    assert visible["x"] + visible["w"] < width and visible["y"] + visible["h"] < height
+    assert zoom["panel"] >= len(zoom["tiles"])  # the viewer lists what it fetched
+
+
+def test_ohif_from_the_same_origin_makes_no_preflight(demo, tmp_path) -> None:
+    if not (harness.OHIF_DIST / "index.html").is_file():
+        pytest.skip(f"no OHIF build at {harness.OHIF_DIST} (.ci/run unpacks `npm pack @ohif/app@3.13.2` there)")
+    with harness.serving(demo["archive"], "--viewer-dir", str(harness.OHIF_DIST)) as url:
+        result = harness.browse(url, tmp_path, "check", {"modes": [], "frames": [], "ohif": f"{url}/ohif/"})
+    requests = result["ohif"]["requests"]
+    searched = [r for r in requests if "/dicomweb/studies" in r["url"]]
+    assert searched, "OHIF did not search the archive"
+    assert all(r["url"].startswith(f"{url}/") for r in searched)
+    assert not [r for r in requests if r["method"] == "OPTIONS"]
+    assert "Demo^Patient" in result["ohif"]["text"].replace(", ", "^") or "Demo" in result["ohif"]["text"]
+
