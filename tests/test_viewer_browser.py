@@ -124,11 +124,13 @@ def test_ohif_from_the_same_origin_makes_no_preflight(demo, tmp_path) -> None:
     if not (harness.OHIF_DIST / "index.html").is_file():
         pytest.skip(f"no OHIF build at {harness.OHIF_DIST} (.ci/run unpacks `npm pack @ohif/app@3.13.2` there)")
     with harness.serving(demo["archive"], "--viewer-dir", str(harness.OHIF_DIST)) as url:
-        result = harness.browse(url, tmp_path, "check", {"modes": [], "frames": [], "ohif": f"{url}/ohif/"})
+        study, _ = series_by_modality(url)["US"]
+        result = harness.browse(url, tmp_path, "check",
+                                {"modes": [], "frames": [], "ohif": {"url": f"{url}/ohif/", "study": study}})
     requests = result["ohif"]["requests"]
-    searched = [r for r in requests if "/dicomweb/studies" in r["url"]]
-    assert searched, "OHIF did not search the archive"
-    assert all(r["url"].startswith(f"{url}/") for r in searched)
+    assert "Demo, Patient" in result["ohif"]["text"]  # the study list, from our QIDO-RS
+    frames = [r for r in requests if "/frames/" in r["url"]]
+    assert frames, "OHIF's viewer fetched no frame"
+    assert all(r["url"].startswith(f"{url}/") for r in requests if r["url"].startswith(("http:", "https:")))
     assert not [r for r in requests if r["method"] == "OPTIONS"]
-    assert "Demo^Patient" in result["ohif"]["text"].replace(", ", "^") or "Demo" in result["ohif"]["text"]
-
+    assert not [line for line in result["console"] if line.startswith("ohif pageerror")]

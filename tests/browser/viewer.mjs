@@ -4,7 +4,7 @@
 //   node viewer.mjs URL OUT_DIR check JOBS_JSON
 //     JOBS_JSON: {"modes": [...], "frames": [{"study", "series", "index"}...], "screenshot": bool,
 //                 "zoom": {"study", "series", "sop", "frame", "x", "y", "w", "h"} | null,
-//                 "ohif": "URL" | null}
+//                 "ohif": {"url", "study"} | null}
 //     -> {"frames": {mode: [pixel summary...]}, "zoom": {info, panel, tiles, visible} | null,
 //         "ohif": {requests, text} | null, "screenshot": path | null, "console": [...]}
 //   node viewer.mjs URL OUT_DIR first-image JOBS_JSON
@@ -91,15 +91,18 @@ async function zoom(target) {
   return result;
 }
 
-/** Open OHIF's study list from the same origin; report the requests it made. */
-async function ohif(ohifUrl) {
+/** Open OHIF's study list from the same origin, then a study in its
+ * viewer; report the requests it made and the list's text. */
+async function ohif({ url: ohifUrl, study }) {
   const page = await browser.newPage();
+  await page.setViewport({ width: 1280, height: 800 });
   await page.setCacheEnabled(false);
   const requests = [];
   page.on('request', (request) => requests.push({ method: request.method(), url: request.url() }));
   page.on('pageerror', (error) => consoleLines.push(`ohif pageerror: ${error.message}`));
   await page.goto(ohifUrl, { waitUntil: 'networkidle0', timeout: 60000 });
   const text = await page.evaluate(() => document.body.innerText);
+  await page.goto(`${ohifUrl}viewer?StudyInstanceUIDs=${study}`, { waitUntil: 'networkidle0', timeout: 120000 });
   await page.screenshot({ path: join(outDir, 'ohif.png') });
   await page.close();
   return { requests, text };

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from functools import lru_cache
 from importlib.resources import files
 from pathlib import Path
 
@@ -107,21 +108,27 @@ class _SinglePage(_Static):
         except HTTPException as exc:
             if exc.status_code != 404:
                 raise
-            path, response = "index.html", None
-        if response is None or path in ("", ".", "index.html") or path.endswith(".html"):
-            return self._rewritten(Path(str(self.directory)) / (path if path.endswith(".html") else "index.html"))
-        if path.startswith("app.bundle.") and path.endswith(".js"):
-            return self._rewritten(Path(str(self.directory)) / path)
-        return response
-
-    @staticmethod
-    def _rewritten(file: Path) -> Response:
-        body = file.read_bytes()
-        for old in _PUBLIC_PATH:
-            body = body.replace(old, old[:-2] + f'{OHIF}/"'.encode())
-        if file.suffix == ".html":
-            body = _ROOT_URL.sub(rb"\1" + OHIF.encode() + b"/", body)
-            media = "text/html"
+            path = "index.html"
         else:
-            media = "text/javascript"
-        return Response(body, media_type=media, headers=NO_CACHE)
+            if not (path.endswith((".html", ".js"))):
+                return response
+        file = Path(str(self.directory)) / path
+        stat = file.stat()
+        body = _moved(file, stat.st_mtime_ns, stat.st_size)
+        if body is None:
+            return response
+        return Response(body, media_type="text/html" if file.suffix == ".html" else "text/javascript",
+                        headers=NO_CACHE)
+
+
+@lru_cache(maxsize=64)
+def _moved(file: Path, mtime_ns: int, size: int) -> bytes | None:
+    """`file` (HTML or a webpack bundle) with its compiled public path `/`
+    moved to `/ohif/`; None when it names none. Cached per file version."""
+    del mtime_ns, size  # the cache key: a changed file is read again
+    body = original = file.read_bytes()
+    for old in _PUBLIC_PATH:
+        body = body.replace(old, old[:-2] + f'{OHIF}/"'.encode())
+    if file.suffix == ".html":
+        body = _ROOT_URL.sub(rb"\1" + OHIF.encode() + b"/", body)
+    return None if body == original else body
