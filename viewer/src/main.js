@@ -48,7 +48,9 @@ const MODES = {
 
 const $ = (id) => document.getElementById(id);
 const tag = (item, key) => item[key]?.Value?.[0];
-const name = (value) => (value && typeof value === 'object' ? value.Alphabetic ?? '' : value ?? '');
+/** A person name for people: `Doe^John` as "Doe, John". */
+const name = (value) => String((value && typeof value === 'object' ? value.Alphabetic : value) ?? '')
+  .split('^').filter(Boolean).join(', ');
 
 async function json(url) {
   const response = await fetch(url, { headers: { Accept: 'application/dicom+json' } });
@@ -160,7 +162,9 @@ async function listStudies() {
     const title = name(tag(study, '00100010')) || '(no name)';
     const detail = [tag(study, '00080020'), tag(study, '00081030'), (study['00080061']?.Value ?? []).join('/')]
       .filter(Boolean).join(' · ');
-    return card(`${ROOT}/studies/${uid}/thumbnail`, title, detail, () => listSeries(uid));
+    const el = card(`${ROOT}/studies/${uid}/thumbnail`, title, detail, () => listSeries(uid));
+    el.dataset.uid = uid;
+    return el;
   }));
   $('status').textContent = `${studies.length} stud${studies.length === 1 ? 'y' : 'ies'}`;
   return studies.map((study) => tag(study, '0020000D'));
@@ -168,6 +172,7 @@ async function listStudies() {
 
 async function listSeries(study) {
   state.study = study;
+  $('studies').querySelectorAll('.card').forEach((el) => el.classList.toggle('active', el.dataset.uid === study));
   const series = await json(`${ROOT}/studies/${study}/series`);
   series.sort((a, b) => (tag(a, '00200011') ?? 0) - (tag(b, '00200011') ?? 0));
   $('series').replaceChildren(...series.map((item) => {
