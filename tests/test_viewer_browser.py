@@ -8,7 +8,10 @@ harness's node_modules (`npm ci --prefix tests/browser`) are absent."""
 from __future__ import annotations
 
 import hashlib
+import json
+import math
 import re
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +93,12 @@ def _region(url: str, width: int, height: int) -> tuple[float, float, float, flo
     return x, y, w, h
 
 
+def _full_resolution(url: str, width: int, height: int) -> bool:
+    """A IIIF tile URL asking its region at scale 1 (`…/x,y,w,h/w,[h]/…`)."""
+    size = url.split("/")[-3].split(",")[0]
+    return size.isdigit() and _region(url, width, height)[2] == int(size)
+
+
 def test_deep_zoom_fetches_only_the_tiles_in_view(demo, origin, tmp_path) -> None:
     study, series = series_by_modality(origin)["CR"]
     instance = harness.qido(origin, f"/studies/{study}/series/{series}/instances")[0]
@@ -100,8 +109,12 @@ def test_deep_zoom_fetches_only_the_tiles_in_view(demo, origin, tmp_path) -> Non
         pytest.skip("the IIIF Image API is not served here (GET …/info.json answers 404: branch `regions` "
                     "not merged)")
     assert answered == 200
-    rows, columns = pydicom.dcmread(demo["sources"][sop], stop_before_pixels=True)[0x00280010:0x00280012]
-    width, height = columns.value, rows.value
+    with urllib.request.urlopen(f"{base}/info.json", timeout=30) as response:
+        info = json.load(response)
+    width, height = info["width"], info["height"]
+    tile_w, tile_h = info["tiles"][0]["width"], info["tiles"][0].get("height", info["tiles"][0]["width"])
+    full_resolution_tiles = math.ceil(width / tile_w) * math.ceil(height / tile_h)
+    assert full_resolution_tiles > 1, "the CR is not tiled"
     corner = {"x": 0, "y": 0, "w": width // 4, "h": height // 4}
     result = harness.browse(origin, tmp_path, "check",
                             {"modes": [], "frames": [], "zoom": {"study": study, "series": series, "sop": sop,
@@ -117,6 +130,9 @@ def test_deep_zoom_fetches_only_the_tiles_in_view(demo, origin, tmp_path) -> Non
                     and y < visible["y"] + visible["h"] + 1 and visible["y"] - 1 < y + h)
         assert overlaps, (url, visible)
     assert visible["x"] + visible["w"] < width and visible["y"] + visible["h"] < height
+    # The corner is shown at full resolution, from some of that level's tiles only.
+    full = {url for url in zoom["tiles"] if _full_resolution(url, width, height)}
+    assert 0 < len(full) < full_resolution_tiles, zoom["tiles"]
     assert zoom["panel"] >= len(zoom["tiles"])  # the viewer lists what it fetched
 
 
