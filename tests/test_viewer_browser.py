@@ -22,9 +22,12 @@ import pytest
 from tests import browser_harness as harness
 
 MODES = ["range", "stream", "whole"]
-#: (modality, index in the series' stack): CT (two source syntaxes), the
-#: deflated MR multi-frame, the tiled CR, a frame of the colour US.
-FRAMES = [("MR", 3), ("CT", 0), ("CT", 7), ("CR", 0), ("US", 1)]
+HTJ2K, JPEG_BASELINE = "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.50"
+#: (modality, index in the series' stack, syntax sent): CT (two source
+#: syntaxes), the deflated MR multi-frame, the tiled CR, a frame of the
+#: colour US, and the US instance kept as is (lossy JPEG, sent as stored).
+FRAMES = [("MR", 3, HTJ2K), ("CT", 0, HTJ2K), ("CT", 7, HTJ2K), ("CR", 0, HTJ2K), ("US", 1, HTJ2K),
+          ("US", 4, JPEG_BASELINE)]
 
 
 @pytest.fixture(scope="module")
@@ -69,14 +72,14 @@ def expected_sha256(source: Path, frame: int, summary: dict[str, Any]) -> str:
 def test_frames_decoded_in_the_browser_are_the_source_pixels(demo, origin, tmp_path) -> None:
     series = series_by_modality(origin)
     jobs = {"modes": MODES, "screenshot": True,
-            "frames": [{"study": series[m][0], "series": series[m][1], "index": i} for m, i in FRAMES]}
+            "frames": [{"study": series[m][0], "series": series[m][1], "index": i} for m, i, _ in FRAMES]}
     result = harness.browse(origin, tmp_path, "check", jobs)
     assert set(result["frames"]) == set(MODES)
     for mode, summaries in result["frames"].items():
         assert len(summaries) == len(FRAMES)
-        for (modality, _), summary in zip(FRAMES, summaries, strict=True):
+        for (modality, _, syntax), summary in zip(FRAMES, summaries, strict=True):
             sop, frame = re.search(r"/instances/([\d.]+)/frames/(\d+)$", summary["imageId"]).groups()
-            assert summary["transferSyntax"] == "1.2.840.10008.1.2.4.202", (mode, modality, summary)
+            assert summary["transferSyntax"] == syntax, (mode, modality, summary)
             assert summary["samples"] == (3 if modality == "US" else 1)
             assert summary["sha256"] == expected_sha256(demo["sources"][sop], int(frame), summary), \
                 (mode, modality, summary)
