@@ -71,6 +71,8 @@ def test_the_viewer_is_served_at_the_root(client: TestClient) -> None:
         assert asset.status_code == 200 and asset.content == (DIST / name).read_bytes()
         assert asset.headers["cache-control"] == "no-cache" and asset.headers["etag"]
     assert client.get("/viewer/openjphjs.wasm").headers["content-type"] == "application/wasm"
+    assert client.get("/viewer/viewer.js").headers["content-encoding"] == "gzip"
+    assert "content-encoding" not in client.get("/viewer/viewer.js", headers={"Accept-Encoding": "identity"}).headers
     assert client.get("/viewer/nothing.js").status_code == 404
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware.gzip import GZipMiddleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import Mount, Route
@@ -51,7 +52,8 @@ def mount(app: Starlette, prefix: str, viewer_dir: Path | None = None) -> None:
         return FileResponse(index, headers=NO_CACHE)
 
     app.router.routes.append(Route("/", page, methods=["GET"]))
-    app.router.routes.append(Mount("/viewer", _Static(directory=DIST, check_dir=False), name="viewer"))
+    # Compressed on the way (4.7 MB of script is 1.2 MB gzipped); only here, never the frames.
+    app.router.routes.append(Mount("/viewer", GZipMiddleware(_Static(directory=DIST, check_dir=False)), name="viewer"))
     if viewer_dir is not None:
         app.router.routes.append(Route(f"{OHIF}/app-config.js", _ohif_config(prefix), methods=["GET"]))
         app.router.routes.append(Mount(OHIF, _SinglePage(directory=viewer_dir), name="ohif"))
