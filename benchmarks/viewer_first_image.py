@@ -29,11 +29,8 @@ import pydicom
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # `tests` and `fixtures` beside the package
 
-from fixtures.generate import write_dbt
 from tests import browser_harness as harness
 from transcode.bench.measure import machine, save
-from transcode.cli import EXIT_KEPT, EXIT_OK
-from transcode.cli import main as cli
 
 MODES = ["range", "stream", "whole"]
 
@@ -62,11 +59,9 @@ def main() -> int:
         return 2
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        (folder / "source").mkdir()
-        source = write_dbt(folder / "source" / "dbt.dcm", frames=args.frames)
+        archive, (source,) = harness.dbt_archive(folder, args.frames)
         header = pydicom.dcmread(source, stop_before_pixels=True)
-        assert cli(["ingest", str(folder / "source"), "--archive", str(folder / "archive")]) in (EXIT_OK, EXIT_KEPT)
-        with harness.serving(folder / "archive") as origin:
+        with harness.serving(archive) as origin:
             (study,) = harness.qido(origin, "/studies")
             study_uid = study["0020000D"]["Value"][0]
             (series,) = harness.qido(origin, f"/studies/{study_uid}/series")

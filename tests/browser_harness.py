@@ -39,12 +39,20 @@ def missing() -> str | None:
     return None
 
 
-def demo_archive(folder: Path, *, dbt: bool = False) -> tuple[Path, list[Path]]:
-    """The README's demo study (and the 69-frame 2457x1890 DBT object when
-    `dbt`) generated under `folder` and ingested: (archive, source files)."""
-    sources = demo_study(folder / "source")
-    if dbt:
-        sources.append(write_dbt(folder / "source" / "dbt.dcm"))
+def demo_archive(folder: Path) -> tuple[Path, list[Path]]:
+    """The README's demo study generated under `folder` and ingested:
+    (archive, source files)."""
+    return _ingested(folder, demo_study(folder / "source"))
+
+
+def dbt_archive(folder: Path, frames: int = 69) -> tuple[Path, list[Path]]:
+    """A generated tomosynthesis object (`frames` x 2457 x 1890) under
+    `folder`, ingested: (archive, [its source file])."""
+    (folder / "source").mkdir(parents=True)
+    return _ingested(folder, [write_dbt(folder / "source" / "dbt.dcm", frames=frames)])
+
+
+def _ingested(folder: Path, sources: list[Path]) -> tuple[Path, list[Path]]:
     archive = folder / "archive"
     assert main(["ingest", str(folder / "source"), "--archive", str(archive)]) in (EXIT_OK, EXIT_KEPT)
     return archive, sources
