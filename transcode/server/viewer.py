@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Awaitable, Callable
 from functools import lru_cache
 from importlib.resources import files
 from pathlib import Path
@@ -57,6 +58,7 @@ def mount(app: Starlette, prefix: str, viewer_dir: Path | None = None) -> None:
     if viewer_dir is not None:
         app.router.routes.append(Route(f"{OHIF}/app-config.js", _ohif_config(prefix), methods=["GET"]))
         app.router.routes.append(Mount(OHIF, _SinglePage(directory=viewer_dir), name="ohif"))
+        log.info("serving the static viewer in %s under %s/", viewer_dir, OHIF)
 
 
 def ohif_config(root: str) -> str:
@@ -82,7 +84,9 @@ def ohif_config(root: str) -> str:
     return f"window.config = {json.dumps(config, indent=2)};\n"
 
 
-def _ohif_config(prefix: str):  # -> the route's endpoint
+def _ohif_config(prefix: str) -> Callable[[Request], Awaitable[Response]]:
+    """The endpoint of `/ohif/app-config.js`: the roots are where the browser reached us."""
+
     async def endpoint(request: Request) -> Response:
         root = f"{str(request.base_url).rstrip('/')}{prefix}"
         return Response(ohif_config(root), media_type="text/javascript", headers=NO_CACHE)
