@@ -7,6 +7,7 @@ import {
   RenderingEngine,
   Enums,
   cache,
+  eventTarget,
   ProgressiveRetrieveImages,
   utilities,
 } from '@cornerstonejs/core';
@@ -111,6 +112,10 @@ async function init() {
   tools.addViewport('stack', 'transcode');
   $('stack').addEventListener(Enums.Events.IMAGE_RENDERED, showInfo);
   $('stack').addEventListener(Enums.Events.VOI_MODIFIED, showInfo);
+  eventTarget.addEventListener(Enums.Events.IMAGE_LOAD_ERROR, ({ detail }) => {
+    const frame = detail.imageId?.replace(/^.*\/instances\//, '') ?? '';
+    $('status').textContent = `cannot show ${frame}: ${detail.error?.message ?? detail.error ?? 'load failed'}`;
+  });
   $('mode').addEventListener('change', () => setMode($('mode').value));
   $('zoom-close').addEventListener('click', closeDeepZoom);
   new ResizeObserver(() => renderingEngine.resize(true, true)).observe($('stack'));
