@@ -74,7 +74,7 @@ def expected_sha256(source: Path, frame: int, summary: dict[str, Any]) -> str:
 
 def test_frames_decoded_in_the_browser_are_the_source_pixels(demo, origin, tmp_path) -> None:
     series = series_by_modality(origin)
-    jobs = {"modes": MODES, "screenshot": True,
+    jobs = {"modes": MODES, "screenshot": True, "interact": {"study": series["CT"][0], "series": series["CT"][1]},
             "frames": [{"study": series[m][0], "series": series[m][1], "index": i} for m, i, _ in FRAMES]}
     result = harness.browse(origin, tmp_path, "check", jobs)
     assert set(result["frames"]) == set(MODES)
@@ -86,6 +86,10 @@ def test_frames_decoded_in_the_browser_are_the_source_pixels(demo, origin, tmp_p
             assert summary["samples"] == (3 if modality == "US" else 1)
             assert summary["sha256"] == expected_sha256(demo["sources"][sop], int(frame), summary), \
                 (mode, modality, summary)
+    # The mouse works the tools: the wheel scrolls the stack, a left drag changes the window.
+    moved = result["interaction"]
+    assert moved["before"]["index"] == 0 and moved["scrolled"]["index"] == 2, moved
+    assert moved["dragged"]["index"] == 2 and moved["dragged"]["voi"] != moved["scrolled"]["voi"], moved
     screenshot = Path(result["screenshot"])
     assert screenshot.stat().st_size > 10_000  # a rendered page, not an empty one
     assert not [line for line in result["console"] if line.startswith("pageerror")]

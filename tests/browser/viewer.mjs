@@ -3,9 +3,11 @@
 //
 //   node viewer.mjs URL OUT_DIR check JOBS_JSON
 //     JOBS_JSON: {"modes": [...], "frames": [{"study", "series", "index"}...], "screenshot": bool,
+//                 "interact": {"study", "series"} | null,
 //                 "zoom": {"study", "series", "sop", "frame", "x", "y", "w", "h"} | null,
 //                 "ohif": {"url", "study"} | null}
-//     -> {"frames": {mode: [pixel summary...]}, "zoom": {info, panel, tiles, visible} | null,
+//     -> {"frames": {mode: [pixel summary...]}, "interaction": {before, scrolled, dragged},
+//         "zoom": {info, panel, tiles, visible} | null,
 //         "ohif": {requests, text} | null, "screenshot": path | null, "console": [...]}
 //   node viewer.mjs URL OUT_DIR first-image JOBS_JSON
 //     JOBS_JSON: {"modes": [...], "study", "series", "repeat": n}
@@ -56,6 +58,9 @@ async function check() {
       }, study, series, index, mode));
     }
     result.frames[mode] = summaries;
+    if (jobs.interact && mode === jobs.modes[0]) {
+      result.interaction = await interact(page, jobs.interact);
+    }
     if (jobs.screenshot && mode === jobs.modes[0]) {
       const first = jobs.frames[0];
       await page.evaluate((s, r) => window.transcodeViewer.openSeries(s, r), first.study, first.series);
@@ -72,6 +77,28 @@ async function check() {
     result.ohif = await ohif(jobs.ohif);
   }
   return result;
+}
+
+/** Scroll the wheel twice over the stack, then drag with the left button:
+ * the stack's state before, after the wheel and after the drag. */
+async function interact(page, { study, series }) {
+  const state = () => page.evaluate(() => window.transcodeViewer.stackState());
+  await page.evaluate((s, r) => window.transcodeViewer.openSeries(s, r), study, series);
+  const box = await (await page.$('#stack')).boundingBox();
+  const [x, y] = [box.x + box.width / 2, box.y + box.height / 2];
+  const before = await state();
+  await page.mouse.move(x, y);
+  for (let i = 0; i < 2; i++) {
+    await page.mouse.wheel({ deltaY: 120 });
+    await new Promise((resolve) => setTimeout(resolve, 300));
+  }
+  await page.evaluate(() => window.transcodeViewer.whenFull(window.transcodeViewer.shownImage().imageId));
+  const scrolled = await state();
+  await page.mouse.down({ button: 'left' });
+  await page.mouse.move(x + 120, y + 60, { steps: 10 });
+  await page.mouse.up({ button: 'left' });
+  const dragged = await state();
+  return { before, scrolled, dragged };
 }
 
 /** Open the deep zoom of a frame, then zoom into a rectangle of it; report

@@ -340,8 +340,12 @@ function closeDeepZoom() {
 /** The image the stack viewport shows now (a progressive one may be smaller than the frame). */
 const shownImage = () => viewport?.csImage;
 
+/** Where the stack is: its image index and window (lower/upper). */
+const stackState = () => ({ index: viewport.getCurrentImageIdIndex(), voi: viewport.getProperties().voiRange });
+
 window.transcodeViewer = {
   shownImage,
+  stackState,
   ready: init().then(listStudies).catch((error) => {
     $('status').textContent = `viewer failed to start: ${error.message}`;
     throw error;
