@@ -182,3 +182,8 @@ def test_ohif_from_the_same_origin_makes_no_preflight(demo, tmp_path) -> None:
     assert all(r["url"].startswith(f"{url}/") for r in requests if r["url"].startswith(("http:", "https:")))
     assert not [r for r in requests if r["method"] == "OPTIONS"]
     assert not [line for line in result["console"] if line.startswith("ohif pageerror")]
+    shown = result["ohif"]["frames"]
+    assert shown, "OHIF shows no frame"
+    for summary in shown:  # decoded by OHIF's Cornerstone3D: the source pixels
+        sop, frame = re.search(r"/instances/([\d.]+)/frames/(\d+)$", summary["imageId"]).groups()
+        assert summary["sha256"] == expected_sha256(demo["sources"][sop], int(frame), summary), summary

@@ -8,7 +8,7 @@
 //                 "ohif": {"url", "study"} | null}
 //     -> {"frames": {mode: [pixel summary...]}, "interaction": {before, scrolled, dragged},
 //         "zoom": {info, panel, tiles, visible} | null,
-//         "ohif": {requests, text} | null, "screenshot": path | null, "console": [...]}
+//         "ohif": {requests, text, frames: [pixel summary...]} | null, "screenshot": path | null, "console": [...]}
 //   node viewer.mjs URL OUT_DIR first-image JOBS_JSON
 //     JOBS_JSON: {"modes": [...], "study", "series", "repeat": n}
 //     -> {"runs": [{"mode", "ms", "bytes", "requests", "columns", "rows"}...]}
@@ -31,6 +31,38 @@ const browser = await puppeteer.launch({
     `--user-data-dir=${profile}`],
 });
 
+/** The decoded pixels of a cached image, as the Python test compares them:
+ * values as float64 (SHA-256 of their little-endian bytes), colour without
+ * alpha, with the rescale Cornerstone applied. Runs in the page. */
+async function pixelSummary(cache, imageId) {
+  const image = cache.getImage(imageId);
+  let values = image.getPixelData();
+  const samples = values.length / (image.rows * image.columns);
+  if (image.color && samples === 4) {
+    values = values.filter((_, i) => i % 4 !== 3);
+  }
+  const float = Float64Array.from(values);
+  const digest = new Uint8Array(await crypto.subtle.digest('SHA-256', float.buffer));
+  const scaling = image.preScale?.scaled ? image.preScale.scalingParameters : null;
+  return {
+    imageId,
+    rows: image.rows,
+    columns: image.columns,
+    samples: image.color ? 3 : 1,
+    type: values.constructor.name,
+    transferSyntax: image.transferSyntaxUID ?? null,
+    scaled: Boolean(scaling),
+    slope: scaling?.rescaleSlope ?? 1,
+    intercept: scaling?.rescaleIntercept ?? 0,
+    sha256: Array.from(digest, (b) => b.toString(16).padStart(2, '0')).join(''),
+  };
+}
+
+/** `pixelSummary` of `imageId` in the image cache `cacheExpression` of the page. */
+function summarize(page, cacheExpression, imageId) {
+  return page.evaluate(`(${pixelSummary})(${cacheExpression}, ${JSON.stringify(imageId)})`);
+}
+
 /** A fresh page on the viewer in `mode`, with the HTTP cache off: frames are
  * served immutable, and each mode must fetch them itself. */
 async function open(mode) {
@@ -50,12 +82,14 @@ async function check() {
     const page = await open(mode);
     const summaries = [];
     for (const { study, series, index } of jobs.frames) {
-      summaries.push(await page.evaluate(async (s, r, i, m) => {
+      const imageId = await page.evaluate(async (s, r, i, m) => {
         const v = window.transcodeViewer;
         const ids = await v.openSeries(s, r, m);
         await v.showImage(i);
-        return v.pixelSummary(ids[i]);
-      }, study, series, index, mode));
+        await v.whenFull(ids[i]);
+        return ids[i];
+      }, study, series, index, mode);
+      summaries.push(await summarize(page, 'window.transcodeViewer.cache', imageId));
     }
     result.frames[mode] = summaries;
     if (jobs.interact && mode === jobs.modes[0]) {
@@ -131,8 +165,15 @@ async function ohif({ url: ohifUrl, study }) {
   const text = await page.evaluate(() => document.body.innerText);
   await page.goto(`${ohifUrl}viewer?StudyInstanceUIDs=${study}`, { waitUntil: 'networkidle0', timeout: 120000 });
   await page.screenshot({ path: join(outDir, 'ohif.png') });
+  // The frames OHIF's viewports show, from its Cornerstone3D (window.cornerstone).
+  const shown = await page.evaluate(() => window.cornerstone.getRenderingEngines()
+    .flatMap((engine) => engine.getViewports()).map((viewport) => viewport.getCurrentImageId?.()).filter(Boolean));
+  const frames = [];
+  for (const imageId of shown) {
+    frames.push(await summarize(page, 'window.cornerstone.cache', imageId));
+  }
   await page.close();
-  return { requests, text };
+  return { requests, text, frames };
 }
 
 /** Milliseconds and bytes from opening a series to its first rendered image. */

@@ -244,33 +244,6 @@ async function whenFull(imageId, timeoutMs = 30000) {
   }
 }
 
-/** The decoded pixels of a cached image, as the test reads them back:
- * values as float64 (SHA-256 of their little-endian bytes), colour without alpha. */
-async function pixelSummary(imageId) {
-  const image = await whenFull(imageId);
-  let values = image.getPixelData();
-  const samples = values.length / (image.rows * image.columns);
-  if (image.color && samples === 4) {
-    values = values.filter((_, i) => i % 4 !== 3);
-  }
-  const float = Float64Array.from(values);
-  const digest = new Uint8Array(await crypto.subtle.digest('SHA-256', float.buffer));
-  const scaling = image.preScale?.scaled ? image.preScale.scalingParameters : null;
-  return {
-    imageId,
-    rows: image.rows,
-    columns: image.columns,
-    color: Boolean(image.color),
-    samples: image.color ? 3 : 1,
-    type: values.constructor.name,
-    transferSyntax: image.transferSyntaxUID ?? null,
-    scaled: Boolean(scaling),
-    slope: scaling?.rescaleSlope ?? 1,
-    intercept: scaling?.rescaleIntercept ?? 0,
-    sha256: Array.from(digest, (b) => b.toString(16).padStart(2, '0')).join(''),
-  };
-}
-
 function tileLogged(url) {
   state.tiles.push(url);
   const item = document.createElement('li');
@@ -354,7 +327,6 @@ window.transcodeViewer = {
   openSeries,
   showImage,
   whenFull,
-  pixelSummary,
   openDeepZoom,
   deepZoomSettled,
   zoomTo,
