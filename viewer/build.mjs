@@ -47,6 +47,27 @@ const stubCodecs = {
   },
 };
 
+/** The licence of every npm package with code in the bundles (MIT, BSD and
+ * the like ask for their notice to travel with the code). */
+function notices(results) {
+  const packages = new Set();
+  for (const { metafile } of results) {
+    for (const input of Object.keys(metafile.inputs)) {
+      const match = input.match(/node_modules\/((?:@[^/]+\/)?[^/]+)\//g);
+      if (match) {
+        packages.add(match.at(-1).slice('node_modules/'.length, -1));
+      }
+    }
+  }
+  return [...packages].sort().map((name) => {
+    const dir = join(modules, name);
+    const { version, license } = JSON.parse(readFileSync(join(dir, 'package.json'), 'utf8'));
+    const file = readdirSync(dir).find((f) => /^(licen[sc]e|copying)/i.test(f));
+    const text = file ? readFileSync(join(dir, file), 'utf8').trim() : `(no licence file; package.json says ${license})`;
+    return `${name} ${version} (${license})\n\n${text}\n`;
+  }).join(`\n${'-'.repeat(72)}\n\n`);
+}
+
 const common = {
   bundle: true,
   minify: true,
@@ -64,17 +85,21 @@ const common = {
 
 rmSync(out, { recursive: true, force: true });
 mkdirSync(out, { recursive: true });
-await build({ ...common, entryPoints: { viewer: join(here, 'src', 'main.js') }, outdir: out });
-await build({
-  ...common,
-  entryPoints: { decodeImageFrameWorker: join(modules, '@cornerstonejs/dicom-image-loader/dist/esm/decodeImageFrameWorker.js') },
-  outdir: out,
-});
+const builds = [
+  await build({ ...common, metafile: true, entryPoints: { viewer: join(here, 'src', 'main.js') }, outdir: out }),
+  await build({
+    ...common,
+    metafile: true,
+    entryPoints: { decodeImageFrameWorker: join(modules, '@cornerstonejs/dicom-image-loader/dist/esm/decodeImageFrameWorker.js') },
+    outdir: out,
+  }),
+];
 copyFileSync(join(modules, '@cornerstonejs/codec-openjph/dist/openjphjs.wasm'), join(out, 'openjphjs.wasm'));
 copyFileSync(join(modules, '@cornerstonejs/codec-libjpeg-turbo-8bit/dist/libjpegturbowasm_decode.wasm'),
   join(out, 'libjpegturbowasm_decode.wasm'));
 copyFileSync(join(here, 'src', 'index.html'), join(out, 'index.html'));
 copyFileSync(join(here, 'src', 'viewer.css'), join(out, 'viewer.css'));
+writeFileSync(join(out, 'THIRD_PARTY_LICENSES.txt'), notices(builds));
 writeFileSync(join(out, 'SOURCES.sha256'), `${digest()}\n`);
 const sizes = readdirSync(out).sort().map((f) => `${f} ${statSync(join(out, f)).size}`);
 console.log(sizes.join('\n'));
