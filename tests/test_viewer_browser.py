@@ -93,6 +93,7 @@ def test_frames_decoded_in_the_browser_are_the_source_pixels(demo, origin, tmp_p
     screenshot = Path(result["screenshot"])
     assert screenshot.stat().st_size > 10_000  # a rendered page, not an empty one
     assert not [line for line in result["console"] if line.startswith("pageerror")]
+    assert result["elsewhere"] == []  # everything from this server: no CDN
 
 
 def _region(url: str, width: int, height: int) -> tuple[float, float, float, float]:

@@ -8,7 +8,8 @@
 //                 "ohif": {"url", "study"} | null}
 //     -> {"frames": {mode: [pixel summary...]}, "interaction": {before, scrolled, dragged},
 //         "zoom": {info, panel, tiles, visible} | null,
-//         "ohif": {requests, text, frames: [pixel summary...]} | null, "screenshot": path | null, "console": [...]}
+//         "ohif": {requests, text, frames: [pixel summary...]} | null, "elsewhere": [URL...],
+//         "screenshot": path | null, "console": [...]}
 //   node viewer.mjs URL OUT_DIR first-image JOBS_JSON
 //     JOBS_JSON: {"modes": [...], "study", "series", "repeat": n}
 //     -> {"runs": [{"mode", "ms", "bytes", "requests", "columns", "rows"}...]}
@@ -22,6 +23,8 @@ const jobs = JSON.parse(jobsJson);
 const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
 const profile = mkdtempSync(join(tmpdir(), 'transcode-chromium-'));
 const consoleLines = [];
+/** Requests of the built-in viewer's pages to anywhere but this server (a CDN, say). */
+const elsewhere = [];
 
 const browser = await puppeteer.launch({
   executablePath: CHROMIUM,
@@ -70,6 +73,11 @@ async function open(mode) {
   await page.setViewport({ width: 1280, height: 800 });
   await page.setCacheEnabled(false);
   page.on('console', (msg) => consoleLines.push(`${msg.type()}: ${msg.text()}`));
+  page.on('request', (request) => {
+    if (!request.url().startsWith(`${url}/`) && !/^(data|blob):/.test(request.url())) {
+      elsewhere.push(request.url());
+    }
+  });
   page.on('pageerror', (error) => consoleLines.push(`pageerror: ${error.message}`));
   await page.goto(`${url}/?mode=${mode}`, { waitUntil: 'load' });
   await page.evaluate(() => window.transcodeViewer.ready);
@@ -219,6 +227,7 @@ async function firstImage() {
 try {
   const result = command === 'check' ? await check() : await firstImage();
   result.console = consoleLines;
+  result.elsewhere = elsewhere;
   process.stdout.write(`${JSON.stringify(result)}\n`);
 } finally {
   await browser.close();
