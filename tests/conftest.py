@@ -38,3 +38,23 @@ def served(tmp_path_factory: pytest.TempPathFactory):  # -> tests.served.Served
     from tests.served import build
 
     return build(tmp_path_factory.mktemp("served"))
+
+
+@pytest.fixture(scope="module")
+def counting_archive(served):  # -> tests.served.CountingArchive
+    """The served archive, recording the byte ranges each read asks for."""
+    from tests.served import CountingArchive
+
+    with CountingArchive(served.root) as archive:
+        archive.calls = []
+        yield archive
+
+
+@pytest.fixture(scope="module")
+def counting_client(counting_archive):  # -> fastapi.testclient.TestClient
+    """An in-process client of the app over `counting_archive`."""
+    from fastapi.testclient import TestClient
+
+    from transcode.server import create_app
+
+    return TestClient(create_app(counting_archive))

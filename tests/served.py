@@ -4,6 +4,7 @@ of multipart/related bodies (not the server's own code)."""
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,11 +13,26 @@ from pydicom.uid import JPEGBaseline8Bit, RLELossless, generate_uid
 
 from fixtures.generate import Spec, dataset
 from transcode.archive import FolderArchive
+from transcode.archive.store import ByteRange
 from transcode.codecs.htj2k import EncodeSettings
 from transcode.pipeline import ingest
 
 #: Tiles of 128 pixels above 256, so that a 600 x 500 frame is tiled (20 tiles).
 TILED = EncodeSettings(tile_threshold=256, tile_size=128)
+
+
+class CountingArchive(FolderArchive):
+    """A folder archive that records every byte range read, one list per call."""
+
+    calls: list[list[tuple[int, int]]]
+
+    def read_into(self, relative: str, start: int, view: memoryview) -> None:
+        self.calls.append([(start, start + len(view))])
+        super().read_into(relative, start, view)
+
+    def read_ranges(self, relative: str, ranges: Sequence[ByteRange]) -> list[bytearray]:
+        self.calls.append([(r.start, r.end) for r in ranges])
+        return super().read_ranges(relative, ranges)
 
 
 @dataclass

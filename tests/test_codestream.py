@@ -93,3 +93,27 @@ def test_malformed_codestreams_raise_codestream_error(mutate, message) -> None:
     data, _ = htj2k.encode(frame, colour_transform=False, settings=EncodeSettings())
     with pytest.raises(CodestreamError, match=message):
         codestream.parse(mutate(data))
+
+
+@pytest.mark.parametrize(("dtype", "samples"), [(np.uint8, 3), (np.uint8, 1), (np.uint16, 1), (np.int16, 1)])
+def test_reduced_levels_clamp_the_wavelet_overshoot_instead_of_wrapping(dtype, samples: int) -> None:
+    """A bright square on black at full container width: the low-pass ring
+    goes below 0 (above the maximum) at its edges, which OpenJPH wraps."""
+    info = np.iinfo(dtype)
+    shape = (192, 256, samples) if samples == 3 else (192, 256)
+    frame = np.full(shape, info.min, dtype)
+    frame[61:131, 77:171] = info.max
+    data, index = htj2k.encode(frame, colour_transform=samples == 3, settings=EncodeSettings())
+    bits = info.bits
+    wrapped = 0
+    for level in range(index.decompositions):
+        plain = htj2k.decode(data, level=level, decompositions=index.decompositions)
+        got = htj2k.decode_reduced(data, level=level, decompositions=index.decompositions, bits=bits)
+        assert got.dtype == plain.dtype and got.shape == plain.shape
+        differs = got != plain
+        wrapped += int(differs.sum())
+        # Where they differ OpenJPH wrapped the value to the far end of the range; it is clamped to the near one.
+        assert np.all((got[differs] == info.min) | (got[differs] == info.max))
+        far = np.abs(plain[differs].astype(np.int64) - got[differs].astype(np.int64))
+        assert np.all(far > (int(info.max) - int(info.min)) // 2)
+    assert wrapped  # the frame does make OpenJPH wrap, so the clamp was exercised

@@ -11,6 +11,7 @@ import numpy as np
 import pydicom
 import pytest
 from fastapi.testclient import TestClient
+from PIL import Image
 
 from tests.conftest import CORPUS, PYDICOM_FILES
 from tests.served import multipart_parts
@@ -68,3 +69,33 @@ def test_every_instance_is_served_or_refused_with_a_reason(archive) -> None:
         assert payload == np.ascontiguousarray(expected, expected.dtype.newbyteorder("<")).tobytes(), row.path
         checked += 1
     assert checked > 20 and converted_instances > 50
+
+
+def test_every_frame_has_an_iiif_service_and_regions(archive) -> None:
+    """info.json and a full image for every instance with frames, or a
+    refusal with a reason; a region of every transcoded frame, decoded, is
+    the stored frame's pixels there."""
+    client = TestClient(create_app(archive), raise_server_exceptions=False)
+    regions = 0
+    for row in archive.index.instances():
+        if row.frames == 0:
+            continue
+        path = f"/studies/{row.study_uid}/series/{row.series_uid}/instances/{row.sop_uid}/frames/1"
+        info = client.get("/iiif" + path + "/info.json")
+        assert info.status_code == 200, (row.path, info.text)
+        image = client.get("/iiif" + path + "/full/max/0/default.png")
+        assert image.status_code == 200 or image.json()["error"] in REASONS, (row.path, image.text)
+        if image.status_code == 200:
+            assert Image.open(io.BytesIO(image.content)).size == (info.json()["width"], info.json()["height"])
+        if row.outcome != "transcoded":
+            continue
+        ds = pydicom.dcmread(archive.root / row.path)
+        frame = ds.pixel_array if row.frames == 1 else ds.pixel_array[0]
+        h, w = frame.shape[:2]
+        box = {"x": w // 4, "y": h // 3, "w": max(1, w // 2), "h": max(1, h // 3)}
+        r = client.get("/dicomweb" + path + "/region", params=box, headers={"Accept": "application/octet-stream"})
+        assert r.status_code == 200, (row.path, r.text)
+        expected = frame[box["y"]:box["y"] + box["h"], box["x"]:box["x"] + box["w"]]
+        assert r.content == np.ascontiguousarray(expected, expected.dtype.newbyteorder("<")).tobytes(), row.path
+        regions += 1
+    assert regions > 20

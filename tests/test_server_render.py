@@ -118,7 +118,8 @@ def test_series_and_study_thumbnails(client, served) -> None:
     assert image(client.get(f"/dicomweb/studies/{study}/series/{series}/rendered?accept=image/png")).shape == (96, 128)
 
 
-@pytest.mark.parametrize("query", ["window=1", "window=a,b", "window=40,0", "viewport=0,10", "viewport=1,2,3,4,5,6",
+@pytest.mark.parametrize("query", ["window=1", "window=a,b", "window=40,0", "viewport=0,10", "viewport=1,2,3,4,-5,6",
+                                   "viewport=1,2,3,4,5", "viewport=10,10,120,90,20,20",
                                    "quality=0"])
 def test_bad_rendering_parameters(client, served, query) -> None:
     study, series, sop = served.find("CT")

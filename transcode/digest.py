@@ -11,6 +11,10 @@ every read: CRC-32 (libdeflate, through imagecodecs) of each prefix that ends
 on a resolution level (the last is the whole frame), written
 "crc32:<8 hex digits>,<8 hex digits>,...". So every byte sent, a whole frame
 or a level prefix, is checked without reading or hashing more than is sent.
+A tiled frame's checksums also cover its pieces, for region cut-outs that
+read only some tiles (`codecs/region.py`): after a "/", the CRC-32 of the
+main header, then of each tile-part in stored order. Frames indexed before
+those were recorded are checked by reading their level prefix whole.
 They are there to catch damage (bit rot, a short or misplaced write), which a
 CRC-32 misses with odds of 2^-32 and never for a burst of up to 32 bits; not
 forgery (whoever can rewrite an object can rewrite the index beside it). The
@@ -22,6 +26,7 @@ read").
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import imagecodecs
@@ -49,23 +54,60 @@ class Digest:
 
 def frame_digest(data: bytes | bytearray | memoryview, index: CodestreamIndex) -> str:
     """The checksums of frame codestream `data`'s prefixes that end on a
-    resolution level (`index` says where), the last the whole codestream."""
+    resolution level (`index` says where), the last the whole codestream;
+    for a tiled, resolution-major frame also those of its main header and
+    each of its tile-parts."""
     ends = [index.level_end(level) for level in range(index.resolutions)] if index.resolution_major else []
     view, crc, start, values = memoryview(data), 0, 0, []
     for end in ends[:-1] + [len(data)]:
         crc = imagecodecs.deflate_crc32(view[start:end], crc)
         values.append(f"{crc:08x}")
         start = end
-    return f"{FRAME_ALGORITHM}:{','.join(values)}"
+    digest = f"{FRAME_ALGORITHM}:{','.join(values)}"
+    if index.tiles > 1 and index.resolution_major:
+        pieces = [view[: index.header_length]] + [view[tp.offset : tp.end] for tp in index.tile_parts]
+        digest += "/" + ",".join(f"{imagecodecs.deflate_crc32(piece):08x}" for piece in pieces)
+    return digest
+
+
+def _values(recorded: str) -> tuple[list[str], list[str]]:
+    """The level-prefix checksums and the piece checksums (header, then
+    tile-parts; empty where none were recorded) of a frame digest."""
+    algorithm, _, values = recorded.partition(":")
+    if algorithm != FRAME_ALGORITHM:
+        raise ValueError(f"unknown frame digest algorithm {algorithm!r}")
+    levels, _, pieces = values.partition("/")
+    return levels.split(","), pieces.split(",") if pieces else []
+
+
+def frame_digests_agree(computed: str, recorded: str | None) -> bool:
+    """Whether a frame digest computed now from the stored bytes agrees with
+    the `recorded` one: the same, or the same level checksums where the
+    record predates tile-part checksums (an older archive, still whole)."""
+    if recorded is None or computed == recorded:
+        return computed == recorded
+    return not _values(recorded)[1] and _values(computed)[0] == _values(recorded)[0]
 
 
 def frame_prefix_matches(prefix: bytes | bytearray | memoryview, recorded: str, level: int) -> bool:
     """Whether `prefix`, the bytes of a frame up to the end of resolution
     `level` (-1: the whole frame), has the checksum `recorded` for it."""
-    algorithm, _, values = recorded.partition(":")
-    if algorithm != FRAME_ALGORITHM:
-        raise ValueError(f"unknown frame digest algorithm {algorithm!r}")
-    return f"{imagecodecs.deflate_crc32(prefix):08x}" == values.split(",")[level]
+    return f"{imagecodecs.deflate_crc32(prefix):08x}" == _values(recorded)[0][level]
+
+
+def has_piece_checksums(recorded: str) -> bool:
+    """Whether `recorded` holds checksums of the header and each tile-part."""
+    return bool(_values(recorded)[1])
+
+
+def frame_pieces_match(pieces: Sequence[tuple[int, bytes | bytearray | memoryview]], recorded: str) -> bool:
+    """Whether each (number, bytes) of `pieces` has its recorded checksum:
+    number 0 is the main header, k + 1 the k-th stored tile-part. Raises
+    ValueError where `recorded` has no piece checksums."""
+    values = _values(recorded)[1]
+    if not values:
+        raise ValueError("the frame digest holds no tile-part checksums")
+    return all(f"{imagecodecs.deflate_crc32(data):08x}" == values[number] for number, data in pieces)
 
 
 def file_digest(path: Path) -> str:

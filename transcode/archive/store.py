@@ -1,7 +1,7 @@
 """The `Archive` interface and its embedded backend: a folder plus SQLite.
 
 The pipeline and the server see only `Archive`: place an object, read it
-(whole or a byte range), and query the index. An object-store backend
+(whole, a byte range, or several ranges in one call), and query the index. An object-store backend
 implements the same four byte operations; the index stays SQLite.
 """
 
@@ -13,9 +13,12 @@ import os
 import shutil
 import sqlite3
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 from transcode.archive import identity
 from transcode.archive.identity import ArchiveMismatch, Identity, read_marker, write_marker
@@ -24,6 +27,18 @@ from transcode.archive.layout import Layout
 from transcode.dicom.write import fsync_path
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ByteRange:
+    """Bytes [`start`, `end`) of an object (zarr's `RangeByteRequest`)."""
+
+    start: int
+    end: int
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.start <= self.end:
+            raise ValueError(f"byte range [{self.start}, {self.end}) is empty or negative")
 
 
 class ArchiveBusy(RuntimeError):
@@ -63,6 +78,17 @@ class Archive(ABC):
         where the backend can read in place)."""
         view[:] = self.read(relative, start, start + len(view))
 
+    def read_ranges(self, relative: str, ranges: Sequence[ByteRange]) -> list[bytearray]:
+        """Several byte ranges of one object in one call (zarr's
+        `get_partial_values`): a region of a tiled frame is a few runs of
+        tile-parts, and a backend reads them with one request each where the
+        default reads them one `read_into` at a time. Raises EOFError where
+        the object ends before a range does."""
+        out = [bytearray(r.end - r.start) for r in ranges]
+        for r, buf in zip(ranges, out, strict=True):
+            self.read_into(relative, r.start, memoryview(buf))
+        return out
+
     @abstractmethod
     def exists(self, relative: str) -> bool: ...
 
@@ -76,7 +102,7 @@ class Archive(ABC):
     def close(self) -> None:
         self.index.close()
 
-    def __enter__(self) -> Archive:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
@@ -219,13 +245,20 @@ class FolderArchive(Archive):
         # os-level calls, no file object: this runs for every frame the server sends
         fd = os.open(self.layout.resolve(relative), os.O_RDONLY | os.O_CLOEXEC)
         try:
-            while view:
-                n = os.preadv(fd, [view], start)
-                if not n:
-                    raise EOFError(f"{relative} ends before byte {start + len(view)}")
-                view, start = view[n:], start + n
+            _pread_into(fd, relative, start, view)
         finally:
             os.close(fd)
+
+    def read_ranges(self, relative: str, ranges: Sequence[ByteRange]) -> list[bytearray]:
+        """One open, one `preadv` per range."""
+        out = [bytearray(r.end - r.start) for r in ranges]
+        fd = os.open(self.layout.resolve(relative), os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            for r, buf in zip(ranges, out, strict=True):
+                _pread_into(fd, relative, r.start, memoryview(buf))
+        finally:
+            os.close(fd)
+        return out
 
     def exists(self, relative: str) -> bool:
         return self.layout.resolve(relative).is_file()
@@ -245,6 +278,15 @@ class FolderArchive(Archive):
             if self._syncer is not None:
                 self._syncer.shutdown()
             self._release()
+
+
+def _pread_into(fd: int, relative: str, start: int, view: memoryview) -> None:
+    """Fill `view` from byte `start` of open file `fd` (EOFError if it ends first)."""
+    while view:
+        n = os.preadv(fd, [view], start)
+        if not n:
+            raise EOFError(f"{relative} ends before byte {start + len(view)}")
+        view, start = view[n:], start + n
 
 
 def take_lock(path: Path) -> int:

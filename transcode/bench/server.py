@@ -74,10 +74,10 @@ def start(cmd: list[str], port: int, env: dict[str, str] | None = None) -> subpr
     raise RuntimeError(f"server did not start: {' '.join(cmd)}")
 
 
-def load(port: int, paths: list[str], clients: int, seconds: float) -> dict[str, float]:
+def load(port: int, paths: list[str], clients: int, seconds: float, accept: str = ACCEPT) -> dict[str, float]:
     """`clients` threads, each on one keep-alive connection, cycling through
     `paths` for `seconds`; frames per second and latency percentiles."""
-    return summary(*_requests(port, paths, clients, seconds))
+    return summary(*_requests(port, paths, clients, seconds, accept))
 
 
 def paired(servers: tuple[tuple[int, int], tuple[int, int]], paths: list[str], clients: int,
@@ -113,7 +113,8 @@ def summary(latencies: list[float], elapsed: float) -> dict[str, float]:
             "p99_ms": latencies[int(0.99 * (len(latencies) - 1))] * 1e3, "requests": len(latencies)}
 
 
-def _requests(port: int, paths: list[str], clients: int, seconds: float) -> tuple[list[float], float]:
+def _requests(port: int, paths: list[str], clients: int, seconds: float,
+              accept: str = ACCEPT) -> tuple[list[float], float]:
     """Each request's latency, and the seconds they took in all."""
     latencies: list[float] = []
     lock = threading.Lock()
@@ -124,7 +125,7 @@ def _requests(port: int, paths: list[str], clients: int, seconds: float) -> tupl
         mine, n = [], offset
         while time.perf_counter() < stop:
             began = time.perf_counter()
-            conn.request("GET", paths[n % len(paths)], headers={"Accept": ACCEPT})
+            conn.request("GET", paths[n % len(paths)], headers={"Accept": accept})
             response = conn.getresponse()
             response.read()
             if response.status != 200:
@@ -144,10 +145,10 @@ def _requests(port: int, paths: list[str], clients: int, seconds: float) -> tupl
     return latencies, time.perf_counter() - began
 
 
-def bare_app(body: bytes, content_type: str):  # noqa: ANN201 - an ASGI callable
+def bare_app(body: bytes, content_type: str):
     headers = [(b"content-type", content_type.encode()), (b"content-length", str(len(body)).encode())]
 
-    async def app(scope, receive, send) -> None:  # noqa: ANN001
+    async def app(scope, receive, send) -> None:
         if scope["type"] != "http":
             return
         await send({"type": "http.response.start", "status": 200, "headers": headers})

@@ -137,14 +137,17 @@ def _u16(buf: memoryview, pos: int) -> int:
     return (buf[pos] << 8) | buf[pos + 1]
 
 
-def _segments(buf: memoryview) -> tuple[dict[int, list[tuple[int, int]]], int]:
+def _segments(buf: memoryview, header_only: bool = False) -> tuple[dict[int, list[tuple[int, int]]], int]:
     """Marker segments of the main header as {marker: [(start, end)]}, and
-    the offset of the first SOT (where the header ends)."""
+    the offset of the first SOT (where the header ends; with `header_only`,
+    `buf` is the main header alone and may end there)."""
     if len(buf) < 4 or _u16(buf, 0) != SOC:
         raise CodestreamError("no SOC marker: not a JPEG 2000 codestream")
     segments: dict[int, list[tuple[int, int]]] = {}
     pos = 2
     while True:
+        if header_only and pos == len(buf):
+            return segments, pos
         if pos + 4 > len(buf):
             raise CodestreamError("main header truncated before the first tile-part")
         marker = _u16(buf, pos)
@@ -235,6 +238,24 @@ def _tlm_segments(entries: list[tuple[int, int]]) -> bytes:
     return bytes(out)
 
 
+def with_tlm(header: bytes | bytearray | memoryview, entries: list[tuple[int, int]]) -> bytearray:
+    """The main `header` (SOC up to the first SOT) with its TLM segments
+    replaced by ones listing `entries` (tile index, tile-part length), put
+    where the first TLM was (or at the end of the header)."""
+    buf = memoryview(header).cast("B")
+    segments, _ = _segments(buf, header_only=True)
+    tlm_spans = segments.get(TLM, [])
+    insert_at = tlm_spans[0][0] if tlm_spans else len(buf)
+    out = bytearray()
+    pos = 0
+    for start, end in tlm_spans:
+        out += buf[pos:start]
+        pos = end
+    out += buf[pos:]
+    out[insert_at:insert_at] = _tlm_segments(entries)
+    return out
+
+
 def make_resolution_major(data: bytes, index: CodestreamIndex) -> tuple[bytes, CodestreamIndex]:
     """Reorder tile-parts so that all tiles' resolution 0 comes first, then
     all tiles' resolution 1, and so on, and rewrite TLM to match.
@@ -253,19 +274,7 @@ def make_resolution_major(data: bytes, index: CodestreamIndex) -> tuple[bytes, C
         )
     order = sorted(index.tile_parts, key=lambda tp: (tp.part, tp.tile))
     buf = memoryview(data)
-    segments, _ = _segments(buf)
-    tlm_spans = segments.get(TLM, [])
-    # The header without its TLM segments, with new ones where the first was.
-    insert_at = tlm_spans[0][0] if tlm_spans else index.header_length
-    header = bytearray()
-    pos = 0
-    for start, end in tlm_spans:
-        header += buf[pos:start]
-        pos = end
-    header += buf[pos : index.header_length]
-    header[insert_at:insert_at] = _tlm_segments([(tp.tile, tp.length) for tp in order])
-
-    out = bytearray(header)
+    out = with_tlm(buf[: index.header_length], [(tp.tile, tp.length) for tp in order])
     for tp in order:
         start = len(out)
         out += buf[tp.offset : tp.end]

@@ -89,3 +89,31 @@ def decode(data: bytes, *, level: int | None = None, decompositions: int = 0) ->
     skip = 0 if level is None else decompositions - level
     return imagecodecs.htj2k_decode(data, planar=False, skipres=skip)
 
+
+def decode_reduced(data: bytes | bytearray, *, level: int, decompositions: int, bits: int) -> np.ndarray:
+    """Resolution `level` (below full) decoded with its values clamped into
+    the range of `bits` bits (Bits Stored), in the container type a decode
+    of the codestream gives.
+
+    A reduced level's low-pass values overshoot the stored range near sharp
+    edges (the 5/3 wavelet rings), and OpenJPH writes each sample modulo its
+    container, so an 8-bit -3 becomes 253: a white dot on a black edge. No
+    value says which were wrapped, so the decoder is told one bit more of
+    depth in the main header (SIZ), which changes only the output container
+    and the DC level shift of unsigned samples (T.800 G.1.2; reversible
+    quantisation takes its bit-planes from QCD, not SIZ): it then writes the
+    true values, which are shifted back and clamped."""
+    siz = 2  # SIZ follows SOC
+    components = int.from_bytes(data[siz + 38 : siz + 40], "big")
+    ssiz = data[siz + 40]
+    depth, signed = (ssiz & 0x7F) + 1, bool(ssiz & 0x80)
+    wide = bytearray(data)
+    for c in range(components):
+        wide[siz + 40 + 3 * c] += 1
+    values = decode(bytes(wide), level=level, decompositions=decompositions).astype(np.int64)
+    if not signed:
+        values -= 1 << (depth - 1)
+    low, high = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
+    container = np.dtype(f"{'i' if signed else 'u'}{1 if depth <= 8 else 2 if depth <= 16 else 4}")
+    return np.clip(values, low, high).astype(container)
+

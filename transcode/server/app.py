@@ -1,8 +1,8 @@
 """The DICOMweb application: `create_app(archive)`.
 
 Routes live under `prefix` (default `/dicomweb`): QIDO-RS search, WADO-RS
-retrieval (instances, metadata, frames, bulk data, rendered, thumbnails)
-and STOW-RS. Errors are JSON, `{"error": reason, "detail": sentence}`.
+retrieval (instances, metadata, frames, frame regions, bulk data, rendered,
+thumbnails) and STOW-RS; the IIIF Image API under `/iiif`. Errors are JSON, `{"error": reason, "detail": sentence}`.
 The built-in viewer is at `/`, a prebuilt OHIF (optional) under `/ohif/`.
 """
 
@@ -27,7 +27,7 @@ from transcode.archive import FolderArchive
 from transcode.archive.store import Archive
 from transcode.codecs.htj2k import EncodeSettings
 from transcode.policy import Stop
-from transcode.server import qido, rendered, stow, viewer, wado
+from transcode.server import iiif, qido, rendered, stow, viewer, wado
 from transcode.server.catalog import uid
 from transcode.server.errors import Problem
 from transcode.server.negotiate import NotAcceptable, accepts_json
@@ -70,6 +70,7 @@ def create_app(archive: Archive, *, prefix: str = "/dicomweb", cors_origins: Seq
     app.include_router(wado.routes(service), prefix=prefix)
     app.include_router(_qido_routes(service), prefix=prefix)
     app.include_router(rendered.routes(service, render_limits), prefix=prefix)
+    app.include_router(iiif.routes(service, render_limits))  # at the root: /iiif/...
     if ingester is not None:
         app.include_router(stow.routes(service, ingester), prefix=prefix)
     viewer.mount(app, prefix, viewer_dir)

@@ -132,25 +132,29 @@ class FrameReader:
         transcoded frame optionally only up to resolution `level`, which
         reads and decodes only that level's prefix.
 
-        A reduced level's low-pass values may overshoot the stored range
-        near its ends (the 5/3 wavelet rings), and OpenJPH wraps them in the
-        container (-3 becomes 65533): they are clamped back into the range
-        of Bits Stored, as OpenJPEG does, so previews show no speckles."""
+        A reduced level's values are clamped into the range of Bits Stored
+        (`htj2k.decode_reduced`), as OpenJPEG does, so previews show no
+        speckles."""
         if instance.transcoded:
             index = instance.index(number)
-            data = self.stored(instance, number, level)
-            frame = htj2k.decode(data, level=level, decompositions=index.decompositions)
-            if level is not None and level < index.decompositions:
-                frame = _clamp(frame, instance.bits_stored)
-            return frame
+            return self.decode(instance, self.stored(instance, number, level), index.decompositions, level)
         return self._kept_pixels(instance, number)
+
+    def decode(self, instance: StoredInstance, data: bytes | memoryview, decompositions: int,
+               level: int | None) -> np.ndarray:
+        """A codestream of one of `instance`'s frames (or a cut-out of one)
+        decoded up to `level`, clamped into Bits Stored below full size."""
+        if level is None or level == decompositions:
+            return htj2k.decode(data, level=level, decompositions=decompositions)
+        return htj2k.decode_reduced(bytes(data), level=level, decompositions=decompositions,
+                                    bits=instance.bits_stored)
 
     def native(self, instance: StoredInstance, number: int) -> bytes:
         """Frame `number` as Explicit VR Little Endian pixel bytes."""
         if instance.bits_allocated == 1:  # bit-packed across frame boundaries: no per-frame bytes here
             raise Problem(501, "one_bit_frames", "frames of 1-bit images are not served; retrieve the instance, "
                           "or /rendered")
-        return _little_endian(self.pixels(instance, number))
+        return little_endian(self.pixels(instance, number))
 
     def _local(self, instance: StoredInstance) -> Path:
         """The object's file, proved whole against its digest (once per
@@ -185,15 +189,6 @@ class FrameReader:
                           f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
 
 
-def _clamp(frame: np.ndarray, bits: int) -> np.ndarray:
-    """Undo the container wrap of out-of-range values and clamp to `bits` bits."""
-    if frame.dtype.kind == "u":
-        low, high = 0, (1 << bits) - 1
-        wrapped = frame > (np.iinfo(frame.dtype).max >> 1) if bits < frame.dtype.itemsize * 8 else np.False_
-        return np.where(wrapped, low, np.minimum(frame, high)).astype(frame.dtype)
-    low, high = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
-    return np.clip(frame, low, high).astype(frame.dtype)
-
-
-def _little_endian(frame: np.ndarray) -> bytes:
+def little_endian(frame: np.ndarray) -> bytes:
+    """Pixel bytes in little-endian order (DICOM's native byte order)."""
     return np.ascontiguousarray(frame, dtype=frame.dtype.newbyteorder("<")).tobytes()

@@ -12,6 +12,11 @@ What the server sends is proved first, never assumed:
   a damaged object ends in a broken transfer, never in a complete-looking
   body. An object of one chunk (most single-frame instances) is proved
   before the first byte goes out.
+- A region cut out of a tiled frame (`codecs/region.py`) is read as a few
+  runs of its tile-parts: its main header and each tile-part read are
+  checked against the checksums recorded for them at ingest. A frame
+  indexed before those existed has its level prefix read and checked whole
+  instead, and the cut made from it: more read, nothing unchecked.
 - Objects read through the DICOM reader (instances kept as is; frames of an
   index written before frames had digests) are proved whole once per
   process and file state (inode, size, mtime, ctime): hashing a large kept
@@ -28,11 +33,12 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 from transcode.archive.index import InstanceRow
-from transcode.archive.store import Archive
-from transcode.digest import Digest, frame_prefix_matches
+from transcode.archive.store import Archive, ByteRange
+from transcode.digest import Digest, frame_pieces_match, frame_prefix_matches
 from transcode.server.errors import StoredDataError
 
 log = logging.getLogger(__name__)
@@ -59,8 +65,19 @@ class StoredObjects:
 
     def read_into(self, row: InstanceRow, start: int, view: memoryview) -> None:
         """Fill `view` with the object's bytes from `start`."""
-        try:
+        with self._reading(row):
             self.archive.read_into(row.path, start, view)
+
+    def read_ranges(self, row: InstanceRow, ranges: Sequence[ByteRange]) -> list[bytearray]:
+        """Several byte ranges of the object in one call."""
+        with self._reading(row):
+            return self.archive.read_ranges(row.path, ranges)
+
+    @contextmanager
+    def _reading(self, row: InstanceRow) -> Iterator[None]:
+        """Storage errors as `StoredDataError`s."""
+        try:
+            yield
         except EOFError:
             raise self._error(row, "object_truncated", "ends before the bytes the index records") from None
         except FileNotFoundError:
@@ -68,6 +85,13 @@ class StoredObjects:
         except OSError as exc:
             raise self._error(row, "object_unreadable", f"cannot be read ({exc.strerror or type(exc).__name__})") \
                 from None
+
+    def check_pieces(self, row: InstanceRow, number: int, pieces: Sequence[tuple[int, memoryview]],
+                     recorded: str) -> None:
+        """Pieces of frame `number` (0: its main header, k + 1: its k-th
+        stored tile-part) match their `recorded` checksums."""
+        if self.checked and not frame_pieces_match(pieces, recorded):
+            raise self._damaged(row, number)
 
     def check_frame(self, row: InstanceRow, number: int, data: memoryview, recorded: str | None, level: int) -> None:
         """`data`, frame `number`'s codestream up to the end of resolution
@@ -78,9 +102,11 @@ class StoredObjects:
         if recorded is None:
             self.check_object(row)
         elif not frame_prefix_matches(data, recorded, level):
-            raise self._error(row, "integrity_error",
-                              f"frame {number} does not match the digest recorded at ingest: the stored bytes are "
-                              "damaged")
+            raise self._damaged(row, number)
+
+    def _damaged(self, row: InstanceRow, number: int) -> StoredDataError:
+        return self._error(row, "integrity_error",
+                           f"frame {number} does not match the digest recorded at ingest: the stored bytes are damaged")
 
     def check_object(self, row: InstanceRow) -> None:
         """The whole object matches its recorded size and digest; proved

@@ -4,8 +4,10 @@
 of a series, the first frame of its first instance. `/thumbnail` (default
 viewport 128x128) of a series or study shows the middle instance of the
 (first) series, the image a viewer's series list usually shows. Query
-parameters: `window=center,width[,function]`, `viewport=width,height`,
-`quality` (JPEG, 1-100), `accept` (image/jpeg or image/png).
+parameters: `window=center,width[,function]`,
+`viewport=width,height[,sx,sy,sw,sh]` (a source region reads and decodes
+only the tiles and resolution levels it needs), `quality` (JPEG, 1-100),
+`accept` (image/jpeg or image/png).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from transcode.archive.index import InstanceRow
-from transcode.server import render
+from transcode.server import regions, render
 from transcode.server.errors import Problem
 from transcode.server.frames import StoredInstance
 from transcode.server.negotiate import choose_image
@@ -30,27 +32,33 @@ def routes(service: Service, limits: render.RenderLimits | None = None) -> APIRo
     limits = limits or render.RenderLimits()
     catalog, reader = service.catalog, service.reader
 
-    def image(request: Request, stored: StoredInstance, number: int, viewport: tuple[int, int] | None,
+    def image(request: Request, stored: StoredInstance, number: int, default: tuple[int, int] | None,
               immutable: bool) -> Response:
         reader.check(stored, [number])
         query = request.query_params
         media_type = choose_image(request.headers.get("accept"), query.get("accept"))
         window = render.parse_window(query.get("window"))
-        viewport = render.parse_viewport(query.get("viewport")) or viewport
+        viewport = render.parse_viewport(query.get("viewport")) or (render.Viewport(default) if default else None)
         quality = _quality(query.get("quality"))
         headers = cache_headers(etag("rendered", stored.row.object_digest, str(number), media_type, str(window),
-                                     str(viewport), str(quality)), immutable)
+                                     repr(viewport), str(quality)), immutable)
         if (cached := not_modified(request, headers)) is not None:
             return cached
         ds = service.header(stored.row.path)
         columns, rows = int(ds.Columns), int(ds.Rows)
-        size = render.capped(render.fit(columns, rows, viewport), limits.max_pixels)
+        box = regions.Box(*viewport.box(columns, rows)) if viewport and viewport.source else None
+        if box is not None:
+            regions.check_box(box, columns, rows)
+        shown = (box.width, box.height) if box else (columns, rows)
+        size = render.capped(render.fit(*shown, viewport.size if viewport else None), limits.max_pixels)
         if stored.transcoded:
-            level = render.level_for(stored.index(number), size, limits.max_pixels)
+            level = render.level_for(stored.index(number), size, limits.max_pixels,
+                                     (box.x, box.y, box.width, box.height) if box else None)
         else:
             render.check_decodable(columns, rows, limits)
             level = None
-        pixels = render.to_rgb_or_grey(reader.pixels(stored, number, level), ds, window)
+        decoded = regions.pixels(reader, stored, number, box, level) if box else reader.pixels(stored, number, level)
+        pixels = render.to_rgb_or_grey(decoded, ds, window)
         return Response(render.encode_image(pixels, size, media_type, quality), media_type=media_type, headers=headers)
 
     def first(rows: list[InstanceRow]) -> StoredInstance:

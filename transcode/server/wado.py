@@ -28,9 +28,9 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from transcode.archive.index import InstanceRow
-from transcode.server import convert, multipart
+from transcode.server import convert, multipart, regions
 from transcode.server.errors import Problem
-from transcode.server.frames import StoredInstance
+from transcode.server.frames import StoredInstance, little_endian
 from transcode.server.negotiate import (
     EXPLICIT_LE,
     NotAcceptable,
@@ -94,6 +94,31 @@ def send_frames(service: Service, request: Request, stored: StoredInstance, numb
         return ranged(request, frame(numbers[0], head, multipart.closing(boundary)), media_type, headers)
     parts = ((choice.part_type, f"{base}/frames/{n}", (frame(n),)) for n in numbers)  # each read as its part starts
     return StreamingResponse(_started(multipart.body(parts, boundary)), media_type=media_type, headers=headers)
+
+
+def send_region(service: Service, request: Request, stored: StoredInstance, number: int, box: regions.Box,
+                level: int | None) -> Response:
+    """The region `box` (full-resolution pixels) of frame `number` at
+    `level`, with the Accept rules of frames: a cut-out HTJ2K codestream of
+    the tiles covering it (its SIZ image offsets say where it lies on the
+    frame's reference grid), or the decoded pixels covering it, native
+    little-endian, rows x columns of that level."""
+    service.reader.check(stored, [number])
+    choice = choose_frames(request.headers.get("accept"), stored.row.transfer_syntax, single=True)
+    headers = cache_headers(etag("region", *stored.content([number]), str(number), repr(box), str(level),
+                                 choice.part_type, str(choice.multipart)), immutable=True)
+    if (cached := not_modified(request, headers)) is not None:
+        return cached
+    if choice.decode:
+        body: bytes = little_endian(regions.pixels(service.reader, stored, number, box, level))
+    else:
+        body = regions.cut_out(service.reader, stored, number, box, level)
+    if not choice.multipart:
+        return ranged(request, body, choice.part_type, headers)
+    boundary = multipart.boundary_for(headers["ETag"])
+    head = multipart.part_head(boundary, choice.part_type, str(request.url))
+    return ranged(request, head + body + multipart.closing(boundary),
+                  multipart.content_type(choice.media_type, boundary), headers)
 
 
 def frames_route(service: Service, prefix: str) -> Route:
@@ -179,6 +204,12 @@ def routes(service: Service) -> APIRouter:
     @router.get("/studies/{study}/series/{series}/instances/{sop}/metadata")
     def instance_metadata(request: Request, study: str, series: str, sop: str) -> Response:
         return metadata(request, [catalog.row(study, series, sop)], immutable=True)
+
+    @router.get("/studies/{study}/series/{series}/instances/{sop}/frames/{frame}/region")
+    def region(request: Request, study: str, series: str, sop: str, frame: int, x: int, y: int, w: int, h: int,
+               level: str | None = None) -> Response:
+        return send_region(service, request, catalog.instance(study, series, sop), frame, regions.Box(x, y, w, h),
+                           parse_level(level))
 
     @router.get("/studies/{study}/series/{series}/instances/{sop}/bulkdata/{tag}")
     def bulkdata(request: Request, study: str, series: str, sop: str, tag: str) -> Response:
