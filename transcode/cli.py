@@ -314,6 +314,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
                   "ingest first, or give a new folder for an archive filled through STOW-RS", file=sys.stderr)
             return EXIT_USAGE
         log.info("new empty archive at %s", archive)
+    if args.viewer_dir and not (Path(args.viewer_dir) / "index.html").is_file():
+        print(f"transcode: --viewer-dir {args.viewer_dir} holds no index.html (give a built static viewer: "
+              "OHIF's dist folder)", file=sys.stderr)
+        return EXIT_USAGE
     try:  # a new folder becomes an empty archive, to be filled through STOW-RS
         FolderArchive(archive, read_only=read_only).close()
     except ArchiveMismatch as exc:  # never serve (nor store into) an index that is not the archive's
@@ -356,10 +360,14 @@ def _serve(args: argparse.Namespace, archive: str, read_only: bool, security: di
                                             "on_conflict": args.on_conflict,
                                             "max_frame_bytes": _frame_bytes(args.max_frame_mb),
                                             "max_render_pixels": args.max_render_pixels, "security": security,
-                                            "limits": bounds.to_json()})
+                                            "limits": bounds.to_json(),
+                                            "viewer_dir": str(Path(args.viewer_dir).resolve()) if args.viewer_dir else None})
     host = f"[{args.host}]" if ":" in args.host else args.host
-    root = f"{'https' if args.tls_cert else 'http'}://{host}:{args.port}/dicomweb"
-    print(f"DICOMweb root: {root}  (studies: {root}/studies)", flush=True)
+    origin = f"{'https' if args.tls_cert else 'http'}://{host}:{args.port}"
+    print(f"DICOMweb root: {origin}/dicomweb  (studies: {origin}/dicomweb/studies)")
+    if args.viewer_dir:
+        print(f"OHIF: {origin}/ohif/")
+    print(f"Viewer: open {origin}/ in a browser", flush=True)
     # uvicorn logs through `transcode.logs`; its access log (full URLs, patient data in queries) is replaced
     # by `transcode.access` (route templates). TLS: uvicorn's ssl options.
     uvicorn.run("transcode.server.app:app_from_environment", factory=True, workers=args.workers, host=args.host,
@@ -573,6 +581,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-render-pixels", type=int, default=None,
                        help="rendered images larger are scaled down to it, and no larger frame is decoded for one "
                             "(default: 4096 x 4096)")
+    serve.add_argument("--viewer-dir", default=None, metavar="DIR",
+                       help="a prebuilt static viewer (OHIF's dist) to serve under /ohif/, configured for this server")
     commands.add_serve_options(serve)
     limits.add_arguments(serve)
     serve.set_defaults(func=cmd_serve, log_default="info")

@@ -3,7 +3,8 @@
 Routes live under `prefix` (default `/dicomweb`): QIDO-RS search, WADO-RS
 retrieval (instances, metadata, frames, frame regions, bulk data, rendered,
 thumbnails) and STOW-RS; the IIIF Image API under `/iiif` and the read-only
-zarr view of series and instances under `/zarr` (`zarrview`). Errors are
+zarr view of series and instances under `/zarr` (`zarrview`). The built-in
+viewer is at `/`, a prebuilt OHIF (optional) under `/ohif/`. Errors are
 JSON, `{"error": reason, "detail": sentence}`.
 """
 
@@ -15,6 +16,7 @@ import os
 import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import APIRouter, FastAPI
 from fastapi.exceptions import RequestValidationError
@@ -30,7 +32,7 @@ from transcode.codecs.htj2k import EncodeSettings
 from transcode.limits import Limits
 from transcode.policy import Stop
 from transcode.security.guard import Guard, Security, security_from
-from transcode.server import iiif, qido, rendered, stow, wado, zarrview
+from transcode.server import iiif, qido, rendered, stow, viewer, wado, zarrview
 from transcode.server.admission import LimitsMiddleware
 from transcode.server.catalog import uid
 from transcode.server.errors import Problem
@@ -42,6 +44,8 @@ from transcode.service import IngestService
 
 SERVE_OPTIONS = "TRANSCODE_SERVE_OPTIONS"
 log = logging.getLogger(__name__)
+#: How long a browser may reuse a CORS preflight answer (Chromium caps it at 2 hours).
+PREFLIGHT_MAX_AGE = 7200
 EXPOSED = ["Content-Range", "Content-Length", "Content-Type", "Content-Location", "ETag", "Warning"]
 STUDY, SERIES = qido.STUDY_UID, qido.SERIES_UID
 
@@ -49,7 +53,7 @@ STUDY, SERIES = qido.STUDY_UID, qido.SERIES_UID
 def create_app(archive: Archive, *, prefix: str = "/dicomweb", cors_origins: Sequence[str] = (),
                stow_workers: int | None = None, on_conflict: str = "keep", settings: EncodeSettings | None = None,
                render_limits: RenderLimits | None = None, security: Security | None = None,
-               limits: Limits | None = None) -> FastAPI:
+               limits: Limits | None = None, viewer_dir: Path | None = None) -> FastAPI:
     """The application over `archive` (opened by the caller, who closes it).
     `cors_origins`: origins allowed to call from a browser ("*" for any);
     `on_conflict`: what STOW-RS does with other content under an archived
@@ -58,7 +62,8 @@ def create_app(archive: Archive, *, prefix: str = "/dicomweb", cors_origins: Seq
     largest rendered image; `security`: authentication, the audit trail
     (closed with the app) and the template-only access log (`guard`); none
     by default, as for an app embedded behind its own gate; `limits`: what
-    a request may be (`transcode.limits`)."""
+    a request may be (`transcode.limits`); `viewer_dir`: a prebuilt static
+    viewer (OHIF's dist) to serve under `/ohif/`, configured for this server."""
     limits = limits or Limits()
     service = Service(archive, prefix, max_frames=limits.max_frames)
     ingester = IngestService(archive.root, workers=stow_workers or 2, settings=settings,  # started by the first STOW
@@ -84,6 +89,7 @@ def create_app(archive: Archive, *, prefix: str = "/dicomweb", cors_origins: Seq
         app.include_router(router, prefix=where)
     app.router.routes[1:1] = rendered.plain_routes(rendered_routes, prefix)  # after the frames route
     app.router.routes.extend(zarrview.routes(service))  # at the root: /zarr/...
+    viewer.mount(app, prefix, viewer_dir)
     # Middleware added last runs first: CORS, then the limits (before any route, the frames route too, and
     # before authentication: a hostile request costs nothing more), then the security guard.
     if security is not None:  # every route template (the app's own, then its routers'), for the log and the trail
@@ -93,7 +99,8 @@ def create_app(archive: Archive, *, prefix: str = "/dicomweb", cors_origins: Seq
     app.add_middleware(LimitsMiddleware, limits=limits)
     if cors_origins:  # outermost, so a browser can read a refusal; preflights carry no credentials
         app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST", "OPTIONS"],
-                           allow_headers=["*"], expose_headers=EXPOSED, allow_credentials="*" not in cors_origins)
+                           allow_headers=["*"], expose_headers=EXPOSED, allow_credentials="*" not in cors_origins,
+                           max_age=PREFLIGHT_MAX_AGE)
     _error_handlers(app)
     return app
 
@@ -109,7 +116,8 @@ def app_from_environment() -> FastAPI:
     return create_app(archive, cors_origins=options["cors_origins"], stow_workers=options["stow_workers"],
                       on_conflict=options.get("on_conflict", "keep"), settings=settings,
                       render_limits=render_limits, security=security_from(options.get("security", {}), archive.index.path),
-                      limits=Limits.from_json(options.get("limits", {})))
+                      limits=Limits.from_json(options.get("limits", {})),
+                      viewer_dir=Path(options["viewer_dir"]) if options.get("viewer_dir") else None)
 
 
 def _qido_routes(service: Service) -> APIRouter:
