@@ -4,9 +4,12 @@ scopes; the audit trail names who was let in and who was not."""
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
+from datetime import datetime
 from pathlib import Path
+from xml.etree import ElementTree
 
 import pydicom
 import pytest
@@ -16,8 +19,10 @@ from fixtures.generate import Spec, write
 from tests.security import AUDIENCE, ISSUER, Issuer, auth_config, jwks_server, other_key_token
 from tests.served import Served
 from transcode.archive import FolderArchive
+from transcode.cli import main
 from transcode.security.audit import AuditLog, records
 from transcode.security.auth import AuthConfig, Authenticator
+from transcode.security.dicom_audit import messages, sop_classes
 from transcode.security.guard import Security
 from transcode.security.keys import KeyFile
 from transcode.server import create_app
@@ -204,3 +209,124 @@ def test_an_unreachable_issuer_is_503_not_a_bad_token(served, issuer, tmp_path) 
         client = TestClient(create_app(archive, security=Security(Authenticator(config))))
         answer = client.get("/dicomweb/studies", headers={"Authorization": f"Bearer {issuer.token()}"})
     assert answer.status_code == 503 and answer.json()["error"] == "issuer_unreachable"
+
+
+# The DICOM audit message schema (PS3.15 A.5.1), element by element: required
+# and optional attributes (with their value sets where the schema closes
+# them) and the children in order as (names, least, most). The choice of
+# ParticipantObjectName or ParticipantObjectQuery is optional, as A.5.3's
+# tables and RFC 3881 have it (A.5.1's text omits the `?`).
+CODED = ({"csd-code", "codeSystemName", "originalText"}, {"displayName"}, [])
+A5 = {
+    "AuditMessage": (set(), set(), [({"EventIdentification"}, 1, 1), ({"ActiveParticipant"}, 1, None),
+                                    ({"AuditSourceIdentification"}, 1, 1),
+                                    ({"ParticipantObjectIdentification"}, 0, None)]),
+    "EventIdentification": ({"EventDateTime", "EventOutcomeIndicator"}, {"EventActionCode"},
+                            [({"EventID"}, 1, 1), ({"EventTypeCode"}, 0, None),
+                             ({"EventOutcomeDescription"}, 0, 1)]),
+    "EventID": CODED, "EventTypeCode": CODED, "RoleIDCode": CODED, "ParticipantObjectIDTypeCode": CODED,
+    "EventOutcomeDescription": (set(), set(), []),
+    "ActiveParticipant": ({"UserID", "UserIsRequestor"},
+                          {"AlternativeUserID", "UserName", "NetworkAccessPointID", "NetworkAccessPointTypeCode"},
+                          [({"RoleIDCode"}, 0, None), ({"MediaIdentifier"}, 0, 1)]),
+    "AuditSourceIdentification": ({"AuditSourceID"}, {"AuditEnterpriseSiteID"}, [({"AuditSourceTypeCode"}, 0, None)]),
+    "AuditSourceTypeCode": ({"csd-code"}, {"codeSystemName", "displayName", "originalText"}, []),
+    "ParticipantObjectIdentification": (
+        {"ParticipantObjectID"}, {"ParticipantObjectTypeCode", "ParticipantObjectTypeCodeRole",
+                                  "ParticipantObjectDataLifeCycle", "ParticipantObjectSensitivity"},
+        [({"ParticipantObjectIDTypeCode"}, 1, 1), ({"ParticipantObjectName", "ParticipantObjectQuery"}, 0, 1),
+         ({"ParticipantObjectDetail"}, 0, None), ({"ParticipantObjectDescription"}, 0, None)]),
+    "ParticipantObjectQuery": (set(), set(), []),
+    "ParticipantObjectDetail": ({"type", "value"}, set(), []),
+    "ParticipantObjectDescription": (set(), set(), [({"MPPS"}, 0, None), ({"Accession"}, 0, None),
+                                                    ({"SOPClass"}, 0, None)]),
+    "SOPClass": ({"NumberOfInstances"}, {"UID"}, [({"Instance"}, 0, None)]),
+    "Instance": ({"UID"}, set(), []),
+}
+CLOSED = {"EventActionCode": {"C", "R", "U", "D", "E"}, "EventOutcomeIndicator": {"0", "4", "8", "12"},
+          "UserIsRequestor": {"true", "false"}, "NetworkAccessPointTypeCode": {"1", "2", "3", "4", "5"},
+          "ParticipantObjectTypeCode": {"1", "2", "3", "4"},
+          "ParticipantObjectTypeCodeRole": {str(n) for n in range(1, 27)}}
+
+
+def check_a5(element) -> None:
+    """Raise AssertionError where `element` breaks the A.5.1 schema above."""
+    required, optional, children = A5[element.tag]
+    assert required <= set(element.attrib) <= required | optional, (element.tag, element.attrib)
+    for name, value in element.attrib.items():
+        assert value == value.strip() and value, (element.tag, name)
+        assert name not in CLOSED or value in CLOSED[name], (element.tag, name, value)
+    if element.tag == "EventIdentification":
+        assert datetime.fromisoformat(element.get("EventDateTime")).utcoffset() is not None
+    if element.tag == "ParticipantObjectQuery":
+        base64.b64decode(element.text, validate=True)
+    if element.tag == "ParticipantObjectDetail":
+        base64.b64decode(element.get("value"), validate=True)
+    if element.tag == "SOPClass":
+        assert int(element.get("NumberOfInstances")) == len(element.findall("Instance"))
+    kids = list(element)
+    at = 0
+    for names, least, most in children:
+        count = 0
+        while at < len(kids) and kids[at].tag in names and (most is None or count < most):
+            at, count = at + 1, count + 1
+        assert count >= least, (element.tag, names)
+    assert at == len(kids), (element.tag, [k.tag for k in kids[at:]])
+    for kid in kids:
+        check_a5(kid)
+
+
+def test_dicom_audit_messages_of_search_retrieve_store_and_a_refusal(site, issuer, served, tmp_path, capsys) -> None:
+    client, _, folder, _, audit = site
+    study, series, sop = served.find("CT")
+    reader, writer = issuer.token(subject="reader-9", scope="read"), issuer.token(subject="writer-9", scope="write")
+    path = write(Spec("CT", 16, 16, 1, 16, 12, seed=91), tmp_path / "sent.dcm")
+    sent = pydicom.dcmread(path, stop_before_pixels=True)
+    calls = [client.get("/dicomweb/studies", params={"PatientID": served.source(sop).PatientID},
+                        headers={"Authorization": f"Bearer {reader}"}),
+             client.get(f"/dicomweb/studies/{study}/series/{series}/instances/{sop}/frames/1",
+                        headers={"Authorization": f"Bearer {reader}", "Accept": "*/*"}),
+             client.post("/dicomweb/studies", content=stow_body(path.read_bytes()),
+                         headers={"Authorization": f"Bearer {writer}", "Content-Type": STOW_TYPE}),
+             client.post("/dicomweb/studies", content=b"", headers={"Authorization": f"Bearer {reader}",
+                                                                    "Content-Type": STOW_TYPE})]
+    assert [r.status_code for r in calls] == [200, 200, 200, 403]
+    count = len(_written(audit, folder))
+    capsys.readouterr()
+    assert main(["audit", "export", "--format", "dicom", "--audit-dir", str(folder)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == count
+    for line in out:
+        check_a5(ElementTree.fromstring(line))
+    search, retrieve, store, denied = (ElementTree.fromstring(line) for line in out[-4:])
+
+    def event(message) -> tuple:
+        e = message.find("EventIdentification")
+        return e.find("EventID").get("csd-code"), e.get("EventActionCode"), e.get("EventOutcomeIndicator")
+
+    def objects(message) -> dict[str, str]:
+        return {o.find("ParticipantObjectIDTypeCode").get("csd-code"): o.get("ParticipantObjectID")
+                for o in message.iter("ParticipantObjectIdentification")}
+
+    def caller(message) -> tuple:
+        p = message.find("ActiveParticipant")
+        role = p.find("RoleIDCode")
+        return p.get("UserID"), p.get("UserIsRequestor"), role.get("csd-code") if role is not None else None
+
+    assert event(search) == ("110112", "E", "0") and caller(search) == ("reader-9", "true", "110153")
+    query = search.find("ParticipantObjectIdentification/ParticipantObjectQuery")
+    assert base64.b64decode(query.text).decode() == f"PatientID={served.source(sop).PatientID}"
+    assert event(retrieve) == ("110104", "R", "0") and caller(retrieve) == ("reader-9", "true", "110152")
+    assert objects(retrieve) == {"110180": study, "2": served.source(sop).PatientID}
+    assert [i.get("UID") for i in retrieve.iter("Instance")] == [sop]
+    assert event(store) == ("110104", "C", "0") and caller(store) == ("writer-9", "true", "110153")
+    assert objects(store) == {"110180": sent.StudyInstanceUID, "2": sent.PatientID}
+    assert [i.get("UID") for i in store.iter("Instance")] == [sent.SOPInstanceUID]
+    assert event(denied) == ("110113", "E", "4") and caller(denied) == ("reader-9", "true", None)
+    assert denied.find("EventIdentification/EventTypeCode").get("csd-code") == "110132"
+    assert objects(denied)["12"].endswith("/studies")
+    with FolderArchive(folder.parent / "archive", read_only=True) as archive:
+        lookup = sop_classes(archive.index.path)
+        lines = [r for _, _, r in records(folder) if r is not None][-3:-2]
+        (stored,) = [ElementTree.fromstring(m) for m in messages(lines, lookup)]
+    assert stored.find(".//SOPClass").get("UID") == sent.SOPClassUID

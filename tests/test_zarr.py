@@ -16,12 +16,13 @@ import zarr
 from pydicom.encaps import generate_frames
 
 from fixtures.generate import write_ct_series
-from tests.served import Served
+from tests.served import TILED, Served
 from tests.test_server_live import serve
 from transcode import zarr as view
 from transcode.archive import FolderArchive
 from transcode.bench.counting import CountingArchive
 from transcode.codecs import codestream
+from transcode.codecs.codestream import CodestreamIndex
 from transcode.pipeline import ingest
 
 SLICES = 6
@@ -82,11 +83,23 @@ def test_series_values_order_and_levels(coronal) -> None:
             data = image[k][:]
             for z, stream in enumerate(streams):
                 index = codestream.parse(stream)
-                prefix = stream[:index.level_end(level)] + b"\xff\xd9"
-                decoded = imagecodecs.htj2k_decode(prefix, skipres=index.decompositions - level)
-                clamped = np.clip(decoded, -(1 << (bits - 1)), (1 << (bits - 1)) - 1)
+                decoded = _level_decode(stream, level, bits, signed=True)
                 assert data[z].shape == decoded.shape == index.resolution_size(level)[::-1]
-                assert np.array_equal(data[z], clamped), (k, z)
+                assert np.array_equal(data[z], decoded), (k, z)
+
+
+def _level_decode(stream: bytes, level: int, bits: int, *, signed: bool) -> np.ndarray:
+    """OpenJPH's decode of the stored prefix up to `level`, clamped into Bits
+    Stored (an unsigned container wraps the small negative overshoots of a
+    reduced level to its top: they are read back as negative first)."""
+    index = codestream.parse(stream)
+    prefix = stream[:index.level_end(level)] + b"\xff\xd9"
+    decoded = imagecodecs.htj2k_decode(prefix, skipres=index.decompositions - level)
+    wide, width = decoded.astype(np.int64), decoded.dtype.itemsize * 8
+    if not signed:
+        wide = np.where(wide >= 1 << (width - 1), wide - (1 << width), wide)
+    low, high = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
+    return np.clip(wide, low, high).astype(decoded.dtype)
 
 
 def test_ome_metadata_is_valid(coronal) -> None:
@@ -146,9 +159,10 @@ def test_kept_instance_is_decoded_by_the_dicom_reader(served: Served) -> None:
         assert np.array_equal(np.moveaxis(image["0"][:], 0, -1)[0], raw)
 
 
-def test_over_http_with_zarr_python(coronal) -> None:
+@pytest.mark.parametrize("fixture", ["coronal", "tiled"])
+def test_over_http_with_zarr_python(request: pytest.FixtureRequest, fixture: str) -> None:
     pytest.importorskip("aiohttp")
-    root, _, study, series = coronal
+    root, _, study, series = request.getfixturevalue(fixture)
     with FolderArchive(root, read_only=True) as archive:
         for url in serve(archive):
             base = url.removesuffix("/dicomweb") + f"/zarr/studies/{study}/series/{series}"
@@ -159,3 +173,76 @@ def test_over_http_with_zarr_python(coronal) -> None:
                 assert np.array_equal(remote[k][:], local[k][:])
             with pytest.raises(KeyError):
                 remote["9"]
+
+
+TILED_ROWS, TILED_COLUMNS = 333, 421  # 128-pixel tiles: 3 x 4, edge tiles 77 rows and 37 columns
+
+
+@pytest.fixture(scope="module")
+def tiled(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path], str, str]:
+    """An axial CT series of 3 slices of odd size, ingested with 128-pixel tiles."""
+    root = tmp_path_factory.mktemp("zarr-tiled")
+    paths = write_ct_series(root / "src", 3, rows=TILED_ROWS, columns=TILED_COLUMNS)
+    with FolderArchive(root / "archive", exclusive=True) as archive:
+        report = ingest([root / "src"], archive, workers=1, settings=TILED)
+    assert {e.outcome for e in report.entries} == {"transcoded"}
+    ds = pydicom.dcmread(paths[0], stop_before_pixels=True)
+    return root / "archive", paths, ds.StudyInstanceUID, ds.SeriesInstanceUID
+
+
+def _check_levels(image: zarr.Group, sources: list[pydicom.Dataset], streams: list[bytes]) -> None:
+    """Every dataset of `image` is chunked by tile and equals pydicom's decode
+    of `sources` at full size and OpenJPH's level decode of `streams` below."""
+    index = codestream.parse(streams[0])
+    assert index.tiles > 1
+    full = image["0"][:]
+    assert np.array_equal(full, np.stack([s.pixel_array for s in sources]))
+    assert sorted(image.array_keys(), key=int) == [str(k) for k in range(index.decompositions + 1)]
+    for k in range(index.decompositions + 1):
+        array = image[str(k)]
+        assert array.chunks[-2:] == (index.tile_height >> k, index.tile_width >> k)
+        if k == 0:
+            continue
+        level = index.decompositions - k
+        bits, signed = int(sources[0].BitsStored), bool(sources[0].PixelRepresentation)
+        expected = np.stack([_level_decode(s, level, bits, signed=signed) for s in streams])
+        got = array[:]
+        assert got.shape == expected.shape and np.array_equal(got, expected), k
+
+
+def test_tiled_series_chunks_are_tiles(tiled) -> None:
+    root, _, study, series = tiled
+    with FolderArchive(root, read_only=True) as archive:
+        store = view.open_series(archive, study, series)
+        sops = [sl.sop for sl in store.volume.slices]
+        sources = {pydicom.dcmread(p).SOPInstanceUID: pydicom.dcmread(p) for p in tiled[1]}
+        _check_levels(zarr.open_group(store, mode="r"), [sources[s] for s in sops], _stored_codestreams(root, sops))
+
+
+def test_tiled_instance_chunks_are_tiles(served: Served) -> None:
+    study, series, sop = served.find("CR")  # 600 x 500, 128-pixel tiles: 5 x 4, edge tiles 88 rows and 116 columns
+    with FolderArchive(served.root, read_only=True) as archive:
+        image = zarr.open_group(view.open_instance(archive, study, series, sop), mode="r")
+        _check_levels(image, [served.source(sop)], _stored_codestreams(served.root, [sop]))
+
+
+@pytest.mark.parametrize(("k", "row", "column"), [(0, 1, 1), (0, 2, 3), (2, 1, 2)])
+def test_a_tile_chunk_reads_only_its_tile_parts(tiled, k: int, row: int, column: int) -> None:
+    root, _, study, series = tiled
+    with CountingArchive(root, read_only=True) as archive:
+        store = view.open_series(archive, study, series)
+        index = CodestreamIndex.from_dict(archive.index.frames(store.volume.slices[0].sop)[0].codestream)
+        level, tile = index.decompositions - k, row * index.tiles_x + column
+        chunk = store.value(f"{k}/c/0/{row}/{column}")
+        assert chunk is not None and len(chunk) == 2 * (index.tile_height >> k) * (index.tile_width >> k)
+        share = index.header_length + sum(tp.length for tp in index.tile_parts if tp.tile == tile and tp.part <= level)
+        assert archive.read_bytes == share
+        assert share < index.header_length + index.level_end(level) / index.tiles * 3
+        assert store.value(f"{k}/c/0/{index.tiles_y}/0") is None
+
+
+def test_chunks_are_frames_where_tiles_are_not_whole_pixels() -> None:
+    volume = view.Volume("v", (), "uint16", 1, ((300, 300), (150, 150), (75, 75), (38, 38)), (1.0, 1.0, 1.0),
+                         tile=(100, 100))
+    assert [volume.chunk_shape(k) for k in range(4)] == [(1, 100, 100), (1, 50, 50), (1, 25, 25), (1, 38, 38)]
+    assert [volume.grid(k) for k in range(4)] == [(3, 3), (3, 3), (3, 3), (1, 1)]

@@ -19,6 +19,7 @@ import jwt
 from transcode.security import AUDIT_FOLDER, KEYS_FILE
 from transcode.security.audit import AuditLog, records, verify
 from transcode.security.auth import AuthConfig, Authenticator
+from transcode.security.dicom_audit import messages, sop_classes
 from transcode.security.export import bundle
 from transcode.security.keys import SCOPES, KeyFile, UnknownKey
 
@@ -47,8 +48,9 @@ def add_commands(sub: Any) -> None:
     audit = sub.add_parser("audit", help="check the audit trail's hash chain, or export it")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True)
     check = audit_sub.add_parser("verify", help="check every line and the chain; exit 1 on any break")
-    export = audit_sub.add_parser("export", help="the trail as FHIR R4 AuditEvent resources (a Bundle)")
-    export.add_argument("--format", choices=["fhir"], default="fhir")
+    export = audit_sub.add_parser("export", help="the trail as FHIR R4 AuditEvent resources (a Bundle), or as "
+                                                 "DICOM audit messages (PS3.15 A.5 XML, one per line)")
+    export.add_argument("--format", choices=["fhir", "dicom"], default="fhir")
     for parser in (check, export):
         where = parser.add_mutually_exclusive_group(required=True)
         where.add_argument("--archive", type=Path, help=f"the archive whose trail ({AUDIT_FOLDER}/) to read")
@@ -88,7 +90,14 @@ def cmd_audit(args: argparse.Namespace) -> int:
         print(f"transcode: no audit trail at {folder}", file=sys.stderr)
         return EXIT_USAGE
     if args.audit_command == "export":
-        json.dump(bundle(record for _, _, record in records(folder) if record is not None), sys.stdout, indent=1)
+        lines = (record for _, _, record in records(folder) if record is not None)
+        if args.format == "dicom":
+            index = args.archive / "index.sqlite" if args.archive else None
+            lookup = sop_classes(index) if index is not None and index.is_file() else (lambda _: None)
+            for message in messages(lines, lookup):
+                print(message)
+            return EXIT_OK
+        json.dump(bundle(lines), sys.stdout, indent=1)
         print()
         return EXIT_OK
     result = verify(folder)

@@ -5,7 +5,9 @@ messages of PS3.15 A.5 use them: a search is 110112 Query, a retrieval or a
 rendering 110103 DICOM Instances Accessed, a STOW-RS 110104 DICOM Instances
 Transferred, a refused request 110113 Security Alert. Entities: each study
 (by its UID) and its patient (by Patient ID); a search carries its query.
-The DICOM audit message XML (PS3.15 A.5) is not written.
+The DICOM audit message XML (PS3.15 A.5) is written by `dicom_audit`, whose
+event choice differs in one place: there a WADO-RS retrieval is 110104
+DICOM Instances Transferred (the instances leave the server, A.5.3.4).
 """
 
 from __future__ import annotations

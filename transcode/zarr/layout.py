@@ -14,6 +14,13 @@ the side, rounded up, per step), which is exactly what a level prefix
 decodes to. Frames kept as is (no levels) give only dataset "0"; a stack
 has as many datasets as its poorest frame has levels.
 
+Tiled frames (`htj2k.EncodeSettings` tiles large frames) are chunked by
+tile: a chunk is one stored tile at one level, (tile height, tile width)
+halved k times at dataset "k", as long as the tile edges fall on whole
+pixels there (tile sides divisible by 2^k; otherwise, and for untiled
+frames, a chunk is the whole frame at that level). Every frame of the stack
+must share the tile size for it to be the chunk shape.
+
 Colour frames get a channel axis in front (OME-NGFF orders axes time,
 channel, space): `(c, z, y, x)`, each chunk holding all channels of one
 frame; values are as stored (RGB for transcoded colour frames, the stored
@@ -64,6 +71,7 @@ class Volume:
     samples: int
     shapes: tuple[tuple[int, int], ...]
     spacing: tuple[float, float, float]
+    tile: tuple[int, int] | None = None  # (rows, columns) of every frame's stored tiles, None if untiled
 
     @property
     def levels(self) -> int:
@@ -74,8 +82,25 @@ class Volume:
         channels = (self.samples,) if self.samples > 1 else ()
         return (*channels, len(self.slices), rows, columns)
 
+    def tiled(self, dataset: int) -> bool:
+        """Whether dataset `dataset`'s chunks are tiles (else whole frames):
+        frames are tiled and the tile edges fall on whole pixels there."""
+        step = 1 << dataset
+        return self.tile is not None and self.tile[0] % step == 0 and self.tile[1] % step == 0
+
+    def plane(self, dataset: int) -> tuple[int, int]:
+        """(rows, columns) of one chunk of dataset `dataset`: a tile at that level, or the frame."""
+        if self.tiled(dataset):
+            return self.tile[0] >> dataset, self.tile[1] >> dataset  # type: ignore[index]
+        return self.shapes[dataset]
+
     def chunk_shape(self, dataset: int) -> tuple[int, ...]:
-        return (*self.array_shape(dataset)[:-3], 1, *self.shapes[dataset])
+        return (*self.array_shape(dataset)[:-3], 1, *self.plane(dataset))
+
+    def grid(self, dataset: int) -> tuple[int, int]:
+        """How many chunks down and across one frame of dataset `dataset`."""
+        (rows, columns), (chunk_rows, chunk_columns) = self.shapes[dataset], self.plane(dataset)
+        return -(-rows // chunk_rows), -(-columns // chunk_columns)
 
     def group_json(self) -> dict[str, Any]:
         """The root group's zarr.json: OME-NGFF 0.5 multiscales."""
@@ -92,7 +117,7 @@ class Volume:
                 "attributes": {"ome": {"version": NGFF_VERSION, "multiscales": multiscales}}}
 
     def array_json(self, dataset: int) -> dict[str, Any]:
-        """Dataset `dataset`'s zarr.json: uncompressed little-endian chunks of one frame each."""
+        """Dataset `dataset`'s zarr.json: uncompressed little-endian chunks of one tile or frame each."""
         names = (["c"] if self.samples > 1 else []) + ["z", "y", "x"]
         return {"zarr_format": 3, "node_type": "array", "shape": list(self.array_shape(dataset)),
                 "data_type": self.dtype,
@@ -139,17 +164,24 @@ def _volume(catalog: Catalog, name: str, rows: list[InstanceRow], metas: list[di
     height, width, samples, allocated, signed = formats.pop()
     if not height or not width or allocated not in (8, 16, 32):
         raise Problem(501, "no_array", f"the frames of {name} are not integer images of 8, 16 or 32 bits")
-    levels = min(_decompositions(catalog.instance(r.study_uid, r.series_uid, r.sop_uid)) for r in rows)
+    codings = {_coding(catalog.instance(r.study_uid, r.series_uid, r.sop_uid)) for r in rows}
+    levels = min(levels for levels, _ in codings)
+    tiles = {tile for _, tile in codings}
     shapes = tuple((-(-height // (1 << k)), -(-width // (1 << k))) for k in range(levels + 1))
     spacing = _value(metas[0], _PIXEL_SPACING, 2) or [1.0, 1.0]
     dtype = f"{'int' if signed else 'uint'}{allocated}"
-    return Volume(name, slices, dtype, int(samples or 1), shapes, (between, float(spacing[0]), float(spacing[1])))
+    return Volume(name, slices, dtype, int(samples or 1), shapes, (between, float(spacing[0]), float(spacing[1])),
+                  tiles.pop() if len(tiles) == 1 else None)
 
 
-def _decompositions(stored: StoredInstance) -> int:
-    """How many levels below full resolution every frame of `stored` has
+def _coding(stored: StoredInstance) -> tuple[int, tuple[int, int] | None]:
+    """How many levels below full resolution every frame of `stored` has,
+    and its tile size (rows, columns) when it has more than one tile
     (frames of one instance share their coding parameters)."""
-    return stored.index(1).decompositions if stored.transcoded else 0
+    if not stored.transcoded:
+        return 0, None
+    index = stored.index(1)
+    return index.decompositions, (index.tile_height, index.tile_width) if index.tiles > 1 else None
 
 
 def _value(meta: dict[str, Any], tag: str, count: int = 1) -> list[Any] | None:

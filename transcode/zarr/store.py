@@ -2,13 +2,16 @@
 
 Keys are those of an OME-Zarr image (see `layout`): `zarr.json` (the group
 with its multiscales), `{k}/zarr.json` (dataset k's array metadata, made
-from the index, no object read) and `{k}/c/[0/]{z}/0/0` (the chunk of slice
-z at dataset k: one whole frame at that resolution, uncompressed
-little-endian). A chunk is decoded on demand from the stored codestream
-prefix that holds the level (`FrameReader.pixels`: only those bytes are
-read, and they are checked against the digests recorded at ingest); frames
-kept as is are decoded through the DICOM reader. Chunks are not tiles: a
-tiled frame's chunk at a level is the whole frame at that level.
+from the index, no object read) and `{k}/c/[0/]{z}/{i}/{j}` (chunk i, j of
+slice z at dataset k, uncompressed little-endian). For tiled frames a chunk
+is one stored tile at that level, decoded from a cut-out of only that
+tile's tile-parts up to the level (`server.regions`: read in one
+`read_ranges` call and checked piece by piece against the checksums
+recorded at ingest); edge chunks are padded with zeros to the chunk shape,
+as zarr's regular grid expects. Otherwise a chunk is the whole frame at
+that level, decoded from the stored codestream prefix that holds the level
+(`FrameReader.pixels`: only those bytes are read and checked); frames kept
+as is are decoded through the DICOM reader.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import numpy as np
 from zarr.abc.store import ByteRequest, OffsetByteRequest, RangeByteRequest, Store, SuffixByteRequest
 from zarr.core.buffer import Buffer, BufferPrototype
 
+from transcode.server import regions
 from transcode.server.catalog import Catalog
 from transcode.server.frames import FrameReader
 from transcode.zarr.layout import Volume
@@ -61,8 +65,9 @@ class ViewStore(Store):
         where = self._chunk_at(key)
         return None if where is None else self.chunk(*where)
 
-    def _chunk_at(self, key: str) -> tuple[int, int] | None:
-        """(dataset, slice) of a chunk key (`{k}/c/...`), or None if it names no chunk."""
+    def _chunk_at(self, key: str) -> tuple[int, int, int, int] | None:
+        """(dataset, slice, chunk row, chunk column) of a chunk key
+        (`{k}/c/...`), or None if it names no chunk."""
         dataset, _, rest = key.partition("/")
         if not dataset.isdigit() or int(dataset) >= self.volume.levels:
             return None
@@ -74,19 +79,30 @@ class ViewStore(Store):
         indices = [int(p) for p in parts[1:]]
         if any(i >= n for i, n in zip(indices, chunks, strict=True)):
             return None
-        return int(dataset), indices[-3]
+        return int(dataset), indices[-3], indices[-2], indices[-1]
 
-    def chunk(self, dataset: int, z: int) -> bytes:
-        """Slice `z` at dataset `dataset`, decoded from its level prefix."""
+    def chunk(self, dataset: int, z: int, row: int = 0, column: int = 0) -> bytes:
+        """Chunk `row`, `column` of slice `z` at dataset `dataset`: its tile
+        decoded from a cut-out, or the whole frame from its level prefix."""
         where = self.volume.slices[z]
         stored = self.catalog.instance(where.study, where.series, where.sop)
-        if stored.transcoded:
+        if self.volume.tiled(dataset):
+            tile_rows, tile_columns = self.volume.tile  # type: ignore[misc]
+            rows, columns = self.volume.shapes[0]
+            x, y = column * tile_columns, row * tile_rows
+            box = regions.Box(x, y, min(tile_columns, columns - x), min(tile_rows, rows - y))
+            level = stored.index(where.number).decompositions - dataset
+            frame = regions.pixels(self.reader, stored, where.number, box, level)
+        elif stored.transcoded:
             decompositions = stored.index(where.number).decompositions
             frame = self.reader.pixels(stored, where.number, decompositions - dataset)
         else:
             frame = self.reader.pixels(stored, where.number)
         if frame.ndim == 3:  # (rows, columns, samples) -> channels first
             frame = np.moveaxis(frame, -1, 0)
+        chunk_rows, chunk_columns = self.volume.plane(dataset)
+        edge = [(0, 0)] * (frame.ndim - 2) + [(0, chunk_rows - frame.shape[-2]), (0, chunk_columns - frame.shape[-1])]
+        frame = np.pad(frame, edge) if any(after for _, after in edge) else frame
         return np.ascontiguousarray(frame, dtype=np.dtype(self.volume.dtype).newbyteorder("<")).tobytes()
 
     async def get(self, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None = None) -> Buffer | None:
@@ -128,8 +144,11 @@ class ViewStore(Store):
         yield from self._metadata
         lead = "0/" if self.volume.samples > 1 else ""
         for dataset in range(self.volume.levels):
+            down, across = self.volume.grid(dataset)
             for z in range(len(self.volume.slices)):
-                yield f"{dataset}/c/{lead}{z}/0/0"
+                for i in range(down):
+                    for j in range(across):
+                        yield f"{dataset}/c/{lead}{z}/{i}/{j}"
 
 
 def _json(document: dict[str, object]) -> bytes:
