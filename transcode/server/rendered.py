@@ -15,6 +15,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -108,6 +109,23 @@ def routes(service: Service, limits: render.RenderLimits | None = None) -> APIRo
     return router
 
 
+class _FrameNumber(Convertor[int]):
+    """A frame number in a plain route's path: at most 9 digits, so that a
+    number too long for Python to parse is not matched (it falls through to
+    the FastAPI route, which answers 400) instead of raising in the router."""
+
+    regex = "[0-9]{1,9}"
+
+    def convert(self, value: str) -> int:
+        return int(value)
+
+    def to_string(self, value: int) -> str:
+        return str(value)
+
+
+register_url_convertor("frame_number", _FrameNumber())
+
+
 def plain_routes(router: APIRouter, prefix: str) -> list[Route]:
     """`router`'s routes again as plain Starlette routes, for the app to put
     first (as it does the frames route): FastAPI's route matching and
@@ -122,7 +140,7 @@ def plain_routes(router: APIRouter, prefix: str) -> list[Route]:
         async def call(request: Request) -> Response:
             return await run_in_threadpool(endpoint, request, **request.path_params)
 
-        return Route(prefix + route.path.replace("{frame}", "{frame:int}"), call, methods=["GET"])
+        return Route(prefix + route.path.replace("{frame}", "{frame:frame_number}"), call, methods=["GET"])
 
     return [plain(route) for route in router.routes if isinstance(route, APIRoute)]
 
