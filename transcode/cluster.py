@@ -73,7 +73,7 @@ def _settle(task: DaskFuture, result: Future[Entry], source: str) -> None:
                                 "(a decoder crash or out of memory)"))
     except CancelledError:
         result.cancel()
-    except BaseException as exc:  # the worker function's own error: raised in the coordinator, as a pool does
+    except Exception as exc:  # noqa: BLE001  the worker function's own error: raised here, as a pool does
         result.set_exception(exc)
 
 
@@ -93,9 +93,10 @@ class DaskPool:
                 count = 0
             if count < 1:
                 raise ClusterAddressError(f"{address}: local:N takes a number of worker processes, 1 or more")
-            # Loopback only, no dashboard: nothing is reachable from outside this machine.
+            # Loopback only, the scheduler's HTTP endpoint on a free port:
+            # nothing is reachable from outside this machine, nothing clashes.
             self._cluster = LocalCluster(n_workers=count, threads_per_worker=1, processes=True,
-                                         host="127.0.0.1", dashboard_address=None)
+                                         host="127.0.0.1", dashboard_address="127.0.0.1:0")
             address = self._cluster.scheduler_address
         elif "://" not in address:
             raise ClusterAddressError(f"{address}: --dask takes local:N or a scheduler address (tcp://host:8786)")
