@@ -13,9 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from fixtures.generate import Spec, write
 from tests import seaweed
-from tests.test_ingest import crash_on_poison, make_study
+from tests.test_ingest import crash_on_poison, make_study, six_and_poison
 from transcode.archive import FolderArchive
 from transcode.archive.check import verify_archive
 from transcode.archive.objects import open_archive
@@ -88,34 +87,22 @@ def poison_once(source: str, *args: object) -> Entry:
     return work(source, *args)  # type: ignore[arg-type]
 
 
-def ct_files(folder: Path, count: int) -> None:
-    folder.mkdir(parents=True)
-    for n in range(count):
-        write(Spec("CT", 48, 48, seed=n), folder / f"{n}.dcm")
-
-
-def test_a_worker_lost_mid_run_costs_nothing_but_time(tmp_path: Path, cluster: DaskPool) -> None:
+@pytest.mark.parametrize(("worker", "poisoned"), [
+    (poison_once, ("transcoded", None)),  # a worker lost mid-run, once: the file runs again elsewhere
+    (crash_on_poison, ("failed", "worker_crashed")),  # every try kills its worker: that file fails, alone
+], ids=["killed-once", "kills-every-worker"])
+def test_dying_workers_cost_at_most_their_file(tmp_path: Path, cluster: DaskPool, worker: object,
+                                               poisoned: tuple[str, str | None]) -> None:
     src = tmp_path / "src"
-    ct_files(src, 8)
-    write(Spec("CT", 48, 48, seed=99), src / "poison.dcm")
+    six_and_poison(src)
     with FolderArchive(tmp_path / "archive", exclusive=True) as archive:
-        report = ingest([src], archive, pool=cluster, worker=poison_once)
+        report = ingest([src], archive, pool=cluster, worker=worker)
+        outcomes = relative(src, report.entries)
+        assert outcomes.pop("poison.dcm") == poisoned
+        assert outcomes == {f"{n}.dcm": ("transcoded", None) for n in range(6)}  # files in flight beside it too
+        assert verify_archive(archive) == []
+    if worker is poison_once:
         assert (src / "poison.dcm.killed").exists()  # it did kill a worker
-        outcomes = relative(src, report.entries)
-        assert outcomes == {name: ("transcoded", None) for name in outcomes} and len(outcomes) == 9
-        assert verify_archive(archive) == []
-
-
-def test_a_file_that_kills_every_worker_fails_alone(tmp_path: Path, cluster: DaskPool) -> None:
-    src = tmp_path / "src"
-    ct_files(src, 6)
-    write(Spec("CT", 48, 48, seed=99), src / "poison.dcm")
-    with FolderArchive(tmp_path / "archive", exclusive=True) as archive:
-        report = ingest([src], archive, pool=cluster, worker=crash_on_poison)
-        outcomes = relative(src, report.entries)
-        assert outcomes.pop("poison.dcm") == ("failed", "worker_crashed")
-        assert set(outcomes.values()) == {("transcoded", None)} and len(outcomes) == 6
-        assert verify_archive(archive) == []
 
 
 def test_cli_dask_option(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -119,6 +119,8 @@ class DaskPool:
 
     def __init__(self, address: str) -> None:
         self._cluster: LocalCluster | None = None
+        # distributed sets its loggers to INFO: here they follow -v / --log-level like ours.
+        logging.getLogger("distributed").setLevel(logging.getLogger().getEffectiveLevel())
         if address.startswith(LOCAL):
             try:
                 count = int(address.removeprefix(LOCAL))
