@@ -39,15 +39,13 @@ log = logging.getLogger(__name__)
 LOCAL = "local:"
 
 #: Dask settings for a `local:N` cluster, and recommended for a scheduler
-#: and workers started by hand (README): the pipeline keeps a bounded
-#: window of files in flight, so tasks go to workers as they are submitted
-#: (no queueing on the scheduler, no stealing between workers), and the
-#: workers check their memory once a second instead of ten times. Per-file
-#: tasks of a few tens of milliseconds on busy cores made these overheads
-#: matter (benchmarks/dask_ingest.py).
+#: and workers started by hand (README). A worker holds only the task it
+#: runs (saturation 1.0): when a worker dies the scheduler suspects every
+#: task the worker held, so a file queued behind a crashing one would be
+#: blamed with it. The workers check their memory once a second instead
+#: of ten times (per-file tasks of a few tens of milliseconds).
 LOCAL_CONFIG = {
-    "distributed.scheduler.worker-saturation": "inf",
-    "distributed.scheduler.work-stealing": False,
+    "distributed.scheduler.worker-saturation": 1.0,
     "distributed.worker.memory.monitor-interval": "1s",
 }
 
@@ -63,9 +61,10 @@ class _DaskExecutor(Executor):
     client's event loop: no thread and no round trip per file.
 
     A dying worker makes the scheduler suspect every task assigned to it,
-    the files queued behind the culprit too (`LOCAL_CONFIG` sends tasks
-    ahead). So a file given up on (`KilledWorker`) is sent once more as a
-    new task: an innocent one then finishes, the culprit fails alone."""
+    the files queued behind the culprit too where the scheduler sends
+    tasks ahead (its default; not with `LOCAL_CONFIG`). So a file given up
+    on (`KilledWorker`) is sent once more as a new task: an innocent one
+    then finishes, the culprit fails alone."""
 
     def __init__(self, client: Client) -> None:
         self._tasks = client.get_executor(pure=False)
