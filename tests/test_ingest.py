@@ -263,12 +263,17 @@ def test_a_worker_pool_serves_run_after_run_and_survives_a_crash(tmp_path: Path)
     assert pids[3] != pids[0]  # the pool the crash broke was replaced
 
 
-def test_a_worker_crash_fails_that_file_only(tmp_path: Path) -> None:
-    src = tmp_path / "src"
+def six_and_poison(src: Path) -> None:
+    """Six small CT files, 0.dcm to 5.dcm, and poison.dcm, in `src`."""
     src.mkdir()
     for n in range(6):
         write(Spec("CT", 48, 48, seed=n), src / f"{n}.dcm")
     write(Spec("CT", 48, 48, seed=9), src / "poison.dcm")
+
+
+def test_a_worker_crash_fails_that_file_only(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    six_and_poison(src)
     with FolderArchive(tmp_path / "archive", exclusive=True) as archive:
         report = ingest([src], archive, workers=2, worker=crash_on_poison)
         outcomes = {Path(e.source_path).name: (e.outcome, e.reason) for e in report.entries}

@@ -32,7 +32,7 @@ from transcode.archive.rebuild import rebuild_index
 from transcode.codecs import codestream
 from transcode.codecs.htj2k import EncodeSettings
 from transcode.dicom.read import open_instance
-from transcode.pipeline import ingest
+from transcode.pipeline import Pool, ingest
 from transcode.policy import OnConflict, Outcome, Stop
 from transcode.report import Progress, ReportFile, print_summary
 from transcode.security import commands
@@ -181,18 +181,25 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     if missing:
         print(f"transcode: no such file or folder: {', '.join(missing)}", file=sys.stderr)
         return EXIT_USAGE
-    progress = Progress()
     try:
         report_file = ReportFile(Path(args.report)) if args.report else None
     except OSError as exc:
         print(f"transcode: cannot write the report: {exc}", file=sys.stderr)
         return EXIT_USAGE
     try:
+        pool = _dask_pool(args.dask) if args.dask else None
+    except ValueError as exc:
+        print(f"transcode: {exc}", file=sys.stderr)
+        if report_file:
+            report_file.close()
+        return EXIT_USAGE
+    progress = Progress()
+    try:
         with open_archive(args.archive, catalog=args.catalog, exclusive=True) as archive:
             report = ingest(
                 args.paths, archive, workers=args.workers, threads=args.threads, crosscheck=args.crosscheck,
                 progress=progress, on_entry=report_file.add if report_file else None, keep_entries=False,
-                on_conflict=args.on_conflict,
+                on_conflict=args.on_conflict, pool=pool,
                 settings=_settings(args),
             )
         if report_file:
@@ -208,10 +215,25 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     finally:
         progress.close()
+        if pool is not None:
+            pool.close()
         if report_file:
             report_file.close()
     print_summary(report)
     return EXIT_OK if report.clean else EXIT_FAILED
+
+
+def _dask_pool(address: str) -> Pool:
+    """The `--dask` cluster (imported here: `distributed` is an optional extra);
+    ValueError, with a sentence, where it cannot be had."""
+    try:
+        from transcode.cluster import DaskPool
+    except ImportError:
+        raise ValueError("--dask needs the dask extra: pip install 'transcode[dask]'") from None
+    try:
+        return DaskPool(address)
+    except OSError as exc:  # no scheduler there, or it does not answer
+        raise ValueError(f"cannot reach the Dask scheduler at {address}: {exc}") from None
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -529,6 +551,9 @@ def build_parser() -> argparse.ArgumentParser:
     ingest_.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
     ingest_.add_argument("--threads", type=int, default=None,
                          help="threads per worker over frames (default: cores / workers)")
+    ingest_.add_argument("--dask", metavar="ADDRESS",
+                         help="run the files on a Dask cluster: tcp://scheduler:8786, or local:N for N worker "
+                              "processes on this machine (replaces --workers; the staging folder must be shared)")
     ingest_.add_argument("--report", help="write every file's outcome to this JSON file")
     _encode_options(ingest_)
     _conflict_option(ingest_)

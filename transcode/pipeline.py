@@ -26,10 +26,10 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pydicom
 from pydicom.dataset import Dataset
@@ -211,6 +211,20 @@ def _new_pool(workers: int) -> ProcessPoolExecutor:
     return ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_start_worker)
 
 
+class Pool(Protocol):
+    """Where `Ingest` runs `work`: `get` an executor of `workers` slots,
+    `discard` one found broken (a `BrokenProcessPool`), `close` at the end.
+    `WorkerPool` (local processes) and `cluster.DaskPool` (a Dask cluster)."""
+
+    workers: int
+
+    def get(self) -> Executor: ...
+
+    def discard(self, pool: Executor) -> None: ...
+
+    def close(self) -> None: ...
+
+
 class WorkerPool:
     """Worker processes that outlive one ingest run, for callers that ingest
     a few files at a time, often: each STOW-RS request of the server would
@@ -229,7 +243,7 @@ class WorkerPool:
                 self._pool = _new_pool(self.workers)
             return self._pool
 
-    def discard(self, pool: ProcessPoolExecutor) -> None:
+    def discard(self, pool: Executor) -> None:
         """Forget `pool` (broken): the next `get` starts a new one."""
         with self._lock:
             if self._pool is pool:
@@ -254,7 +268,8 @@ class Ingest:
     A SOP Instance UID archived already is settled by `policy.resend`
     with `on_conflict`.
     With `pool`, files go to those worker processes (its size is
-    `workers`), which are left running for the next run."""
+    `workers`), which are left running for the next run; a `cluster.DaskPool`
+    sends them to a Dask cluster instead."""
 
     def __init__(
         self,
@@ -266,7 +281,7 @@ class Ingest:
         crosscheck: CrossCheck | str = CrossCheck.SAMPLE,
         progress: Callable[[IngestReport, int, int], None] | None = None,
         worker: Callable[..., Entry] | None = None,
-        pool: WorkerPool | None = None,
+        pool: Pool | None = None,
         on_entry: Callable[[Entry], None] | None = None,
         keep_entries: bool = True,
         on_conflict: OnConflict | str = OnConflict.KEEP,
@@ -354,10 +369,10 @@ class Ingest:
         self.report.seconds = time.perf_counter() - started
         return self.report
 
-    def _pool(self) -> ProcessPoolExecutor:
+    def _pool(self) -> Executor:
         return self.shared.get() if self.shared else _new_pool(self.workers)
 
-    def _drop(self, pool: ProcessPoolExecutor, *, broken: bool) -> None:
+    def _drop(self, pool: Executor, *, broken: bool) -> None:
         """Done with `pool`: shut down, unless it is shared and sound."""
         if self.shared is None:
             pool.shutdown(wait=not broken, cancel_futures=True)
@@ -368,7 +383,7 @@ class Ingest:
         """Threads for the next file when `unsettled` files are left to finish."""
         return max(self.threads, self.workers * self.threads // max(1, min(self.workers, unsettled)))
 
-    def _submit(self, pool: ProcessPoolExecutor, source: str, threads: int) -> Future[Entry]:
+    def _submit(self, pool: Executor, source: str, threads: int) -> Future[Entry]:
         """Submit one file; a pool found broken answers through the future,
         like the files already in flight, so one handler deals with both."""
         try:

@@ -1,0 +1,71 @@
+"""Ingest on a Dask `LocalCluster` against the local process pool, on the
+same files, alternated in one run (issue 15: Dask `local:2` >= 0.9x the pool).
+
+The files: a CT series of `--ct-files` single-frame 512x512 16-bit
+instances (`fixtures.generate.write_ct_series`). Each round runs
+`transcode ingest --workers 2 --threads 1` and `transcode ingest --dask
+local:2 --threads 1`, each into a fresh archive, in alternating order.
+Two figures per run: wall seconds of the whole command (interpreter,
+pool or cluster start included), and steady seconds per file from the
+ledger (first to last commit: throughput once the workers run). Ratios are
+throughput, Dask over pool, from the medians over the rounds.
+
+    python benchmarks/dask_ingest.py [--ct-files 200] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from fixtures.generate import write_ct_series
+from transcode.bench.measure import machine, peak_rss, save, steady_seconds
+
+RUNNERS = {"pool": ["--workers", "2"], "dask": ["--dask", "local:2"]}
+
+
+def run(src: Path, archive: Path, options: list[str], files: int) -> tuple[float, float]:
+    """Wall seconds of one ingest command, and its steady seconds per file."""
+    wall, _ = peak_rss([sys.executable, "-m", "transcode.cli", "ingest", str(src), "--archive", str(archive),
+                        "--threads", "1", *options])
+    return wall, steady_seconds(archive, files)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ct-files", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    args = parser.parse_args()
+    figures: dict[str, dict[str, list[float]]] = {name: {"wall": [], "steady": []} for name in RUNNERS}
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp, "src")
+        write_ct_series(src, args.ct_files)
+        for round_ in range(args.rounds):
+            order = list(RUNNERS) if round_ % 2 == 0 else list(reversed(RUNNERS))
+            for name in order:
+                wall, steady = run(src, Path(tmp, f"{name}-{round_}"), RUNNERS[name], args.ct_files)
+                figures[name]["wall"].append(wall)
+                figures[name]["steady"].append(steady)
+    median = {name: {kind: statistics.median(values) for kind, values in runs.items()}
+              for name, runs in figures.items()}
+    rows = [f"{args.ct_files} CT 512x512 files, 2 workers x 1 thread, median of {args.rounds} alternated rounds",
+            "", "| runner | wall s | files/s (wall) | steady ms/file | files/s (steady) |", "|---|---|---|---|---|"]
+    for name, m in median.items():
+        rows.append(f"| {name} | {m['wall']:.2f} | {args.ct_files / m['wall']:.1f} | {m['steady'] * 1000:.1f} "
+                    f"| {1 / m['steady']:.1f} |")
+    wall_ratio = median["pool"]["wall"] / median["dask"]["wall"]
+    steady_ratio = median["pool"]["steady"] / median["dask"]["steady"]
+    rows += ["", f"Dask local:2 throughput / pool: {wall_ratio:.2f}x wall, {steady_ratio:.2f}x steady (target >= 0.9x)"]
+    results = {"files": args.ct_files, "rounds": figures, "median": median, "ratio_wall": wall_ratio,
+               "ratio_steady": steady_ratio, "machine": machine()}
+    save(args.out, "dask_ingest", results, "\n".join(rows))
+
+
+if __name__ == "__main__":
+    main()
