@@ -52,6 +52,8 @@ def _base(ids: dict[str, str]) -> str:
     ("/frames/1/rendered?quality=+50", "bad_quality"),
     ("/frames/1/rendered?quality=" + "5" * 5000, "bad_quality"),
     ("/frames/" + "9" * 5000 + "/rendered", "bad_request"),  # int() in the plain route's convertor was a 500
+    ("/bulkdata/" + "9" * 5000, "bad_tag"),  # pydicom's Tag() of a huge number raised: was a 500
+    ("/bulkdata/0x100010", "bad_tag"),
     ("/frames/1/rendered?viewport=64,64,0,0,100000000000000000,9", "bad_viewport"),
     ("/frames/1/region?x=1000000000000000000000000000000&y=0&w=9&h=9", "bad_region"),
     ("/frames/1/region?x=0&y=0&w=9&h=9&level=\u00b2", "no_such_level"),

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import string
 from collections.abc import Iterable, Iterator
 from typing import TypeVar
 
@@ -262,10 +263,9 @@ def _instance_json(url: str, row: InstanceRow) -> str:
 def _bulk_value(service: Service, row: InstanceRow, tag: str) -> bytes:
     """The raw value of the first element `tag` in the stored object, at the
     top level or, failing that, inside a sequence (depth first)."""
-    try:
-        wanted = int(tag, 16)
-    except ValueError:
-        raise Problem(400, "bad_tag", f"{tag!r} is not a tag (8 hex digits)") from None
+    if len(tag) != 8 or not all(c in string.hexdigits for c in tag):  # int(_, 16) takes "0x", "_", any length
+        raise Problem(400, "bad_tag", "a tag is 8 hexadecimal digits (group and element)")
+    wanted = int(tag, 16)
     if service.archive.root is None:
         raise Problem(501, "not_local", "bulk data needs a local archive")
     service.reader.objects.check_object(row)
