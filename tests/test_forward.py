@@ -57,6 +57,14 @@ def held_by(peer: Orthanc) -> dict[str, pydicom.Dataset]:
     return held
 
 
+def held_once(peer: Orthanc, count: int, *, wait: float) -> dict[str, pydicom.Dataset]:
+    """What `peer` holds once it holds `count` instances, or after `wait` seconds."""
+    deadline = time.monotonic() + wait
+    while len(peer.get("/instances")) < count and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return held_by(peer)
+
+
 def assert_same_pixels(sent: dict[str, pydicom.Dataset], sources: dict[str, Path]) -> None:
     assert set(sent) == set(sources)
     for sop, ds in sent.items():
@@ -196,11 +204,7 @@ def test_listen_forwards_what_it_archives(tmp_path: Path) -> None:
             sent = subprocess.run([str(storescu), "-aec", "TRANSCODE", "127.0.0.1", str(port), str(src)],
                                   capture_output=True, text=True, timeout=60, check=False)
             assert sent.returncode == 0, sent.stderr
-            for _ in range(120):  # bounded: 60 s
-                if peer.get("/instances"):
-                    break
-                time.sleep(0.5)
-            held = held_by(peer)
+            held = held_once(peer, 1, wait=60)
         finally:
             listen.terminate()
             listen.wait(timeout=60)
@@ -250,11 +254,7 @@ def test_kill_9_with_the_peer_down_loses_nothing_to_forward(tmp_path: Path) -> N
     with orthanc(tmp_path / "orthanc", config={"DicomPort": peer_port}) as pacs:
         listen = _listen_forwarding(archive, port, peer, log)
         try:
-            for _ in range(240):  # bounded: 120 s
-                if len(pacs.get("/instances")) == len(sources):
-                    break
-                time.sleep(0.5)
-            held = held_by(pacs)
+            held = held_once(pacs, len(sources), wait=120)
         finally:
             listen.terminate()
             listen.wait(timeout=60)
