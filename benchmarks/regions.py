@@ -29,8 +29,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from transcode.archive import FolderArchive
-from transcode.archive.store import ByteRange
+from transcode.bench.counting import CountingArchive
 from transcode.bench.dataset import write_instance
 from transcode.bench.measure import machine, save
 from transcode.bench.server import free_port, load, start
@@ -43,20 +42,6 @@ STUDY = "1.2.826.0.1.3680043.8.498.13"
 SIDE, TILE = 4096, 1024
 AS_STORED = "application/octet-stream; transfer-syntax=*"
 DECODED = 'multipart/related; type="application/octet-stream"; transfer-syntax=1.2.840.10008.1.2.1'
-
-
-class CountingArchive(FolderArchive):
-    """Counts the bytes read from stored objects."""
-
-    read_bytes = 0
-
-    def read_into(self, relative: str, start: int, view: memoryview) -> None:
-        self.read_bytes += len(view)
-        super().read_into(relative, start, view)
-
-    def read_ranges(self, relative: str, ranges: list[ByteRange]) -> list[bytearray]:
-        self.read_bytes += sum(r.end - r.start for r in ranges)
-        return super().read_ranges(relative, ranges)
 
 
 def bytes_read(root: Path, sop: str) -> dict[str, Any]:
