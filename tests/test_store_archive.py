@@ -18,6 +18,8 @@ import pytest
 
 from tests import seaweed
 from tests.test_ingest import make_study
+from tests.test_listen import relabel, sop_uid
+from tests.test_server_stow import CONTENT_TYPE, body
 from transcode.archive import ArchiveMismatch, FolderArchive
 from transcode.archive.index import FrameRow, Index, InstanceRow
 from transcode.archive.objects import MARKER, ArchiveURLError, StoreArchive, open_archive
@@ -181,17 +183,18 @@ def test_cli_ingest_into_s3(tmp_path: Path, s3_server: seaweed.Seaweed, monkeypa
             assert len(data) == row.size and digest.hexdigest() == row.object_digest
             if row.outcome == "transcoded":
                 assert_frames_read_back(archive, row)
-    assert_served_over_http(url, tmp_path / "catalog", rows, bucket)
+    assert_served_over_http(url, tmp_path / "catalog", rows, bucket, tmp_path / "src" / "ct" / "0.dcm")
     # A second run over the same store and catalog does nothing new.
     assert main(["ingest", str(tmp_path / "src"), "--archive", url, "--catalog", str(tmp_path / "catalog")]) \
         == EXIT_FAILED
     with open_archive(url, catalog=tmp_path / "catalog", read_only=True) as archive:
-        assert archive.index.counts()["instances"] == len(rows)
+        assert archive.index.counts()["instances"] == len(rows) + 1  # and the one sent with STOW-RS
 
 
-def assert_served_over_http(url: str, catalog: Path, rows: list[InstanceRow], bucket: S3Store) -> None:
-    """`transcode serve --archive s3://... --catalog DIR` answers QIDO and
-    serves each transcoded instance's first frame as stored in the bucket."""
+def assert_served_over_http(url: str, catalog: Path, rows: list[InstanceRow], bucket: S3Store, sent: Path) -> None:
+    """`transcode serve --archive s3://... --catalog DIR` answers QIDO,
+    serves each transcoded instance's first frame as stored in the bucket,
+    and stores a new instance (`sent`, relabelled) sent with STOW-RS."""
     from tests.peers import free_port, stop
     from tests.served import multipart_parts
 
@@ -219,6 +222,17 @@ def assert_served_over_http(url: str, catalog: Path, rows: list[InstanceRow], bu
                 (_, payload), = multipart_parts(response.headers["content-type"], response.read())
             frame = first_frame(catalog, row)
             assert payload == bucket.get_range(row.path, ByteRange(frame.offset, frame.offset + frame.length))
+        new = relabel(sent, catalog.parent / "stowed.dcm")
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/dicomweb/studies", data=body(new.read_bytes()),
+                                         headers={"Content-Type": CONTENT_TYPE}, method="POST")
+        with urllib.request.urlopen(request, timeout=60) as response:
+            assert response.status == 200
+        stored = Index(catalog / "index.sqlite", read_only=True)
+        try:
+            row = stored.instance(sop_uid(new))
+        finally:
+            stored.close()
+        assert row is not None and bucket.exists(row.path)
     finally:
         stop(process)
 

@@ -23,6 +23,7 @@ from tests.peers import free_port
 from tests.served import multipart_parts
 from tests.test_ingest import make_study
 from tests.test_listen import dcmtk, relabel, sop_uid
+from tests.test_migrate import AET, pacs  # noqa: F401 - the fixture
 from tests.test_server_stow import CONTENT_TYPE, body
 from transcode.archive import FolderArchive
 from transcode.archive.check import verify_archive
@@ -273,3 +274,19 @@ def test_storescu_into_an_s3_archive(tmp_path: Path, s3_url: str) -> None:
         assert set(S3Store.from_url(s3_url).list("objects/")) == {row.path for row in rows.values()}
     assert not any((catalog / "spool" / "incoming").iterdir())
     assert main(["verify", "--archive", s3_url, "--catalog", str(catalog)]) == EXIT_OK
+
+
+def test_migrate_into_an_s3_archive(pacs: tuple, tmp_path: Path, s3_url: str) -> None:  # noqa: F811
+    """`transcode migrate --archive s3://... --catalog DIR` from Orthanc:
+    every study done, every instance in the bucket and the index, the spool
+    (in the catalog folder) left empty, `verify` clean."""
+    peer, _, made = pacs
+    catalog = str(tmp_path / "catalog")
+    assert main(["migrate", "--from", f"{peer.aet}@127.0.0.1:{peer.dicom_port}", "--archive", s3_url,
+                 "--catalog", catalog, "--ae-title", AET, "--workers", "1"]) == EXIT_OK
+    with open_archive(s3_url, catalog=catalog, read_only=True) as archive:
+        rows = {row.sop_uid: row for row in archive.index.instances()}
+    assert set(rows) == {sop_uid(path) for files in made.values() for path in files}
+    assert set(S3Store.from_url(s3_url).list("objects/")) == {row.path for row in rows.values()}
+    assert not [p for p in (tmp_path / "catalog" / "spool" / "migrate").iterdir() if p.name != "lock"]
+    assert main(["verify", "--archive", s3_url, "--catalog", catalog]) == EXIT_OK
