@@ -118,6 +118,8 @@ def test_served_from_a_store(tmp_path: Path) -> None:
         assert region.status_code == 200  # the covering tiles: the frame's pixels from (0, 0)
         cut, whole = imagecodecs.htj2k_decode(region.content), imagecodecs.htj2k_decode(payload)
         assert cut.shape[0] >= 32 and (cut[:32, :32] == whole[:32, :32]).all()
+        stow = client.post("/dicomweb/studies", content=body(b"unread"), headers={"Content-Type": CONTENT_TYPE})
+        assert stow.status_code == 503 and stow.json()["error"] == "read_only"  # opened read-only: no STOW-RS
         damaged, missing = rows[0], rows[1]
         store.put(damaged.path, store.get(damaged.path)[:-100])
         store.delete(missing.path)

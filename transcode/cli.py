@@ -347,6 +347,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"transcode: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    if args.viewer_dir and not (Path(args.viewer_dir) / "index.html").is_file():
+        print(f"transcode: --viewer-dir {args.viewer_dir} holds no index.html (give a built static viewer: "
+              "OHIF's dist folder)", file=sys.stderr)
+        return EXIT_USAGE
     if args.catalog is not None:  # an object-store archive: its index and upload spool in the catalog folder
         security = _store_security(args)
         if security is None:
@@ -364,10 +368,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
                   "ingest first, or give a new folder for an archive filled through STOW-RS", file=sys.stderr)
             return EXIT_USAGE
         log.info("new empty archive at %s", archive)
-    if args.viewer_dir and not (Path(args.viewer_dir) / "index.html").is_file():
-        print(f"transcode: --viewer-dir {args.viewer_dir} holds no index.html (give a built static viewer: "
-              "OHIF's dist folder)", file=sys.stderr)
-        return EXIT_USAGE
     try:  # a new folder becomes an empty archive, to be filled through STOW-RS
         FolderArchive(archive, read_only=read_only).close()
     except ArchiveMismatch as exc:  # never serve (nor store into) an index that is not the archive's

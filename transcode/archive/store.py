@@ -1,7 +1,10 @@
 """The `Archive` interface and its embedded backend: a folder plus SQLite.
 
-The pipeline and the server see only `Archive`: place an object, read it
-(whole, a byte range, or several ranges in one call), and query the index.
+The pipeline, the server and `verify` see only `Archive`: place an object,
+read it (whole, a byte range, several ranges in one call, as a seekable file
+for pydicom, or as a local file for the DICOM reader, which maps it), list
+the stored objects, and query the index. Nothing outside a backend opens an
+object by its path.
 `SessionArchive` holds what every backend shares (the identity check and
 write sessions); the object-store backend, over any `transcode.stores`
 Store, is `transcode.archive.objects.StoreArchive`; the index stays SQLite.
