@@ -5,9 +5,10 @@ The receiver calls `Forwarder.on_archived(entry)` once an instance is
 durably archived; its SOP Instance UID goes into a persistent queue (SQLite,
 `spool/forward/queue.sqlite` in the archive folder or an object-store
 archive's catalog, one row per peer and instance, committed before
-`on_archived` returns), and a worker thread sends what is due. A restart finds the queue as it was: nothing is lost, and an instance
-sent just before a kill, whose row was not yet deleted, is sent again
-(the peer sees a duplicate, never a gap).
+`on_archived` returns), and a worker thread sends what is due. A restart
+finds the queue as it was: nothing is lost, and an instance sent just
+before a kill, whose row was not yet deleted, is sent again (the peer sees
+a duplicate, never a gap).
 
 What is sent is read from the archive through the server's integrity-checked
 reads (damaged stored bytes are never forwarded):
@@ -88,8 +89,8 @@ class Forwarder:
     for C-STORE, or a STOW-RS URL such as http://host/dicomweb/studies),
     calling as `ae_title`."""
 
-    def __init__(self, archive: ArchiveAddress | str | os.PathLike[str], peer: RemoteAE | str, *, ae_title: str = "TRANSCODE",
-                 retry_base: float = 1.0, retry_max: float = 300.0, max_attempts: int = 10,
+    def __init__(self, archive: ArchiveAddress | str | os.PathLike[str], peer: RemoteAE | str, *,
+                 ae_title: str = "TRANSCODE", retry_base: float = 1.0, retry_max: float = 300.0, max_attempts: int = 10,
                  timeout: float = 30.0) -> None:
         self.archive = ArchiveAddress.of(archive)
         self.peer = peer
