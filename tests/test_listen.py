@@ -307,11 +307,61 @@ def test_study_complete_hooks_fire_once(tmp_path: Path, monkeypatch: pytest.Monk
     assert summary["calling_ae_titles"] == ["MODALITY", "SECOND"]
 
 
-def _listen(archive: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
+def test_a_study_waiting_at_stop_fires_after_the_restart(tmp_path: Path) -> None:
+    fired = tmp_path / "fired.jsonl"
+    hook = command_hook(f"cat >> {fired}; echo >> {fired}")
+    files = generate.write_ct_series(tmp_path / "series", 3, rows=32, columns=32)
+    r = Receiver(tmp_path / "archive", port=free_port(), workers=1, study_idle=3600, study_hooks=[hook])
+    r.start()
+    try:
+        send(r.address[1], *files[:2])
+    finally:
+        r.stop()
+    assert not fired.exists()  # a stop is not the end of a study
+    r = Receiver(tmp_path / "archive", port=free_port(), workers=1, study_idle=1.0, study_hooks=[hook])
+    r.start()
+    try:
+        send(r.address[1], files[2], calling="SECOND")  # the same study goes on after the restart
+        deadline = time.monotonic() + 30
+        while not fired.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(2.5)  # quiet for longer than study_idle again: it must not fire twice
+    finally:
+        r.stop()
+    got = [json.loads(line) for line in fired.read_text().splitlines() if line]
+    assert len(got) == 1
+    assert got[0]["instances"] == 3 and got[0]["outcomes"] == {"transcoded": 3}
+    assert got[0]["calling_ae_titles"] == ["MODALITY", "SECOND"]
+    assert got[0]["study_uid"] == str(pydicom.dcmread(files[0]).StudyInstanceUID)
+
+
+def test_kill_9_keeps_the_studies_waiting_for_their_hooks(tmp_path: Path) -> None:
+    archive, port, log, fired = tmp_path / "archive", free_port(), tmp_path / "listen.log", tmp_path / "fired.jsonl"
+    on_study = ["--on-study", f"cat >> {fired}; echo >> {fired}"]
+    files = generate.write_ct_series(tmp_path / "series", 2, rows=32, columns=32)
+    process = _listen(archive, port, log, "--study-idle", "3600", *on_study)
+    acknowledged, _ = _storescu(port, files)
+    assert acknowledged == set(files)
+    time.sleep(1.5)  # a tick of the tracker, which writes the waiting studies
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    process = _listen(archive, port, log, "--study-idle", "1", *on_study)
+    try:
+        deadline = time.monotonic() + 30
+        while not fired.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+    got = [json.loads(line) for line in fired.read_text().splitlines() if line]
+    assert [(s["study_uid"], s["instances"]) for s in got] == [(str(pydicom.dcmread(files[0]).StudyInstanceUID), 2)]
+
+
+def _listen(archive: Path, port: int, log: Path, *options: str) -> subprocess.Popen[bytes]:
     with open(log, "ab") as out:
         process = subprocess.Popen([sys.executable, "-m", "transcode.cli", "listen", "--archive", str(archive),
-                                    "--port", str(port), "--workers", "1"], stdout=out, stderr=subprocess.STDOUT,
-                                   cwd=ROOT)
+                                    "--port", str(port), "--workers", "1", *options], stdout=out,
+                                   stderr=subprocess.STDOUT, cwd=ROOT)
     deadline = time.monotonic() + 60
     while subprocess.run([dcmtk("echoscu"), "-aec", "TRANSCODE", "127.0.0.1", str(port)],
                          capture_output=True, check=False).returncode != 0:

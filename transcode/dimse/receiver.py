@@ -209,7 +209,8 @@ class Receiver:
         self.spool = Spool(self.archive.local / "spool" / "incoming")
         self.service = IngestService(self.archive, workers=workers, settings=settings, crosscheck=crosscheck,
                                      on_conflict=on_conflict)
-        self.studies = StudyTracker(study_idle, list(study_hooks), archive=str(self.archive))
+        self.studies = StudyTracker(study_idle, list(study_hooks), archive=str(self.archive),
+                                    state=self.archive / "spool" / "studies.json")
         self._commit = _GroupCommit(self.service)
         self.ae = AE(ae_title=ae_title)
         self.ae.maximum_associations = max_associations
