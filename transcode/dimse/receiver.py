@@ -210,7 +210,7 @@ class Receiver:
         self.service = IngestService(self.archive, workers=workers, settings=settings, crosscheck=crosscheck,
                                      on_conflict=on_conflict)
         self.studies = StudyTracker(study_idle, list(study_hooks), archive=str(self.archive),
-                                    state=self.archive / "spool" / "studies.json")
+                                    state=self.archive.local / "spool" / "studies.json")
         self._commit = _GroupCommit(self.service)
         self.ae = AE(ae_title=ae_title)
         self.ae.maximum_associations = max_associations
