@@ -27,8 +27,9 @@ from typing import Any, TextIO
 from transcode import limits, logs
 from transcode.archive import ArchiveBusy, ArchiveMismatch, FolderArchive
 from transcode.archive.check import verify_archive
-from transcode.archive.objects import ArchiveURLError, open_archive
+from transcode.archive.objects import ArchiveAddress, ArchiveURLError, open_archive
 from transcode.archive.rebuild import rebuild_index
+from transcode.archive.store import Archive
 from transcode.codecs import codestream
 from transcode.codecs.htj2k import EncodeSettings
 from transcode.dicom.read import open_instance
@@ -252,9 +253,10 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         print(f"transcode: {exc}", file=sys.stderr)
         return EXIT_USAGE
     progress = Progress()
-    service = IngestService(Path(args.archive), workers=args.workers or 2, crosscheck=args.crosscheck,
+    address = ArchiveAddress.of(args.archive, args.catalog)
+    service = IngestService(address, workers=args.workers or 2, crosscheck=args.crosscheck,
                             on_conflict=args.on_conflict, settings=_settings(args))
-    migration = Migration(Path(args.archive), source, service, ae_title=args.ae_title, retrieve=args.retrieve,
+    migration = Migration(address, source, service, ae_title=args.ae_title, retrieve=args.retrieve,
                           move_host=args.move_host, move_port=args.move_port, rate=args.rate,
                           on_entry=report_file.add if report_file else None, progress=progress)
     try:
@@ -281,7 +283,15 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    root = Path(args.archive)
+    address = ArchiveAddress.of(args.archive, args.catalog)
+    if args.catalog is not None:  # an object-store archive
+        if args.rebuild_index:
+            print("transcode: --rebuild-index reads an archive folder; it does not read an object store yet "
+                  "(README, Object storage)", file=sys.stderr)
+            return EXIT_USAGE
+        opened = _open_for_verify(address)
+        return EXIT_USAGE if opened is None else _verify(opened)
+    root = address.local
     if args.rebuild_index:
         return _rebuild(root)
     if not (root / "index.sqlite").is_file():
@@ -289,7 +299,21 @@ def cmd_verify(args: argparse.Namespace) -> int:
         hint = ": objects are stored, `transcode verify --rebuild-index` rebuilds it" if stored else ""
         print(f"transcode: {root} has no index (no index.sqlite){hint}", file=sys.stderr)
         return EXIT_USAGE
-    with FolderArchive(root, read_only=True, check=False) as archive:
+    return _verify(FolderArchive(root, read_only=True, check=False))
+
+
+def _open_for_verify(address: ArchiveAddress) -> Archive | None:
+    """The object-store archive at `address`, read-only and unchecked (a
+    mismatch is reported as verify's one problem); None when refused."""
+    try:
+        return address.open(read_only=True, check=False)
+    except (ArchiveURLError, FileNotFoundError) as exc:
+        print(f"transcode: {exc}", file=sys.stderr)
+        return None
+
+
+def _verify(opened: Archive) -> int:
+    with opened as archive:
         problems = verify_archive(archive)
         checked = 0 if archive.mismatch else archive.index.counts()["instances"]
     for problem in problems:
@@ -323,9 +347,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"transcode: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    if args.catalog is not None:  # an object-store archive: served read-only (README, Object storage)
+    if args.viewer_dir and not (Path(args.viewer_dir) / "index.html").is_file():
+        print(f"transcode: --viewer-dir {args.viewer_dir} holds no index.html (give a built static viewer: "
+              "OHIF's dist folder)", file=sys.stderr)
+        return EXIT_USAGE
+    if args.catalog is not None:  # an object-store archive: its index and upload spool in the catalog folder
         security = _store_security(args)
-        return EXIT_USAGE if security is None else _serve(args, args.archive, True, security, bounds)
+        if security is None:
+            return EXIT_USAGE
+        if not args.read_only:
+            clear_uploads(Path(args.catalog))  # before any worker starts: what is there was never acknowledged
+        return _serve(args, args.archive, args.read_only, security, bounds)
     archive = Path(args.archive)
     read_only = args.read_only or any(path.exists() and not os.access(path, os.W_OK)
                                       for path in (archive, archive / "index.sqlite"))
@@ -336,10 +368,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
                   "ingest first, or give a new folder for an archive filled through STOW-RS", file=sys.stderr)
             return EXIT_USAGE
         log.info("new empty archive at %s", archive)
-    if args.viewer_dir and not (Path(args.viewer_dir) / "index.html").is_file():
-        print(f"transcode: --viewer-dir {args.viewer_dir} holds no index.html (give a built static viewer: "
-              "OHIF's dist folder)", file=sys.stderr)
-        return EXIT_USAGE
     try:  # a new folder becomes an empty archive, to be filled through STOW-RS
         FolderArchive(archive, read_only=read_only).close()
     except ArchiveMismatch as exc:  # never serve (nor store into) an index that is not the archive's
@@ -358,11 +386,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _store_security(args: argparse.Namespace) -> dict[str, Any] | None:
-    """For an object-store archive, which must open read-only with its
-    catalog: the security options, with its API keys and audit trail in the
-    catalog folder (local and writable). None when refused (and why said)."""
+    """For an object-store archive, which must open with its catalog (an
+    empty store and catalog become an empty archive, unless `--read-only`):
+    the security options, with its API keys and audit trail in the catalog
+    folder (local and writable). None when refused (and why said)."""
     try:
-        open_archive(args.archive, catalog=args.catalog, read_only=True).close()
+        open_archive(args.archive, catalog=args.catalog, read_only=args.read_only).close()
         return commands.serve_security(args, Path(args.catalog), read_only=False)
     except (ArchiveMismatch, ArchiveURLError, FileNotFoundError, commands.Refused) as exc:
         print(f"transcode: {exc}", file=sys.stderr)
@@ -436,8 +465,9 @@ def cmd_listen(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     study_hooks = ([hooks.command_hook(command) for command in args.on_study]
                    + [hooks.url_hook(url) for url in args.on_study_url] + hooks.entry_point_hooks())
-    forwarders = [Forwarder(Path(args.archive), target, ae_title=args.ae_title) for target in targets]
-    receiver = Receiver(Path(args.archive), ae_title=args.ae_title, host=args.host, port=args.port,
+    address = ArchiveAddress.of(args.archive, args.catalog)
+    forwarders = [Forwarder(address, target, ae_title=args.ae_title) for target in targets]
+    receiver = Receiver(address, ae_title=args.ae_title, host=args.host, port=args.port,
                         accept_from=peers, max_associations=args.max_associations, study_idle=args.study_idle,
                         study_hooks=study_hooks, workers=args.workers, settings=_settings(args),
                         crosscheck=args.crosscheck, on_conflict=args.on_conflict,
@@ -562,7 +592,8 @@ def build_parser() -> argparse.ArgumentParser:
     migrate = sub.add_parser("migrate", help="pull studies from a legacy PACS (C-FIND, then C-GET or C-MOVE); "
                              "a rerun resumes")
     migrate.add_argument("--from", dest="source", required=True, metavar="AE@HOST:PORT", help="the PACS")
-    migrate.add_argument("--archive", required=True, help="archive folder (created if missing)")
+    migrate.add_argument("--archive", required=True, help="archive folder (created if missing), or s3://BUCKET/PREFIX")
+    migrate.add_argument("--catalog", help="for an s3:// archive: the local folder of its index, staging and spools")
     migrate.add_argument("--ae-title", default="TRANSCODE", help="our AE title (default: %(default)s)")
     migrate.add_argument("--study", action="append", default=[], metavar="UID", help="only this study (repeatable)")
     migrate.add_argument("--since", metavar="DATE", help="only studies dated on or after DATE (YYYYMMDD)")
@@ -583,14 +614,16 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.set_defaults(func=cmd_migrate)
 
     verify = sub.add_parser("verify", help="re-read and re-decode every archived object against the index")
-    verify.add_argument("--archive", required=True)
+    verify.add_argument("--archive", required=True, help="archive folder, or s3://BUCKET/PREFIX with --catalog")
+    verify.add_argument("--catalog", help="for an s3:// archive: the local folder of its index")
     verify.add_argument("--rebuild-index", action="store_true",
                         help="replace the index by one rebuilt from the stored objects (keeps the old ledger)")
     verify.set_defaults(func=cmd_verify)
 
     serve = sub.add_parser("serve", help="serve an archive over DICOMweb (QIDO-RS, WADO-RS, STOW-RS)")
     serve.add_argument("--archive", required=True, help="archive folder, or s3://BUCKET/PREFIX with --catalog")
-    serve.add_argument("--catalog", help="for an s3:// archive: the local folder of its index (served read-only)")
+    serve.add_argument("--catalog", help="for an s3:// archive: the local folder of its index, staging and upload "
+                       "spool")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     serve.add_argument("--port", type=int, default=8042, help="(default: %(default)s)")
     serve.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
@@ -613,7 +646,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=cmd_serve, log_default="info")
 
     listen = sub.add_parser("listen", help="receive instances over DICOM (C-STORE) into an archive")
-    listen.add_argument("--archive", required=True, help="archive folder (created if missing)")
+    listen.add_argument("--archive", required=True, help="archive folder (created if missing), or s3://BUCKET/PREFIX")
+    listen.add_argument("--catalog", help="for an s3:// archive: the local folder of its index, staging and spools")
     listen.add_argument("--ae-title", default="TRANSCODE", help="our AE title (default: %(default)s)")
     listen.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     listen.add_argument("--port", type=int, default=11112, help="(default: %(default)s)")
@@ -669,10 +703,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:
         return EXIT_USAGE if exc.code else EXIT_OK
     _configure_logging(args)
-    if "://" in str(getattr(args, "archive", None) or "") and args.func not in (cmd_ingest, cmd_serve):
-        print(f"transcode: {args.command} takes an archive folder; s3:// archives work with ingest and serve "
-              "(README, Object storage)", file=sys.stderr)
-        return EXIT_USAGE
+    if getattr(args, "catalog", None) is not None or "://" in str(getattr(args, "archive", None) or ""):
+        try:  # a URL of another scheme, or one without its catalog: refused before anything is made of it
+            ArchiveAddress.of(args.archive, args.catalog).check()
+        except ArchiveURLError as exc:
+            print(f"transcode: {exc}", file=sys.stderr)
+            return EXIT_USAGE
     try:
         code = int(args.func(args))
         sys.stdout.flush()  # here, where a closed pipe can still be caught

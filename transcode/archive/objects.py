@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from transcode.archive import identity
@@ -134,6 +136,9 @@ class StoreArchive(SessionArchive):
     def exists(self, relative: str) -> bool:
         return self.store.exists(relative)
 
+    def list(self, prefix: str) -> Iterator[str]:
+        return self.store.list(prefix)
+
     def size(self, relative: str) -> int:
         return self.store.size(relative)
 
@@ -147,6 +152,72 @@ class StoreArchive(SessionArchive):
             self.store.close()
 
 
+@dataclass(frozen=True)
+class ArchiveAddress:
+    """Where an archive is: what `open_archive` takes (a folder, or an
+    `s3://` URL and its catalog folder), for a door that opens its own
+    sessions (the ingest service, a receiver, a migration). `store`: an open
+    store to use instead of reaching the URL's (a memory store in tests).
+
+    `local` is the local folder where the doors keep what is not an object
+    (uploads, spools, queues): the archive folder itself, or the catalog."""
+
+    url: str
+    catalog: str | None = None
+    store: Store | None = field(default=None, compare=False, repr=False)
+
+    @classmethod
+    def of(cls, where: ArchiveAddress | str | os.PathLike[str], catalog: str | os.PathLike[str] | None = None
+           ) -> ArchiveAddress:
+        """`where` as an address (a folder path or URL, with `catalog`)."""
+        if isinstance(where, ArchiveAddress):
+            return where
+        return cls(os.fspath(where), None if catalog is None else os.fspath(catalog))
+
+    @property
+    def local(self) -> Path:
+        if self.catalog is not None:
+            return Path(self.catalog)
+        return Path(urlsplit(self.url).path if self.url.startswith("file://") else self.url)
+
+    def check(self) -> None:
+        """ArchiveURLError where `open` would refuse the URL and catalog as such."""
+        _scheme(self.url, self.catalog)
+
+    def open(self, **options: Any) -> Archive:
+        """A new session (`open_archive`'s options: exclusive, read_only, check)."""
+        if self.store is not None:
+            return StoreArchive(self.store, self.catalog or self.local, name=self.url, **options)
+        return open_archive(self.url, catalog=self.catalog, **options)
+
+    def __str__(self) -> str:
+        return self.url
+
+
+def _scheme(url: str, catalog: str | os.PathLike[str] | None) -> str:
+    """"" for a folder, "s3" for an S3 URL with a catalog; ArchiveURLError
+    for a URL of another scheme, an S3 URL without a catalog or a folder with one."""
+    scheme = urlsplit(url).scheme if "://" in url else ""  # a folder may have a colon in its name
+    if scheme in ("", "file"):
+        if catalog is not None:
+            raise ArchiveURLError("--catalog is for an object-store archive; a folder archive keeps its index inside")
+        return ""
+    if scheme != "s3":
+        raise ArchiveURLError(f"{url}: an archive is a folder or an s3://bucket/prefix URL")
+    if catalog is None:
+        raise ArchiveURLError(f"{url}: an S3 archive needs --catalog FOLDER for its index and staging")
+    return scheme
+
+
+def address_of(archive: Archive) -> ArchiveAddress:
+    """How to open `archive` again: another session over the same folder or store."""
+    if isinstance(archive, StoreArchive):
+        return ArchiveAddress(archive.name, os.fspath(archive.catalog), store=archive.store)
+    if archive.root is None:
+        raise TypeError(f"{archive!r} has no address")
+    return ArchiveAddress(os.fspath(archive.root))
+
+
 def open_archive(url: str | os.PathLike[str], *, catalog: str | os.PathLike[str] | None = None,
                  exclusive: bool = False, read_only: bool = False, check: bool = True) -> Archive:
     """The archive at `url`: a folder path (objects and SQLite inside it, as
@@ -155,16 +226,8 @@ def open_archive(url: str | os.PathLike[str], *, catalog: str | os.PathLike[str]
     `catalog`, required). ArchiveURLError for a URL of another scheme, an
     S3 URL without a catalog or a folder with one."""
     text = os.fspath(url)
-    scheme = urlsplit(text).scheme if "://" in text else ""  # a folder may have a colon in its name
-    if scheme in ("", "file"):
-        if catalog is not None:
-            raise ArchiveURLError("--catalog is for an object-store archive; a folder archive keeps its index inside")
-        return FolderArchive(urlsplit(text).path if scheme else text, exclusive=exclusive, read_only=read_only,
-                             check=check)
-    if scheme != "s3":
-        raise ArchiveURLError(f"{text}: an archive is a folder or an s3://bucket/prefix URL")
-    if catalog is None:
-        raise ArchiveURLError(f"{text}: an S3 archive needs --catalog FOLDER for its index and staging")
+    if _scheme(text, catalog) == "":
+        return FolderArchive(ArchiveAddress(text).local, exclusive=exclusive, read_only=read_only, check=check)
     from transcode.stores.s3 import S3Store
 
     try:
