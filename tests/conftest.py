@@ -58,3 +58,12 @@ def counting_client(counting_archive):  # -> fastapi.testclient.TestClient
     from transcode.server import create_app
 
     return TestClient(create_app(counting_archive))
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory):  # -> Iterator[tests.seaweed.Seaweed]
+    """A real S3 server (SeaweedFS) for the whole session: tests keep apart
+    by key prefix. Skips where `weed` is absent or does not start."""
+    from tests import seaweed
+
+    yield from seaweed.start(tmp_path_factory.mktemp("seaweed"))

@@ -10,7 +10,6 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import imagecodecs
@@ -30,11 +29,6 @@ from transcode.digest import Digest
 from transcode.pipeline import ingest
 from transcode.stores import ByteRange, MemoryStore
 from transcode.stores.s3 import S3Store
-
-
-@pytest.fixture(scope="module")
-def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[seaweed.Seaweed]:
-    yield from seaweed.start(tmp_path_factory.mktemp("seaweed"))
 
 
 def assert_frames_read_back(archive: Archive, row: InstanceRow) -> None:

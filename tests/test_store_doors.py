@@ -10,7 +10,6 @@ from __future__ import annotations
 import sqlite3
 import subprocess
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -46,11 +45,6 @@ EXPLICIT = 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840
 ROUTES = [("/frames/1", OHIF), ("/frames/1", "multipart/related; type=application/octet-stream"),
           ("/rendered", "image/png"), ("/thumbnail", "image/jpeg"), ("/frames/1/rendered", "image/png"),
           ("/bulkdata/00100010", "application/octet-stream"), ("", EXPLICIT), ("/metadata", "application/dicom+json")]
-
-
-@pytest.fixture(scope="module")
-def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[seaweed.Seaweed]:
-    yield from seaweed.start(tmp_path_factory.mktemp("seaweed"))
 
 
 @pytest.fixture
