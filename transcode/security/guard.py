@@ -6,6 +6,13 @@ route is a plain Starlette route that FastAPI's dependencies never see.
 CORS preflights (OPTIONS) pass unauthenticated: browsers send them without
 credentials, and the CORS middleware outside answers them.
 
+Mutual TLS (`serve --tls-client-ca`) proves which machine connects, not
+what it may do: with authentication on, a request still needs a token or
+an API key, and the trail names the token's subject or the key; with
+authentication off, the certificate's subject (`cert:CN=...`) is the
+caller the trail names, as it is for a refused request that sent no
+credential.
+
 The access log (logger `transcode.access`, replacing uvicorn's) writes the
 route template (`/dicomweb/studies/{study}`), never the URL: UIDs and query
 strings (patient names, birth dates) belong in the audit trail only.
@@ -26,7 +33,8 @@ from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from transcode.security.audit import AuditEvent, AuditLog, Touched
-from transcode.security.auth import ANONYMOUS, AuthConfig, Authenticator, Denied, Principal, require
+from transcode.security.auth import ADMIN, ANONYMOUS, AuthConfig, Authenticator, Denied, Principal, require
+from transcode.security.tls import client_certificate
 
 log = logging.getLogger(__name__)
 access = logging.getLogger("transcode.access")
@@ -69,14 +77,14 @@ class Guard:
                 status = message["status"]
             await send(message)
 
-        principal = ANONYMOUS
+        principal = _unauthenticated(scope)
         scope.setdefault("state", {})  # where handlers leave what the trail needs (AUDIT_TOUCHED)
         try:
             if self.authenticator is not None and scope["method"] != "OPTIONS":
                 principal = await self._principal(scope)
                 require(principal, scope["method"])
         except Denied as exc:
-            principal = Principal(exc.who, frozenset())
+            principal = Principal(principal.who if exc.who == ANONYMOUS.who else exc.who, frozenset())
             headers = {"WWW-Authenticate": exc.challenge(self.authenticator.config.realm)}  # type: ignore[union-attr]
             await JSONResponse({"error": exc.reason, "detail": exc.detail}, exc.status, headers)(scope, receive,
                                                                                                     sending)
@@ -112,6 +120,14 @@ class Guard:
                         (time.perf_counter() - began) * 1e3)
         if self.audit is not None and scope["method"] != "OPTIONS":
             self.audit.record(_event(scope, principal, template, params, status))
+
+
+def _unauthenticated(scope: Scope) -> Principal:
+    """Who a request is before any credential: its client certificate's
+    subject over mutual TLS, else anonymous (all scopes, for authentication off)."""
+    if (subject := client_certificate(scope)) is None:
+        return ANONYMOUS
+    return Principal(f"cert:{subject}", frozenset({ADMIN}))
 
 
 def _event(scope: Scope, principal: Principal, template: str, params: dict[str, Any], status: int) -> AuditEvent:

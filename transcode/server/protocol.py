@@ -9,6 +9,8 @@ This protocol answers 431 once the head passes `Limits.max_head_bytes` or
 `head_timeout` seconds, and one that sends nothing for `body_idle_timeout`
 seconds while its body is read (the app sees the client gone). Responses
 are not timed: a slow reader is held back by flow control, not buffered.
+Over TLS it also hands each request the connection's client certificate
+(`security.tls`: the ASGI TLS extension, which uvicorn does not fill).
 
 The limits come from `TRANSCODE_SERVE_OPTIONS` (uvicorn builds the protocol
 from a class with no arguments of ours), or are set on a subclass
@@ -26,6 +28,7 @@ from typing import Any
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from transcode.limits import Limits
+from transcode.security.tls import tls_extension
 from transcode.server.app import SERVE_OPTIONS
 
 log = logging.getLogger(__name__)
@@ -52,9 +55,11 @@ class BoundedHttpTools(HttpToolsProtocol):
         self._refused = False
         self._too_large = False  # set by a parser callback before it raises _HeadTooLarge
         self._timer: asyncio.TimerHandle | None = None
+        self._tls: dict[str, Any] | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self._tls = tls_extension(transport)  # the client certificate, once per connection
         self._arm(self.bounds.head_timeout, "request head")
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -74,6 +79,8 @@ class BoundedHttpTools(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        if self._tls is not None:
+            self.scope["extensions"] = {"tls": self._tls}
         self._in_head, self._reading, self._head_bytes = True, True, 0
         if self._timer is None:  # a pipelined request: its head gets the whole time again
             self._arm(self.bounds.head_timeout, "request head")
