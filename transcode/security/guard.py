@@ -4,7 +4,10 @@ method needs, the access log and the audit trail.
 An ASGI middleware rather than a FastAPI dependency, because the frames
 route is a plain Starlette route that FastAPI's dependencies never see.
 CORS preflights (OPTIONS) pass unauthenticated: browsers send them without
-credentials, and the CORS middleware outside answers them.
+credentials, and the CORS middleware outside answers them. The built-in
+viewer's page and files (`GET /`, `/viewer/...`: code, no patient data)
+pass too, so that a browser can load its sign-in form; everything it then
+asks for needs the credential.
 
 Mutual TLS (`serve --tls-client-ca`) proves which machine connects, not
 what it may do: with authentication on, a request still needs a token or
@@ -42,6 +45,7 @@ access = logging.getLogger("transcode.access")
 #: Where a route handler leaves the instances it stored (STOW-RS), for the trail: scope["state"][AUDIT_TOUCHED].
 AUDIT_TOUCHED = "audit_touched"
 _SEARCHES = ("/studies", "/series", "/instances")
+VIEWER_FILES = "/viewer/"
 
 
 @dataclass(frozen=True)
@@ -80,7 +84,7 @@ class Guard:
         principal = _unauthenticated(scope)
         scope.setdefault("state", {})  # where handlers leave what the trail needs (AUDIT_TOUCHED)
         try:
-            if self.authenticator is not None and scope["method"] != "OPTIONS":
+            if self.authenticator is not None and scope["method"] != "OPTIONS" and not _public(scope):
                 principal = await self._principal(scope)
                 require(principal, scope["method"])
         except Denied as exc:
@@ -113,8 +117,11 @@ class Guard:
         return "(no route)", {}
 
     def _done(self, scope: Scope, principal: Principal, status: int, began: float) -> None:
+        logged = access.isEnabledFor(logging.INFO)
+        if not logged and self.audit is None:
+            return
         template, params = self._route(scope)
-        if access.isEnabledFor(logging.INFO):
+        if logged:
             client = scope.get("client") or ("-", 0)
             access.info("%s %s %s %d %.1f ms", client[0], scope["method"], template, status,
                         (time.perf_counter() - began) * 1e3)
@@ -122,10 +129,16 @@ class Guard:
             self.audit.record(_event(scope, principal, template, params, status))
 
 
+def _public(scope: Scope) -> bool:
+    """The built-in viewer's page and files (`viewer.mount`), read without a credential."""
+    path = scope["path"]
+    return scope["method"] in ("GET", "HEAD") and (path == "/" or path.startswith(VIEWER_FILES))
+
+
 def _unauthenticated(scope: Scope) -> Principal:
     """Who a request is before any credential: its client certificate's
     subject over mutual TLS, else anonymous (all scopes, for authentication off)."""
-    if (subject := client_certificate(scope)) is None:
+    if "extensions" not in scope or (subject := client_certificate(scope)) is None:  # plain HTTP: at once
         return ANONYMOUS
     return Principal(f"cert:{subject}", frozenset({ADMIN}))
 
