@@ -51,6 +51,7 @@ CURRENT = "audit.jsonl"
 GENESIS = "0" * 64
 _ROTATED = re.compile(r"audit\.(\d{6})\.jsonl")
 _TAIL = 1 << 16
+_SPELLINGS = 4096
 _ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"))  # made once: half the cost of json.dumps
 _PATIENT = "SELECT json_extract(dicom_json, '$.\"00100020\".Value[0]') FROM studies WHERE study_uid = ?"
 
@@ -169,6 +170,7 @@ class AuditLog:
         self._fd: int | None = None
         self._inode = 0
         self._patients: dict[str, str | None] = {}
+        self._spellings: dict[str | tuple[str, str, str, str], str] = {}
         self._second: tuple[int, str] = (-1, "")
         self._db: sqlite3.Connection | None = None
         self._queue: queue.SimpleQueue[AuditEvent | threading.Event | None] = queue.SimpleQueue()
@@ -285,11 +287,36 @@ class AuditLog:
         building a dict and encoding it, and it is the writer's whole cost.
         `digest` re-encodes a parsed line with the JSON encoder, and `verify`
         compares: the tests hold the two spellings equal, odd text included."""
-        touched = ",".join(_touched(t, self._patient(t.study)) for t in event.touched)
-        return (f'{{"action":{_text(event.action)},"from":{_text(event.source)},"method":{_text(event.method)},'
-                f'"outcome":{_text(event.outcome)},"prev":"{prev}","query":{_text(event.query)},'
-                f'"route":{_text(event.route)},"seq":{seq},"status":{int(event.status)},'
-                f'"time":"{self._time(event.time)}","touched":[{touched}],"who":{_text(event.who)}}}')
+        touched = ",".join(self._touched(t) for t in event.touched)
+        head = self._spelled((event.action, event.source, event.method, event.outcome))
+        return (f'{head},"prev":"{prev}","query":{_text(event.query)},"route":{self._spelled(event.route)},'
+                f'"seq":{seq},"status":{int(event.status)},"time":"{self._time(event.time)}","touched":[{touched}],'
+                f'"who":{self._spelled(event.who)}}}')
+
+    def _spelled(self, value: str | tuple[str, str, str, str]) -> str:
+        """A value that repeats from line to line (who, route; action, from,
+        method and outcome together: the line's head) spelled once: a
+        dictionary look-up instead of JSON escaping each time."""
+        if (text := self._spellings.get(value)) is None:
+            if len(self._spellings) > _SPELLINGS:
+                self._spellings.clear()
+            if isinstance(value, tuple):
+                action, source, method, outcome = map(_text, value)
+                text = f'{{"action":{action},"from":{source},"method":{method},"outcome":{outcome}'
+            else:
+                text = _text(value)
+            self._spellings[value] = text
+        return text
+
+    def _touched(self, touched: Touched) -> str:
+        """One `touched` object in canonical JSON (keys sorted; empty UIDs left out)."""
+        parts = [f'"instance":{_text(touched.instance)}'] if touched.instance else []
+        parts.append(f'"patient":{_text(self._patient(touched.study))}')
+        if touched.series:
+            parts.append(f'"series":{self._spelled(touched.series)}')
+        if touched.study:
+            parts.append(f'"study":{self._spelled(touched.study)}')
+        return "{" + ",".join(parts) + "}"
 
     def _time(self, when: float) -> str:
         """`when` in ISO 8601 (UTC, milliseconds); the part up to the second formatted once a second."""
@@ -321,13 +348,6 @@ class AuditLog:
 def _text(value: str | None) -> str:
     """A JSON string (or null) exactly as the canonical encoder writes it."""
     return "null" if value is None else encode_basestring_ascii(value)
-
-
-def _touched(touched: Touched, patient: str | None) -> str:
-    """One `touched` object in canonical JSON (keys sorted; empty UIDs left out)."""
-    fields = [("instance", touched.instance), ("patient", patient), ("series", touched.series),
-              ("study", touched.study)]
-    return "{" + ",".join(f'"{k}":{_text(v)}' for k, v in fields if v or k == "patient") + "}"
 
 
 def _last_line(path: Path) -> bytes | None:
