@@ -36,7 +36,7 @@ import re
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from json.encoder import encode_basestring_ascii
@@ -173,13 +173,16 @@ class AuditLog:
         self._spellings: dict[str | tuple[str, str, str, str], str] = {}
         self._second: tuple[int, str] = (-1, "")
         self._db: sqlite3.Connection | None = None
-        self._queue: queue.SimpleQueue[AuditEvent | threading.Event | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[AuditEvent | Callable[[], AuditEvent] | threading.Event | None] = \
+            queue.SimpleQueue()
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
         self._thread.start()
 
-    def record(self, event: AuditEvent) -> None:
-        """Queue `event` for writing (returns at once)."""
+    def record(self, event: AuditEvent | Callable[[], AuditEvent]) -> None:
+        """Queue `event` for writing (returns at once); or a function that
+        makes it, called by the writer thread (the guard leaves matching
+        the route and making the event to it, off the request's path)."""
         self._queue.put(event)
 
     def flush(self, timeout: float = 30.0) -> bool:
@@ -209,11 +212,11 @@ class AuditLog:
 
     def _run(self) -> None:
         while True:
-            item: AuditEvent | threading.Event | None = self._queue.get()
-            if isinstance(item, AuditEvent) and self.linger:
+            item = self._queue.get()
+            if item is not None and not isinstance(item, threading.Event) and self.linger:
                 time.sleep(self.linger)  # let the requests of the next moment join this batch
             batch = []
-            while isinstance(item, AuditEvent):
+            while item is not None and not isinstance(item, threading.Event):
                 batch.append(item)
                 try:
                     item = self._queue.get_nowait()
@@ -221,7 +224,7 @@ class AuditLog:
                     item = threading.Event()  # nobody waits on it
             if batch:
                 try:
-                    self.write(batch)
+                    self.write(_made(batch))
                 except Exception:  # the server goes on; the loss is logged loudly
                     log.exception("%d audit events could not be written to %s", len(batch), self.folder)
             if item is None:
@@ -343,6 +346,17 @@ class AuditLog:
                 return None  # not archived (yet): looked up again next time
             self._patients[study] = row[0]
         return self._patients[study]
+
+
+def _made(batch: list[AuditEvent | Callable[[], AuditEvent]]) -> list[AuditEvent]:
+    """The events of a batch, made where they were queued as functions (one that fails is logged and left out)."""
+    events = []
+    for item in batch:
+        try:
+            events.append(item if isinstance(item, AuditEvent) else item())
+        except Exception:  # a bug in making one event must not lose the batch
+            log.exception("an audit event could not be made")
+    return events
 
 
 def _text(value: str | None) -> str:
