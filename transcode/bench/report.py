@@ -113,7 +113,7 @@ def server_table(server: dict[str, Any]) -> str:
         audit += _table(["security middleware, trivial endpoint", "µs added per request"],
                         [[part, f"{guard[f'{key}_us']:.1f}"] for part, key in (
                             ("the guard alone", "guard"), ("+ a cached token check", "auth"),
-                            ("+ the audit trail (its writer included)", "audit"), ("both", "both"))]) + "\n"
+                            ("+ the audit trail (its writer thread included)", "audit"), ("both", "both"))]) + "\n"
     return (_table(columns, rows) + "\n"
             + _table(["in process, request by request", "µs on (checked / secured)", "µs off",
                       "frames/s on vs off"], cost) + "\n" + audit
