@@ -31,6 +31,7 @@ from tests.peers import free_port
 from tests.security import Issuer, auth_config
 from tests.served import Served
 from tests.test_security_live import first_request
+from transcode.cli import main
 from transcode.dimse.receiver import Receiver
 from transcode.security.audit import records
 from transcode.security.commands import listen_tls
@@ -197,3 +198,12 @@ def test_forwarded_headers_count_only_from_listed_proxies(served: Served, tmp_pa
     assert [r["from"] for r in trail(audit)] == ["127.0.0.1", client]
     assert f"{client} GET /dicomweb/studies 200" in output[0]  # the access log names the same client
     assert ("https://127.0.0.1" in body) == trusted  # RetrieveURLs follow X-Forwarded-Proto only from a proxy
+
+
+def test_serve_refuses_bad_proxy_and_client_ca_options(served: Served, tmp_path, capsys) -> None:
+    archive = ["serve", "--archive", str(served.root)]
+    assert main([*archive, "--forwarded-allow-ips", "10.0.0.0/8,proxy.example"]) == 2
+    assert "'proxy.example' is not an address or a network" in capsys.readouterr().err
+    assert main([*archive, "--forwarded-allow-ips", " , "]) == 2
+    assert main([*archive, "--tls-client-ca", str(tmp_path / "ca.pem")]) == 2  # mutual TLS needs TLS
+    assert "--tls-client-ca needs them" in capsys.readouterr().err
