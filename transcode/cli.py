@@ -420,10 +420,9 @@ def _serve(args: argparse.Namespace, archive: str, read_only: bool, security: di
         print(f"OHIF: {origin}/ohif/")
     print(f"Viewer: open {origin}/ in a browser", flush=True)
     # uvicorn logs through `transcode.logs`; its access log (full URLs, patient data in queries) is replaced
-    # by `transcode.access` (route templates). TLS: uvicorn's ssl options.
+    # by `transcode.access` (route templates). TLS and proxies: uvicorn's options (`commands.uvicorn_options`).
     uvicorn.run("transcode.server.app:app_from_environment", factory=True, workers=args.workers, host=args.host,
-                port=args.port, log_config=None, proxy_headers=True, access_log=False,
-                ssl_certfile=args.tls_cert, ssl_keyfile=args.tls_key,
+                port=args.port, log_config=None, access_log=False, **commands.uvicorn_options(args),
                 http="transcode.server.protocol:BoundedHttpTools", timeout_keep_alive=bounds.keep_alive,
                 limit_concurrency=bounds.max_connections)
     return EXIT_OK
