@@ -56,6 +56,7 @@ class StoreArchive(SessionArchive):
         self.name = name
         self.catalog = Path(catalog)
         self.read_only = read_only or not store.supports_writes
+        self.remote = store.remote
         self._staging = self.catalog / "staging"
         if not self.read_only:
             self._staging.mkdir(parents=True, exist_ok=True)

@@ -47,6 +47,9 @@ class Archive(ABC):
     root: Path | None = None
     #: Opened for reading only: nothing may be placed or indexed.
     read_only: bool = False
+    #: Reads wait on the network (`Store.remote`): the server makes them
+    #: on its thread pool, never on its event loop.
+    remote: bool = False
 
     @abstractmethod
     def place(self, staged: Path, relative: str) -> None:

@@ -103,6 +103,9 @@ class Store(ABC):
     supports_listing: bool = True
     #: Ranges are read without fetching the whole object.
     supports_partial_reads: bool = True
+    #: Reads wait on the network (a round trip at least, a timeout at
+    #: worst): a caller on an event loop makes them on a thread instead.
+    remote: bool = False
 
     @abstractmethod
     def get(self, key: str) -> bytes:

@@ -47,6 +47,8 @@ class S3Store(Store):
     """Objects under `prefix` in `bucket`; endpoint and credentials from
     `env` (default: the process environment)."""
 
+    remote = True
+
     def __init__(self, bucket: str, prefix: str = "", *, read_only: bool = False,
                  env: Mapping[str, str] | None = None) -> None:
         env = os.environ if env is None else env
