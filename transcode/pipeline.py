@@ -179,6 +179,9 @@ def _describe(ds: Dataset, entry: Entry) -> DicomJson:
 SETTLE_WINDOW = 0.05
 SETTLE_BATCH = 64
 
+#: Files in flight per local worker process (`Pool.ahead`).
+AHEAD = 4
+
 #: One thread per worker process for source digests.
 _HASHER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="source-digest")
 
@@ -214,9 +217,12 @@ def _new_pool(workers: int) -> ProcessPoolExecutor:
 class Pool(Protocol):
     """Where `Ingest` runs `work`: `get` an executor of `workers` slots,
     `discard` one found broken (a `BrokenProcessPool`), `close` at the end.
-    `WorkerPool` (local processes) and `cluster.DaskPool` (a Dask cluster)."""
+    `WorkerPool` (local processes) and `cluster.DaskPool` (a Dask cluster).
+    `ahead`: how many files may be in flight at once (submitted, not yet
+    settled): enough that no worker waits for the coordinator."""
 
     workers: int
+    ahead: int
 
     def get(self) -> Executor: ...
 
@@ -234,6 +240,7 @@ class WorkerPool:
 
     def __init__(self, workers: int) -> None:
         self.workers = workers
+        self.ahead = AHEAD * workers
         self._pool: ProcessPoolExecutor | None = None
         self._lock = threading.Lock()
 
@@ -290,6 +297,7 @@ class Ingest:
         self.archive = archive
         self.shared = pool
         self.workers = pool.workers if pool else max(1, workers or cores)
+        self.ahead = pool.ahead if pool else AHEAD * self.workers
         self.threads = max(1, threads or cores // self.workers)
         self.settings = settings or EncodeSettings()
         self.crosscheck = CrossCheck(crosscheck).value
@@ -333,7 +341,7 @@ class Ingest:
             for n, source in sources:
                 unsettled = len(todo) - n + len(pending)  # this file, those after it, those in flight
                 pending.append((source, self._submit(pool, source, self._threads_for(unsettled))))
-                if len(pending) >= 4 * self.workers:  # bounded: discovery outruns the workers
+                if len(pending) >= self.ahead:  # bounded: discovery outruns the workers
                     return
 
         try:
