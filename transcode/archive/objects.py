@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -36,6 +37,9 @@ from transcode.stores.base import ByteRange, ObjectMissing, ObjectTruncated, Sto
 log = logging.getLogger(__name__)
 
 MARKER = "archive.json"
+#: Puts in flight at once from `place` (uploads side by side: an object
+#: store answers each after a round trip or more).
+PUTS = 8
 
 
 class ArchiveURLError(ValueError):
@@ -57,6 +61,8 @@ class StoreArchive(SessionArchive):
         self.catalog = Path(catalog)
         self.read_only = read_only or not store.supports_writes
         self.remote = store.remote
+        self._uploads = ThreadPoolExecutor(max_workers=PUTS, thread_name_prefix="store-put")
+        self._puts: dict[str, Future[None]] = {}  # key -> its put, until a flush or a read waited for it
         self._staging = self.catalog / "staging"
         if not self.read_only:
             self._staging.mkdir(parents=True, exist_ok=True)
@@ -98,20 +104,39 @@ class StoreArchive(SessionArchive):
         self.store.put(MARKER, encode_marker(identity))
 
     def place(self, staged: Path, relative: str) -> None:
-        """`store.put` (atomic and durable when it returns), then the staged
-        file is removed."""
+        """Start `store.put` (atomic, and durable when it returns) on one of
+        `PUTS` threads, the staged file removed after it: a batch of files
+        is uploaded side by side, not one round trip after another. An
+        earlier put of the same key still running is waited for first, so
+        the last place wins, as with renames. Called by the writer's thread only."""
         if self.read_only:
             raise ArchiveReadOnly(f"{self.name} is open read-only")
         self._start_writing()
+        self._landed(relative)
+        self._puts[relative] = self._uploads.submit(self._put, staged, relative)
+
+    def _put(self, staged: Path, relative: str) -> None:
         self.store.put(relative, staged)
         staged.unlink()
 
     def flush(self) -> None:
-        """Nothing to do: every `place` was durable when it returned."""
+        """Wait for every put started by `place`; the first that failed
+        raises its error (StoreUnavailable), after all have ended."""
+        puts, self._puts = self._puts, {}
+        errors = [error for error in (put.exception() for put in puts.values()) if error is not None]
+        if errors:
+            raise errors[0]
+
+    def _landed(self, relative: str) -> None:
+        """Wait for a put of `relative` still running (its error raises)."""
+        put = self._puts.pop(relative, None)
+        if put is not None:
+            put.result()
 
     def read(self, relative: str, start: int = 0, end: int | None = None) -> bytes:
         """Bytes [start, end) of an object, fewer where it ends first (as a
         file read); FileNotFoundError (ObjectMissing) when it is missing."""
+        self._landed(relative)
         if start == 0 and end is None:
             return self.store.get(relative)
         if end is not None:  # the common case, one request: a range inside the object
@@ -125,24 +150,31 @@ class StoreArchive(SessionArchive):
 
     def read_into(self, relative: str, start: int, view: memoryview) -> None:
         """EOFError (ObjectTruncated) when the object ends before `view` is full."""
+        self._landed(relative)
         view[:] = self.store.get_range(relative, ByteRange(start, start + len(view)))
 
     def read_ranges(self, relative: str, ranges: Sequence[ByteRange]) -> list[bytearray]:
         """Several ranges in one `get_ranges` call (one request per range, or
         fewer, where the store coalesces them)."""
+        self._landed(relative)
         return [bytearray(data) for data in self.store.get_ranges(relative, ranges)]
 
     def exists(self, relative: str) -> bool:
+        self._landed(relative)
         return self.store.exists(relative)
 
     def size(self, relative: str) -> int:
+        self._landed(relative)
         return self.store.size(relative)
 
     def staging(self) -> Path:
         return self._staging
 
     def close(self) -> None:
+        """Let the puts started end (an interrupted run's too: a put half
+        done is invisible, one done is kept), then end the session."""
         try:
+            self._uploads.shutdown(wait=True)
             super().close()
         finally:
             self.store.close()
