@@ -13,10 +13,12 @@ again on another worker. A file that kills the worker each time (a decoder
 crash, the OOM killer) ends, after the scheduler's `allowed-failures`,
 as a `worker_crashed` failure of that file alone, never as a hung run.
 
-Workers write staged objects into the archive's staging folder, which the
-coordinator then places: the folder must be the same path on every worker
-(one machine, or a shared filesystem). `distributed` is imported here only,
-and this module only when `--dask` is given.
+Into an S3 archive, workers put each finished object into the bucket
+themselves, under a staging key the coordinator's `place` moves to the
+object's key server-side (`archive.objects`); into a folder archive they
+write into its staging folder, which must then be the same path on every
+worker (one machine, or a shared filesystem). `distributed` is imported
+here only, and this module only when `--dask` is given.
 """
 
 from __future__ import annotations
@@ -228,6 +230,7 @@ class DaskPool:
         self.workers = max(1, sum(w["nthreads"] for w in info["workers"].values()))
         # Two full tasks per worker thread: one running, one waiting at the scheduler for it.
         self.ahead = 2 * BATCH_FILES * self.workers
+        self.remote = True  # workers may be other machines: they put into a remote store themselves
         self._executor = _DaskExecutor(self._client)
         log.info("Dask cluster %s: %d worker threads", address, self.workers)
 

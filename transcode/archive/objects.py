@@ -6,6 +6,13 @@ the same keys `FolderArchive` uses as paths (`objects/STUDY/SERIES/SOP.dcm`,
 folder given by the caller: the SQLite index, the workers' staging folder
 and the writer lock. `root` is None: nothing may open an object by path.
 
+Workers that may run on other machines (a Dask cluster) put what they
+staged into a remote store themselves, under `staging/RUN/` keys
+(`remote_staging`, `put_staged`): no key there is ever an object, and
+`place` moves one to its object key with a server-side copy, which shows
+the whole object or nothing, so a half-written object never looks
+finished. A write session deletes what killed runs left under `staging/`.
+
 The identity rules of `identity.py` hold with the marker stored as the
 object `archive.json` beside the objects: an index that does not describe
 the store (another archive's, an older copy, a fresh catalog over a store
@@ -15,6 +22,7 @@ with objects) is refused with ArchiveMismatch. `transcode verify
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Sequence
@@ -37,6 +45,8 @@ from transcode.stores.base import ByteRange, ObjectMissing, ObjectTruncated, Sto
 log = logging.getLogger(__name__)
 
 MARKER = "archive.json"
+#: The key prefix of objects that workers staged in the store.
+STAGED = "staging/"
 #: Puts in flight at once from `place` (uploads side by side: an object
 #: store answers each after a round trip or more).
 PUTS = 8
@@ -58,7 +68,7 @@ class StoreArchive(SessionArchive):
             raise ValueError("a write session is neither read-only nor unchecked")
         self.store = store
         self.name = name
-        self.catalog = Path(catalog)
+        self.catalog = Path(catalog).absolute()  # a staged file's path is absolute, a staged key never
         self.read_only = read_only or not store.supports_writes
         self.remote = store.remote
         self._uploads = ThreadPoolExecutor(max_workers=PUTS, thread_name_prefix="store-put")
@@ -71,6 +81,9 @@ class StoreArchive(SessionArchive):
         self._open_index(self.catalog / "index.sqlite", check=check)
         if exclusive:
             clear_staging(self._staging)
+            if self.store.remote:
+                for key in list(self.store.list(STAGED)):
+                    self.store.delete(key)
 
     def _check(self) -> tuple[Identity | None, str | None]:
         """As `FolderArchive._check`, with the marker in the store."""
@@ -116,8 +129,21 @@ class StoreArchive(SessionArchive):
         self._puts[relative] = self._uploads.submit(self._put, staged, relative)
 
     def _put(self, staged: Path, relative: str) -> None:
-        self.store.put(relative, staged)
-        staged.unlink()
+        if staged.is_absolute():  # a file in the local staging folder
+            self.store.put(relative, staged)
+            staged.unlink()
+        else:  # a key a worker put under STAGED
+            self.store.rename(staged.as_posix(), relative)
+
+    def remote_staging(self, run: str) -> str | None:
+        """`NAME/staging/RUN` where the store is remote (S3), else None."""
+        return f"{self.name.rstrip('/')}/{STAGED}{run}" if self.store.remote else None
+
+    def discard(self, staged: Path) -> None:
+        if staged.is_absolute():
+            staged.unlink()
+        else:
+            self.store.delete(staged.as_posix())
 
     def flush(self) -> None:
         """Wait for every put started by `place`; the first that failed
@@ -178,6 +204,25 @@ class StoreArchive(SessionArchive):
             super().close()
         finally:
             self.store.close()
+
+
+def put_staged(staging: str, local: Path) -> str:
+    """In a worker: put the finished file `local` under `staging` (a
+    `remote_staging` URL), remove it, and return its key, which the
+    coordinator's `place` takes as the staged path."""
+    base, _, run = staging.partition(f"/{STAGED}")
+    key = f"{STAGED}{run}/{local.name}"
+    _staging_store(base).put(key, local)
+    local.unlink()
+    return key
+
+
+@functools.cache
+def _staging_store(url: str) -> Store:
+    """One client per worker process and archive (its connection pool)."""
+    from transcode.stores.s3 import S3Store
+
+    return S3Store.from_url(url)
 
 
 def open_archive(url: str | os.PathLike[str], *, catalog: str | os.PathLike[str] | None = None,

@@ -92,6 +92,17 @@ class Archive(ABC):
     def staging(self) -> Path:
         """A local folder where workers write objects before `place`."""
 
+    def remote_staging(self, run: str) -> str | None:
+        """For workers that may run on other machines: a URL under which
+        they put the objects of run `run` themselves (`objects.put_staged`),
+        or None where they write into `staging()` (a folder archive, or a
+        store on this machine)."""
+        return None
+
+    def discard(self, staged: Path) -> None:
+        """Drop a staged object that is not placed (a duplicate)."""
+        staged.unlink()
+
     def close(self) -> None:
         self.index.close()
 

@@ -143,6 +143,14 @@ class Store(ABC):
         """Every key that starts with `prefix` (a plain string prefix, as
         S3 has), in no particular order."""
 
+    def rename(self, source: str, key: str) -> None:
+        """Move the object at `source` to `key`, replacing any there: `key`
+        shows the whole object or the old one, never a part (a backend
+        copies server-side where it can); then `source` is deleted.
+        ObjectMissing when `source` is missing."""
+        self.put(key, self.get(source))
+        self.delete(source)
+
     def check_writable(self) -> None:
         """Raise StoreReadOnly unless `supports_writes`."""
         if not self.supports_writes:
