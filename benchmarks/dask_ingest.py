@@ -20,7 +20,6 @@ over the rounds.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -29,18 +28,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fixtures.generate import write_ct_series
-from transcode.bench.measure import machine, peak_rss, save, steady_seconds
+from transcode.bench.measure import machine, save, timed_ingest
 
 RUNNERS = {"pool": ["--workers", "2"], "dask": ["--dask", "local:2"]}
-
-
-def run(src: Path, archive: Path, options: list[str], files: int) -> tuple[float, float, float]:
-    """Wall seconds of one ingest command, its run's seconds (from its
-    report) and its steady seconds per file."""
-    report = archive.with_suffix(".json")
-    wall, _ = peak_rss([sys.executable, "-m", "transcode.cli", "ingest", str(src), "--archive", str(archive),
-                        "--threads", "1", "--report", str(report), *options])
-    return wall, json.loads(report.read_text())["seconds"], steady_seconds(archive, files)
 
 
 def main() -> None:
@@ -56,7 +46,9 @@ def main() -> None:
         for round_ in range(args.rounds):
             order = list(RUNNERS) if round_ % 2 == 0 else list(reversed(RUNNERS))
             for name in order:
-                wall, seconds, steady = run(src, Path(tmp, f"{name}-{round_}"), RUNNERS[name], args.ct_files)
+                archive = Path(tmp, f"{name}-{round_}")
+                wall, seconds, steady = timed_ingest([str(src), "--archive", str(archive), *RUNNERS[name]], archive,
+                                                     args.ct_files)
                 figures[name]["wall"].append(wall)
                 figures[name]["run"].append(seconds)
                 figures[name]["steady"].append(steady)

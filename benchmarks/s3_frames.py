@@ -14,7 +14,8 @@ and the S3/folder ratio (issue 15's target: at least 0.5x).
 The ceiling: the same byte ranges read straight from SeaweedFS by as many
 threads as there are clients, through the archive's `S3Store` (obstore,
 no server in between), right after each case; `S3 / ceiling` says how
-close the server comes to it.
+close the server comes to it, and the client's CPU time per read what one
+GET costs whoever makes it.
 
 SeaweedFS runs with its S3 gateway's chunk cache (`-s3.cacheCapacityMB`,
 `--weed-cache-mb`, 0 for none), as the folder server has the page cache.
@@ -98,16 +99,16 @@ def main() -> int:
                     weed_before = cpu_seconds(server.pid)
                     folder, s3 = paired(pair, paths, n, args.seconds)
                     s3["weed_cpu_us"] = (cpu_seconds(server.pid) - weed_before) / s3["requests"] * 1e6
-                    ceiling = raw_reads(url, env, ranges[case], n, args.seconds / 2)
-                    results[f"{case}_{n}"] = {"folder": folder, "s3": s3, "ceiling": ceiling,
+                    ceiling, client_us = raw_reads(url, env, ranges[case], n, args.seconds / 2)
+                    results[f"{case}_{n}"] = {"folder": folder, "s3": s3, "ceiling": ceiling, "client_us": client_us,
                                               "ratio": s3["fps"] / folder["fps"], "of_ceiling": s3["fps"] / ceiling}
         finally:
             for process in servers:
                 process.terminate()
                 process.wait(30)
     table = [("| frames | clients | folder frames/s | S3 frames/s | S3 / folder | ceiling reads/s | S3 / ceiling | "
-              "folder p50 ms | S3 p50 ms | folder CPU us/frame | S3 CPU us/frame | SeaweedFS CPU us/frame |"),
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "folder p50 ms | S3 p50 ms | folder CPU us/frame | S3 CPU us/frame | SeaweedFS CPU us/frame | "
+              "ceiling client CPU us/read |"), "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for key, row in results.items():
         if not isinstance(row, dict) or "ratio" not in row:
             continue
@@ -115,7 +116,7 @@ def main() -> int:
         f, s = row["folder"], row["s3"]
         table.append(f"| {case} | {clients} | {f['fps']:.0f} | {s['fps']:.0f} | {row['ratio']:.2f}x | "
                      f"{row['ceiling']:.0f} | {row['of_ceiling']:.2f}x | {f['p50_ms']:.1f} | {s['p50_ms']:.1f} | "
-                     f"{f['cpu_us']:.0f} | {s['cpu_us']:.0f} | {s['weed_cpu_us']:.0f} |")
+                     f"{f['cpu_us']:.0f} | {s['cpu_us']:.0f} | {s['weed_cpu_us']:.0f} | {row['client_us']:.0f} |")
     save(args.out, "s3_frames", results, "\n".join(table))
     return 0
 
@@ -132,9 +133,10 @@ def frame_ranges(catalog: Path, url: str, env: dict[str, str]) -> dict[str, list
 
 
 def raw_reads(url: str, env: dict[str, str], ranges: list[tuple[str, ByteRange]], threads: int,
-              seconds: float) -> float:
+              seconds: float) -> tuple[float, float]:
     """Ranged GETs per second from `threads` threads cycling through `ranges`
-    with `S3Store.get_range` (obstore), no server in between."""
+    with `S3Store.get_range` (obstore), no server in between, and this
+    process's CPU time per GET (the client's cost of one)."""
     store = S3Store.from_url(url, read_only=True, env=env)
     stop = time.perf_counter() + seconds
 
@@ -146,10 +148,10 @@ def raw_reads(url: str, env: dict[str, str], ranges: list[tuple[str, ByteRange]]
             n += 1
         return n - offset
 
-    began = time.perf_counter()
+    began, cpu = time.perf_counter(), time.process_time()
     with ThreadPoolExecutor(threads) as pool:
         done = sum(pool.map(reader, range(threads)))
-    return done / (time.perf_counter() - began)
+    return done / (time.perf_counter() - began), (time.process_time() - cpu) / done * 1e6
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ are throughput, S3 over folder, from the medians over the rounds.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -29,16 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fixtures.generate import write_ct_series
 from tests.seaweed import running
-from transcode.bench.measure import machine, peak_rss, save, steady_seconds
-
-
-def run(src: Path, archive: list[str], catalog: Path, files: int) -> tuple[float, float, float]:
-    """Wall seconds, run seconds and steady seconds per file of one ingest
-    (`catalog`: the folder holding the index, the archive's or the S3 one's)."""
-    report = catalog.with_suffix(".json")
-    wall, _ = peak_rss([sys.executable, "-m", "transcode.cli", "ingest", str(src), *archive, "--workers", "2",
-                        "--threads", "1", "--report", str(report)])
-    return wall, json.loads(report.read_text())["seconds"], steady_seconds(catalog, files)
+from transcode.bench.measure import machine, save, timed_ingest
 
 
 def main() -> None:
@@ -58,7 +48,8 @@ def main() -> None:
                 where = Path(tmp, f"{name}-{round_}")
                 archive = (["--archive", str(where)] if name == "folder" else
                            ["--archive", f"s3://{server.bucket}/{uuid.uuid4().hex[:8]}", "--catalog", str(where)])
-                for kind, value in zip(kinds, run(src, archive, where, args.ct_files), strict=True):
+                options = [str(src), *archive, "--workers", "2"]
+                for kind, value in zip(kinds, timed_ingest(options, where, args.ct_files), strict=True):
                     figures[name][kind].append(value)
     median = {name: {kind: statistics.median(values) for kind, values in runs.items()}
               for name, runs in figures.items()}
