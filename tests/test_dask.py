@@ -21,6 +21,7 @@ from transcode.archive.objects import STAGED, _staging_store, open_archive
 from transcode.cli import EXIT_FAILED, EXIT_USAGE, main
 from transcode.entries import Entry
 from transcode.pipeline import ingest, work
+from transcode.stores.s3 import S3Store
 
 pytest.importorskip("distributed")
 dask = pytest.importorskip("dask")
@@ -151,12 +152,14 @@ def test_workers_put_into_s3_and_the_coordinator_moves_them(tmp_path: Path, s3_s
     """Into an S3 archive, each task puts its object under `staging/`; the
     coordinator moves it to its object key server-side (duplicates are
     deleted there): the same outcomes and object bytes as the local pool
-    into a folder, and nothing left under `staging/`."""
+    into a folder, and nothing left under `staging/`, where the write
+    session first cleared what a killed run had left."""
     for name, value in s3_server.env().items():
         monkeypatch.setenv(name, value)  # before the cluster starts: its workers inherit them
     src = tmp_path / "src"
     expected = make_study(src)
     url = f"s3://{s3_server.bucket}/direct-{uuid.uuid4().hex[:8]}"
+    S3Store.from_url(url).put(f"{STAGED}run-killed/half.dcm", b"DICM")  # a killed run's upload
     pool = DaskPool("local:2")
     try:
         with FolderArchive(tmp_path / "folder", exclusive=True) as folder, \
