@@ -212,8 +212,10 @@ def put_staged(staging: str, local: Path) -> str:
     coordinator's `place` takes as the staged path."""
     base, _, run = staging.partition(f"/{STAGED}")
     key = f"{STAGED}{run}/{local.name}"
-    _staging_store(base).put(key, local)
-    local.unlink()
+    try:
+        _staging_store(base).put(key, local)
+    finally:  # stored or not, the temporary file goes
+        local.unlink(missing_ok=True)
     return key
 
 
