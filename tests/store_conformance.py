@@ -115,6 +115,18 @@ class StoreTests:
         with pytest.raises(ObjectMissing):
             store.get("a/b")
 
+    def test_rename(self, store: Store) -> None:
+        """The object moves whole, replacing what was at the key; the
+        source is gone; a missing source raises ObjectMissing."""
+        store.put("staging/x", b"new" * 1000)
+        store.put("objects/x", b"old")
+        store.rename("staging/x", "objects/x")
+        assert store.get("objects/x") == b"new" * 1000
+        assert not store.exists("staging/x")
+        with pytest.raises(ObjectMissing):
+            store.rename("staging/x", "objects/y")
+        assert not store.exists("objects/y")
+
     def test_large_object(self, store: Store, tmp_path: Path) -> None:
         """Through each backend's large-object path (S3: multipart upload)."""
         source = tmp_path / "large.bin"

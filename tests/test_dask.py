@@ -17,10 +17,11 @@ from tests import seaweed
 from tests.test_ingest import crash_on_poison, make_study, six_and_poison
 from transcode.archive import FolderArchive
 from transcode.archive.check import verify_archive
-from transcode.archive.objects import open_archive
+from transcode.archive.objects import STAGED, _staging_store, open_archive
 from transcode.cli import EXIT_FAILED, EXIT_USAGE, main
 from transcode.entries import Entry
 from transcode.pipeline import ingest, work
+from transcode.stores.s3 import S3Store
 
 pytest.importorskip("distributed")
 dask = pytest.importorskip("dask")
@@ -128,3 +129,42 @@ def test_cli_ingest_into_s3_on_a_local_cluster(tmp_path: Path, s3_server: seawee
     assert f"{len(expected) - 2} already done in an earlier run" in capsys.readouterr().out
     with open_archive(url, catalog=tmp_path / "catalog", read_only=True) as archive:
         assert archive.index.counts()["instances"] == len(rows)
+
+
+def staged_in_the_store(source: str, *args: object) -> Entry:
+    """`work`, checked on the worker: what it staged is a key under
+    `staging/` in the bucket (put by the worker itself), not a local file."""
+    entry = work(source, *args)  # type: ignore[arg-type]
+    if entry.staged is not None:
+        assert entry.staged.path.startswith(STAGED) and not Path(entry.staged.path).is_absolute(), entry.staged.path
+        assert _staging_store(str(args[0]).partition(f"/{STAGED}")[0]).exists(entry.staged.path)
+    return entry
+
+
+@pytest.mark.slow  # SeaweedFS and a cluster of its own take about 30 s to start and stop
+def test_workers_put_into_s3_and_the_coordinator_moves_them(tmp_path: Path, s3_server: seaweed.Seaweed,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Into an S3 archive, each task puts its object under `staging/`; the
+    coordinator moves it to its object key server-side (duplicates are
+    deleted there): the same outcomes and object bytes as the local pool
+    into a folder, and nothing left under `staging/`, where the write
+    session first cleared what a killed run had left."""
+    for name, value in s3_server.env().items():
+        monkeypatch.setenv(name, value)  # before the cluster starts: its workers inherit them
+    src = tmp_path / "src"
+    expected = make_study(src)
+    url = f"s3://{s3_server.bucket}/direct-{uuid.uuid4().hex[:8]}"
+    S3Store.from_url(url).put(f"{STAGED}run-killed/half.dcm", b"DICM")  # a killed run's upload
+    pool = DaskPool("local:2")
+    try:
+        with FolderArchive(tmp_path / "folder", exclusive=True) as folder, \
+                open_archive(url, catalog=tmp_path / "catalog", exclusive=True) as bucket:
+            by_pool = ingest([src], folder, workers=2)
+            by_dask = ingest([src], bucket, pool=pool, worker=staged_in_the_store)
+            assert {name: outcome for name, (outcome, _) in relative(src, by_dask.entries).items()} == expected
+            assert relative(src, by_dask.entries) == relative(src, by_pool.entries)
+            assert objects(bucket) == objects(folder)  # type: ignore[arg-type]
+            assert bucket.index.counts() == folder.index.counts()
+            assert list(bucket.store.list(STAGED)) == []  # type: ignore[attr-defined]
+    finally:
+        pool.close()

@@ -142,6 +142,29 @@ def test_an_index_that_is_not_the_stores_is_refused(tmp_path: Path) -> None:
         assert archive.index.counts()["instances"] == 1
 
 
+def test_places_upload_side_by_side_and_land_in_order(tmp_path: Path) -> None:
+    """`place` starts a put and returns; a read of the key, or `flush`,
+    waits for it; the later of two places of one key wins; a put that
+    fails raises at the flush, after the others landed."""
+    store = MemoryStore()
+    with StoreArchive(store, tmp_path / "catalog", name="memory", exclusive=True) as archive:
+        staging = archive.staging()
+        for n in range(20):
+            (staging / f"{n}.dcm").write_bytes(b"%d" % n * 1000)
+            archive.place(staging / f"{n}.dcm", f"objects/{n % 10}.dcm")  # each key twice: the second wins
+        assert archive.read("objects/3.dcm") == b"13" * 1000  # waits for its put
+        archive.flush()
+        assert {key: store.get(key) for key in store.list("objects/")} == {
+            f"objects/{n}.dcm": b"%d" % (n + 10) * 1000 for n in range(10)}
+        assert not any(staging.iterdir())  # every staged file removed once stored
+        (staging / "a.dcm").write_bytes(b"a")
+        archive.place(staging / "gone.dcm", "objects/gone.dcm")  # no such staged file: its put fails
+        archive.place(staging / "a.dcm", "objects/a.dcm")
+        with pytest.raises(OSError):
+            archive.flush()
+        assert store.get("objects/a.dcm") == b"a" and not store.exists("objects/gone.dcm")
+
+
 def test_archive_urls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with open_archive(tmp_path / "plain") as archive:
         assert isinstance(archive, FolderArchive)

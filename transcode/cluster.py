@@ -13,17 +13,22 @@ again on another worker. A file that kills the worker each time (a decoder
 crash, the OOM killer) ends, after the scheduler's `allowed-failures`,
 as a `worker_crashed` failure of that file alone, never as a hung run.
 
-Workers write staged objects into the archive's staging folder, which the
-coordinator then places: the folder must be the same path on every worker
-(one machine, or a shared filesystem). `distributed` is imported here only,
-and this module only when `--dask` is given.
+Into an S3 archive, workers put each finished object into the bucket
+themselves, under a staging key the coordinator's `place` moves to the
+object's key server-side (`archive.objects`); into a folder archive they
+write into its staging folder, which must then be the same path on every
+worker (one machine, or a shared filesystem). `distributed` is imported
+here only, and this module only when `--dask` is given.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import threading
 from collections.abc import Callable
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -54,58 +59,143 @@ class ClusterAddressError(ValueError):
     """A `--dask` value that is neither `local:N` nor a scheduler address."""
 
 
+#: A task carries consecutive files until their sizes add up to this many
+#: bytes or it holds `BATCH_FILES` of them: one scheduler round trip (and
+#: one result message) serves several small files, while a large one (an
+#: MR series' object, a tomosynthesis) still travels alone and the tail of
+#: a run is not left to one worker.
+BATCH_BYTES = 16 << 20
+BATCH_FILES = 8
+#: How long a part-filled task waits for more files before it is sent
+#: (the end of a run, a slow discovery).
+BATCH_WAIT = 0.005
+
+
+def _run_batch(calls: list[Callable[[], Entry]]) -> list[Entry | Exception]:
+    """Runs on a Dask worker: each file's call in turn; a call's own error
+    is returned in its place, so it costs that file alone."""
+    out: list[Entry | Exception] = []
+    for call in calls:
+        try:
+            out.append(call())
+        except Exception as exc:  # noqa: BLE001 (any error of the worker function: raised for its file in the coordinator)
+            out.append(exc)
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class _File:
+    """One submitted file: its call, its source (for messages) and the
+    future the coordinator waits on."""
+
+    result: Future[Entry]
+    call: Callable[[], Entry]
+    source: str
+
+
 class _DaskExecutor(Executor):
-    """`submit(work, source, ...)` as a Dask task (impure: each call runs).
+    """`submit(work, source, ...)` gathers files into tasks (`BATCH_BYTES`,
+    `BATCH_FILES`, `BATCH_WAIT`), each an impure Dask task; every file
+    still gets its own `concurrent.futures.Future`, as from a process pool.
     Results reach the coordinator through `distributed`'s own
     `concurrent.futures` bridge (`Client.get_executor`), which waits on the
-    client's event loop: no thread and no round trip per file.
+    client's event loop: no thread and no round trip per task.
 
     A dying worker makes the scheduler suspect every task assigned to it,
-    the files queued behind the culprit too where the scheduler sends
-    tasks ahead (its default; not with `LOCAL_CONFIG`). So a file given up
-    on (`KilledWorker`) is sent once more as a new task: an innocent one
-    then finishes, the culprit fails alone."""
+    the tasks queued behind the culprit too where the scheduler sends
+    tasks ahead (its default; not with `LOCAL_CONFIG`). So the files of a
+    task given up on (`KilledWorker`) are sent once more, each as a task of
+    its own: the innocent ones then finish, the culprit fails alone."""
 
     def __init__(self, client: Client) -> None:
         self._tasks = client.get_executor(pure=False)
         self._resend = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dask-resend")  # off the event loop
+        self._lock = threading.Lock()
+        self._gathered: list[_File] = []
+        self._bytes = 0
+        self._timer: threading.Timer | None = None
 
     def submit(self, fn: Callable[..., Entry], /, *args: Any, **kwargs: Any) -> Future[Entry]:  # type: ignore[override]
-        result: Future[Entry] = Future()
-        self._send(result, partial(fn, *args, **kwargs), str(args[0]), tries=2)
-        return result
+        file = _File(Future(), partial(fn, *args, **kwargs), str(args[0]))
+        try:
+            size = os.stat(file.source).st_size
+        except OSError:  # the worker reports why it cannot be read
+            size = 0
+        with self._lock:
+            self._gathered.append(file)
+            self._bytes += size
+            full = self._bytes >= BATCH_BYTES or len(self._gathered) >= BATCH_FILES
+            if not full and self._timer is None:
+                self._timer = threading.Timer(BATCH_WAIT, self._flush)
+                self._timer.daemon = True
+                self._timer.start()
+        if full:
+            self._flush()
+        return file.result
 
-    def _send(self, result: Future[Entry], call: Callable[[], Entry], source: str, tries: int) -> None:
-        task = self._tasks.submit(call)
-        result.add_done_callback(lambda f: task.cancel() if f.cancelled() else None)
-        task.add_done_callback(lambda t: self._settle(t, result, call, source, tries))
+    def _flush(self) -> None:
+        """Send what is gathered as one task."""
+        with self._lock:
+            files, self._gathered, self._bytes = self._gathered, [], 0
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+        files = [f for f in files if not f.result.cancelled()]
+        if files:
+            self._send(files, tries=2)
 
-    def _settle(self, task: Future[Entry], result: Future[Entry], call: Callable[[], Entry], source: str,
-                tries: int) -> None:
-        """Hand the finished task's outcome to `result`: the entry; for a
-        task that killed its workers, another try or the file's failure;
-        the worker function's own error, raised in the coordinator as a
-        process pool does."""
-        if result.done():  # cancelled by the coordinator
-            return
+    def _send(self, files: list[_File], tries: int) -> None:
+        task = self._tasks.submit(_run_batch, [f.call for f in files])
+
+        def cancelled(_: Future[Entry]) -> None:
+            if all(f.result.cancelled() for f in files):  # the coordinator wants none of them
+                task.cancel()
+
+        for f in files:
+            f.result.add_done_callback(cancelled)
+        task.add_done_callback(lambda t: self._settle(t, files, tries))
+
+    def _settle(self, task: Future[list[Entry | Exception]], files: list[_File], tries: int) -> None:
+        """Hand the finished task's outcomes to the files' futures: each
+        entry, or the worker function's error for its file; for a task that
+        killed its workers, each file once more alone, or (alone already)
+        the file's failure. Files the coordinator cancelled meanwhile are
+        left as they are."""
         if task.cancelled():
-            result.cancel()
+            for f in files:
+                f.result.cancel()
             return
         error = task.exception()
         if error is None:
-            result.set_result(task.result())
-        elif isinstance(error, KilledWorker) and tries > 1:
-            log.warning("%s: its workers died while it ran; trying it once more", source)
-            self._resend.submit(self._send, result, call, source, tries - 1)
+            for f, outcome in zip(files, task.result(), strict=True):
+                if f.result.done():
+                    continue
+                if isinstance(outcome, Exception):
+                    f.result.set_exception(outcome)
+                else:
+                    f.result.set_result(outcome)
+            return
+        files = [f for f in files if not f.result.done()]
+        if isinstance(error, KilledWorker) and tries > 1:
+            if files:
+                log.warning("%s: its workers died while it ran; trying each of its %d file(s) once more, alone",
+                            files[0].source, len(files))
+            for f in files:
+                self._resend.submit(self._send, [f], tries - 1)
         elif isinstance(error, KilledWorker):
-            result.set_result(Entry(source, IngestOutcome.FAILED, Reason.WORKER_CRASHED.value,
-                                    "the worker process died on this file each time it was tried "
-                                    "(a decoder crash or out of memory)"))
+            for f in files:
+                f.result.set_result(Entry(f.source, IngestOutcome.FAILED, Reason.WORKER_CRASHED.value,
+                                          "the worker process died on this file each time it was tried "
+                                          "(a decoder crash or out of memory)"))
         else:
-            result.set_exception(error)
+            for f in files:
+                f.result.set_exception(error)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        """Stop the resend thread (the client belongs to `DaskPool`)."""
+        """Stop the batch timer and the resend thread (the client belongs to `DaskPool`)."""
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
         self._resend.shutdown(wait=wait)
 
 
@@ -138,6 +228,9 @@ class DaskPool:
         self._client = Client(address)
         info = self._client.scheduler_info(n_workers=-1)
         self.workers = max(1, sum(w["nthreads"] for w in info["workers"].values()))
+        # Two full tasks per worker thread: one running, one waiting at the scheduler for it.
+        self.ahead = 2 * BATCH_FILES * self.workers
+        self.remote = True  # workers may be other machines: they put into a remote store themselves
         self._executor = _DaskExecutor(self._client)
         log.info("Dask cluster %s: %d worker threads", address, self.workers)
 

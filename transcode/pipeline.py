@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import dataclasses
 import multiprocessing
 import os
 import shutil
 import signal
+import tempfile
 import threading
 import time
 import uuid
@@ -39,6 +41,7 @@ from pydicom.fileset import FileSet
 from transcode import logs
 from transcode.archive.index import SERIES_TAGS, STUDY_TAGS, FrameRow, InstanceRow, Record
 from transcode.archive.layout import InvalidUID, check_uid, conflict_path, object_path
+from transcode.archive.objects import put_staged
 from transcode.archive.store import Archive
 from transcode.codecs.htj2k import EncodeSettings
 from transcode.dicom.metadata import DicomJson, dicom_json
@@ -93,7 +96,9 @@ def _dicomdir(path: Path, once: Callable[[Path], Iterator[Path]]) -> Iterator[Pa
 
 
 def work(source: str, staging: str, settings: EncodeSettings, crosscheck: str, threads: int) -> Entry:
-    """Runs in a worker process: transcode `source` into staging and describe it."""
+    """Runs in a worker process: transcode `source` into staging and describe it.
+    `staging` is a folder, or a URL (`Archive.remote_staging`) under which
+    the finished object is put from a local temporary file."""
     started = time.perf_counter()
     path = Path(source)
     entry = Entry(source)
@@ -105,7 +110,8 @@ def work(source: str, staging: str, settings: EncodeSettings, crosscheck: str, t
     # Hashed beside the transcoding (reads and BLAKE3 release the GIL): on a
     # 640 MB tomosynthesis object, 0.1 s that would otherwise come first.
     source_digest = _HASHER.submit(file_digest, path)
-    staged = Path(staging, f"{uuid.uuid4().hex}.dcm")
+    remote = "://" in staging
+    staged = Path(tempfile.gettempdir() if remote else staging, f"{uuid.uuid4().hex}.dcm")
     # Not durable here: the coordinator fsyncs when it places the object.
     result = transcode_file(path, staged, settings=settings, crosscheck=crosscheck, workers=threads,
                             durable=False, metadata=True)
@@ -141,6 +147,8 @@ def work(source: str, staging: str, settings: EncodeSettings, crosscheck: str, t
         except InvalidUID as exc:
             staged.unlink(missing_ok=True)
             entry.outcome, entry.reason, entry.detail = IngestOutcome.FAILED, Reason.INVALID_UID.value, str(exc)
+    if remote and entry.staged:
+        entry.staged = dataclasses.replace(entry.staged, path=put_staged(staging, staged))
     entry.seconds = time.perf_counter() - started
     return entry
 
@@ -179,6 +187,9 @@ def _describe(ds: Dataset, entry: Entry) -> DicomJson:
 SETTLE_WINDOW = 0.05
 SETTLE_BATCH = 64
 
+#: Files in flight per local worker process (`Pool.ahead`).
+AHEAD = 4
+
 #: One thread per worker process for source digests.
 _HASHER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="source-digest")
 
@@ -214,9 +225,15 @@ def _new_pool(workers: int) -> ProcessPoolExecutor:
 class Pool(Protocol):
     """Where `Ingest` runs `work`: `get` an executor of `workers` slots,
     `discard` one found broken (a `BrokenProcessPool`), `close` at the end.
-    `WorkerPool` (local processes) and `cluster.DaskPool` (a Dask cluster)."""
+    `WorkerPool` (local processes) and `cluster.DaskPool` (a Dask cluster).
+    `ahead`: how many files may be in flight at once (submitted, not yet
+    settled): enough that no worker waits for the coordinator. `remote`:
+    workers may run on other machines (they put staged objects into a
+    remote store themselves, `Archive.remote_staging`)."""
 
     workers: int
+    ahead: int
+    remote: bool
 
     def get(self) -> Executor: ...
 
@@ -234,6 +251,8 @@ class WorkerPool:
 
     def __init__(self, workers: int) -> None:
         self.workers = workers
+        self.ahead = AHEAD * workers
+        self.remote = False
         self._pool: ProcessPoolExecutor | None = None
         self._lock = threading.Lock()
 
@@ -290,6 +309,7 @@ class Ingest:
         self.archive = archive
         self.shared = pool
         self.workers = pool.workers if pool else max(1, workers or cores)
+        self.ahead = pool.ahead if pool else AHEAD * self.workers
         self.threads = max(1, threads or cores // self.workers)
         self.settings = settings or EncodeSettings()
         self.crosscheck = CrossCheck(crosscheck).value
@@ -318,9 +338,12 @@ class Ingest:
                 todo.append(str(path))
         if self.progress:
             self.progress(self.report, 0, len(todo))  # show the bar before the first file ends
-        run_staging = self.archive.staging() / f"run-{uuid.uuid4().hex}"
+        run = f"run-{uuid.uuid4().hex}"
+        run_staging = self.archive.staging() / run
         run_staging.mkdir()
-        self._staging = str(run_staging)
+        self._local = str(run_staging)
+        remote = self.archive.remote_staging(run) if self.shared and self.shared.remote else None
+        self._staging = remote or self._local
         # Settled in discovery order, so that which of two copies of a SOP
         # Instance UID is "the" instance does not depend on timing; and in
         # batches (whatever finishes within SETTLE_WINDOW of the first), so
@@ -333,7 +356,7 @@ class Ingest:
             for n, source in sources:
                 unsettled = len(todo) - n + len(pending)  # this file, those after it, those in flight
                 pending.append((source, self._submit(pool, source, self._threads_for(unsettled))))
-                if len(pending) >= 4 * self.workers:  # bounded: discovery outruns the workers
+                if len(pending) >= self.ahead:  # bounded: discovery outruns the workers
                     return
 
         try:
@@ -433,7 +456,7 @@ class Ingest:
         archived = placed.get(sop) or self._archived(sop)
         decision = resend(archived[0], newcomer, self.on_conflict) if archived else None
         if decision is not None and decision.action is Resend.DUPLICATE:
-            Path(staged.path).unlink()
+            self.archive.discard(Path(staged.path))
             entry.outcome, entry.detail = IngestOutcome.DUPLICATE, decision.detail
             return Record(ledger=entry.ledger())
         if decision is not None and decision.action is Resend.CONFLICT:
@@ -475,7 +498,7 @@ class Ingest:
         there already (named by its digest) and leaves it."""
         aside = conflict_path(sop, previous.object_digest)
         if not self.archive.exists(aside):
-            staged = Path(self._staging, f"{uuid.uuid4().hex}.aside")
+            staged = Path(self._local, f"{uuid.uuid4().hex}.aside")
             size = self.archive.size(relative)
             with open(staged, "wb") as out:
                 for start in range(0, size, _COPY_CHUNK):

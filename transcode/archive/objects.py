@@ -6,6 +6,13 @@ the same keys `FolderArchive` uses as paths (`objects/STUDY/SERIES/SOP.dcm`,
 folder given by the caller: the SQLite index, the workers' staging folder
 and the writer lock. `root` is None: nothing may open an object by path.
 
+Workers that may run on other machines (a Dask cluster) put what they
+staged into a remote store themselves, under `staging/RUN/` keys
+(`remote_staging`, `put_staged`): no key there is ever an object, and
+`place` moves one to its object key with a server-side copy, which shows
+the whole object or nothing, so a half-written object never looks
+finished. A write session deletes what killed runs left under `staging/`.
+
 The identity rules of `identity.py` hold with the marker stored as the
 object `archive.json` beside the objects: an index that does not describe
 the store (another archive's, an older copy, a fresh catalog over a store
@@ -15,9 +22,11 @@ with objects) is refused with ArchiveMismatch. `transcode verify
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +47,11 @@ from transcode.stores.base import ByteRange, ObjectMissing, ObjectTruncated, Sto
 log = logging.getLogger(__name__)
 
 MARKER = "archive.json"
+#: The key prefix of objects that workers staged in the store.
+STAGED = "staging/"
+#: Puts in flight at once from `place` (uploads side by side: an object
+#: store answers each after a round trip or more).
+PUTS = 8
 
 
 class ArchiveURLError(ValueError):
@@ -56,8 +70,11 @@ class StoreArchive(SessionArchive):
             raise ValueError("a write session is neither read-only nor unchecked")
         self.store = store
         self.name = name
-        self.catalog = Path(catalog)
+        self.catalog = Path(catalog).absolute()  # a staged file's path is absolute, a staged key never
         self.read_only = read_only or not store.supports_writes
+        self.remote = store.remote
+        self._uploads = ThreadPoolExecutor(max_workers=PUTS, thread_name_prefix="store-put")
+        self._puts: dict[str, Future[None]] = {}  # key -> its put, until a flush or a read waited for it
         self._staging = self.catalog / "staging"
         if not self.read_only:
             self._staging.mkdir(parents=True, exist_ok=True)
@@ -66,6 +83,9 @@ class StoreArchive(SessionArchive):
         self._open_index(self.catalog / "index.sqlite", check=check)
         if exclusive:
             clear_staging(self._staging)
+            if self.store.remote:
+                for key in list(self.store.list(STAGED)):
+                    self.store.delete(key)
 
     def _check(self) -> tuple[Identity | None, str | None]:
         """As `FolderArchive._check`, with the marker in the store."""
@@ -99,20 +119,52 @@ class StoreArchive(SessionArchive):
         self.store.put(MARKER, encode_marker(identity))
 
     def place(self, staged: Path, relative: str) -> None:
-        """`store.put` (atomic and durable when it returns), then the staged
-        file is removed."""
+        """Start `store.put` (atomic, and durable when it returns) on one of
+        `PUTS` threads, the staged file removed after it: a batch of files
+        is uploaded side by side, not one round trip after another. An
+        earlier put of the same key still running is waited for first, so
+        the last place wins, as with renames. Called by the writer's thread only."""
         if self.read_only:
             raise ArchiveReadOnly(f"{self.name} is open read-only")
         self._start_writing()
-        self.store.put(relative, staged)
-        staged.unlink()
+        self._landed(relative)
+        self._puts[relative] = self._uploads.submit(self._put, staged, relative)
+
+    def _put(self, staged: Path, relative: str) -> None:
+        if staged.is_absolute():  # a file in the local staging folder
+            self.store.put(relative, staged)
+            staged.unlink()
+        else:  # a key a worker put under STAGED
+            self.store.rename(staged.as_posix(), relative)
+
+    def remote_staging(self, run: str) -> str | None:
+        """`NAME/staging/RUN` where the store is remote (S3), else None."""
+        return f"{self.name.rstrip('/')}/{STAGED}{run}" if self.store.remote else None
+
+    def discard(self, staged: Path) -> None:
+        if staged.is_absolute():
+            staged.unlink()
+        else:
+            self.store.delete(staged.as_posix())
 
     def flush(self) -> None:
-        """Nothing to do: every `place` was durable when it returned."""
+        """Wait for every put started by `place`; the first that failed
+        raises its error (StoreUnavailable), after all have ended."""
+        puts, self._puts = self._puts, {}
+        errors = [error for error in (put.exception() for put in puts.values()) if error is not None]
+        if errors:
+            raise errors[0]
+
+    def _landed(self, relative: str) -> None:
+        """Wait for a put of `relative` still running (its error raises)."""
+        put = self._puts.pop(relative, None)
+        if put is not None:
+            put.result()
 
     def read(self, relative: str, start: int = 0, end: int | None = None) -> bytes:
         """Bytes [start, end) of an object, fewer where it ends first (as a
         file read); FileNotFoundError (ObjectMissing) when it is missing."""
+        self._landed(relative)
         if start == 0 and end is None:
             return self.store.get(relative)
         if end is not None:  # the common case, one request: a range inside the object
@@ -126,27 +178,34 @@ class StoreArchive(SessionArchive):
 
     def read_into(self, relative: str, start: int, view: memoryview) -> None:
         """EOFError (ObjectTruncated) when the object ends before `view` is full."""
+        self._landed(relative)
         view[:] = self.store.get_range(relative, ByteRange(start, start + len(view)))
 
     def read_ranges(self, relative: str, ranges: Sequence[ByteRange]) -> list[bytearray]:
         """Several ranges in one `get_ranges` call (one request per range, or
         fewer, where the store coalesces them)."""
+        self._landed(relative)
         return [bytearray(data) for data in self.store.get_ranges(relative, ranges)]
 
     def exists(self, relative: str) -> bool:
+        self._landed(relative)
         return self.store.exists(relative)
 
     def list(self, prefix: str) -> Iterator[str]:
         return self.store.list(prefix)
 
     def size(self, relative: str) -> int:
+        self._landed(relative)
         return self.store.size(relative)
 
     def staging(self) -> Path:
         return self._staging
 
     def close(self) -> None:
+        """Let the puts started end (an interrupted run's too: a put half
+        done is invisible, one done is kept), then end the session."""
         try:
+            self._uploads.shutdown(wait=True)
             super().close()
         finally:
             self.store.close()
@@ -216,6 +275,27 @@ def address_of(archive: Archive) -> ArchiveAddress:
     if archive.root is None:
         raise TypeError(f"{archive!r} has no address")
     return ArchiveAddress(os.fspath(archive.root))
+
+
+def put_staged(staging: str, local: Path) -> str:
+    """In a worker: put the finished file `local` under `staging` (a
+    `remote_staging` URL), remove it, and return its key, which the
+    coordinator's `place` takes as the staged path."""
+    base, _, run = staging.partition(f"/{STAGED}")
+    key = f"{STAGED}{run}/{local.name}"
+    try:
+        _staging_store(base).put(key, local)
+    finally:  # stored or not, the temporary file goes
+        local.unlink(missing_ok=True)
+    return key
+
+
+@functools.cache
+def _staging_store(url: str) -> Store:
+    """One client per worker process and archive (its connection pool)."""
+    from transcode.stores.s3 import S3Store
+
+    return S3Store.from_url(url)
 
 
 def open_archive(url: str | os.PathLike[str], *, catalog: str | os.PathLike[str] | None = None,

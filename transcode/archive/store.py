@@ -57,6 +57,9 @@ class Archive(ABC):
     read_only: bool = False
     #: Why the index is not this archive's (opened unchecked: `verify`); None when it is.
     mismatch: str | None = None
+    #: Reads wait on the network (`Store.remote`): the server makes them
+    #: on its thread pool, never on its event loop.
+    remote: bool = False
 
     @abstractmethod
     def place(self, staged: Path, relative: str) -> None:
@@ -126,6 +129,17 @@ class Archive(ABC):
     @abstractmethod
     def staging(self) -> Path:
         """A local folder where workers write objects before `place`."""
+
+    def remote_staging(self, run: str) -> str | None:
+        """For workers that may run on other machines: a URL under which
+        they put the objects of run `run` themselves (`objects.put_staged`),
+        or None where they write into `staging()` (a folder archive, or a
+        store on this machine)."""
+        return None
+
+    def discard(self, staged: Path) -> None:
+        """Drop a staged object that is not placed (a duplicate)."""
+        staged.unlink()
 
     def close(self) -> None:
         self.index.close()

@@ -86,6 +86,18 @@ def steady_seconds(archive: Path, files: int) -> float:
     return (last - first) / (count - 1)
 
 
+def timed_ingest(options: Sequence[str], index: Path, files: int) -> tuple[float, float, float]:
+    """One `transcode ingest OPTIONS --threads 1` of `files` files: wall
+    seconds of the command, seconds of the run itself (from its report:
+    without what the command does before and after, such as starting and
+    stopping a Dask cluster) and steady seconds per file (`steady_seconds`
+    of `index`, the folder holding the index)."""
+    report = index.with_suffix(".json")
+    wall, _ = peak_rss([sys.executable, "-m", "transcode.cli", "ingest", *options, "--threads", "1",
+                        "--report", str(report)])
+    return wall, json.loads(report.read_text())["seconds"], steady_seconds(index, files)
+
+
 def worker_seconds(archive: Path) -> float:
     """Seconds the workers spent on the files, from the ledger: the time of
     a lone file (a tomosynthesis object) without start-up and spawn."""

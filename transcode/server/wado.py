@@ -129,15 +129,19 @@ def frames_route(service: Service, prefix: str) -> Route:
     plain Starlette route placed before all others: FastAPI's parameter
     machinery and a walk past every other route cost more than the frame.
 
-    One frame as stored is an index lookup and one read from the page
-    cache, done on the event loop (a hop to the thread pool costs more
-    too). Decoding, and streams of many frames, go to the thread pool."""
+    One frame as stored from a local archive is an index lookup and one
+    read from the page cache, done on the event loop (a hop to the thread
+    pool costs more too). Decoding, streams of many frames and every read
+    from a remote archive (a round trip to S3 would stall every other
+    request on the loop) go to the thread pool."""
+
+    remote = service.archive.remote
 
     async def endpoint(request: Request) -> Response:
         p = request.path_params
         stored = service.catalog.instance(p["study"], p["series"], p["sop"])
         numbers, level = parse_frames(p["frames"], service.max_frames), parse_level(request.query_params.get("level"))
-        if len(numbers) == 1 and stored.transcoded and not _wants_decoded(request, stored):
+        if len(numbers) == 1 and stored.transcoded and not remote and not _wants_decoded(request, stored):
             return send_frames(service, request, stored, numbers, level)
         return await run_in_threadpool(send_frames, service, request, stored, numbers, level)
 

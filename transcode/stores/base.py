@@ -103,6 +103,9 @@ class Store(ABC):
     supports_listing: bool = True
     #: Ranges are read without fetching the whole object.
     supports_partial_reads: bool = True
+    #: Reads wait on the network (a round trip at least, a timeout at
+    #: worst): a caller on an event loop makes them on a thread instead.
+    remote: bool = False
 
     @abstractmethod
     def get(self, key: str) -> bytes:
@@ -139,6 +142,14 @@ class Store(ABC):
     def list(self, prefix: str = "") -> Iterator[str]:
         """Every key that starts with `prefix` (a plain string prefix, as
         S3 has), in no particular order."""
+
+    def rename(self, source: str, key: str) -> None:
+        """Move the object at `source` to `key`, replacing any there: `key`
+        shows the whole object or the old one, never a part (a backend
+        copies server-side where it can); then `source` is deleted.
+        ObjectMissing when `source` is missing."""
+        self.put(key, self.get(source))
+        self.delete(source)
 
     def check_writable(self) -> None:
         """Raise StoreReadOnly unless `supports_writes`."""

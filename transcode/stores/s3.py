@@ -47,6 +47,8 @@ class S3Store(Store):
     """Objects under `prefix` in `bucket`; endpoint and credentials from
     `env` (default: the process environment)."""
 
+    remote = True
+
     def __init__(self, bucket: str, prefix: str = "", *, read_only: bool = False,
                  env: Mapping[str, str] | None = None) -> None:
         env = os.environ if env is None else env
@@ -122,6 +124,17 @@ class S3Store(Store):
             obstore.put(self._bucket, check_key(key), source)
         except (BaseError, OSError) as exc:
             raise StoreUnavailable(f"{self!r}: storing {key} failed ({_why(exc)})") from None
+
+    def rename(self, source: str, key: str) -> None:
+        """A server-side copy (CopyObject: the copy appears whole or not at
+        all, as a put does), then a delete of `source`."""
+        self.check_writable()
+        try:
+            obstore.rename(self._bucket, check_key(source), check_key(key))
+        except (BaseError, FileNotFoundError, OSError) as exc:
+            if isinstance(exc, FileNotFoundError):
+                raise ObjectMissing(f"{source} is not stored") from None
+            raise StoreUnavailable(f"{self!r}: moving {source} to {key} failed ({_why(exc)})") from None
 
     def delete(self, key: str) -> None:
         self.check_writable()
