@@ -211,15 +211,19 @@ def _die_with_parent() -> None:
         os._exit(1)
 
 
-def _start_worker() -> None:
-    """Worker initializer: tied to the coordinator's life, logging as it does."""
+def _start_worker(nice: int = 0) -> None:
+    """Worker initializer: tied to the coordinator's life, logging as it
+    does, `nice` steps below the coordinator's scheduling priority."""
     _die_with_parent()
     logs.inherit()
+    if nice:
+        os.nice(nice)
 
 
-def _new_pool(workers: int) -> ProcessPoolExecutor:
+def _new_pool(workers: int, nice: int = 0) -> ProcessPoolExecutor:
     context = multiprocessing.get_context("spawn")  # no fork of the SQLite connection or threads
-    return ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_start_worker)
+    return ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_start_worker,
+                               initargs=(nice,))
 
 
 class Pool(Protocol):
@@ -247,10 +251,13 @@ class WorkerPool:
     a few files at a time, often: each STOW-RS request of the server would
     otherwise pay for starting interpreters (about half a second) to
     transcode one instance in milliseconds. Started on first use; a pool
-    broken by a crashing worker is replaced."""
+    broken by a crashing worker is replaced. `nice`: how far below the
+    caller's scheduling priority the workers run (a receiver answering
+    senders first, transcoding with what CPU is left)."""
 
-    def __init__(self, workers: int) -> None:
+    def __init__(self, workers: int, nice: int = 0) -> None:
         self.workers = workers
+        self.nice = nice
         self.ahead = AHEAD * workers
         self.remote = False
         self._pool: ProcessPoolExecutor | None = None
@@ -259,7 +266,7 @@ class WorkerPool:
     def get(self) -> ProcessPoolExecutor:
         with self._lock:
             if self._pool is None:
-                self._pool = _new_pool(self.workers)
+                self._pool = _new_pool(self.workers, self.nice)
             return self._pool
 
     def discard(self, pool: Executor) -> None:

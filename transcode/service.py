@@ -134,7 +134,8 @@ class IngestService:
     instance after instance pays for opening it once, not per instance
     (two index commits and two marker writes each time). While it is held,
     another writer (`transcode ingest`, another server) is refused with
-    `ArchiveBusy`; `hold=0` releases it after every call."""
+    `ArchiveBusy`; `hold=0` releases it after every call. `nice`: the
+    workers' priority below the caller's (`WorkerPool`)."""
 
     def __init__(
         self,
@@ -145,13 +146,14 @@ class IngestService:
         crosscheck: CrossCheck | str = CrossCheck.SAMPLE,
         on_conflict: OnConflict | str = OnConflict.KEEP,
         hold: float = 2.0,
+        nice: int = 0,
     ) -> None:
         self.address = ArchiveAddress.of(archive)
         self.settings = settings
         self.crosscheck = CrossCheck(crosscheck)
         self.on_conflict = OnConflict(on_conflict)
         self.hold = hold
-        self._pool = WorkerPool(workers)
+        self._pool = WorkerPool(workers, nice)
         self._lock = threading.Lock()
         self._archive: Archive | None = None
         self._last_call = 0.0

@@ -84,6 +84,8 @@ log = logging.getLogger(__name__)
 
 #: Warning: the data set's SOP Class UID is not the one it was sent under (PS3.4 B.2.3).
 DATA_SET_MISMATCH = 0xB007
+#: Under --ack spooled, the ingest workers' priority below the receiver's (os.nice steps).
+SPOOLED_NICE = 10
 #: The Error Comment (0000,0902) is an LO: at most 64 characters.
 _COMMENT = 64
 _DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
@@ -233,8 +235,10 @@ class Receiver:
         self.accept_from = list(accept_from)
         self.on_archived = list(on_archived)
         self.spool = Spool(self.archive.local / "spool" / "incoming")
+        self.ack = Ack(ack)
+        # Answering first: under --ack spooled the workers transcode with the CPU the senders leave.
         self.service = IngestService(self.archive, workers=workers, settings=settings, crosscheck=crosscheck,
-                                     on_conflict=on_conflict)
+                                     on_conflict=on_conflict, nice=SPOOLED_NICE if self.ack is Ack.SPOOLED else 0)
         self.studies = StudyTracker(study_idle, list(study_hooks), archive=str(self.archive),
                                     state=self.archive.local / "spool" / "studies.json")
         self._commit = _GroupCommit(self.service)
@@ -245,7 +249,6 @@ class Receiver:
         self.ae.require_called_aet = True  # an association addressed to another AE title is rejected
         self.ae.add_supported_context(Verification)
         self.ssl_context, self.audit = ssl_context, audit
-        self.ack = Ack(ack)
         self._behind = threading.BoundedSemaphore(backlog)  # instances answered before they are archived
         self._server: Any = None
         self._unrestricted = _config.UNRESTRICTED_STORAGE_SERVICE
