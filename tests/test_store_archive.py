@@ -19,9 +19,10 @@ import pytest
 from tests import seaweed
 from tests.test_ingest import make_study
 from transcode.archive import ArchiveMismatch, FolderArchive
-from transcode.archive.index import FrameRow, Index, InstanceRow
 from transcode.archive.objects import MARKER, ArchiveURLError, StoreArchive, open_archive
 from transcode.archive.store import Archive
+from transcode.catalog.base import FrameRow, InstanceRow
+from transcode.catalog.sqlite import SQLiteCatalog
 from transcode.cli import EXIT_FAILED, EXIT_USAGE, main
 from transcode.codecs import htj2k
 from transcode.digest import Digest
@@ -226,7 +227,7 @@ def assert_served_over_http(url: str, catalog: Path, rows: list[InstanceRow], bu
 
 
 def first_frame(catalog: Path, row: InstanceRow) -> FrameRow:
-    index = Index(catalog / "index.sqlite", read_only=True)
+    index = SQLiteCatalog(catalog / "index.sqlite", read_only=True)
     try:
         return index.frames(row.sop_uid)[0]
     finally:

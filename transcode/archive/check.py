@@ -16,8 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from transcode.archive.describe import frame_rows
-from transcode.archive.index import InstanceRow
 from transcode.archive.store import FolderArchive
+from transcode.catalog.base import InstanceRow
 from transcode.codecs.codestream import CodestreamError
 from transcode.dicom.read import open_instance
 from transcode.digest import file_digest, frame_digests_agree
@@ -55,7 +55,7 @@ def verify_archive(archive: FolderArchive, progress: Callable[[int, int], None] 
     problems: list[Problem] = []
     rows = list(archive.index.instances())
     known = {row.path for row in rows}
-    known |= {path for (path,) in archive.index.db.execute("SELECT path FROM conflicts")}
+    known |= archive.index.conflict_paths()
     for number, row in enumerate(rows, 1):
         if not archive.exists(row.path):
             problems.append(Problem(row.path, "missing: indexed but not on disk"))

@@ -2,9 +2,12 @@
 
 `StoreArchive` keeps the objects in a store (S3, memory, a folder) under
 the same keys `FolderArchive` uses as paths (`objects/STUDY/SERIES/SOP.dcm`,
-`conflicts/...`), and everything that is not an object in a local *catalog*
-folder given by the caller: the SQLite index, the workers' staging folder
-and the writer lock. `root` is None: nothing may open an object by path.
+`conflicts/...`), and its catalog where the caller says: a local folder
+(SQLite index, the workers' staging folder and the writer lock's file) or a
+PostgreSQL URL (catalog and writer lock in the database; staging in a local
+folder, `--staging` or a per-user one under the temporary folder, named
+after the catalog so two archives never share one). `root` is None:
+nothing may open an object by path.
 
 The identity rules of `identity.py` hold with the marker stored as the
 object `archive.json` beside the objects: an index that does not describe
@@ -15,8 +18,11 @@ with objects) is refused with ArchiveMismatch. `transcode verify
 
 from __future__ import annotations
 
+import getpass
+import hashlib
 import logging
 import os
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -29,8 +35,8 @@ from transcode.archive.store import (
     FolderArchive,
     SessionArchive,
     clear_staging,
-    take_lock,
 )
+from transcode.catalog import is_url
 from transcode.stores.base import ByteRange, ObjectMissing, ObjectTruncated, Store
 
 log = logging.getLogger(__name__)
@@ -43,25 +49,27 @@ class ArchiveURLError(ValueError):
 
 
 class StoreArchive(SessionArchive):
-    """Objects in `store`, index and staging in the local folder `catalog`.
+    """Objects in `store`; the catalog in the local folder `catalog` (with
+    the staging folder) or the PostgreSQL database at the URL `catalog`
+    (staging in `staging`, default `default_staging(catalog)`).
 
     `exclusive`, `read_only` and `check` mean what they mean for
     `FolderArchive`. `name` is how messages name the store (its URL)."""
 
     def __init__(self, store: Store, catalog: str | os.PathLike[str], *, name: str, exclusive: bool = False,
-                 read_only: bool = False, check: bool = True) -> None:
+                 read_only: bool = False, check: bool = True, staging: str | os.PathLike[str] | None = None) -> None:
         if exclusive and (read_only or not check):
             raise ValueError("a write session is neither read-only nor unchecked")
         self.store = store
         self.name = name
-        self.catalog = Path(catalog)
         self.read_only = read_only or not store.supports_writes
-        self._staging = self.catalog / "staging"
+        if is_url(catalog):
+            self._staging = Path(staging) if staging is not None else default_staging(str(catalog))
+        else:
+            self._staging = Path(staging) if staging is not None else Path(catalog) / "staging"
         if not self.read_only:
             self._staging.mkdir(parents=True, exist_ok=True)
-        if exclusive:
-            self._lock_fd = take_lock(self.catalog / ".lock")
-        self._open_index(self.catalog / "index.sqlite", check=check)
+        self._open_index(catalog, check=check, exclusive=exclusive)
         if exclusive:
             clear_staging(self._staging)
 
@@ -147,13 +155,24 @@ class StoreArchive(SessionArchive):
             self.store.close()
 
 
+def default_staging(catalog_url: str) -> Path:
+    """The staging folder of an archive whose catalog is in PostgreSQL:
+    local (workers write there), per user (another user's files are not
+    ours to clear) and per catalog (a write session clears its staging,
+    which must not be another archive's)."""
+    key = hashlib.blake2b(catalog_url.encode(), digest_size=8).hexdigest()
+    return Path(tempfile.gettempdir()) / f"transcode-{getpass.getuser()}" / f"staging-{key}"
+
+
 def open_archive(url: str | os.PathLike[str], *, catalog: str | os.PathLike[str] | None = None,
-                 exclusive: bool = False, read_only: bool = False, check: bool = True) -> Archive:
+                 exclusive: bool = False, read_only: bool = False, check: bool = True,
+                 staging: str | os.PathLike[str] | None = None) -> Archive:
     """The archive at `url`: a folder path (objects and SQLite inside it, as
     always) or `s3://BUCKET/PREFIX` (objects in S3, reached through the AWS
-    environment variables; index and staging in the local folder
-    `catalog`, required). ArchiveURLError for a URL of another scheme, an
-    S3 URL without a catalog or a folder with one."""
+    environment variables; its catalog at `catalog`, required: a local
+    folder, or a `postgresql://` URL with `staging` as the local staging
+    folder). ArchiveURLError for a URL of another scheme, an S3 URL without
+    a catalog or a folder with one."""
     text = os.fspath(url)
     scheme = urlsplit(text).scheme if "://" in text else ""  # a folder may have a colon in its name
     if scheme in ("", "file"):
@@ -172,4 +191,4 @@ def open_archive(url: str | os.PathLike[str], *, catalog: str | os.PathLike[str]
     except ValueError as exc:
         raise ArchiveURLError(str(exc)) from None
     return StoreArchive(store, catalog, name=text, exclusive=exclusive,
-                        read_only=read_only, check=check)
+                        read_only=read_only, check=check, staging=staging)

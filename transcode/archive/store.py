@@ -9,7 +9,6 @@ Store, is `transcode.archive.objects.StoreArchive`; the index stays SQLite.
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import shutil
@@ -23,16 +22,18 @@ from typing import Self
 
 from transcode.archive import identity
 from transcode.archive.identity import ArchiveMismatch, Identity, read_marker, write_marker
-from transcode.archive.index import Index
 from transcode.archive.layout import Layout
+from transcode.catalog import open_catalog
+from transcode.catalog.base import ArchiveBusy, Catalog
+from transcode.catalog.sqlite import take_lock
 from transcode.dicom.write import fsync_path
 from transcode.stores.base import ByteRange
 
 log = logging.getLogger(__name__)
 
 
-class ArchiveBusy(RuntimeError):
-    """Another process is ingesting into this archive."""
+__all__ = ["Archive", "ArchiveBusy", "ArchiveReadOnly", "FolderArchive", "SessionArchive", "clear_staging",
+           "take_lock"]
 
 
 class ArchiveReadOnly(RuntimeError):
@@ -40,9 +41,10 @@ class ArchiveReadOnly(RuntimeError):
 
 
 class Archive(ABC):
-    """Stored objects by archive-relative path, plus the index."""
+    """Stored objects by archive-relative path, plus the catalog."""
 
-    index: Index
+    #: The catalog (transcode.catalog): the name the pipeline has always used.
+    index: Catalog
     #: The local folder holding the archive, if it has one (never ingested from).
     root: Path | None = None
     #: Opened for reading only: nothing may be placed or indexed.
@@ -112,7 +114,6 @@ class SessionArchive(Archive):
 
     identity: Identity | None
     mismatch: str | None
-    _lock_fd: int | None = None
     #: Whether this session has placed an object (and so raised the generation).
     _writing: bool = False
 
@@ -124,14 +125,18 @@ class SessionArchive(Archive):
     def _write_marker(self, identity: Identity) -> None:
         """Record a write session's generation in the marker (not durably: identity.py)."""
 
-    def _open_index(self, path: Path, *, check: bool) -> None:
-        """Open the index at `path` and check it against the marker;
+    def _open_index(self, where: str | os.PathLike[str], *, check: bool, exclusive: bool) -> None:
+        """Open the catalog at `where` (a folder holding index.sqlite, or a
+        PostgreSQL URL: `open_catalog`), take the writer lock when
+        `exclusive` (ArchiveBusy), and check the catalog against the marker;
         ArchiveMismatch (with `check`), and the lock released, when it is not
         this archive's."""
         try:
-            if self.read_only and not path.is_file():
-                raise FileNotFoundError(f"{path} does not exist")
-            self.index = Index(path, read_only=self.read_only)
+            self.index = open_catalog(where, read_only=self.read_only)
+            if self.read_only and self.index.path is not None and not self.index.path.is_file():
+                raise FileNotFoundError(f"{self.index.path} does not exist")
+            if exclusive:
+                self.index.lock()
             self.identity, self.mismatch = self._check()
             if self.mismatch and check:
                 raise ArchiveMismatch(self.mismatch)
@@ -155,10 +160,7 @@ class SessionArchive(Archive):
 
     def _release(self) -> None:
         if getattr(self, "index", None) is not None:
-            self.index.close()
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
+            self.index.close()  # and its writer lock
 
     def close(self) -> None:
         try:
@@ -198,9 +200,7 @@ class FolderArchive(SessionArchive):
         self._syncer: ThreadPoolExecutor | None = None
         if not read_only:
             self.layout.create()
-        if exclusive:
-            self._lock_fd = take_lock(self.layout.lock)
-        self._open_index(self.layout.index, check=check)
+        self._open_index(self.layout.root, check=check, exclusive=exclusive)
         if exclusive:
             clear_staging(self.layout.staging)
         self._unsynced: list[Path] = []
@@ -323,15 +323,3 @@ def _pread_into(fd: int, relative: str, start: int, view: memoryview) -> None:
         if not n:
             raise EOFError(f"{relative} ends before byte {start + len(view)}")
         view, start = view[n:], start + n
-
-
-def take_lock(path: Path) -> int:
-    """Hold the archive's writer lock (released when the returned descriptor
-    is closed); ArchiveBusy when another process holds it."""
-    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError as exc:
-        os.close(fd)
-        raise ArchiveBusy(f"another ingest holds {path}") from exc
-    return fd

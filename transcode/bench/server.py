@@ -50,9 +50,9 @@ from transcode.bench import secured
 from transcode.bench.dataset import write_instance
 from transcode.phantom import phantom
 from transcode.server import create_app, render
-from transcode.server.catalog import Catalog
 from transcode.server.frames import FrameReader
 from transcode.server.integrity import UNCHECKED
+from transcode.server.lookup import Lookup
 
 ACCEPT = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
 
@@ -170,7 +170,7 @@ def thumbnail_times(archive: Path, repeats: int = 20) -> dict[str, float]:
     prefix read, checked and decoded) against a full decode and the same
     resize and encode."""
     with FolderArchive(archive) as store:
-        catalog, reader = Catalog(store.index.path), FrameReader(store)
+        catalog, reader = Lookup(store.index), FrameReader(store)
         row = next(store.index.instances())
         stored = catalog.instance(row.study_uid, row.series_uid, row.sop_uid)
         index = stored.index(1)

@@ -47,7 +47,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE, _config
 
 from transcode.archive import FolderArchive
-from transcode.archive.index import InstanceRow
+from transcode.catalog.base import InstanceRow
 from transcode.dimse.scu import RemoteAE, no_delay
 from transcode.entries import Entry, IngestOutcome
 from transcode.server import convert

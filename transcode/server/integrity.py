@@ -36,8 +36,8 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
-from transcode.archive.index import InstanceRow
 from transcode.archive.store import Archive
+from transcode.catalog.base import InstanceRow
 from transcode.digest import Digest, frame_pieces_match, frame_prefix_matches
 from transcode.server.errors import StoredDataError
 from transcode.stores.base import ByteRange
