@@ -58,3 +58,11 @@ def counting_client(counting_archive):  # -> fastapi.testclient.TestClient
     from transcode.server import create_app
 
     return TestClient(create_app(counting_archive))
+
+
+@pytest.fixture(scope="session")
+def postgres():  # -> tests.postgres.Postgres
+    """A PostgreSQL server for the session (skips where it is not installed)."""
+    from tests.postgres import start
+
+    yield from start()
