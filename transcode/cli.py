@@ -27,7 +27,9 @@ from typing import Any, TextIO
 from transcode import limits, logs
 from transcode.archive import ArchiveBusy, ArchiveMismatch, FolderArchive
 from transcode.archive.check import verify_archive
-from transcode.archive.objects import ArchiveURLError, open_archive
+from transcode.archive.objects import ArchiveURLError, default_staging, open_archive
+from transcode.catalog import is_url
+from transcode.catalog.base import CatalogError
 from transcode.archive.rebuild import rebuild_index
 from transcode.codecs import codestream
 from transcode.codecs.htj2k import EncodeSettings
@@ -195,7 +197,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     progress = Progress()
     try:
-        with open_archive(args.archive, catalog=args.catalog, exclusive=True) as archive:
+        with open_archive(args.archive, catalog=args.catalog, staging=args.staging, exclusive=True) as archive:
             report = ingest(
                 args.paths, archive, workers=args.workers, threads=args.threads, crosscheck=args.crosscheck,
                 progress=progress, on_entry=report_file.add if report_file else None, keep_entries=False,
@@ -207,6 +209,10 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     except (ArchiveBusy, ArchiveMismatch, ArchiveURLError) as exc:
         print(f"transcode: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except CatalogError as exc:  # a PostgreSQL catalog that cannot be reached, or failed mid-run
+        print(f"transcode: {exc}. Everything committed so far is safe; rerun the same command once fixed.",
+              file=sys.stderr)
+        return EXIT_FAILED
     except (OSError, sqlite3.OperationalError) as exc:  # the archive or the report failed (disk full, read-only)
         if not (isinstance(exc, OSError) or out_of_space(exc)):
             raise
@@ -360,13 +366,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def _store_security(args: argparse.Namespace) -> dict[str, Any] | None:
     """For an object-store archive, which must open read-only with its
     catalog: the security options, with its API keys and audit trail in the
-    catalog folder (local and writable). None when refused (and why said)."""
+    catalog folder (local and writable; for a PostgreSQL catalog, the
+    staging folder). None when refused (and why said)."""
     try:
-        open_archive(args.archive, catalog=args.catalog, read_only=True).close()
-        return commands.serve_security(args, Path(args.catalog), read_only=False)
-    except (ArchiveMismatch, ArchiveURLError, FileNotFoundError, commands.Refused) as exc:
+        open_archive(args.archive, catalog=args.catalog, staging=args.staging, read_only=True).close()
+        return commands.serve_security(args, _local_folder(args), read_only=False)
+    except (ArchiveMismatch, ArchiveURLError, FileNotFoundError, CatalogError, commands.Refused) as exc:
         print(f"transcode: {exc}", file=sys.stderr)
         return None
+
+
+def _local_folder(args: argparse.Namespace) -> Path:
+    """The local folder of an object-store archive's server state: its
+    catalog folder, or the staging folder beside a PostgreSQL catalog."""
+    if not is_url(args.catalog):
+        return Path(args.catalog)
+    folder = Path(args.staging) if args.staging else default_staging(args.catalog)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 def _serve(args: argparse.Namespace, archive: str, read_only: bool, security: dict[str, Any],
@@ -377,7 +394,9 @@ def _serve(args: argparse.Namespace, archive: str, read_only: bool, security: di
 
     # Each worker process builds its own app (and archive handle) from these.
     os.environ[SERVE_OPTIONS] = json.dumps({"archive": archive, "read_only": read_only,
-                                            "catalog": args.catalog and str(Path(args.catalog).resolve()),
+                                            "catalog": args.catalog if is_url(args.catalog) else
+                                            args.catalog and str(Path(args.catalog).resolve()),
+                                            "staging": args.staging and str(Path(args.staging).resolve()),
                                             "cors_origins": args.cors_origin, "stow_workers": args.stow_workers,
                                             "on_conflict": args.on_conflict,
                                             "max_frame_bytes": _frame_bytes(args.max_frame_mb),
@@ -493,6 +512,13 @@ def _encode_options(parser: argparse.ArgumentParser) -> None:
                         help="tile side in pixels (default: %(default)s)")
 
 
+def _staging_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--staging", metavar="DIR",
+                        help="with a postgresql:// catalog: the local folder for staged objects (and the server's "
+                             "API keys and audit trail); default: a per-user, per-catalog folder under the "
+                             "temporary folder")
+
+
 def _conflict_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--on-conflict", choices=[c.value for c in OnConflict], default=OnConflict.KEEP.value,
@@ -547,7 +573,9 @@ def build_parser() -> argparse.ArgumentParser:
     ingest_.add_argument("paths", nargs="+", help="files, folders (recursive) or DICOMDIR files; read only")
     ingest_.add_argument("--archive", required=True,
                          help="archive folder (created if missing), or s3://BUCKET/PREFIX (README, Object storage)")
-    ingest_.add_argument("--catalog", help="for an s3:// archive: the local folder of its index and staging")
+    ingest_.add_argument("--catalog", help="for an s3:// archive: the local folder of its index and staging, or "
+                                           "postgresql://USER@HOST:PORT/DB (README, Catalog)")
+    _staging_option(ingest_)
     ingest_.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
     ingest_.add_argument("--threads", type=int, default=None,
                          help="threads per worker over frames (default: cores / workers)")
@@ -590,7 +618,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="serve an archive over DICOMweb (QIDO-RS, WADO-RS, STOW-RS)")
     serve.add_argument("--archive", required=True, help="archive folder, or s3://BUCKET/PREFIX with --catalog")
-    serve.add_argument("--catalog", help="for an s3:// archive: the local folder of its index (served read-only)")
+    serve.add_argument("--catalog", help="for an s3:// archive: the local folder of its index, or "
+                                         "postgresql://USER@HOST:PORT/DB (served read-only; README, Catalog)")
+    _staging_option(serve)
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     serve.add_argument("--port", type=int, default=8042, help="(default: %(default)s)")
     serve.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
