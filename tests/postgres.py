@@ -129,7 +129,8 @@ def _wait(server: Postgres, process: subprocess.Popen[bytes], log: Path) -> None
 
 
 def start() -> Iterator[Postgres]:
-    """For a session fixture: `running`, skipping where PostgreSQL is unavailable."""
+    """For a session fixture: `running`, skipping where PostgreSQL (or psycopg) is unavailable."""
+    pytest.importorskip("psycopg")
     with ExitStack() as stack:
         try:
             server = stack.enter_context(running())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from transcode.catalog.base import Catalog
+from transcode.catalog.base import Catalog, CatalogError
 
 INDEX_FILE = "index.sqlite"
 SCHEMES = ("postgresql", "postgres")
@@ -20,8 +20,11 @@ def open_catalog(where: str | os.PathLike[str], *, read_only: bool = False) -> C
     """The catalog at `where`: a `postgresql://` (or `postgres://`) URL, or
     a folder holding `index.sqlite`. Nothing is created until `create`."""
     if is_url(where):
-        from transcode.catalog.postgres import PostgresCatalog
-
+        try:
+            from transcode.catalog.postgres import PostgresCatalog
+        except ImportError as exc:
+            raise CatalogError(f"a PostgreSQL catalog needs psycopg ({exc}): pip install 'transcode[postgres]'") \
+                from None
         return PostgresCatalog(str(where), read_only=read_only)
     from transcode.catalog.sqlite import SQLiteCatalog
 
