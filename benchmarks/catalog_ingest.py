@@ -27,12 +27,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests import postgres, seaweed  # noqa: E402
-from transcode.bench.dataset import write_instance  # noqa: E402
-from transcode.bench.measure import machine, save  # noqa: E402
-from transcode.phantom import phantom  # noqa: E402
+from tests import postgres, seaweed
+from transcode.bench.measure import machine, save
+from transcode.bench.server import ct_sources
 
-STUDY, SERIES = "1.2.826.0.1.3680043.8.498.1", "1.2.826.0.1.3680043.8.498.2"
 KINDS = ("folder+sqlite", "s3+sqlite", "s3+postgresql")
 
 
@@ -48,10 +46,7 @@ def main() -> int:
             postgres.running(durable=True) as pg:
         root = Path(tmp)
         env = {**os.environ, **s3.env()}
-        (root / "src").mkdir()
-        for n in range(args.files):
-            frame = phantom(512, 512, bits=12, signed=True, seed=n)
-            write_instance(frame, 12, root / "src" / f"{n:04d}.dcm", study=STUDY, series=SERIES, number=n + 1)
+        ct_sources(root / "src", args.files)
         for round_ in range(args.rounds):
             for kind in KINDS:
                 where = root / f"{kind}-{round_}"

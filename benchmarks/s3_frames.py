@@ -29,12 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.seaweed import running
-from transcode.bench.dataset import write_instance
 from transcode.bench.measure import machine, save
-from transcode.bench.server import free_port, paired, start
-from transcode.phantom import phantom
-
-STUDY, SERIES = "1.2.826.0.1.3680043.8.498.1", "1.2.826.0.1.3680043.8.498.2"
+from transcode.bench.server import ct_sources, free_port, paired, start
 
 
 def main() -> int:
@@ -48,10 +44,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp, running(Path(tmp)) as server:
         root = Path(tmp)
         env = {**os.environ, **server.env()}
-        (root / "src").mkdir()
-        for n in range(args.files):
-            frame = phantom(512, 512, bits=12, signed=True, seed=n)
-            write_instance(frame, 12, root / "src" / f"{n:04d}.dcm", study=STUDY, series=SERIES, number=n + 1)
+        study, series = ct_sources(root / "src", args.files)
         url = f"s3://{server.bucket}/frames"
         for archive in (["--archive", str(root / "folder")], ["--archive", url, "--catalog", str(root / "catalog")]):
             subprocess.run([sys.executable, "-m", "transcode.cli", "ingest", str(root / "src"), *archive], env=env,
@@ -64,9 +57,9 @@ def main() -> int:
                                             strict=True)]
         try:
             conn = http.client.HTTPConnection("127.0.0.1", ports[0])
-            conn.request("GET", f"/dicomweb/studies/{STUDY}/series/{SERIES}/instances")
+            conn.request("GET", f"/dicomweb/studies/{study}/series/{series}/instances")
             sops = [i["00080018"]["Value"][0] for i in json.loads(conn.getresponse().read())]
-            base = f"/dicomweb/studies/{STUDY}/series/{SERIES}/instances"
+            base = f"/dicomweb/studies/{study}/series/{series}/instances"
             full = [f"{base}/{sop}/frames/1" for sop in sops]
             cases = {"full": full, "level2": [f"{path}?level=2" for path in full]}
             pair = ((ports[0], servers[0].pid), (ports[1], servers[1].pid))

@@ -210,10 +210,9 @@ class CatalogTests:
         reference = SQLiteCatalog(served.root / "index.sqlite", read_only=True)
         try:
             for level, query in SEARCHES:
-                def answer(c: Catalog) -> list[dict[str, Any]]:
-                    return qido.search(c, level, query, {}, lambda *uids: "/".join(u for u in uids if u))[0]
-
-                assert answer(catalog) == answer(reference), (level, query)
+                answers = [qido.search(c, level, query, {}, lambda *uids: "/".join(u for u in uids if u))[0]
+                           for c in (catalog, reference)]
+                assert answers[0] == answers[1], (level, query)
         finally:
             reference.close()
 

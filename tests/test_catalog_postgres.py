@@ -36,7 +36,7 @@ def answers(base: str, study: str, sops: list[tuple[str, str, str]]) -> dict[str
     metadata, and every instance's frames (bytes), with its own address
     taken out of the URLs it returns."""
     out: dict[str, object] = {}
-    for path in ("/studies", f"/studies?PatientName=*&includefield=all", f"/studies/{study}/series",
+    for path in ("/studies", "/studies?PatientName=*&includefield=all", f"/studies/{study}/series",
                  f"/studies/{study}/instances?includefield=all", "/instances?Modality=CT&limit=2&offset=1",
                  f"/studies/{study}/metadata"):
         response = requests.get(base + path, timeout=30)
@@ -91,6 +91,6 @@ def test_s3_archive_with_a_postgres_catalog(tmp_path: Path, s3_server: seaweed.S
     assert main(["ingest", str(tmp_path / "src"), "--archive", url, "--catalog", fresh]) == EXIT_USAGE
 
     # One writer at a time, as with a folder's lock.
-    with open_archive(url, catalog=catalog, staging=tmp_path / "staging", exclusive=True):
-        with pytest.raises(ArchiveBusy):
-            open_archive(url, catalog=catalog, staging=tmp_path / "staging3", exclusive=True)
+    with open_archive(url, catalog=catalog, staging=tmp_path / "staging", exclusive=True), \
+            pytest.raises(ArchiveBusy):
+        open_archive(url, catalog=catalog, staging=tmp_path / "staging3", exclusive=True)

@@ -28,9 +28,9 @@ from transcode import limits, logs
 from transcode.archive import ArchiveBusy, ArchiveMismatch, FolderArchive
 from transcode.archive.check import verify_archive
 from transcode.archive.objects import ArchiveURLError, default_staging, open_archive
+from transcode.archive.rebuild import rebuild_index
 from transcode.catalog import is_url
 from transcode.catalog.base import CatalogError
-from transcode.archive.rebuild import rebuild_index
 from transcode.codecs import codestream
 from transcode.codecs.htj2k import EncodeSettings
 from transcode.dicom.read import open_instance

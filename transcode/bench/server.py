@@ -250,15 +250,21 @@ def alternating(store: FolderArchive, apps: tuple[tuple[Any, dict[str, str]], tu
     return asyncio.run(measure())
 
 
-def ct_archive(root: Path, files: int) -> tuple[str, str]:
-    """`files` CT instances (512x512, 12 bits signed) written under
-    `root`/src and ingested by `transcode ingest` into `root`/archive; their
-    study and series UIDs."""
+def ct_sources(folder: Path, files: int) -> tuple[str, str]:
+    """`files` CT instances (512x512, 12 bits signed, one series) written
+    into the new folder `folder`; their study and series UIDs."""
     study, series = "1.2.826.0.1.3680043.8.498.1", "1.2.826.0.1.3680043.8.498.2"
-    (root / "src").mkdir()
+    folder.mkdir()
     for n in range(files):
         frame = phantom(512, 512, bits=12, signed=True, seed=n)
-        write_instance(frame, 12, root / "src" / f"{n:04d}.dcm", study=study, series=series, number=n + 1)
+        write_instance(frame, 12, folder / f"{n:04d}.dcm", study=study, series=series, number=n + 1)
+    return study, series
+
+
+def ct_archive(root: Path, files: int) -> tuple[str, str]:
+    """`ct_sources` under `root`/src, ingested by `transcode ingest` into
+    `root`/archive; their study and series UIDs."""
+    study, series = ct_sources(root / "src", files)
     subprocess.run([sys.executable, "-m", "transcode.cli", "ingest", str(root / "src"), "--archive",
                     str(root / "archive")], check=True, stdout=subprocess.DEVNULL)
     return study, series
