@@ -94,3 +94,30 @@ def test_s3_archive_with_a_postgres_catalog(tmp_path: Path, s3_server: seaweed.S
     with open_archive(url, catalog=catalog, staging=tmp_path / "staging", exclusive=True), \
             pytest.raises(ArchiveBusy):
         open_archive(url, catalog=catalog, staging=tmp_path / "staging3", exclusive=True)
+
+
+def test_a_catalog_gone_answers_503(tmp_path: Path, postgres: Postgres) -> None:
+    """The server's reads fail cleanly when the database goes away: a
+    Problem naming no host, no traceback; the log says why."""
+    import psycopg
+    from fastapi.testclient import TestClient
+
+    from transcode.archive.objects import StoreArchive
+    from transcode.server import create_app
+    from transcode.stores import MemoryStore
+
+    catalog = postgres.create_database()
+    store = MemoryStore()
+    StoreArchive(store, catalog, name="memory://", exclusive=True, staging=tmp_path / "staging").close()
+    archive = StoreArchive(store, catalog, name="memory://", read_only=True)
+    try:
+        client = TestClient(create_app(archive), raise_server_exceptions=False)
+        assert client.get("/dicomweb/studies").json() == []
+        with psycopg.connect(postgres.url(), autocommit=True) as admin:
+            admin.execute(f"DROP DATABASE {catalog.rsplit('/', 1)[1]} WITH (FORCE)")
+        response = client.get("/dicomweb/studies")
+        assert response.status_code == 503
+        assert response.json()["error"] == "catalog_unavailable"
+        assert "127.0.0.1" not in response.text and "Traceback" not in response.text
+    finally:
+        archive.close()

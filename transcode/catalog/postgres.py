@@ -39,6 +39,9 @@ _SCHEMA = SCHEMA.format(int="BIGINT", real="DOUBLE PRECISION", serial="BIGSERIAL
 #: pg_try_advisory_lock's key for the archive's writer (any 64-bit constant:
 #: the lock is per database).
 WRITER_LOCK = 0x7472616E73636F64  # "transcod"
+#: Seconds a server thread waits for a pooled connection before the request
+#: fails (503): a catalog that is down answers soon, not after 30 s.
+POOL_WAIT = 5.0
 
 
 def redact(url: str) -> str:
@@ -93,8 +96,8 @@ class PostgresCatalog(Catalog):
     def _read(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         if self._pool is None:
             self._pool = ConnectionPool(self._url, min_size=1, max_size=8, open=True, name="catalog",
-                                        kwargs={"autocommit": True})
-        with self._errors(), self._pool.connection() as db:
+                                        kwargs={"autocommit": True}, timeout=POOL_WAIT)
+        with self._errors(), self._pool.connection() as db:  # PoolTimeout is a psycopg.Error too
             return db.execute(self.dialect.sql(sql), args).fetchall()
 
     def _has(self, table: str) -> bool:
