@@ -1,10 +1,12 @@
 """The `Archive` interface and its embedded backend: a folder plus SQLite.
 
 The pipeline and the server see only `Archive`: place an object, read it
-(whole, a byte range, or several ranges in one call), and query the index.
-`SessionArchive` holds what every backend shares (the identity check and
-write sessions); the object-store backend, over any `transcode.stores`
-Store, is `transcode.archive.objects.StoreArchive`; the index stays SQLite.
+(whole, a byte range, or several ranges in one call), and query the
+catalog (`archive.index`, transcode.catalog). `SessionArchive` holds what
+every backend shares (the identity check, the writer lock and write
+sessions); the object-store backend, over any `transcode.stores` Store, is
+`transcode.archive.objects.StoreArchive`, whose catalog may be SQLite or
+PostgreSQL.
 """
 
 from __future__ import annotations
@@ -133,8 +135,6 @@ class SessionArchive(Archive):
         this archive's."""
         try:
             self.index = open_catalog(where, read_only=self.read_only)
-            if self.read_only and self.index.path is not None and not self.index.path.is_file():
-                raise FileNotFoundError(f"{self.index.path} does not exist")
             if exclusive:
                 self.index.lock()
             self.identity, self.mismatch = self._check()

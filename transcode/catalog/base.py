@@ -33,10 +33,12 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
-from transcode.archive.identity import Identity
 from transcode.catalog.dialect import Dialect
+
+if TYPE_CHECKING:  # imported where used: transcode.archive's package imports this one
+    from transcode.archive.identity import Identity
 
 #: The schema; `{int}`, `{real}`, `{serial}` and `{arrival}` are the
 #: dialect's types (sqlite.py and postgres.py fill them in).
@@ -274,6 +276,8 @@ class Catalog(ABC):
         """The archive identity this catalog was written for; None for one
         without (empty, or made before identities existed). Raises the
         backend's error (CatalogError) for one that cannot be read."""
+        from transcode.archive.identity import Identity
+
         if not self._has("meta"):
             return None
         meta = dict(self._rows("SELECT key, value FROM meta WHERE key IN ('archive', 'generation')"))

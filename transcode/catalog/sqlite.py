@@ -34,7 +34,8 @@ _SCHEMA = SCHEMA.format(int="INTEGER", real="REAL", serial="INTEGER PRIMARY KEY"
 
 
 class SQLiteCatalog(Catalog):
-    """The catalog in the SQLite file at `path`."""
+    """The catalog in the SQLite file at `path` (FileNotFoundError for a
+    reader where there is none)."""
 
     dialect = SQLITE
 
@@ -44,6 +45,8 @@ class SQLiteCatalog(Catalog):
         self._local = threading.local()
         self._lock_fd: int | None = None
         if read_only:
+            if not path.is_file():  # nothing is created for a reader, not even an empty file
+                raise FileNotFoundError(f"{path} does not exist")
             self.db = sqlite3.connect(read_uri(path), uri=True, isolation_level=None, check_same_thread=False)
             self.db.execute("PRAGMA query_only=ON")
         else:
