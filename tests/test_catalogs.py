@@ -43,3 +43,15 @@ class TestPostgresCatalog(CatalogTests):
     @pytest.fixture
     def open_again(self, database: str) -> Callable[[], Catalog]:
         return lambda: open_catalog(database)
+
+
+def test_an_unreachable_postgres_catalog_is_a_sentence_without_the_password() -> None:
+    pytest.importorskip("psycopg")
+    from tests.peers import free_port
+    from transcode.catalog.base import CatalogError
+
+    url = f"postgres://reader:s3cret@127.0.0.1:{free_port()}/archive"  # nothing listens there
+    with pytest.raises(CatalogError) as caught:
+        open_catalog(url)
+    message = str(caught.value)
+    assert "s3cret" not in message and "reader@127.0.0.1" in message and "\n" not in message
