@@ -307,11 +307,61 @@ def test_study_complete_hooks_fire_once(tmp_path: Path, monkeypatch: pytest.Monk
     assert summary["calling_ae_titles"] == ["MODALITY", "SECOND"]
 
 
-def _listen(archive: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
+def test_a_study_waiting_at_stop_fires_after_the_restart(tmp_path: Path) -> None:
+    fired = tmp_path / "fired.jsonl"
+    hook = command_hook(f"cat >> {fired}; echo >> {fired}")
+    files = generate.write_ct_series(tmp_path / "series", 3, rows=32, columns=32)
+    r = Receiver(tmp_path / "archive", port=free_port(), workers=1, study_idle=3600, study_hooks=[hook])
+    r.start()
+    try:
+        send(r.address[1], *files[:2])
+    finally:
+        r.stop()
+    assert not fired.exists()  # a stop is not the end of a study
+    r = Receiver(tmp_path / "archive", port=free_port(), workers=1, study_idle=1.0, study_hooks=[hook])
+    r.start()
+    try:
+        send(r.address[1], files[2], calling="SECOND")  # the same study goes on after the restart
+        deadline = time.monotonic() + 30
+        while not fired.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(2.5)  # quiet for longer than study_idle again: it must not fire twice
+    finally:
+        r.stop()
+    got = [json.loads(line) for line in fired.read_text().splitlines() if line]
+    assert len(got) == 1
+    assert got[0]["instances"] == 3 and got[0]["outcomes"] == {"transcoded": 3}
+    assert got[0]["calling_ae_titles"] == ["MODALITY", "SECOND"]
+    assert got[0]["study_uid"] == str(pydicom.dcmread(files[0]).StudyInstanceUID)
+
+
+def test_kill_9_keeps_the_studies_waiting_for_their_hooks(tmp_path: Path) -> None:
+    archive, port, log, fired = tmp_path / "archive", free_port(), tmp_path / "listen.log", tmp_path / "fired.jsonl"
+    on_study = ["--on-study", f"cat >> {fired}; echo >> {fired}"]
+    files = generate.write_ct_series(tmp_path / "series", 2, rows=32, columns=32)
+    process = _listen(archive, port, log, "--study-idle", "3600", *on_study)
+    acknowledged, _ = _storescu(port, files)
+    assert acknowledged == set(files)
+    time.sleep(1.5)  # a tick of the tracker, which writes the waiting studies
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    process = _listen(archive, port, log, "--study-idle", "1", *on_study)
+    try:
+        deadline = time.monotonic() + 30
+        while not fired.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+    got = [json.loads(line) for line in fired.read_text().splitlines() if line]
+    assert [(s["study_uid"], s["instances"]) for s in got] == [(str(pydicom.dcmread(files[0]).StudyInstanceUID), 2)]
+
+
+def _listen(archive: Path, port: int, log: Path, *options: str) -> subprocess.Popen[bytes]:
     with open(log, "ab") as out:
         process = subprocess.Popen([sys.executable, "-m", "transcode.cli", "listen", "--archive", str(archive),
-                                    "--port", str(port), "--workers", "1"], stdout=out, stderr=subprocess.STDOUT,
-                                   cwd=ROOT)
+                                    "--port", str(port), "--workers", "1", *options], stdout=out,
+                                   stderr=subprocess.STDOUT, cwd=ROOT)
     deadline = time.monotonic() + 60
     while subprocess.run([dcmtk("echoscu"), "-aec", "TRANSCODE", "127.0.0.1", str(port)],
                          capture_output=True, check=False).returncode != 0:
@@ -333,10 +383,14 @@ def _storescu(port: int, files: list[Path]) -> tuple[set[Path], subprocess.Compl
     return acknowledged, done
 
 
-def test_kill_9_during_a_run_loses_nothing_acknowledged(tmp_path: Path) -> None:
+@pytest.mark.parametrize("ack", ["archived", "spooled"])
+def test_kill_9_during_a_run_loses_nothing_acknowledged(tmp_path: Path, ack: str) -> None:
+    """Killed once about a third is archived: everything answered Success
+    is archived after the restart (under --ack spooled, most of it was
+    answered before it was archived)."""
     files = generate.write_ct_series(tmp_path / "series", 100, rows=64, columns=64)
     archive, port, log = tmp_path / "archive", free_port(), tmp_path / "listen.log"
-    process = _listen(archive, port, log)
+    process = _listen(archive, port, log, "--ack", ack)
     sender = threading.Thread(target=lambda: result.append(_storescu(port, files)))
     result: list[tuple[set[Path], subprocess.CompletedProcess[str]]] = []
     sender.start()
@@ -349,8 +403,10 @@ def test_kill_9_during_a_run_loses_nothing_acknowledged(tmp_path: Path) -> None:
         process.wait()
         sender.join(timeout=120)
     acknowledged, _ = result[0]
-    assert 0 < len(acknowledged) < 100  # the one in flight may be archived and not yet answered
-    process = _listen(archive, port, log)  # drains the spool first
+    assert 0 < len(acknowledged) <= 100
+    if ack == "archived":
+        assert len(acknowledged) < 100  # the one in flight may be archived and not yet answered
+    process = _listen(archive, port, log, "--ack", ack)  # drains the spool first
     try:
         stored = instances(archive)
         assert {sop_uid(path) for path in acknowledged} <= set(stored)  # nothing acknowledged is missing
@@ -364,6 +420,37 @@ def test_kill_9_during_a_run_loses_nothing_acknowledged(tmp_path: Path) -> None:
     assert set(stored) == {sop_uid(path) for path in files}  # every instance, once (one row per SOP UID)
     assert {outcome for outcome, _, _ in stored.values()} == {"transcoded"}
     assert main(["verify", "--archive", str(archive)]) == 0
+
+
+def test_spooled_ack_answers_success_and_keeps_what_fails(tmp_path: Path) -> None:
+    """--ack spooled: every readable instance is answered Success, the kept
+    one too; one that cannot be archived (truncated) is set aside with its
+    bytes in spool/failed, and the ledger says why."""
+    files = generate.write_ct_series(tmp_path / "series", 3, rows=32, columns=32)
+    kept = relabel(PYDICOM_FILES / "SC_rgb_jpeg_dcmtk.dcm", tmp_path / "kept.dcm")
+    whole = relabel(PYDICOM_FILES / "MR_small_implicit.dcm", tmp_path / "whole.dcm")
+    truncated = tmp_path / "truncated.dcm"
+    truncated.write_bytes(whole.read_bytes()[:5000])
+    archive = tmp_path / "archive"
+    r = Receiver(archive, port=free_port(), workers=1, ack="spooled", backlog=2)
+    r.start()
+    try:
+        statuses = send(r.address[1], *files, kept, truncated)
+    finally:
+        r.stop()  # archives what was answered and is still queued
+    assert [status.Status for status in statuses] == [0] * 5
+    stored = instances(archive)
+    assert {sop_uid(path): stored[sop_uid(path)][0] for path in [*files, kept]} == \
+        {**{sop_uid(path): "transcoded" for path in files}, sop_uid(kept): "kept"}
+    assert sop_uid(truncated) not in stored
+    [failed] = (archive / "spool" / "failed").iterdir()
+    assert pydicom.dcmread(failed, stop_before_pixels=True).SOPInstanceUID == sop_uid(truncated)
+    assert not list((archive / "spool" / "incoming").iterdir())
+    db = sqlite3.connect(f"file:{archive / 'index.sqlite'}?mode=ro", uri=True)
+    try:
+        assert db.execute("SELECT reason FROM ledger WHERE outcome = 'failed'").fetchall() == [("truncated",)]
+    finally:
+        db.close()
 
 
 def test_importing_pynetdicom_changes_no_reason(corpus: Path, tmp_path: Path) -> None:

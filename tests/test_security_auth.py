@@ -57,14 +57,15 @@ def site(served: Served, issuer: Issuer, tmp_path_factory: pytest.TempPathFactor
 
 def routes(served: Served) -> list[tuple[str, str]]:
     """(method, URL) of every route: QIDO, WADO (instances, metadata, frames, bulk data), rendered,
-    thumbnails, STOW."""
+    thumbnails, IIIF (an image service, a series manifest), STOW."""
     study, series, sop = served.find("CT")
     s, se, i = f"/dicomweb/studies/{study}", f"/dicomweb/studies/{study}/series/{series}", \
         f"/dicomweb/studies/{study}/series/{series}/instances/{sop}"
     gets = ["/dicomweb/studies", "/dicomweb/series", "/dicomweb/instances", f"{s}/series", f"{s}/instances",
             f"{se}/instances", s, se, i, f"{s}/metadata", f"{se}/metadata", f"{i}/metadata", f"{i}/frames/1",
             f"{i}/frames/1/rendered", f"{i}/rendered", f"{se}/rendered", f"{i}/frames/1/thumbnail",
-            f"{i}/thumbnail", f"{se}/thumbnail", f"{s}/thumbnail", f"{i}/bulkdata/7FE00010"]
+            f"{i}/thumbnail", f"{se}/thumbnail", f"{s}/thumbnail", f"{i}/bulkdata/7FE00010",
+            f"/iiif{i.removeprefix('/dicomweb')}/frames/1/info.json", f"/iiif{se.removeprefix('/dicomweb')}/manifest.json"]
     return [("GET", url) for url in gets] + [("POST", "/dicomweb/studies"), ("POST", s)]
 
 

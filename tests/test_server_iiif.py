@@ -13,6 +13,7 @@ import io
 import math
 
 import numpy as np
+import pydicom
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
@@ -206,3 +207,38 @@ def test_a_tomosynthesis_sized_frame_with_default_tiles(tmp_path) -> None:
         assert Image.open(io.BytesIO(tile.content)).size == (945, 205)
         full = client.get("/iiif" + path + "/1024,0,866,1024/max/0/default.png")
         assert Image.open(io.BytesIO(full.content)).size == (866, 1024)
+
+
+def test_a_series_manifest_lists_every_frame_as_a_canvas(counting_client, served: Served) -> None:
+    """The US series (a 2-frame RGB instance, and a JPEG kept as is): three
+    canvases in Instance Number order, each painted by its frame's image
+    service, whose info.json and image answer at the canvas's size."""
+    study, series, _ = served.find("US")
+    url = f"/iiif/studies/{study}/series/{series}/manifest.json"
+    answer = counting_client.get(url)
+    assert answer.status_code == 200
+    manifest = answer.json()
+    assert manifest["type"] == "Manifest" and manifest["@context"].endswith("/presentation/3/context.json")
+    assert manifest["id"] == f"http://testserver{url}"
+    numbers = {sop: pydicom.dcmread(path, stop_before_pixels=True).InstanceNumber
+               for sop, path in served.sources.items()}
+    services = []
+    for canvas in manifest["items"]:
+        [page] = canvas["items"]
+        [painting] = page["items"]
+        assert painting["motivation"] == "painting" and painting["target"] == canvas["id"]
+        [service] = painting["body"]["service"]
+        assert service["type"] == "ImageService3" and service["profile"] == "level1"
+        info = counting_client.get(service["id"] + "/info.json").json()
+        assert (info["width"], info["height"]) == (canvas["width"], canvas["height"])
+        image = counting_client.get(painting["body"]["id"])
+        assert image.status_code == 200 and image.headers["content-type"] == "image/jpeg"
+        assert Image.open(io.BytesIO(image.content)).size == (canvas["width"], canvas["height"])
+        services.append(service["id"].split("/instances/")[1])
+    sops = [part.split("/")[0] for part in services]
+    assert [part.split("/")[-1] for part in services] == ["1", "2", "1"]  # both frames of the first, then the kept one
+    assert [numbers[sop] for sop in sops] == [1, 1, 2]
+    again = counting_client.get(url, headers={"If-None-Match": answer.headers["ETag"]})
+    assert again.status_code == 304
+    missing = counting_client.get(f"/iiif/studies/{study}/series/1.2.3.4/manifest.json")
+    assert missing.status_code == 404 and missing.json()["error"] == "not_found"

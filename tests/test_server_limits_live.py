@@ -6,6 +6,8 @@ wiring it all (Host check, limits from options, the upload spool cleared)."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 import os
 import socket
 import time
@@ -109,6 +111,31 @@ def test_slow_clients_are_dropped_and_others_served(address) -> None:
     assert time.monotonic() - started < LIMITS.head_timeout  # served while they hang
     assert all(_closed_within(sock, LIMITS.head_timeout + 3) for sock in socks)
     assert time.monotonic() - started < LIMITS.head_timeout + 5
+
+
+def test_connections_from_one_address_are_bounded(served: Served) -> None:
+    """A flood of connections from one address is capped at
+    `connections_per_client`: one more is closed at once, another address
+    is served, and a slot freed is taken again."""
+    limits = dataclasses.replace(LIMITS, connections_per_client=4, head_timeout=10.0)  # only the cap closes in 2 s
+    with FolderArchive(served.root) as archive:
+        for url in serve(archive, limits, http=bounded(limits)):
+            flood = functools.partial(socket.create_connection, ("127.0.0.1", urlsplit(url).port), timeout=10,
+                                      source_address=("127.0.0.2", 0))
+
+            held = [flood() for _ in range(limits.connections_per_client)]
+            for sock in held:
+                _send_all(sock, b"GET /dicomweb/studies HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            time.sleep(0.2)  # the server has accepted them all
+            assert _closed_within(flood(), 2)  # one more from the same address: closed at once
+            assert requests.get(f"{url}/studies", timeout=10).status_code == 200  # another address is served
+            held[0].close()
+            time.sleep(0.2)
+            again = flood()
+            _send_all(again, b"GET /dicomweb/studies HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            assert _answer(again).startswith(b"HTTP/1.1 200 ")
+            for sock in held[1:]:
+                sock.close()
 
 
 def test_unfinished_upload_is_dropped(address) -> None:

@@ -461,7 +461,7 @@ def cmd_listen(args: argparse.Namespace) -> int:
                         study_hooks=study_hooks, workers=args.workers, settings=_settings(args),
                         crosscheck=args.crosscheck, on_conflict=args.on_conflict,
                         on_archived=[forwarder.on_archived for forwarder in forwarders], ssl_context=tls,
-                        audit=commands.listen_audit(args))
+                        audit=commands.listen_audit(args), ack=args.ack, backlog=args.backlog)
     stopped = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stopped.set())
@@ -665,6 +665,13 @@ def build_parser() -> argparse.ArgumentParser:
     listen.add_argument("--forward-stow", action="append", default=[], metavar="URL",
                         help="the same over STOW-RS to this studies URL (repeatable)")
     listen.add_argument("--workers", type=int, default=2, help="ingest worker processes (default: %(default)s)")
+    listen.add_argument("--ack", choices=["archived", "spooled"], default="archived",
+                        help="answer a C-STORE once the instance is archived, with its outcome's status, or once it "
+                             "is durable in the spool, Success for every readable instance (README; default: "
+                             "%(default)s)")
+    listen.add_argument("--backlog", type=int, default=256, metavar="N",
+                        help="with --ack spooled: instances answered and not yet archived, at most; beyond, "
+                             "senders wait (default: %(default)s)")
     _encode_options(listen)
     _conflict_option(listen)
     commands.add_listen_options(listen)

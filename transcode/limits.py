@@ -24,8 +24,10 @@ class Limits:
     (414); `max_query_keys`: query parameters (400); `max_frames`: frames
     in one request, each once (400); `max_upload_bytes` and `max_upload_parts`:
     a STOW-RS body and its instances (413); `per_client`: requests in flight
-    from one address (429); `max_connections`: connections and requests at
-    once in a server process (503 beyond); `head_timeout`: seconds for a
+    from one address (429); `connections_per_client`: connections open from
+    one address (beyond, a new one is closed at once: a slowloris flood from
+    one address cannot fill `max_connections`); `max_connections`:
+    connections and requests at once in a server process (503 beyond); `head_timeout`: seconds for a
     whole request head; `body_idle_timeout`: seconds without a byte while an
     upload is read; `keep_alive`: seconds an idle connection is kept.
     `allowed_hosts`: the `Host` values accepted (any when empty)."""
@@ -38,6 +40,7 @@ class Limits:
     max_upload_bytes: int = 4 << 30
     max_upload_parts: int = 10000
     per_client: int = 32
+    connections_per_client: int = 256
     max_connections: int = 1000
     head_timeout: float = 10.0
     body_idle_timeout: float = 30.0
@@ -67,6 +70,8 @@ OPTIONS = (
     ("max_upload_bytes", "--max-upload-bytes", "STOW-RS body; 413 beyond"),
     ("max_upload_parts", "--max-upload-parts", "instances per STOW-RS request; 413 beyond"),
     ("per_client", "--per-client", "requests in flight per client address; 429 beyond"),
+    ("connections_per_client", "--connections-per-client",
+     "connections open from one client address; a new one beyond is closed at once"),
     ("max_connections", "--max-connections", "connections and requests at once per server process; 503 beyond"),
     ("head_timeout", "--head-timeout", "seconds for a whole request head, else the connection is closed"),
     ("body_idle_timeout", "--body-idle-timeout", "seconds without a byte of a request body, else closed"),

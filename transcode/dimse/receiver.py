@@ -8,7 +8,19 @@ fsynced there (spool.py); it is then ingested by the one `IngestService`,
 and the sender is answered once the service has returned, that is once the
 instance is durable in the archive, with the status of its outcome
 (`service.storage_status`). The spool file is removed after; one left by a
-kill is ingested at the next start. Instances arriving on several
+kill is ingested at the next start.
+
+With `ack=Ack.SPOOLED` (`listen --ack spooled`) a readable instance (one
+whose SOP Instance UID pydicom reads) is answered Success as soon as it is
+durable in the spool, and ingested behind the answer: the sender's rate is
+the spool's, not the transcoder's. The price is in the status: a sender is
+no longer told that an instance was kept as is (B000) or conflicted (0111),
+and one that then fails to be archived was told Success; its file is moved
+to `spool/failed/` (never deleted: the operator has its bytes) and the
+ledger says why. At most `backlog` instances wait behind their answers;
+beyond that a sender waits for its instance as with `ack=Ack.ARCHIVED`,
+which bounds the spool and slows a sender the transcoder cannot keep up
+with. Instances arriving on several
 associations while an ingest runs go to the next call together (a group
 commit: one archive session, one index transaction for all of them), so
 throughput is not one ingest call per instance, without a delay added to a
@@ -27,6 +39,7 @@ in there); their errors are logged, never answered to the sender.
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import queue
 import socket
@@ -35,6 +48,7 @@ import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +62,7 @@ from transcode.archive import ArchiveBusy, ArchiveMismatch, FolderArchive
 from transcode.codecs.htj2k import EncodeSettings
 from transcode.dimse.hooks import Hook, StudyTracker
 from transcode.dimse.spool import Spool
-from transcode.entries import CLEAN, Entry
+from transcode.entries import CLEAN, Entry, IngestOutcome
 from transcode.pipeline import SETTLE_BATCH
 from transcode.policy import OnConflict
 from transcode.security.audit import AuditEvent, AuditLog, Touched
@@ -70,6 +84,15 @@ DATA_SET_MISMATCH = 0xB007
 #: The Error Comment (0000,0902) is an LO: at most 64 characters.
 _COMMENT = 64
 _DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
+
+
+class Ack(StrEnum):
+    """When a C-STORE is answered: once archived (with the outcome's
+    status), or once durable in the spool (Success for every readable
+    instance; see the module's docstring)."""
+
+    ARCHIVED = "archived"
+    SPOOLED = "spooled"
 
 
 @dataclass(frozen=True)
@@ -174,7 +197,8 @@ class Receiver:
     seconds; `on_archived` callbacks get the entry of every archived
     instance; `ssl_context`: TLS on every association (a server context,
     with a CA and CERT_REQUIRED for mutual TLS); `audit`: the trail that
-    records every C-STORE and every rejected caller (closed by `stop`).
+    records every C-STORE and every rejected caller (closed by `stop`);
+    `ack` and `backlog`: when a C-STORE is answered (module docstring).
     The called AE title must be `ae_title`. `start` drains the spool, then listens; `stop` ends both."""
 
     def __init__(
@@ -196,6 +220,8 @@ class Receiver:
         on_conflict: OnConflict | str = OnConflict.KEEP,
         ssl_context: ssl.SSLContext | None = None,
         audit: AuditLog | None = None,
+        ack: Ack | str = Ack.ARCHIVED,
+        backlog: int = 256,
     ) -> None:
         self.archive = Path(archive)
         self.address = (host, port)
@@ -204,7 +230,8 @@ class Receiver:
         self.spool = Spool(self.archive / "spool" / "incoming")
         self.service = IngestService(self.archive, workers=workers, settings=settings, crosscheck=crosscheck,
                                      on_conflict=on_conflict)
-        self.studies = StudyTracker(study_idle, list(study_hooks), archive=str(self.archive))
+        self.studies = StudyTracker(study_idle, list(study_hooks), archive=str(self.archive),
+                                    state=self.archive / "spool" / "studies.json")
         self._commit = _GroupCommit(self.service)
         self.ae = AE(ae_title=ae_title)
         self.ae.maximum_associations = max_associations
@@ -213,6 +240,8 @@ class Receiver:
         self.ae.require_called_aet = True  # an association addressed to another AE title is rejected
         self.ae.add_supported_context(Verification)
         self.ssl_context, self.audit = ssl_context, audit
+        self.ack = Ack(ack)
+        self._behind = threading.BoundedSemaphore(backlog)  # instances answered before they are archived
         self._server: Any = None
         self._unrestricted = _config.UNRESTRICTED_STORAGE_SERVICE
 
@@ -286,8 +315,10 @@ class Receiver:
             log.error("cannot spool an instance from %s: %s", caller, exc)
             return _status(OUT_OF_RESOURCES if exc.errno in _DISK_FULL else PROCESSING_FAILURE,
                            f"cannot be stored now: {exc.strerror or exc}")
+        sent = identify(path)
+        if self.ack is Ack.SPOOLED and sent.sop and self._behind.acquire(blocking=False):
+            return self._answer_spooled(event, path, sent, caller)
         try:
-            sent = identify(path)
             entry = self._commit.submit(path).result()
         except (ArchiveBusy, ArchiveMismatch) as exc:
             return _status(OUT_OF_RESOURCES, f"archive unavailable: {exc}")
@@ -300,16 +331,49 @@ class Receiver:
             return _status(PROCESSING_FAILURE, f"internal error: {type(exc).__name__}")
         finally:
             self.spool.remove(path)
+        self._settled(entry, sent, caller)
         status = storage_status(entry)
         comment = f"{entry.outcome}: {entry.reason or ''}: {entry.detail or ''}"
+        return self._answer(event, sent, caller, status, comment, entry.outcome in CLEAN, entry.sop_uid)
+
+    def _answer(self, event: Event, sent: Sent, caller: str, status: int, comment: str, clean: bool,
+                sop: str | None) -> Dataset:
+        """The C-STORE response with `status` (a warning where the data set's
+        SOP Class is not the one it was sent as), audited."""
         if status == SUCCESS and sent.sop_class and sent.sop_class != event.request.AffectedSOPClassUID:
             status = DATA_SET_MISMATCH
             comment = f"stored; its SOP Class UID {sent.sop_class} is not the one it was sent as"
-        self._settled(entry, sent, caller)
-        self._audit(caller, event.assoc.requestor.address, "store", status,
-                    "success" if entry.outcome in CLEAN else "failure",
-                    (Touched(sent.study, sent.series, sent.sop or entry.sop_uid),))
+        self._audit(caller, event.assoc.requestor.address, "store", status, "success" if clean else "failure",
+                    (Touched(sent.study, sent.series, sent.sop or sop),))
         return _status(status, comment if status != SUCCESS else None)
+
+    def _answer_spooled(self, event: Event, path: Path, sent: Sent, caller: str) -> Dataset:
+        """Answer Success now; the instance is archived behind the answer."""
+        try:
+            future = self._commit.submit(path)
+        except RuntimeError:  # stopping: the spool keeps it for the next start
+            self._behind.release()
+            return self._answer(event, sent, caller, SUCCESS, "", True, sent.sop)
+        future.add_done_callback(functools.partial(self._archived_behind, path, sent, caller))
+        return self._answer(event, sent, caller, SUCCESS, "", True, sent.sop)
+
+    def _archived_behind(self, path: Path, sent: Sent, caller: str, future: Future[Entry]) -> None:
+        """Settle an instance answered before it was archived (on the commit thread)."""
+        try:
+            entry = future.result()
+        except Exception as exc:  # noqa: BLE001 (the archive is unavailable: the spool keeps it)
+            log.error("an instance %s from %s was answered and stays in the spool until the next start: %s",
+                      sent.sop, caller, exc)
+            return
+        finally:
+            self._behind.release()
+        if entry.outcome == IngestOutcome.FAILED:
+            kept = self.spool.set_aside(path)
+            log.error("instance %s from %s was answered Success but could not be archived (%s: %s); its bytes are "
+                      "in %s", sent.sop, caller, entry.reason, entry.detail, kept)
+        else:
+            self.spool.remove(path)
+        self._settled(entry, sent, caller)
 
     def _settled(self, entry: Entry, sent: Sent, caller: str) -> None:
         """Count `entry` for its study and hand an archived instance to the callbacks."""

@@ -47,6 +47,18 @@ class Spool:
             raise
         return path
 
+    def set_aside(self, path: Path) -> Path:
+        """Move a file whose instance could not be archived out of the spool
+        into `failed/` beside it, where no restart ingests it again: under
+        `--ack spooled` its sender was told it was stored, so its bytes
+        stay for the operator."""
+        folder = self.folder.parent / "failed"
+        folder.mkdir(exist_ok=True)
+        target = folder / path.name
+        os.rename(path, target)
+        fsync_path(folder)
+        return target
+
     def remove(self, path: Path) -> None:
         """Forget a file once its instance is settled (archived or refused).
         Not fsynced: a file that comes back after a crash is ingested again

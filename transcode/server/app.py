@@ -34,7 +34,7 @@ from transcode.codecs.htj2k import EncodeSettings
 from transcode.limits import Limits
 from transcode.policy import Stop
 from transcode.security.guard import Guard, Security, security_from
-from transcode.server import iiif, qido, rendered, stow, viewer, wado, zarrview
+from transcode.server import iiif, iiif_manifest, qido, rendered, stow, viewer, wado, zarrview
 from transcode.server.admission import LimitsMiddleware
 from transcode.server.errors import Problem
 from transcode.server.lookup import uid
@@ -84,7 +84,7 @@ def create_app(archive: Archive, *, prefix: str = "/dicomweb", cors_origins: Seq
     app.router.routes.insert(0, wado.frames_route(service, prefix))  # first: the hot path
     rendered_routes = rendered.routes(service, render_limits)
     routers = [(prefix, wado.routes(service)), (prefix, _qido_routes(service)), (prefix, rendered_routes),
-               ("", iiif.routes(service, render_limits))]  # IIIF at the root: /iiif/...
+               ("", iiif.routes(service, render_limits)), ("", iiif_manifest.routes(service))]  # IIIF: /iiif/...
     if ingester is not None:
         routers.append((prefix, stow.routes(service, ingester, limits.max_upload_parts)))
     for where, router in routers:

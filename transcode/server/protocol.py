@@ -7,8 +7,12 @@ connection (slowloris). `h11_max_incomplete_event_size` applies to h11 only.
 This protocol answers 431 once the head passes `Limits.max_head_bytes` or
 `max_headers` lines, closes a connection whose head is not complete within
 `head_timeout` seconds, and one that sends nothing for `body_idle_timeout`
-seconds while its body is read (the app sees the client gone). Responses
-are not timed: a slow reader is held back by flow control, not buffered.
+seconds while its body is read (the app sees the client gone), and a new
+connection from an address that already has `connections_per_client` open
+(without it, 4000 slowloris connections from one address filled uvicorn's
+`limit_concurrency` and other clients got 503 until the head timeout
+dropped them: benchmarks/hostile_probes.py). Responses are not timed: a
+slow reader is held back by flow control, not buffered.
 
 The limits come from `TRANSCODE_SERVE_OPTIONS` (uvicorn builds the protocol
 from a class with no arguments of ours), or are set on a subclass
@@ -21,7 +25,8 @@ import asyncio
 import json
 import logging
 import os
-from typing import Any
+from collections import Counter
+from typing import Any, ClassVar
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
@@ -39,6 +44,8 @@ class BoundedHttpTools(HttpToolsProtocol):
     """HttpToolsProtocol with a bounded request head and read timeouts."""
 
     limits: Limits | None = None
+    #: Connections open per client address, in this process (one event loop).
+    open_by_client: ClassVar[Counter[str]] = Counter()
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -52,13 +59,29 @@ class BoundedHttpTools(HttpToolsProtocol):
         self._refused = False
         self._too_large = False  # set by a parser callback before it raises _HeadTooLarge
         self._timer: asyncio.TimerHandle | None = None
+        self._address: str | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple):
+            opened = type(self).open_by_client
+            if opened[peer[0]] >= self.bounds.connections_per_client:
+                log.info("%s: over %d connections open; closed", peer[0], self.bounds.connections_per_client)
+                transport.abort()
+                return
+            self._address = peer[0]
+            opened[self._address] += 1
         self._arm(self.bounds.head_timeout, "request head")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        if self._address is not None:
+            opened = type(self).open_by_client
+            opened[self._address] -= 1
+            if not opened[self._address]:
+                del opened[self._address]
+            self._address = None
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -130,5 +153,5 @@ class BoundedHttpTools(HttpToolsProtocol):
 
 def bounded(limits: Limits) -> type[BoundedHttpTools]:
     """The protocol class with these `limits` (for a uvicorn Config's `http`)."""
-    return type("BoundedHttpTools", (BoundedHttpTools,), {"limits": limits})
+    return type("BoundedHttpTools", (BoundedHttpTools,), {"limits": limits, "open_by_client": Counter()})
 
