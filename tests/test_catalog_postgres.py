@@ -122,27 +122,3 @@ def test_a_catalog_gone_answers_503(tmp_path: Path, postgres: Postgres) -> None:
     finally:
         archive.close()
 
-
-@pytest.mark.slow  # a Dask cluster's start and two ingests
-def test_dask_ingest_into_s3_with_a_postgres_catalog(tmp_path: Path, s3_server: seaweed.Seaweed, postgres: Postgres,
-                                                     monkeypatch: pytest.MonkeyPatch,
-                                                     capsys: pytest.CaptureFixture[str]) -> None:
-    """`ingest --archive s3://... --catalog postgresql://... --dask local:1`:
-    every instance in the bucket and the catalog; a rerun skips every done
-    file (the ledger in PostgreSQL)."""
-    pytest.importorskip("distributed")
-    for name, value in s3_server.env().items():
-        monkeypatch.setenv(name, value)
-    expected = make_study(tmp_path / "src")
-    url = f"s3://{s3_server.bucket}/dask-{uuid.uuid4().hex[:8]}"
-    catalog = postgres.create_database()
-    command = ["ingest", str(tmp_path / "src"), "--archive", url, "--catalog", catalog,
-               "--staging", str(tmp_path / "staging"), "--dask", "local:1"]
-    assert main(command) == EXIT_FAILED  # the study holds broken files and a conflict
-    with open_archive(url, catalog=catalog, read_only=True) as archive:
-        rows = list(archive.index.instances())
-        assert len(rows) == sum(outcome in ("transcoded", "kept") for outcome in expected.values())
-        assert all(archive.size(row.path) == row.size for row in rows)
-    capsys.readouterr()
-    assert main(command) == EXIT_FAILED  # the two broken files, tried again
-    assert f"{len(expected) - 2} already done in an earlier run" in capsys.readouterr().out

@@ -514,9 +514,9 @@ def _encode_options(parser: argparse.ArgumentParser) -> None:
 
 def _staging_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--staging", metavar="DIR",
-                        help="with a postgresql:// catalog: the local folder for staged objects (and the server's "
-                             "API keys and audit trail); default: a per-user, per-catalog folder under the "
-                             "temporary folder")
+                        help="for an s3:// archive: the local folder for staged objects (default: staging/ in a "
+                             "catalog folder; with a postgresql:// catalog, a per-user, per-catalog folder under "
+                             "the temporary folder, which also holds the server's API keys and audit trail)")
 
 
 def _conflict_option(parser: argparse.ArgumentParser) -> None:

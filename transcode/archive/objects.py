@@ -67,6 +67,8 @@ class StoreArchive(SessionArchive):
             self._staging = Path(staging) if staging is not None else default_staging(str(catalog))
         else:
             self._staging = Path(staging) if staging is not None else Path(catalog) / "staging"
+            if not self.read_only:
+                Path(catalog).mkdir(parents=True, exist_ok=True)
         if not self.read_only:
             self._staging.mkdir(parents=True, exist_ok=True)
         self._open_index(catalog, check=check, exclusive=exclusive)
