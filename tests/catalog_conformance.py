@@ -1,9 +1,10 @@
 """What every `Catalog` backend must do: one suite, run for each backend by
 `tests/test_catalogs.py` (as tests/store_conformance.py is for stores).
 
-A subclass provides `catalog` (an empty catalog, schema created) and
-`open_again` (a second catalog over the same database, as another process
-would open it). The data is the served test archive's (tests/served.py:
+A subclass provides `where` (what `open_catalog` opens for an empty
+catalog); the suite opens `catalog` there (schema created) and, through
+`open_again`, a second catalog over the same database, as another process
+would. The data is the served test archive's (tests/served.py:
 two studies of real pixel data ingested by the pipeline), replayed into the
 catalog under test, so the rows and codestream indexes are real; QIDO
 answers are checked against what the data says and against the SQLite
@@ -13,13 +14,14 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from transcode.archive.identity import Identity
+from transcode.catalog import open_catalog
 from transcode.catalog.base import ArchiveBusy, Catalog, Record
 from transcode.catalog.sqlite import SQLiteCatalog
 from transcode.server import qido
@@ -84,7 +86,20 @@ SEARCHES: list[tuple[str, list[tuple[str, str]]]] = [
 
 
 class CatalogTests:
-    """Subclass and provide `catalog` and `open_again` fixtures."""
+    """Subclass and provide a `where` fixture: what `open_catalog` opens
+    (a folder, a database URL) for an empty catalog."""
+
+    @pytest.fixture
+    def catalog(self, where: str) -> Iterator[Catalog]:
+        catalog = open_catalog(where)
+        catalog.create()
+        yield catalog
+        catalog.close()
+
+    @pytest.fixture
+    def open_again(self, where: str) -> Callable[[], Catalog]:
+        """A second catalog over the same database, as another process opens it."""
+        return lambda: open_catalog(where)
 
     def test_identity_round_trip(self, catalog: Catalog, open_again: Callable[[], Catalog]) -> None:
         assert catalog.identity() is None

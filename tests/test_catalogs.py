@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -15,38 +14,18 @@ import pytest
 from tests.catalog_conformance import CatalogTests
 from tests.postgres import Postgres
 from transcode.catalog import open_catalog
-from transcode.catalog.base import Catalog
-
-
-def _opened(where: str | Path) -> Iterator[Catalog]:
-    catalog = open_catalog(where)
-    catalog.create()
-    yield catalog
-    catalog.close()
 
 
 class TestSQLiteCatalog(CatalogTests):
     @pytest.fixture
-    def catalog(self, tmp_path: Path) -> Iterator[Catalog]:
-        yield from _opened(tmp_path)
-
-    @pytest.fixture
-    def open_again(self, tmp_path: Path) -> Callable[[], Catalog]:
-        return lambda: open_catalog(tmp_path)
+    def where(self, tmp_path: Path) -> str:
+        return str(tmp_path)
 
 
 class TestPostgresCatalog(CatalogTests):
     @pytest.fixture
-    def database(self, postgres: Postgres) -> str:
+    def where(self, postgres: Postgres) -> str:
         return postgres.create_database()
-
-    @pytest.fixture
-    def catalog(self, database: str) -> Iterator[Catalog]:
-        yield from _opened(database)
-
-    @pytest.fixture
-    def open_again(self, database: str) -> Callable[[], Catalog]:
-        return lambda: open_catalog(database)
 
 
 def test_an_unreachable_postgres_catalog_is_a_sentence_without_the_password() -> None:
