@@ -236,6 +236,11 @@ class Catalog(ABC):
         """Run a statement on the writer's connection (inside `_transaction`
         when one is open); the rows it returns."""
 
+    def _stream(self, sql: str) -> Iterable[tuple[Any, ...]]:
+        """The rows of a query on the writer's connection, for a backend
+        that can hand them over as they come rather than all at once."""
+        return self._rows(sql)
+
     @abstractmethod
     def _many(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         """Run a statement once per row of arguments on the writer's connection."""
@@ -306,7 +311,8 @@ class Catalog(ABC):
         return InstanceRow(*rows[0]) if rows else None
 
     def instances(self) -> Iterator[InstanceRow]:
-        for row in self._rows(f"SELECT {COLUMNS} FROM instances ORDER BY study_uid, series_uid, sop_uid"):
+        """Every instance, by study, series and SOP Instance UID."""
+        for row in self._stream(f"SELECT {COLUMNS} FROM instances ORDER BY study_uid, series_uid, sop_uid"):
             yield InstanceRow(*row)
 
     def frames(self, sop_uid: str) -> list[FrameRow]:

@@ -57,6 +57,9 @@ class SQLiteCatalog(Catalog):
     def _rows(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         return self.db.execute(sql, args).fetchall()
 
+    def _stream(self, sql: str) -> Iterable[tuple[Any, ...]]:
+        return self.db.execute(sql)  # a cursor: rows as SQLite steps through them
+
     def _many(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         self.db.executemany(sql, rows)
 
