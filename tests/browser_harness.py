@@ -75,6 +75,8 @@ def serving(archive: Path, *options: str) -> Iterator[str]:
             try:
                 with urllib.request.urlopen(f"{origin}/dicomweb/studies", timeout=5):
                     break
+            except urllib.error.HTTPError:  # answering (401 with authentication on)
+                break
             except OSError:
                 assert time.monotonic() < deadline and proc.poll() is None, "transcode serve did not start"
                 time.sleep(0.1)
@@ -93,8 +95,9 @@ def status(url: str) -> int:
         return exc.code
 
 
-def qido(origin: str, path: str) -> list[dict[str, Any]]:
-    request = urllib.request.Request(f"{origin}/dicomweb{path}", headers={"Accept": "application/dicom+json"})
+def qido(origin: str, path: str, credential: str | None = None) -> list[dict[str, Any]]:
+    headers = {"Accept": "application/dicom+json"} | ({"Authorization": f"Bearer {credential}"} if credential else {})
+    request = urllib.request.Request(f"{origin}/dicomweb{path}", headers=headers)
     with urllib.request.urlopen(request, timeout=30) as response:
         return json.load(response)
 

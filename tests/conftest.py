@@ -66,3 +66,12 @@ def postgres():  # -> tests.postgres.Postgres
     from tests.postgres import start
 
     yield from start()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory):  # -> Iterator[tests.seaweed.Seaweed]
+    """A real S3 server (SeaweedFS) for the whole session: tests keep apart
+    by key prefix. Skips where `weed` is absent or does not start."""
+    from tests import seaweed
+
+    yield from seaweed.start(tmp_path_factory.mktemp("seaweed"))

@@ -128,7 +128,7 @@ def running(folder: Path) -> Iterator[Seaweed]:
         _create(server, server.bucket, deadline)
         yield server
     finally:
-        stop(process)
+        stop(process, timeout=5)  # its data is a test's temporary folder: no need to wait for a clean exit
 
 
 def _create(server: Seaweed, bucket: str, deadline: float) -> None:

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -43,32 +43,47 @@ def other_key_token(subject: str = "mallory", scope: str = "read admin") -> str:
                       intruder, algorithm="ES256", headers={"kid": "test-key"})
 
 
+class JwksEndpoint:
+    """A JWKS endpoint on loopback serving the keys of `issuers` (change the
+    list at will), answering 503 while `down`, after `delay` seconds;
+    `fetched`: the paths requested so far. A context manager (serves inside)."""
+
+    def __init__(self, issuers: list[Issuer]) -> None:
+        self.issuers, self.down, self.delay = issuers, False, 0.0
+        self.fetched: list[str] = []
+        endpoint = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                endpoint.fetched.append(self.path)
+                time.sleep(endpoint.delay)
+                body = json.dumps({"keys": [key for issuer in endpoint.issuers for key in issuer.jwks["keys"]]})
+                self.send_response(503 if endpoint.down else 200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body.encode())
+
+            def log_message(self, *_: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/certs"
+
+    def __enter__(self) -> Self:
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
 @contextmanager
 def jwks_server(issuer: Issuer) -> Iterator[tuple[str, list[str]]]:
     """(JWKS URL, the paths fetched so far) of a loopback HTTP server."""
-    fetched: list[str] = []
-    body = json.dumps(issuer.jwks).encode()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            fetched.append(self.path)
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *_: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/certs", fetched
-    finally:
-        server.shutdown()
-        server.server_close()
+    with JwksEndpoint([issuer]) as endpoint:
+        yield endpoint.url, endpoint.fetched
 
 
 def auth_config(path: Path, keys: Path, *, jwks_url: str | None = None, key_file: Path | None = None) -> Path:

@@ -37,11 +37,6 @@ def cluster() -> Iterator[DaskPool]:
     pool.close()
 
 
-@pytest.fixture(scope="module")
-def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[seaweed.Seaweed]:
-    yield from seaweed.start(tmp_path_factory.mktemp("seaweed"))
-
-
 def objects(archive: FolderArchive) -> dict[str, tuple[str, str, bytes]]:
     """SOP UID -> outcome, path and the object's bytes, for every instance."""
     return {row.sop_uid: (row.outcome, row.path, archive.read(row.path)) for row in archive.index.instances()}

@@ -21,13 +21,15 @@ from fixtures.generate import Spec, write
 from tests.peers import Orthanc, free_port, orthanc
 from tests.test_server_live import serve
 from transcode.archive import FolderArchive
+from transcode.archive.objects import ArchiveAddress
 from transcode.dimse.forward import Forwarder
 from transcode.dimse.scu import TRANSFER_SYNTAXES, RemoteAE
 from transcode.entries import Entry, IngestOutcome
 from transcode.service import IngestService
+from transcode.stores import MemoryStore
 
 
-def archive_of(root: Path, sources: Path) -> tuple[list[Entry], dict[str, Path]]:
+def archive_of(root: Path | ArchiveAddress, sources: Path) -> tuple[list[Entry], dict[str, Path]]:
     """An archive of a transcoded CT (RLE source), a transcoded MR (big
     endian source) and a JPEG kept as is; its entries and SOP UID -> source."""
     sources.mkdir()
@@ -77,7 +79,7 @@ def assert_same_pixels(sent: dict[str, pydicom.Dataset], sources: dict[str, Path
         np.testing.assert_array_equal(ds.pixel_array, source.pixel_array)
 
 
-def forward_all(root: Path, peer: RemoteAE | str, entries: list[Entry], *, wait: float = 60) -> None:
+def forward_all(root: Path | ArchiveAddress, peer: RemoteAE | str, entries: list[Entry], *, wait: float = 60) -> None:
     """Queue `entries` for `peer` and wait (at most `wait` s) until all are sent."""
     forwarder = Forwarder(root, peer)
     forwarder.start()
@@ -89,10 +91,15 @@ def forward_all(root: Path, peer: RemoteAE | str, entries: list[Entry], *, wait:
         forwarder.close()
 
 
-def test_c_store_forwarding_sends_what_the_peer_accepts(tmp_path: Path) -> None:
-    entries, sources = archive_of(tmp_path / "archive", tmp_path / "sources")
+@pytest.mark.parametrize("backend", ["folder", "store"])
+def test_c_store_forwarding_sends_what_the_peer_accepts(tmp_path: Path, backend: str) -> None:
+    """From a folder archive, and from a store archive (objects in memory,
+    the queue in its catalog folder)."""
+    archive = tmp_path / "archive" if backend == "folder" else \
+        ArchiveAddress("memory", str(tmp_path / "catalog"), store=MemoryStore())
+    entries, sources = archive_of(archive, tmp_path / "sources")
     with orthanc(tmp_path / "orthanc") as peer:
-        forward_all(tmp_path / "archive", RemoteAE(peer.aet, "127.0.0.1", peer.dicom_port), entries)
+        forward_all(archive, RemoteAE(peer.aet, "127.0.0.1", peer.dicom_port), entries)
         sent = held_by(peer)
     assert_same_pixels(sent, sources)
     # Orthanc 1.10 (dcmtk 3.6.7) has no HTJ2K: the transcoded instances went decoded, uncompressed

@@ -331,3 +331,12 @@ def test_dicom_audit_messages_of_search_retrieve_store_and_a_refusal(site, issue
         lines = [r for _, _, r in records(folder) if r is not None][-3:-2]
         (stored,) = [ElementTree.fromstring(m) for m in messages(lines, lookup)]
     assert stored.find(".//SOPClass").get("UID") == sent.SOPClassUID
+
+
+def test_the_viewer_page_and_files_are_public_and_nothing_else(site) -> None:
+    client, *_ = site
+    for url in ("/", "/viewer/viewer.css", "/viewer/index.html"):  # the sign-in form must load
+        assert client.get(url).status_code == 200, url
+    for url in ("/viewerx", "/dicomweb/studies", "/iiif/x/info.json", "/zarr/x"):
+        assert client.get(url).status_code == 401, url
+    assert client.post("/", content=b"").status_code == 401

@@ -138,6 +138,21 @@ def test_connections_from_one_address_are_bounded(served: Served) -> None:
                 sock.close()
 
 
+def test_a_trusted_proxy_is_not_capped(served: Served) -> None:
+    """Every client behind a proxy trusted with --forwarded-allow-ips has
+    its address: its connections are not counted against the cap."""
+    limits = dataclasses.replace(LIMITS, connections_per_client=2, head_timeout=10.0)
+    with FolderArchive(served.root) as archive:
+        for url in serve(archive, limits, http=bounded(limits), proxy_headers=True, forwarded_allow_ips="127.0.0.2"):
+            proxy = functools.partial(socket.create_connection, ("127.0.0.1", urlsplit(url).port), timeout=10,
+                                      source_address=("127.0.0.2", 0))
+            held = [proxy() for _ in range(limits.connections_per_client + 3)]
+            for n, sock in enumerate(held):  # each a client of its own behind the proxy (per_client is 2)
+                _send_all(sock, b"GET /dicomweb/studies HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+                                b"X-Forwarded-For: 10.1.2.%d\r\n\r\n" % n)
+            assert all(_answer(sock).startswith(b"HTTP/1.1 200 ") for sock in held)
+
+
 def test_unfinished_upload_is_dropped(address) -> None:
     sock = _connect(address)
     _send_all(sock, b"POST /dicomweb/studies HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000000\r\n"

@@ -11,7 +11,9 @@ from pydicom.uid import JPEGBaseline8Bit, generate_uid
 
 from fixtures.generate import Spec, write
 from transcode.archive import FolderArchive
+from transcode.archive.objects import StoreArchive
 from transcode.server import create_app
+from transcode.stores import MemoryStore
 
 BOUNDARY = "sent-by-a-test"
 CONTENT_TYPE = f'multipart/related; type="application/dicom"; boundary={BOUNDARY}'
@@ -22,10 +24,14 @@ def body(*payloads: bytes) -> bytes:
     return b"".join(parts) + f"--{BOUNDARY}--\r\n".encode()
 
 
-@pytest.fixture
-def client(tmp_path: Path):
-    with FolderArchive(tmp_path / "archive") as archive:
-        yield TestClient(create_app(archive, stow_workers=1))
+@pytest.fixture(params=["folder", "store"])
+def client(tmp_path: Path, request: pytest.FixtureRequest):
+    """STOW-RS into a folder archive, and into a store archive (objects in
+    memory, index and upload spool in a catalog folder)."""
+    opened = FolderArchive(tmp_path / "archive") if request.param == "folder" else \
+        StoreArchive(MemoryStore(), tmp_path / "catalog", name="memory")
+    with opened as archive, TestClient(create_app(archive, stow_workers=1)) as client:
+        yield client
 
 
 def test_mixed_body_gets_202_with_referenced_and_failed(client, tmp_path) -> None:

@@ -10,7 +10,6 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import imagecodecs
@@ -18,6 +17,8 @@ import pytest
 
 from tests import seaweed
 from tests.test_ingest import make_study
+from tests.test_listen import relabel, sop_uid
+from tests.test_server_stow import CONTENT_TYPE, body
 from transcode.archive import ArchiveMismatch, FolderArchive
 from transcode.archive.objects import MARKER, ArchiveURLError, StoreArchive, open_archive
 from transcode.archive.store import Archive
@@ -29,11 +30,6 @@ from transcode.digest import Digest
 from transcode.pipeline import ingest
 from transcode.stores import ByteRange, MemoryStore
 from transcode.stores.s3 import S3Store
-
-
-@pytest.fixture(scope="module")
-def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[seaweed.Seaweed]:
-    yield from seaweed.start(tmp_path_factory.mktemp("seaweed"))
 
 
 def assert_frames_read_back(archive: Archive, row: InstanceRow) -> None:
@@ -111,14 +107,14 @@ def test_served_from_a_store(tmp_path: Path) -> None:
             assert payload == store.get(row.path)[frame.offset:frame.offset + frame.length]
             ranged = client.get(f"{base}/frames/1", headers={"Accept": "image/jphc", "Range": "bytes=10-99"})
             assert ranged.status_code == 206 and ranged.content == payload[10:100]
-        # A region is cut from the stored tiles through one multi-range read; what reads the
-        # object through the DICOM reader needs a file, and says so (README, Object storage).
+        # A region is cut from the stored tiles through one multi-range read (the routes that read
+        # whole objects answer as for a folder archive: tests/test_store_doors.py).
         region = client.get(f"{base}/frames/1/region?x=0&y=0&w=32&h=32", headers={"Accept": "image/jphc"})
         assert region.status_code == 200  # the covering tiles: the frame's pixels from (0, 0)
         cut, whole = imagecodecs.htj2k_decode(region.content), imagecodecs.htj2k_decode(payload)
         assert cut.shape[0] >= 32 and (cut[:32, :32] == whole[:32, :32]).all()
-        for route in ("/rendered", "/thumbnail", "/bulkdata/00100010"):
-            assert client.get(base + route).json()["error"] == "not_local"
+        stow = client.post("/dicomweb/studies", content=body(b"unread"), headers={"Content-Type": CONTENT_TYPE})
+        assert stow.status_code == 503 and stow.json()["error"] == "read_only"  # opened read-only: no STOW-RS
         damaged, missing = rows[0], rows[1]
         store.put(damaged.path, store.get(damaged.path)[:-100])
         store.delete(missing.path)
@@ -184,17 +180,18 @@ def test_cli_ingest_into_s3(tmp_path: Path, s3_server: seaweed.Seaweed, monkeypa
             assert len(data) == row.size and digest.hexdigest() == row.object_digest
             if row.outcome == "transcoded":
                 assert_frames_read_back(archive, row)
-    assert_served_over_http(url, tmp_path / "catalog", rows, bucket)
+    assert_served_over_http(url, tmp_path / "catalog", rows, bucket, tmp_path / "src" / "ct" / "0.dcm")
     # A second run over the same store and catalog does nothing new.
     assert main(["ingest", str(tmp_path / "src"), "--archive", url, "--catalog", str(tmp_path / "catalog")]) \
         == EXIT_FAILED
     with open_archive(url, catalog=tmp_path / "catalog", read_only=True) as archive:
-        assert archive.index.counts()["instances"] == len(rows)
+        assert archive.index.counts()["instances"] == len(rows) + 1  # and the one sent with STOW-RS
 
 
-def assert_served_over_http(url: str, catalog: Path, rows: list[InstanceRow], bucket: S3Store) -> None:
-    """`transcode serve --archive s3://... --catalog DIR` answers QIDO and
-    serves each transcoded instance's first frame as stored in the bucket."""
+def assert_served_over_http(url: str, catalog: Path, rows: list[InstanceRow], bucket: S3Store, sent: Path) -> None:
+    """`transcode serve --archive s3://... --catalog DIR` answers QIDO,
+    serves each transcoded instance's first frame as stored in the bucket,
+    and stores a new instance (`sent`, relabelled) sent with STOW-RS."""
     from tests.peers import free_port, stop
     from tests.served import multipart_parts
 
@@ -222,6 +219,17 @@ def assert_served_over_http(url: str, catalog: Path, rows: list[InstanceRow], bu
                 (_, payload), = multipart_parts(response.headers["content-type"], response.read())
             frame = first_frame(catalog, row)
             assert payload == bucket.get_range(row.path, ByteRange(frame.offset, frame.offset + frame.length))
+        new = relabel(sent, catalog.parent / "stowed.dcm")
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/dicomweb/studies", data=body(new.read_bytes()),
+                                         headers={"Content-Type": CONTENT_TYPE}, method="POST")
+        with urllib.request.urlopen(request, timeout=60) as response:
+            assert response.status == 200
+        stored = SQLiteCatalog(catalog / "index.sqlite", read_only=True)
+        try:
+            row = stored.instance(sop_uid(new))
+        finally:
+            stored.close()
+        assert row is not None and bucket.exists(row.path)
     finally:
         stop(process)
 

@@ -16,11 +16,6 @@ from transcode.stores.folder import FolderStore
 from transcode.stores.memory import MemoryStore
 
 
-@pytest.fixture(scope="session")
-def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[seaweed.Seaweed]:
-    yield from seaweed.start(tmp_path_factory.mktemp("seaweed"))
-
-
 class TestFolderStore(StoreTests):
     @pytest.fixture
     def store(self, tmp_path: Path) -> FolderStore:

@@ -2,7 +2,9 @@
 README's demo archive: the frames Cornerstone3D decoded in the browser (from
 HTJ2K, by OpenJPH's WebAssembly) are the source pixels, in every loading
 mode; the deep zoom fetches only the IIIF tiles in view; OHIF served from
-the same origin needs no CORS preflight. Skips where node, chromium or the
+the same origin needs no CORS preflight; with authentication on, the viewer
+shows a sign-in form and, signed in with an API key, the same pixels. Skips
+where node, chromium or the
 harness's node_modules (`npm ci --prefix tests/browser`) are absent."""
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import hashlib
 import json
 import math
 import re
+import shutil
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -21,6 +24,8 @@ import pytest
 from pydicom.pixels import pixel_array
 
 from tests import browser_harness as harness
+from transcode.security import KEYS_FILE
+from transcode.security.keys import KeyFile
 
 MODES = ["range", "stream", "whole"]
 HTJ2K, JPEG_BASELINE = "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.50"
@@ -47,11 +52,11 @@ def origin(demo: dict[str, Any]):  # -> Iterator[str]
         yield url
 
 
-def series_by_modality(origin: str) -> dict[str, tuple[str, str]]:
+def series_by_modality(origin: str, credential: str | None = None) -> dict[str, tuple[str, str]]:
     found = {}
-    for study in harness.qido(origin, "/studies"):
+    for study in harness.qido(origin, "/studies", credential):
         study_uid = study["0020000D"]["Value"][0]
-        for series in harness.qido(origin, f"/studies/{study_uid}/series"):
+        for series in harness.qido(origin, f"/studies/{study_uid}/series", credential):
             found[series["00080060"]["Value"][0]] = (study_uid, series["0020000E"]["Value"][0])
     return found
 
@@ -94,6 +99,29 @@ def test_frames_decoded_in_the_browser_are_the_source_pixels(demo, origin, tmp_p
     assert screenshot.stat().st_size > 10_000  # a rendered page, not an empty one
     assert not [line for line in result["console"] if line.startswith("pageerror")]
     assert result["elsewhere"] == []  # everything from this server: no CDN
+
+
+def test_with_authentication_the_viewer_signs_in_and_shows_the_source_pixels(demo, tmp_path) -> None:
+    archive = tmp_path / "archive"
+    shutil.copytree(demo["archive"], archive)
+    (tmp_path / "auth.toml").write_text("")  # API keys only, from the archive's key file
+    _, credential = KeyFile(archive / KEYS_FILE).create("viewer", ("read",))
+    with harness.serving(archive, "--auth-config", str(tmp_path / "auth.toml")) as url:
+        series = series_by_modality(url, credential)
+        frames = [("CT", 7, HTJ2K), ("US", 1, HTJ2K), ("US", 4, JPEG_BASELINE)]
+        jobs = {"modes": ["range", "whole"], "credential": credential, "signin": True,
+                "frames": [{"study": series[m][0], "series": series[m][1], "index": i} for m, i, _ in frames]}
+        result = harness.browse(url, tmp_path / "out", "check", jobs)
+    signin = result["signin"]  # no credential: the form, not a broken page
+    assert signin["shown"] and signin["cards"] == 0 and signin["error"] == ""
+    assert signin["status"] == "sign in to see the studies"
+    assert signin["refused"]["shown"] and "401" in signin["refused"]["error"]  # a wrong key: the form again
+    for mode, summaries in result["frames"].items():  # signed in: every request carried the key
+        for (modality, _, syntax), summary in zip(frames, summaries, strict=True):
+            sop, frame = re.search(r"/instances/([\d.]+)/frames/(\d+)$", summary["imageId"]).groups()
+            assert summary["transferSyntax"] == syntax, (mode, modality, summary)
+            assert summary["sha256"] == expected_sha256(demo["sources"][sop], int(frame), summary), (mode, summary)
+    assert not [line for line in result["console"] if line.startswith("pageerror")]
 
 
 def _region(url: str, width: int, height: int) -> tuple[float, float, float, float]:

@@ -27,8 +27,9 @@ from typing import Any, TextIO
 from transcode import limits, logs
 from transcode.archive import ArchiveBusy, ArchiveMismatch, FolderArchive
 from transcode.archive.check import verify_archive
-from transcode.archive.objects import ArchiveURLError, default_staging, open_archive
+from transcode.archive.objects import ArchiveAddress, ArchiveURLError, open_archive
 from transcode.archive.rebuild import rebuild_index
+from transcode.archive.store import Archive
 from transcode.catalog import is_url
 from transcode.catalog.base import CatalogError
 from transcode.codecs import codestream
@@ -258,9 +259,10 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         print(f"transcode: {exc}", file=sys.stderr)
         return EXIT_USAGE
     progress = Progress()
-    service = IngestService(Path(args.archive), workers=args.workers or 2, crosscheck=args.crosscheck,
+    address = _address(args)
+    service = IngestService(address, workers=args.workers or 2, crosscheck=args.crosscheck,
                             on_conflict=args.on_conflict, settings=_settings(args))
-    migration = Migration(Path(args.archive), source, service, ae_title=args.ae_title, retrieve=args.retrieve,
+    migration = Migration(address, source, service, ae_title=args.ae_title, retrieve=args.retrieve,
                           move_host=args.move_host, move_port=args.move_port, rate=args.rate,
                           on_entry=report_file.add if report_file else None, progress=progress)
     try:
@@ -287,7 +289,15 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    root = Path(args.archive)
+    address = _address(args)
+    if args.catalog is not None:  # an object-store archive
+        if args.rebuild_index:
+            print("transcode: --rebuild-index reads an archive folder; it does not read an object store yet "
+                  "(README, Object storage)", file=sys.stderr)
+            return EXIT_USAGE
+        opened = _open_for_verify(address)
+        return EXIT_USAGE if opened is None else _verify(opened)
+    root = address.local
     if args.rebuild_index:
         return _rebuild(root)
     if not (root / "index.sqlite").is_file():
@@ -295,7 +305,21 @@ def cmd_verify(args: argparse.Namespace) -> int:
         hint = ": objects are stored, `transcode verify --rebuild-index` rebuilds it" if stored else ""
         print(f"transcode: {root} has no index (no index.sqlite){hint}", file=sys.stderr)
         return EXIT_USAGE
-    with FolderArchive(root, read_only=True, check=False) as archive:
+    return _verify(FolderArchive(root, read_only=True, check=False))
+
+
+def _open_for_verify(address: ArchiveAddress) -> Archive | None:
+    """The object-store archive at `address`, read-only and unchecked (a
+    mismatch is reported as verify's one problem); None when refused."""
+    try:
+        return address.open(read_only=True, check=False)
+    except (ArchiveURLError, FileNotFoundError, CatalogError) as exc:
+        print(f"transcode: {exc}", file=sys.stderr)
+        return None
+
+
+def _verify(opened: Archive) -> int:
+    with opened as archive:
         problems = verify_archive(archive)
         checked = 0 if archive.mismatch else archive.index.counts()["instances"]
     for problem in problems:
@@ -329,9 +353,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"transcode: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    if args.catalog is not None:  # an object-store archive: served read-only (README, Object storage)
+    if args.viewer_dir and not (Path(args.viewer_dir) / "index.html").is_file():
+        print(f"transcode: --viewer-dir {args.viewer_dir} holds no index.html (give a built static viewer: "
+              "OHIF's dist folder)", file=sys.stderr)
+        return EXIT_USAGE
+    if args.catalog is not None:  # an object-store archive: its index and upload spool in the catalog folder
         security = _store_security(args)
-        return EXIT_USAGE if security is None else _serve(args, args.archive, True, security, bounds)
+        if security is None:
+            return EXIT_USAGE
+        if not args.read_only:
+            clear_uploads(_address(args).local)  # before any worker starts: what is there was never acknowledged
+        return _serve(args, args.archive, args.read_only, security, bounds)
     archive = Path(args.archive)
     read_only = args.read_only or any(path.exists() and not os.access(path, os.W_OK)
                                       for path in (archive, archive / "index.sqlite"))
@@ -342,10 +374,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
                   "ingest first, or give a new folder for an archive filled through STOW-RS", file=sys.stderr)
             return EXIT_USAGE
         log.info("new empty archive at %s", archive)
-    if args.viewer_dir and not (Path(args.viewer_dir) / "index.html").is_file():
-        print(f"transcode: --viewer-dir {args.viewer_dir} holds no index.html (give a built static viewer: "
-              "OHIF's dist folder)", file=sys.stderr)
-        return EXIT_USAGE
     try:  # a new folder becomes an empty archive, to be filled through STOW-RS
         FolderArchive(archive, read_only=read_only).close()
     except ArchiveMismatch as exc:  # never serve (nor store into) an index that is not the archive's
@@ -364,26 +392,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _store_security(args: argparse.Namespace) -> dict[str, Any] | None:
-    """For an object-store archive, which must open read-only with its
-    catalog: the security options, with its API keys and audit trail in the
-    catalog folder (local and writable; for a PostgreSQL catalog, the
-    staging folder). None when refused (and why said)."""
+    """For an object-store archive, which must open with its catalog (an
+    empty store and catalog become an empty archive, unless `--read-only`):
+    the security options, with its API keys and audit trail in its local
+    folder (the catalog folder, or the staging folder beside a PostgreSQL
+    catalog). None when refused (and why said)."""
     try:
-        open_archive(args.archive, catalog=args.catalog, staging=args.staging, read_only=True).close()
-        return commands.serve_security(args, _local_folder(args), read_only=False)
+        open_archive(args.archive, catalog=args.catalog, staging=args.staging, read_only=args.read_only).close()
+        local = _address(args).local
+        local.mkdir(parents=True, exist_ok=True)
+        return commands.serve_security(args, local, read_only=False)
     except (ArchiveMismatch, ArchiveURLError, FileNotFoundError, CatalogError, commands.Refused) as exc:
         print(f"transcode: {exc}", file=sys.stderr)
         return None
 
 
-def _local_folder(args: argparse.Namespace) -> Path:
-    """The local folder of an object-store archive's server state: its
-    catalog folder, or the staging folder beside a PostgreSQL catalog."""
-    if not is_url(args.catalog):
-        return Path(args.catalog)
-    folder = Path(args.staging) if args.staging else default_staging(args.catalog)
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
+def _address(args: argparse.Namespace) -> ArchiveAddress:
+    """The archive the command names: --archive, with --catalog and --staging where it has them."""
+    return ArchiveAddress.of(args.archive, args.catalog, getattr(args, "staging", None))
 
 
 def _serve(args: argparse.Namespace, archive: str, read_only: bool, security: dict[str, Any],
@@ -410,10 +436,9 @@ def _serve(args: argparse.Namespace, archive: str, read_only: bool, security: di
         print(f"OHIF: {origin}/ohif/")
     print(f"Viewer: open {origin}/ in a browser", flush=True)
     # uvicorn logs through `transcode.logs`; its access log (full URLs, patient data in queries) is replaced
-    # by `transcode.access` (route templates). TLS: uvicorn's ssl options.
+    # by `transcode.access` (route templates). TLS and proxies: uvicorn's options (`commands.uvicorn_options`).
     uvicorn.run("transcode.server.app:app_from_environment", factory=True, workers=args.workers, host=args.host,
-                port=args.port, log_config=None, proxy_headers=True, access_log=False,
-                ssl_certfile=args.tls_cert, ssl_keyfile=args.tls_key,
+                port=args.port, log_config=None, access_log=False, **commands.uvicorn_options(args),
                 http="transcode.server.protocol:BoundedHttpTools", timeout_keep_alive=bounds.keep_alive,
                 limit_concurrency=bounds.max_connections)
     return EXIT_OK
@@ -455,8 +480,9 @@ def cmd_listen(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     study_hooks = ([hooks.command_hook(command) for command in args.on_study]
                    + [hooks.url_hook(url) for url in args.on_study_url] + hooks.entry_point_hooks())
-    forwarders = [Forwarder(Path(args.archive), target, ae_title=args.ae_title) for target in targets]
-    receiver = Receiver(Path(args.archive), ae_title=args.ae_title, host=args.host, port=args.port,
+    address = _address(args)
+    forwarders = [Forwarder(address, target, ae_title=args.ae_title) for target in targets]
+    receiver = Receiver(address, ae_title=args.ae_title, host=args.host, port=args.port,
                         accept_from=peers, max_associations=args.max_associations, study_idle=args.study_idle,
                         study_hooks=study_hooks, workers=args.workers, settings=_settings(args),
                         crosscheck=args.crosscheck, on_conflict=args.on_conflict,
@@ -590,7 +616,10 @@ def build_parser() -> argparse.ArgumentParser:
     migrate = sub.add_parser("migrate", help="pull studies from a legacy PACS (C-FIND, then C-GET or C-MOVE); "
                              "a rerun resumes")
     migrate.add_argument("--from", dest="source", required=True, metavar="AE@HOST:PORT", help="the PACS")
-    migrate.add_argument("--archive", required=True, help="archive folder (created if missing)")
+    migrate.add_argument("--archive", required=True, help="archive folder (created if missing), or s3://BUCKET/PREFIX")
+    migrate.add_argument("--catalog", help="for an s3:// archive: the local folder of its index, staging and spools, "
+                                           "or postgresql://USER@HOST:PORT/DB (README, Catalog)")
+    _staging_option(migrate)
     migrate.add_argument("--ae-title", default="TRANSCODE", help="our AE title (default: %(default)s)")
     migrate.add_argument("--study", action="append", default=[], metavar="UID", help="only this study (repeatable)")
     migrate.add_argument("--since", metavar="DATE", help="only studies dated on or after DATE (YYYYMMDD)")
@@ -611,15 +640,18 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.set_defaults(func=cmd_migrate)
 
     verify = sub.add_parser("verify", help="re-read and re-decode every archived object against the index")
-    verify.add_argument("--archive", required=True)
+    verify.add_argument("--archive", required=True, help="archive folder, or s3://BUCKET/PREFIX with --catalog")
+    verify.add_argument("--catalog", help="for an s3:// archive: the local folder of its index, or "
+                                          "postgresql://USER@HOST:PORT/DB (README, Catalog)")
+    _staging_option(verify)
     verify.add_argument("--rebuild-index", action="store_true",
                         help="replace the index by one rebuilt from the stored objects (keeps the old ledger)")
     verify.set_defaults(func=cmd_verify)
 
     serve = sub.add_parser("serve", help="serve an archive over DICOMweb (QIDO-RS, WADO-RS, STOW-RS)")
     serve.add_argument("--archive", required=True, help="archive folder, or s3://BUCKET/PREFIX with --catalog")
-    serve.add_argument("--catalog", help="for an s3:// archive: the local folder of its index, or "
-                                         "postgresql://USER@HOST:PORT/DB (served read-only; README, Catalog)")
+    serve.add_argument("--catalog", help="for an s3:// archive: the local folder of its index, staging and upload "
+                       "spool, or postgresql://USER@HOST:PORT/DB (README, Catalog)")
     _staging_option(serve)
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     serve.add_argument("--port", type=int, default=8042, help="(default: %(default)s)")
@@ -643,7 +675,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=cmd_serve, log_default="info")
 
     listen = sub.add_parser("listen", help="receive instances over DICOM (C-STORE) into an archive")
-    listen.add_argument("--archive", required=True, help="archive folder (created if missing)")
+    listen.add_argument("--archive", required=True, help="archive folder (created if missing), or s3://BUCKET/PREFIX")
+    listen.add_argument("--catalog", help="for an s3:// archive: the local folder of its index, staging and spools, "
+                                          "or postgresql://USER@HOST:PORT/DB (README, Catalog)")
+    _staging_option(listen)
     listen.add_argument("--ae-title", default="TRANSCODE", help="our AE title (default: %(default)s)")
     listen.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     listen.add_argument("--port", type=int, default=11112, help="(default: %(default)s)")
@@ -699,10 +734,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:
         return EXIT_USAGE if exc.code else EXIT_OK
     _configure_logging(args)
-    if "://" in str(getattr(args, "archive", None) or "") and args.func not in (cmd_ingest, cmd_serve):
-        print(f"transcode: {args.command} takes an archive folder; s3:// archives work with ingest and serve "
-              "(README, Object storage)", file=sys.stderr)
-        return EXIT_USAGE
+    if getattr(args, "catalog", None) is not None or "://" in str(getattr(args, "archive", None) or ""):
+        try:  # a URL of another scheme, or one without its catalog: refused before anything is made of it
+            ArchiveAddress.of(args.archive, args.catalog).check()
+        except ArchiveURLError as exc:
+            print(f"transcode: {exc}", file=sys.stderr)
+            return EXIT_USAGE
     try:
         code = int(args.func(args))
         sys.stdout.flush()  # here, where a closed pipe can still be caught

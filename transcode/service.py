@@ -11,10 +11,13 @@ so a door and a running `transcode ingest` never write at once.
 Nothing is acknowledged before `store` returns, and it returns only once the
 objects and their index rows are durable.
 
-A door that receives a body (STOW-RS) spools it with `upload()` in a folder
-under the archive (`spool/uploads/`, on the archive's disk, not /tmp): a
-full disk is the archive's, and what a killed server left there was never
-acknowledged and is removed by `clear_uploads` when `serve` starts.
+The service opens its own sessions from an `ArchiveAddress` (a folder, or
+an `s3://` URL and its catalog folder). A door that receives a body
+(STOW-RS) spools it with `upload()` in the archive's local folder
+(`spool/uploads/` under the archive folder, or under the catalog folder of
+an object-store archive; a local disk, not /tmp): what a killed server left
+there was never acknowledged and is removed by `clear_uploads` when `serve`
+starts.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import os
 import shutil
 import sqlite3
 import threading
@@ -33,7 +37,8 @@ from typing import NamedTuple
 
 import pydicom
 
-from transcode.archive import FolderArchive
+from transcode.archive import Archive
+from transcode.archive.objects import ArchiveAddress
 from transcode.codecs.htj2k import EncodeSettings
 from transcode.entries import Entry, IngestOutcome
 from transcode.pipeline import WorkerPool, ingest
@@ -102,7 +107,8 @@ def out_of_space(exc: BaseException) -> bool:
 
 
 def clear_uploads(root: Path) -> None:
-    """Remove what killed servers left in the archive's upload spool (call
+    """Remove what killed servers left in the upload spool of the archive
+    whose local folder is `root` (call
     once, before any door receives: it removes uploads in progress too)."""
     folder = Path(root) / UPLOADS
     if folder.is_dir():
@@ -119,7 +125,8 @@ class ServiceBusy(RuntimeError):
 
 
 class IngestService:
-    """Ingest into the archive at `root` with `workers` persistent worker
+    """Ingest into the archive at `archive` (an `ArchiveAddress`, or a
+    folder path) with `workers` persistent worker
     processes (started by the first call). Options are `transcode ingest`'s.
 
     The archive's write session (its ingest lock and index) stays open
@@ -131,7 +138,7 @@ class IngestService:
 
     def __init__(
         self,
-        root: Path,
+        archive: ArchiveAddress | str | os.PathLike[str],
         *,
         workers: int = 2,
         settings: EncodeSettings | None = None,
@@ -139,14 +146,14 @@ class IngestService:
         on_conflict: OnConflict | str = OnConflict.KEEP,
         hold: float = 2.0,
     ) -> None:
-        self.root = Path(root)
+        self.address = ArchiveAddress.of(archive)
         self.settings = settings
         self.crosscheck = CrossCheck(crosscheck)
         self.on_conflict = OnConflict(on_conflict)
         self.hold = hold
         self._pool = WorkerPool(workers)
         self._lock = threading.Lock()
-        self._archive: FolderArchive | None = None
+        self._archive: Archive | None = None
         self._last_call = 0.0
         self._releaser: threading.Timer | None = None
 
@@ -159,10 +166,10 @@ class IngestService:
         if not files:
             return []
         if not self._lock.acquire(timeout=wait):
-            raise ServiceBusy(f"another ingest into {self.root} has run for over {wait:.0f} s")
+            raise ServiceBusy(f"another ingest into {self.address} has run for over {wait:.0f} s")
         try:
             if self._archive is None:
-                self._archive = FolderArchive(self.root, exclusive=True)
+                self._archive = self.address.open(exclusive=True)
             try:
                 report = ingest(
                     [str(path) for path in files], self._archive, pool=self._pool, settings=self.settings,
@@ -188,9 +195,9 @@ class IngestService:
 
     @contextlib.contextmanager
     def upload(self) -> Iterator[Path]:
-        """A new, empty folder under the archive's upload spool for the
-        files of one upload, removed with what it holds on leaving."""
-        folder = self.root / UPLOADS / uuid.uuid4().hex
+        """A new, empty folder in the archive's upload spool (in its local
+        folder) for the files of one upload, removed with what it holds on leaving."""
+        folder = self.address.local / UPLOADS / uuid.uuid4().hex
         folder.mkdir(parents=True)
         try:
             yield folder

@@ -5,11 +5,12 @@
 //     JOBS_JSON: {"modes": [...], "frames": [{"study", "series", "index"}...], "screenshot": bool,
 //                 "interact": {"study", "series"} | null,
 //                 "zoom": {"study", "series", "sop", "frame", "x", "y", "w", "h"} | null,
-//                 "ohif": {"url", "study"} | null}
+//                 "ohif": {"url", "study"} | null, "credential": API key | null,
+//                 "signin": bool (a page with no credential, then a wrong one)}
 //     -> {"frames": {mode: [pixel summary...]}, "interaction": {before, scrolled, dragged},
 //         "zoom": {info, panel, tiles, visible} | null,
 //         "ohif": {requests, text, frames: [pixel summary...]} | null, "elsewhere": [URL...],
-//         "screenshot": path | null, "console": [...]}
+//         "screenshot": path | null, "signin": {shown, status, cards, refused} | null, "console": [...]}
 //   node viewer.mjs URL OUT_DIR first-image JOBS_JSON
 //     JOBS_JSON: {"modes": [...], "study", "series", "repeat": n}
 //     -> {"runs": [{"mode", "ms", "bytes", "requests", "columns", "rows"}...]}
@@ -80,12 +81,47 @@ async function open(mode) {
   });
   page.on('pageerror', (error) => consoleLines.push(`pageerror: ${error.message}`));
   await page.goto(`${url}/?mode=${mode}`, { waitUntil: 'load' });
+  if (jobs.credential) {  // authentication on: the sign-in form comes first
+    await signIn(page, jobs.credential);
+  }
   await page.evaluate(() => window.transcodeViewer.ready);
   return page;
 }
 
+/** Wait for the sign-in form, and submit `credential` in it. */
+async function signIn(page, credential) {
+  await page.waitForSelector('#login:not([hidden])', { timeout: 30000 });
+  await page.type('#credential', credential);
+  await page.click('#login button[type=submit]');
+}
+
+/** A page opened with no credential: is the form shown (and the rest
+ * intact)? Then a wrong credential: what does the form say? */
+async function signinPage() {
+  const page = await browser.newPage();
+  page.on('pageerror', (error) => consoleLines.push(`pageerror: ${error.message}`));
+  await page.goto(`${url}/`, { waitUntil: 'load' });
+  await page.waitForSelector('#login:not([hidden])', { timeout: 30000 });
+  const seen = () => page.evaluate(() => ({
+    shown: !document.getElementById('login').hidden,
+    status: document.getElementById('status').textContent,
+    cards: document.querySelectorAll('.card').length,
+    error: document.getElementById('login-error').textContent,
+  }));
+  const first = await seen();
+  await signIn(page, 'tck_000000000000_wrong');
+  await page.waitForFunction(() => document.getElementById('login-error').textContent !== '', { timeout: 30000 });
+  const refused = await seen();
+  await page.screenshot({ path: join(outDir, 'signin.png') });
+  await page.close();
+  return { ...first, refused };
+}
+
 async function check() {
-  const result = { frames: {}, zoom: null, screenshot: null };
+  const result = { frames: {}, zoom: null, screenshot: null, signin: null };
+  if (jobs.signin) {
+    result.signin = await signinPage();
+  }
   for (const mode of jobs.modes) {
     const page = await open(mode);
     const summaries = [];

@@ -23,8 +23,10 @@ import hashlib
 import logging
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from transcode.archive import identity
@@ -62,6 +64,8 @@ class StoreArchive(SessionArchive):
             raise ValueError("a write session is neither read-only nor unchecked")
         self.store = store
         self.name = name
+        #: The catalog as given: a local folder, or a PostgreSQL URL.
+        self.catalog: str | Path = str(catalog) if is_url(catalog) else Path(catalog)
         self.read_only = read_only or not store.supports_writes
         if is_url(catalog):
             self._staging = Path(staging) if staging is not None else default_staging(str(catalog))
@@ -144,6 +148,9 @@ class StoreArchive(SessionArchive):
     def exists(self, relative: str) -> bool:
         return self.store.exists(relative)
 
+    def list(self, prefix: str) -> Iterator[str]:
+        return self.store.list(prefix)
+
     def size(self, relative: str) -> int:
         return self.store.size(relative)
 
@@ -166,6 +173,79 @@ def default_staging(catalog_url: str) -> Path:
     return Path(tempfile.gettempdir()) / f"transcode-{getpass.getuser()}" / f"staging-{key}"
 
 
+@dataclass(frozen=True)
+class ArchiveAddress:
+    """Where an archive is: what `open_archive` takes (a folder, or an
+    `s3://` URL and its catalog folder), for a door that opens its own
+    sessions (the ingest service, a receiver, a migration). `store`: an open
+    store to use instead of reaching the URL's (a memory store in tests).
+
+    `local` is the local folder where the doors keep what is not an object
+    (uploads, spools, queues): the archive folder itself, the catalog
+    folder, or beside a PostgreSQL catalog the staging folder (`staging`,
+    else `default_staging`)."""
+
+    url: str
+    catalog: str | None = None
+    store: Store | None = field(default=None, compare=False, repr=False)
+    staging: str | None = None
+
+    @classmethod
+    def of(cls, where: ArchiveAddress | str | os.PathLike[str], catalog: str | os.PathLike[str] | None = None,
+           staging: str | os.PathLike[str] | None = None) -> ArchiveAddress:
+        """`where` as an address (a folder path or URL, with `catalog` and `staging`)."""
+        if isinstance(where, ArchiveAddress):
+            return where
+        return cls(os.fspath(where), None if catalog is None else os.fspath(catalog),
+                   staging=None if staging is None else os.fspath(staging))
+
+    @property
+    def local(self) -> Path:
+        if self.catalog is not None and is_url(self.catalog):
+            return Path(self.staging) if self.staging is not None else default_staging(self.catalog)
+        if self.catalog is not None:
+            return Path(self.catalog)
+        return Path(urlsplit(self.url).path if self.url.startswith("file://") else self.url)
+
+    def check(self) -> None:
+        """ArchiveURLError where `open` would refuse the URL and catalog as such."""
+        _scheme(self.url, self.catalog)
+
+    def open(self, **options: Any) -> Archive:
+        """A new session (`open_archive`'s options: exclusive, read_only, check)."""
+        if self.store is not None:
+            return StoreArchive(self.store, self.catalog or self.local, name=self.url, staging=self.staging, **options)
+        return open_archive(self.url, catalog=self.catalog, staging=self.staging, **options)
+
+    def __str__(self) -> str:
+        return self.url
+
+
+def _scheme(url: str, catalog: str | os.PathLike[str] | None) -> str:
+    """"" for a folder, "s3" for an S3 URL with a catalog; ArchiveURLError
+    for a URL of another scheme, an S3 URL without a catalog or a folder with one."""
+    scheme = urlsplit(url).scheme if "://" in url else ""  # a folder may have a colon in its name
+    if scheme in ("", "file"):
+        if catalog is not None:
+            raise ArchiveURLError("--catalog is for an object-store archive; a folder archive keeps its index inside")
+        return ""
+    if scheme != "s3":
+        raise ArchiveURLError(f"{url}: an archive is a folder or an s3://bucket/prefix URL")
+    if catalog is None:
+        raise ArchiveURLError(f"{url}: an S3 archive needs --catalog FOLDER (or postgresql://...) for its catalog")
+    return scheme
+
+
+def address_of(archive: Archive) -> ArchiveAddress:
+    """How to open `archive` again: another session over the same folder or store."""
+    if isinstance(archive, StoreArchive):
+        return ArchiveAddress(archive.name, os.fspath(archive.catalog), store=archive.store,
+                              staging=os.fspath(archive.staging()))
+    if archive.root is None:
+        raise TypeError(f"{archive!r} has no address")
+    return ArchiveAddress(os.fspath(archive.root))
+
+
 def open_archive(url: str | os.PathLike[str], *, catalog: str | os.PathLike[str] | None = None,
                  exclusive: bool = False, read_only: bool = False, check: bool = True,
                  staging: str | os.PathLike[str] | None = None) -> Archive:
@@ -176,16 +256,8 @@ def open_archive(url: str | os.PathLike[str], *, catalog: str | os.PathLike[str]
     folder). ArchiveURLError for a URL of another scheme, an S3 URL without
     a catalog or a folder with one."""
     text = os.fspath(url)
-    scheme = urlsplit(text).scheme if "://" in text else ""  # a folder may have a colon in its name
-    if scheme in ("", "file"):
-        if catalog is not None:
-            raise ArchiveURLError("--catalog is for an object-store archive; a folder archive keeps its index inside")
-        return FolderArchive(urlsplit(text).path if scheme else text, exclusive=exclusive, read_only=read_only,
-                             check=check)
-    if scheme != "s3":
-        raise ArchiveURLError(f"{text}: an archive is a folder or an s3://bucket/prefix URL")
-    if catalog is None:
-        raise ArchiveURLError(f"{text}: an S3 archive needs --catalog FOLDER for its index and staging")
+    if _scheme(text, catalog) == "":
+        return FolderArchive(ArchiveAddress(text).local, exclusive=exclusive, read_only=read_only, check=check)
     from transcode.stores.s3 import S3Store
 
     try:

@@ -1,26 +1,32 @@
 """The `Archive` interface and its embedded backend: a folder plus SQLite.
 
-The pipeline and the server see only `Archive`: place an object, read it
-(whole, a byte range, or several ranges in one call), and query the
-catalog (`archive.index`, transcode.catalog). `SessionArchive` holds what
-every backend shares (the identity check, the writer lock and write
-sessions); the object-store backend, over any `transcode.stores` Store, is
-`transcode.archive.objects.StoreArchive`, whose catalog may be SQLite or
+The pipeline, the server and `verify` see only `Archive`: place an object,
+read it (whole, a byte range, several ranges in one call, as a seekable file
+for pydicom, or as a local file for the DICOM reader, which maps it), list
+the stored objects, and query the catalog
+(`archive.index`, transcode.catalog). Nothing outside a backend opens an
+object by its path.
+`SessionArchive` holds what every backend shares (the identity check and
+write sessions); the object-store backend, over any `transcode.stores`
+Store, is `transcode.archive.objects.StoreArchive`; its catalog SQLite or
 PostgreSQL.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import shutil
 import sqlite3
+import tempfile
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import BinaryIO, Self
 
 from transcode.archive import identity
 from transcode.archive.identity import ArchiveMismatch, Identity, read_marker, write_marker
@@ -32,6 +38,8 @@ from transcode.dicom.write import fsync_path
 from transcode.stores.base import ByteRange
 
 log = logging.getLogger(__name__)
+#: How much `Archive.open` reads at a time: a DICOM header in one request, mostly.
+OPEN_BUFFER = 1 << 18
 
 
 __all__ = ["Archive", "ArchiveBusy", "ArchiveReadOnly", "FolderArchive", "SessionArchive", "clear_staging",
@@ -51,6 +59,8 @@ class Archive(ABC):
     root: Path | None = None
     #: Opened for reading only: nothing may be placed or indexed.
     read_only: bool = False
+    #: Why the index is not this archive's (opened unchecked: `verify`); None when it is.
+    mismatch: str | None = None
 
     @abstractmethod
     def place(self, staged: Path, relative: str) -> None:
@@ -88,6 +98,34 @@ class Archive(ABC):
 
     @abstractmethod
     def size(self, relative: str) -> int: ...
+
+    @abstractmethod
+    def list(self, prefix: str) -> Iterator[str]:
+        """The archive-relative paths of the stored objects under folder
+        `prefix` (`objects/`, `conflicts/`), in no particular order."""
+
+    def version(self, relative: str) -> tuple[object, ...]:
+        """What changes when the object is replaced (the server proves a
+        whole object once per version); FileNotFoundError when missing."""
+        return (self.size(relative),)
+
+    def open(self, relative: str) -> BinaryIO:
+        """The object as a seekable binary file, for a reader that walks it
+        (pydicom reading a header): reads go through `read`, buffered, so a
+        reader that stops early fetches only what it read.
+        FileNotFoundError when the object is missing."""
+        return io.BufferedReader(_ObjectFile(self, relative), buffer_size=OPEN_BUFFER)
+
+    @contextmanager
+    def local(self, relative: str) -> Iterator[Path]:
+        """The object as a local file for the length of the block, for a
+        reader that maps it (the DICOM reader): a temporary copy here,
+        removed on leaving (`TMPDIR` says where); the file itself where the
+        backend has one. FileNotFoundError when the object is missing."""
+        with self.open(relative) as source, tempfile.NamedTemporaryFile(suffix=".dcm") as copy:
+            shutil.copyfileobj(source, copy, OPEN_BUFFER)
+            copy.flush()
+            yield Path(copy.name)
 
     @abstractmethod
     def staging(self) -> Path:
@@ -302,6 +340,26 @@ class FolderArchive(SessionArchive):
     def size(self, relative: str) -> int:
         return self.layout.resolve(relative).stat().st_size
 
+    def list(self, prefix: str) -> Iterator[str]:
+        for path in self.layout.stored(self.layout.resolve(prefix)):
+            yield str(path.relative_to(self.root))
+
+    def version(self, relative: str) -> tuple[object, ...]:
+        """The file's inode, size, mtime and ctime."""
+        st = os.stat(self.layout.resolve(relative))
+        return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+    def open(self, relative: str) -> BinaryIO:
+        return open(self.layout.resolve(relative), "rb")
+
+    @contextmanager
+    def local(self, relative: str) -> Iterator[Path]:
+        """The stored file itself (FileNotFoundError when missing)."""
+        path = self.layout.resolve(relative)
+        if not path.is_file():
+            raise FileNotFoundError(f"{relative} is missing")
+        yield path
+
     def staging(self) -> Path:
         return self.layout.staging
 
@@ -314,6 +372,46 @@ def clear_staging(folder: Path) -> None:
             shutil.rmtree(leftover, ignore_errors=True)
         else:
             leftover.unlink()
+
+
+class _ObjectFile(io.RawIOBase):
+    """A stored object as a raw, seekable file over `Archive.read`."""
+
+    def __init__(self, archive: Archive, relative: str) -> None:
+        super().__init__()
+        self._archive, self._relative = archive, relative
+        self._size = archive.size(relative)
+        self._position = 0
+
+    @property
+    def name(self) -> str:
+        """The archive-relative path (what pydicom records as the file name)."""
+        return self._relative
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._position, os.SEEK_END: self._size}[whence]
+        if base + offset < 0:
+            raise ValueError("negative seek position")
+        self._position = base + offset
+        return self._position
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        end = min(self._size, self._position + len(buffer))
+        if end <= self._position:
+            return 0
+        data = self._archive.read(self._relative, self._position, end)
+        memoryview(buffer).cast("B")[:len(data)] = data
+        self._position += len(data)
+        return len(data)
 
 
 def _pread_into(fd: int, relative: str, start: int, view: memoryview) -> None:

@@ -109,6 +109,11 @@ def server_table(server: dict[str, Any]) -> str:
         audit = _table(["one audit line (writer thread)", "µs", "bytes"],
                        [["a line per batch (flushed per request)", f"{line['batch1_us']:.1f}", f"{line['line_bytes']:.0f}"],
                         ["64 lines per batch", f"{line['batch64_us']:.1f}", ""]]) + "\n"
+    if (guard := server.get("guard_cost")) is not None:
+        audit += _table(["security middleware, trivial endpoint", "µs added per request"],
+                        [[part, f"{guard[f'{key}_us']:.1f}"] for part, key in (
+                            ("the guard alone", "guard"), ("+ a cached token check", "auth"),
+                            ("+ the audit trail (its writer thread included)", "audit"), ("both", "both"))]) + "\n"
     return (_table(columns, rows) + "\n"
             + _table(["in process, request by request", "µs on (checked / secured)", "µs off",
                       "frames/s on vs off"], cost) + "\n" + audit

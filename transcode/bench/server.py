@@ -322,6 +322,7 @@ def run(files: int, seconds: float, clients: list[int]) -> dict[str, Any]:
         with FolderArchive(root / "archive") as store:
             results["security_cost"] = secured.security_cost(store, root / "security", token, alternating)
         results["audit_line"] = secured.audit_line_cost(root / "line-cost")
+        results["guard_cost"] = secured.guard_cost(root / "security", token)
         results["frame_body_bytes"] = (root / "body.bin").stat().st_size
     return results
 

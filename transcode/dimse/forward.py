@@ -3,11 +3,12 @@ router (`transcode listen --forward AE@host:port`, `--forward-stow URL`).
 
 The receiver calls `Forwarder.on_archived(entry)` once an instance is
 durably archived; its SOP Instance UID goes into a persistent queue (SQLite,
-`ARCHIVE/spool/forward/queue.sqlite`, one row per peer and instance,
-committed before `on_archived` returns), and a worker thread sends what is
-due. A restart finds the queue as it was: nothing is lost, and an instance
-sent just before a kill, whose row was not yet deleted, is sent again
-(the peer sees a duplicate, never a gap).
+`spool/forward/queue.sqlite` in the archive folder or an object-store
+archive's catalog, one row per peer and instance, committed before
+`on_archived` returns), and a worker thread sends what is due. A restart
+finds the queue as it was: nothing is lost, and an instance sent just
+before a kill, whose row was not yet deleted, is sent again (the peer sees
+a duplicate, never a gap).
 
 What is sent is read from the archive through the server's integrity-checked
 reads (damaged stored bytes are never forwarded):
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -46,7 +48,8 @@ from typing import Any
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE, _config
 
-from transcode.archive import FolderArchive
+from transcode.archive import Archive
+from transcode.archive.objects import ArchiveAddress
 from transcode.catalog.base import InstanceRow
 from transcode.dimse.scu import RemoteAE, no_delay
 from transcode.entries import Entry, IngestOutcome
@@ -81,20 +84,21 @@ class PeerDown(RuntimeError):
 
 
 class Forwarder:
-    """Sends instances archived at `archive_root` to `peer` (a `RemoteAE`
+    """Sends instances archived at `archive` (an `ArchiveAddress`, or a
+    folder path; the queue is in its local folder) to `peer` (a `RemoteAE`
     for C-STORE, or a STOW-RS URL such as http://host/dicomweb/studies),
     calling as `ae_title`."""
 
-    def __init__(self, archive_root: Path, peer: RemoteAE | str, *, ae_title: str = "TRANSCODE",
-                 retry_base: float = 1.0, retry_max: float = 300.0, max_attempts: int = 10,
+    def __init__(self, archive: ArchiveAddress | str | os.PathLike[str], peer: RemoteAE | str, *,
+                 ae_title: str = "TRANSCODE", retry_base: float = 1.0, retry_max: float = 300.0, max_attempts: int = 10,
                  timeout: float = 30.0) -> None:
-        self.root = Path(archive_root)
+        self.archive = ArchiveAddress.of(archive)
         self.peer = peer
         self.key = str(peer)
         self.ae_title = ae_title
         self.retry_base, self.retry_max, self.max_attempts = retry_base, retry_max, max_attempts
         self.timeout = timeout
-        self.folder = self.root / "spool" / "forward"
+        self.folder = self.archive.local / "spool" / "forward"
         self.folder.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(self.folder / "queue.sqlite", isolation_level=None, check_same_thread=False,
                                    timeout=30)
@@ -193,7 +197,7 @@ class Forwarder:
         return False
 
     def _run(self) -> None:
-        archive: FolderArchive | None = None
+        archive: Archive | None = None
         service: Service | None = None
         try:
             while not self._stop.is_set():
@@ -204,7 +208,7 @@ class Forwarder:
                     continue
                 try:
                     if service is None:  # the server's read side: catalog, checked reads, conversion
-                        archive = FolderArchive(self.root, read_only=True)
+                        archive = self.archive.open(read_only=True)
                         service = Service(archive)
                     results = self._send(service, [sop for sop, _ in due])
                 except PeerDown as exc:

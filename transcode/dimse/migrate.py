@@ -7,7 +7,7 @@ Instance UIDs and SOP classes it holds). Each study is retrieved with C-GET,
 series by series, the instances arriving on the same association; or, where the PACS refuses
 C-GET (or `retrieve="move"`), with C-MOVE to a Storage SCP of our own that
 runs for the migration. Every instance received is written to the spool
-(`ARCHIVE/spool/migrate/STUDY/`) and fsynced before it is acknowledged,
+(`ARCHIVE/spool/migrate/STUDY/`, or under the catalog folder of an object-store archive) and fsynced before it is acknowledged,
 then the study's files go to the one ingest service (`transcode.service`),
 which archives them exactly as `transcode ingest` would.
 
@@ -57,7 +57,8 @@ from pynetdicom.sop_class import (
 )
 from pynetdicom.transport import ThreadedAssociationServer
 
-from transcode.archive import FolderArchive
+from transcode.archive import Archive
+from transcode.archive.objects import ArchiveAddress
 from transcode.archive.store import take_lock
 from transcode.dicom.write import copy_atomically, fsync_path, temporary_beside
 from transcode.dimse.scu import MAX_CONTEXTS, TRANSFER_SYNTAXES, RemoteAE, no_delay
@@ -168,8 +169,9 @@ class _SubOperations:
 
 
 class Migration:
-    """A migration from the PACS `source` into the archive at `root`,
-    through `service`. We call as `ae_title`; for C-MOVE our Storage SCP
+    """A migration from the PACS `source` into the archive at `archive`
+    (an `ArchiveAddress`, or a folder path; the spool is in its local
+    folder), through `service`. We call as `ae_title`; for C-MOVE our Storage SCP
     listens on `move_host`:`move_port` (the PACS must know it under
     `ae_title`). `rate` caps studies started per minute. `on_entry(entry)`
     gets each instance's ingest entry (with its `study_uid`);
@@ -178,7 +180,7 @@ class Migration:
 
     def __init__(
         self,
-        root: Path,
+        archive: ArchiveAddress | str | os.PathLike[str],
         source: RemoteAE,
         service: IngestService,
         *,
@@ -191,7 +193,7 @@ class Migration:
         on_entry: Callable[[Entry], None] | None = None,
         progress: Callable[[IngestReport, int, int], None] | None = None,
     ) -> None:
-        self.root = Path(root)
+        self.archive = ArchiveAddress.of(archive)
         self.source = source
         self.service = service
         self.ae_title = ae_title
@@ -201,7 +203,7 @@ class Migration:
         self.timeout = timeout
         self.on_entry = on_entry
         self.progress = progress
-        self.spool = self.root / "spool" / "migrate"
+        self.spool = self.archive.local / "spool" / "migrate"
         self._scp: ThreadedAssociationServer | None = None
         self._move_folder: Path | None = None  # where our SCP spools the study being moved
 
@@ -295,7 +297,7 @@ class Migration:
             for leftover in self.spool.iterdir():  # a killed run's unfinished studies: retrieved again
                 if leftover.is_dir():
                     shutil.rmtree(leftover)
-            with FolderArchive(self.root) as archive:
+            with self.archive.open() as archive:
                 return self._run(archive, filters)
         finally:
             if self._scp is not None:
@@ -303,7 +305,7 @@ class Migration:
                 self._scp = None
             os.close(lock)
 
-    def _run(self, archive: FolderArchive, filters: Filters) -> MigrationReport:
+    def _run(self, archive: Archive, filters: Filters) -> MigrationReport:
         index, source = archive.index, self.source.ae_title
         report = MigrationReport()
         studies = self.find(filters)
@@ -337,7 +339,7 @@ class Migration:
         report.ingest.seconds = time.perf_counter() - began
         return report
 
-    def _study(self, archive: FolderArchive, study: FoundStudy, ingest: IngestReport, total: int) -> StudyResult:
+    def _study(self, archive: Archive, study: FoundStudy, ingest: IngestReport, total: int) -> StudyResult:
         archive.index.set_migration(self.source.ae_title, study.uid, State.RETRIEVING, expected=study.expected)
         result = StudyResult(study.uid, State.FAILED, study.expected)
         folder = self.spool / study.uid

@@ -3,7 +3,8 @@ of the ingest service.
 
 Each association runs on its own thread (pynetdicom). A received data set
 is written as sent, with the File Meta of its presentation context and no
-re-encoding (`event.encoded_dataset()`), to the spool under the archive and
+re-encoding (`event.encoded_dataset()`), to the spool in the archive's
+local folder (the archive folder, or an object-store archive's catalog) and
 fsynced there (spool.py); it is then ingested by the one `IngestService`,
 and the sender is answered once the service has returned, that is once the
 instance is durable in the archive, with the status of its outcome
@@ -41,6 +42,7 @@ from __future__ import annotations
 import errno
 import functools
 import logging
+import os
 import queue
 import socket
 import ssl
@@ -58,7 +60,8 @@ from pynetdicom.events import Event
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
-from transcode.archive import ArchiveBusy, ArchiveMismatch, FolderArchive
+from transcode.archive import ArchiveBusy, ArchiveMismatch
+from transcode.archive.objects import ArchiveAddress
 from transcode.codecs.htj2k import EncodeSettings
 from transcode.dimse.hooks import Hook, StudyTracker
 from transcode.dimse.spool import Spool
@@ -192,7 +195,9 @@ class _GroupCommit:
 
 class Receiver:
     """A Storage SCP on `host`:`port` as `ae_title`, ingesting into the
-    archive at `archive`. `accept_from` lists the callers allowed (all when
+    archive at `archive` (an `ArchiveAddress`, or a folder path; the spool
+    is in its local folder: the archive folder, or an object-store
+    archive's catalog). `accept_from` lists the callers allowed (all when
     empty); `study_hooks` fire once a study has been quiet `study_idle`
     seconds; `on_archived` callbacks get the entry of every archived
     instance; `ssl_context`: TLS on every association (a server context,
@@ -203,7 +208,7 @@ class Receiver:
 
     def __init__(
         self,
-        archive: Path,
+        archive: ArchiveAddress | str | os.PathLike[str],
         *,
         ae_title: str = "TRANSCODE",
         host: str = "127.0.0.1",
@@ -223,15 +228,15 @@ class Receiver:
         ack: Ack | str = Ack.ARCHIVED,
         backlog: int = 256,
     ) -> None:
-        self.archive = Path(archive)
+        self.archive = ArchiveAddress.of(archive)
         self.address = (host, port)
         self.accept_from = list(accept_from)
         self.on_archived = list(on_archived)
-        self.spool = Spool(self.archive / "spool" / "incoming")
+        self.spool = Spool(self.archive.local / "spool" / "incoming")
         self.service = IngestService(self.archive, workers=workers, settings=settings, crosscheck=crosscheck,
                                      on_conflict=on_conflict)
         self.studies = StudyTracker(study_idle, list(study_hooks), archive=str(self.archive),
-                                    state=self.archive / "spool" / "studies.json")
+                                    state=self.archive.local / "spool" / "studies.json")
         self._commit = _GroupCommit(self.service)
         self.ae = AE(ae_title=ae_title)
         self.ae.maximum_associations = max_associations
@@ -250,7 +255,7 @@ class Receiver:
         background threads). Raises ArchiveMismatch for an index that is not
         the archive's, ArchiveBusy while another process ingests into it,
         OSError when the port cannot be bound."""
-        FolderArchive(self.archive).close()  # a new folder becomes an empty archive; a mismatch refuses now
+        self.archive.open().close()  # a new folder (or store) becomes an empty archive; a mismatch refuses now
         self.drain()
         # Every storage SOP class, known or not, in whatever transfer syntax
         # the sender proposes first: what the reader cannot decode is kept as is.

@@ -36,7 +36,7 @@ import re
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from json.encoder import encode_basestring_ascii
@@ -51,6 +51,7 @@ CURRENT = "audit.jsonl"
 GENESIS = "0" * 64
 _ROTATED = re.compile(r"audit\.(\d{6})\.jsonl")
 _TAIL = 1 << 16
+_SPELLINGS = 4096
 _ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"))  # made once: half the cost of json.dumps
 _PATIENT = "SELECT json_extract(dicom_json, '$.\"00100020\".Value[0]') FROM studies WHERE study_uid = ?"
 
@@ -169,15 +170,19 @@ class AuditLog:
         self._fd: int | None = None
         self._inode = 0
         self._patients: dict[str, str | None] = {}
+        self._spellings: dict[str | tuple[str, str, str, str], str] = {}
         self._second: tuple[int, str] = (-1, "")
         self._db: sqlite3.Connection | None = None
-        self._queue: queue.SimpleQueue[AuditEvent | threading.Event | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[AuditEvent | Callable[[], AuditEvent] | threading.Event | None] = \
+            queue.SimpleQueue()
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
         self._thread.start()
 
-    def record(self, event: AuditEvent) -> None:
-        """Queue `event` for writing (returns at once)."""
+    def record(self, event: AuditEvent | Callable[[], AuditEvent]) -> None:
+        """Queue `event` for writing (returns at once); or a function that
+        makes it, called by the writer thread (the guard leaves matching
+        the route and making the event to it, off the request's path)."""
         self._queue.put(event)
 
     def flush(self, timeout: float = 30.0) -> bool:
@@ -207,11 +212,11 @@ class AuditLog:
 
     def _run(self) -> None:
         while True:
-            item: AuditEvent | threading.Event | None = self._queue.get()
-            if isinstance(item, AuditEvent) and self.linger:
+            item = self._queue.get()
+            if item is not None and not isinstance(item, threading.Event) and self.linger:
                 time.sleep(self.linger)  # let the requests of the next moment join this batch
             batch = []
-            while isinstance(item, AuditEvent):
+            while item is not None and not isinstance(item, threading.Event):
                 batch.append(item)
                 try:
                     item = self._queue.get_nowait()
@@ -219,7 +224,7 @@ class AuditLog:
                     item = threading.Event()  # nobody waits on it
             if batch:
                 try:
-                    self.write(batch)
+                    self.write(_made(batch))
                 except Exception:  # the server goes on; the loss is logged loudly
                     log.exception("%d audit events could not be written to %s", len(batch), self.folder)
             if item is None:
@@ -285,11 +290,36 @@ class AuditLog:
         building a dict and encoding it, and it is the writer's whole cost.
         `digest` re-encodes a parsed line with the JSON encoder, and `verify`
         compares: the tests hold the two spellings equal, odd text included."""
-        touched = ",".join(_touched(t, self._patient(t.study)) for t in event.touched)
-        return (f'{{"action":{_text(event.action)},"from":{_text(event.source)},"method":{_text(event.method)},'
-                f'"outcome":{_text(event.outcome)},"prev":"{prev}","query":{_text(event.query)},'
-                f'"route":{_text(event.route)},"seq":{seq},"status":{int(event.status)},'
-                f'"time":"{self._time(event.time)}","touched":[{touched}],"who":{_text(event.who)}}}')
+        touched = ",".join(self._touched(t) for t in event.touched)
+        head = self._spelled((event.action, event.source, event.method, event.outcome))
+        return (f'{head},"prev":"{prev}","query":{_text(event.query)},"route":{self._spelled(event.route)},'
+                f'"seq":{seq},"status":{int(event.status)},"time":"{self._time(event.time)}","touched":[{touched}],'
+                f'"who":{self._spelled(event.who)}}}')
+
+    def _spelled(self, value: str | tuple[str, str, str, str]) -> str:
+        """A value that repeats from line to line (who, route; action, from,
+        method and outcome together: the line's head) spelled once: a
+        dictionary look-up instead of JSON escaping each time."""
+        if (text := self._spellings.get(value)) is None:
+            if len(self._spellings) > _SPELLINGS:
+                self._spellings.clear()
+            if isinstance(value, tuple):
+                action, source, method, outcome = map(_text, value)
+                text = f'{{"action":{action},"from":{source},"method":{method},"outcome":{outcome}'
+            else:
+                text = _text(value)
+            self._spellings[value] = text
+        return text
+
+    def _touched(self, touched: Touched) -> str:
+        """One `touched` object in canonical JSON (keys sorted; empty UIDs left out)."""
+        parts = [f'"instance":{_text(touched.instance)}'] if touched.instance else []
+        parts.append(f'"patient":{_text(self._patient(touched.study))}')
+        if touched.series:
+            parts.append(f'"series":{self._spelled(touched.series)}')
+        if touched.study:
+            parts.append(f'"study":{self._spelled(touched.study)}')
+        return "{" + ",".join(parts) + "}"
 
     def _time(self, when: float) -> str:
         """`when` in ISO 8601 (UTC, milliseconds); the part up to the second formatted once a second."""
@@ -318,16 +348,20 @@ class AuditLog:
         return self._patients[study]
 
 
+def _made(batch: list[AuditEvent | Callable[[], AuditEvent]]) -> list[AuditEvent]:
+    """The events of a batch, made where they were queued as functions (one that fails is logged and left out)."""
+    events = []
+    for item in batch:
+        try:
+            events.append(item if isinstance(item, AuditEvent) else item())
+        except Exception:  # a bug in making one event must not lose the batch
+            log.exception("an audit event could not be made")
+    return events
+
+
 def _text(value: str | None) -> str:
     """A JSON string (or null) exactly as the canonical encoder writes it."""
     return "null" if value is None else encode_basestring_ascii(value)
-
-
-def _touched(touched: Touched, patient: str | None) -> str:
-    """One `touched` object in canonical JSON (keys sorted; empty UIDs left out)."""
-    fields = [("instance", touched.instance), ("patient", patient), ("series", touched.series),
-              ("study", touched.study)]
-    return "{" + ",".join(f'"{k}":{_text(v)}' for k, v in fields if v or k == "patient") + "}"
 
 
 def _last_line(path: Path) -> bytes | None:

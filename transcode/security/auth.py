@@ -1,8 +1,8 @@
 """Who is calling, and what they may do: OIDC bearer tokens and API keys.
 
 Tokens are JWTs checked with PyJWT (MIT; `cryptography` for RSA/EC):
-signature against the issuer's JWKS (fetched by `PyJWKClient` and cached)
-or a local key file (PEM public key or JWKS JSON), then `iss`, `aud`, `exp`
+signature against the issuer's JWKS (fetched by `PyJWKClient` and cached:
+`IssuerKeys`) or a local key file (PEM public key or JWKS JSON), then `iss`, `aud`, `exp`
 (required) and `nbf`, with `leeway` seconds of clock skew. Scopes come from
 a claim (`scope`, space separated, or a list such as Azure AD's `scp` or
 `roles`), mapped to ours by name: read (search, retrieve, render), write
@@ -85,6 +85,7 @@ class OidcConfig:
     algorithms: tuple[str, ...] = ("RS256", "ES256")
     leeway: float = 30.0
     scope_claim: str = "scope"
+    jwks_refetch: float = 60.0
     scope_names: dict[str, str] = field(default_factory=lambda: {READ: READ, WRITE: WRITE, ADMIN: ADMIN})
 
 
@@ -114,8 +115,9 @@ class AuthConfig:
                 given["key_file"] = Path(section["key_file"])
             if "algorithms" in section:
                 given["algorithms"] = tuple(section["algorithms"])
-            if "leeway" in section:
-                given["leeway"] = float(section["leeway"])
+            for number in ("leeway", "jwks_refetch"):
+                if number in section:
+                    given[number] = float(section[number])
             oidc = OidcConfig(section["issuer"], section["audience"],
                               scope_names={READ: READ, WRITE: WRITE, ADMIN: ADMIN, **section.get("scopes", {})},
                               **given)
@@ -134,7 +136,7 @@ class Authenticator:
         self._jwks = self._local_keys = None
         if (oidc := config.oidc) is not None:
             if oidc.jwks_url:
-                self._jwks = jwt.PyJWKClient(oidc.jwks_url, cache_keys=True, lifespan=600, timeout=10)
+                self._jwks = IssuerKeys(oidc.jwks_url, oidc.jwks_refetch)
             else:
                 self._local_keys = _read_keys(oidc.key_file)
 
@@ -210,6 +212,44 @@ class Authenticator:
                 raise ValueError(f"no key {kid!r} in the key file")
             return found[0]
         return keys
+
+
+class IssuerKeys(jwt.PyJWKClient):
+    """The issuer's JWKS: PyJWT's client (the key set cached for `LIFESPAN`
+    seconds; a token naming a key id not in it refetches the set, at most
+    once per `refetch` seconds, under one lock, so that concurrent requests
+    share one fetch), plus what it lacks: when a fetch fails, the last key
+    set fetched keeps serving until a fetch succeeds, and a failed fetch is
+    not retried within `refetch` seconds (with no key set yet, each caller
+    gets `PyJWKClientConnectionError` at once rather than waiting on a dead
+    issuer in turn). No per-key cache (`cache_keys`): it never expires, so a
+    key the issuer withdrew would stay trusted."""
+
+    LIFESPAN = 600.0
+    TIMEOUT = 10.0
+
+    def __init__(self, url: str, refetch: float) -> None:
+        super().__init__(url, cache_jwk_set=True, lifespan=self.LIFESPAN, timeout=self.TIMEOUT,
+                         cooldown_duration=refetch)
+        self._last_good: jwt.PyJWKSet | None = None
+        self._failed_at: float | None = None
+
+    def fetch_data(self) -> Any:
+        """The key set from the issuer, or the last one fetched if the issuer cannot be reached now."""
+        if self._failed_at is not None and time.monotonic() - self._failed_at < self.cooldown_duration:
+            if self._last_good is None:
+                raise jwt.PyJWKClientConnectionError("the issuer's keys could not be fetched moments ago")
+            return self._last_good
+        try:
+            data = super().fetch_data()
+        except jwt.PyJWKClientConnectionError as exc:
+            self._failed_at = time.monotonic()
+            if self._last_good is None:
+                raise
+            log.warning("the token issuer's keys cannot be fetched (%s): using those fetched before", exc)
+            return self._last_good
+        self._last_good, self._failed_at = jwt.PyJWKSet.from_dict(data), None
+        return self._last_good
 
 
 def require(principal: Principal, method: str) -> None:

@@ -115,6 +115,10 @@ def add_serve_options(serve: argparse.ArgumentParser) -> None:
     serve.add_argument("--no-auth", action="store_true",
                        help="serve without authentication on an address other than loopback (a warning is printed)")
     _tls_options(serve)
+    serve.add_argument("--forwarded-allow-ips", default=None, metavar="CIDR,...",
+                       help="reverse proxies (addresses or networks, comma separated; '*' for any) whose "
+                            "X-Forwarded-For/-Proto name the client; by default the connecting address is the client "
+                            "(for the audit trail, the per-client limits and the access log)")
     _audit_options(serve)
     serve.add_argument("--audit-rotate-mb", type=float, default=64.0,
                        help="start a new trail file past this size (default: %(default)s)")
@@ -125,8 +129,6 @@ def add_serve_options(serve: argparse.ArgumentParser) -> None:
 def add_listen_options(listen: argparse.ArgumentParser) -> None:
     """TLS and audit options of `listen`."""
     _tls_options(listen)
-    listen.add_argument("--tls-ca", type=Path, default=None,
-                        help="CA bundle: callers must present a certificate it signed (mutual TLS)")
     _audit_options(listen)
 
 
@@ -139,13 +141,17 @@ def _audit_options(parser: argparse.ArgumentParser) -> None:
 def _tls_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tls-cert", type=Path, default=None, help="PEM certificate (chain): serve TLS only")
     parser.add_argument("--tls-key", type=Path, default=None, help="PEM private key of --tls-cert")
+    parser.add_argument("--tls-client-ca", "--tls-ca", dest="tls_client_ca", type=Path, default=None,
+                        help="CA bundle (PEM): mutual TLS, every client must present a certificate it signed "
+                             "(refused at the handshake otherwise)")
 
 
 def serve_security(args: argparse.Namespace, archive: Path, read_only: bool) -> dict[str, Any]:
     """The security part of the options each `serve` worker gets; Refused
     for unsafe or inconsistent options (checked before anything starts)."""
-    if bool(args.tls_cert) != bool(args.tls_key):
-        raise Refused("--tls-cert and --tls-key go together")
+    _check_tls(args)
+    if args.forwarded_allow_ips is not None:
+        _proxies(args.forwarded_allow_ips)
     if args.auth_config is None and not _loopback(args.host):
         if not args.no_auth:
             raise Refused(f"{args.host} is not a loopback address: serving patient data there without "
@@ -168,6 +174,36 @@ def serve_security(args: argparse.Namespace, archive: Path, read_only: bool) -> 
             "audit_max_bytes": int(args.audit_rotate_mb * (1 << 20)), "audit_fsync": args.audit_fsync}
 
 
+def uvicorn_options(args: argparse.Namespace) -> dict[str, Any]:
+    """uvicorn's TLS and proxy options for `serve` (checked by `serve_security`).
+    Proxy headers are read only from `--forwarded-allow-ips`: uvicorn's own
+    default trusts loopback, which would let any local process forge the
+    client address of the trail and the limits."""
+    return {"ssl_certfile": args.tls_cert, "ssl_keyfile": args.tls_key,
+            "ssl_ca_certs": args.tls_client_ca, "ssl_cert_reqs": ssl.CERT_REQUIRED if args.tls_client_ca else ssl.CERT_NONE,
+            "proxy_headers": args.forwarded_allow_ips is not None,
+            "forwarded_allow_ips": _proxies(args.forwarded_allow_ips) if args.forwarded_allow_ips else None}
+
+
+def _check_tls(args: argparse.Namespace) -> None:
+    if bool(args.tls_cert) != bool(args.tls_key) or (args.tls_client_ca and not args.tls_cert):
+        raise Refused("--tls-cert and --tls-key go together (and --tls-client-ca needs them)")
+
+
+def _proxies(text: str) -> list[str]:
+    """The `--forwarded-allow-ips` list: '*' or addresses and networks; Refused otherwise."""
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    for item in items:
+        if item != "*":
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise Refused(f"--forwarded-allow-ips: {item!r} is not an address or a network") from None
+    if not items:
+        raise Refused("--forwarded-allow-ips: give at least one address or network")
+    return items
+
+
 def listen_audit(args: argparse.Namespace) -> AuditLog | None:
     """The receiver's audit trail (the archive's, shared with `serve`), or None with --no-audit."""
     if args.no_audit:
@@ -177,16 +213,15 @@ def listen_audit(args: argparse.Namespace) -> AuditLog | None:
 
 
 def listen_tls(args: argparse.Namespace) -> ssl.SSLContext | None:
-    """The receiver's TLS context from `--tls-cert/--tls-key/--tls-ca`, or None."""
-    if bool(args.tls_cert) != bool(args.tls_key) or (args.tls_ca and not args.tls_cert):
-        raise Refused("--tls-cert and --tls-key go together (and --tls-ca needs them)")
+    """The receiver's TLS context from `--tls-cert/--tls-key/--tls-client-ca`, or None."""
+    _check_tls(args)
     if not args.tls_cert:
         return None
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(args.tls_cert, args.tls_key)
-    if args.tls_ca:
-        context.load_verify_locations(args.tls_ca)
+    if args.tls_client_ca:
+        context.load_verify_locations(args.tls_client_ca)
         context.verify_mode = ssl.CERT_REQUIRED
     return context
 

@@ -4,7 +4,17 @@ method needs, the access log and the audit trail.
 An ASGI middleware rather than a FastAPI dependency, because the frames
 route is a plain Starlette route that FastAPI's dependencies never see.
 CORS preflights (OPTIONS) pass unauthenticated: browsers send them without
-credentials, and the CORS middleware outside answers them.
+credentials, and the CORS middleware outside answers them. The built-in
+viewer's page and files (`GET /`, `/viewer/...`: code, no patient data)
+pass too, so that a browser can load its sign-in form; everything it then
+asks for needs the credential.
+
+Mutual TLS (`serve --tls-client-ca`) proves which machine connects, not
+what it may do: with authentication on, a request still needs a token or
+an API key, and the trail names the token's subject or the key; with
+authentication off, the certificate's subject (`cert:CN=...`) is the
+caller the trail names, as it is for a refused request that sent no
+credential.
 
 The access log (logger `transcode.access`, replacing uvicorn's) writes the
 route template (`/dicomweb/studies/{study}`), never the URL: UIDs and query
@@ -17,6 +27,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +37,8 @@ from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from transcode.security.audit import AuditEvent, AuditLog, Touched
-from transcode.security.auth import ANONYMOUS, AuthConfig, Authenticator, Denied, Principal, require
+from transcode.security.auth import ADMIN, ANONYMOUS, AuthConfig, Authenticator, Denied, Principal, require
+from transcode.security.tls import client_certificate
 
 log = logging.getLogger(__name__)
 access = logging.getLogger("transcode.access")
@@ -34,6 +46,7 @@ access = logging.getLogger("transcode.access")
 #: Where a route handler leaves the instances it stored (STOW-RS), for the trail: scope["state"][AUDIT_TOUCHED].
 AUDIT_TOUCHED = "audit_touched"
 _SEARCHES = ("/studies", "/series", "/instances")
+VIEWER_FILES = "/viewer/"
 
 
 @dataclass(frozen=True)
@@ -69,14 +82,14 @@ class Guard:
                 status = message["status"]
             await send(message)
 
-        principal = ANONYMOUS
+        principal = _unauthenticated(scope)
         scope.setdefault("state", {})  # where handlers leave what the trail needs (AUDIT_TOUCHED)
         try:
-            if self.authenticator is not None and scope["method"] != "OPTIONS":
+            if self.authenticator is not None and scope["method"] != "OPTIONS" and not _public(scope):
                 principal = await self._principal(scope)
                 require(principal, scope["method"])
         except Denied as exc:
-            principal = Principal(exc.who, frozenset())
+            principal = Principal(principal.who if exc.who == ANONYMOUS.who else exc.who, frozenset())
             headers = {"WWW-Authenticate": exc.challenge(self.authenticator.config.realm)}  # type: ignore[union-attr]
             await JSONResponse({"error": exc.reason, "detail": exc.detail}, exc.status, headers)(scope, receive,
                                                                                                     sending)
@@ -105,38 +118,54 @@ class Guard:
         return "(no route)", {}
 
     def _done(self, scope: Scope, principal: Principal, status: int, began: float) -> None:
-        template, params = self._route(scope)
         if access.isEnabledFor(logging.INFO):
             client = scope.get("client") or ("-", 0)
-            access.info("%s %s %s %d %.1f ms", client[0], scope["method"], template, status,
+            access.info("%s %s %s %d %.1f ms", client[0], scope["method"], self._route(scope)[0], status,
                         (time.perf_counter() - began) * 1e3)
         if self.audit is not None and scope["method"] != "OPTIONS":
-            self.audit.record(_event(scope, principal, template, params, status))
+            # What the event needs, taken now; the route matched and the event made in the writer thread,
+            # off the request's path (about half of the trail's cost on a request: README, Cost).
+            self.audit.record(partial(self._event, scope["method"], scope["path"], scope.get("query_string", b""),
+                                      scope.get("client"), (scope.get("state") or {}).get(AUDIT_TOUCHED),
+                                      principal.who, status, time.time()))
+
+    def _event(self, method: str, path: str, query: bytes, client: tuple[str, int] | None,
+               stored: list[Touched] | None, who: str, status: int, when: float) -> AuditEvent:
+        """The trail's event for a request that ended at `when` (called by the writer thread)."""
+        template, params = self._route({"path": path})
+        if stored is not None:
+            touched = tuple(stored)
+        elif "study" in params:
+            touched = (Touched(params.get("study"), params.get("series"), params.get("sop")),)
+        else:
+            touched = ()
+        if method == "POST":
+            action = "store"
+        elif template.endswith(_SEARCHES):
+            action = "search"
+        elif "/rendered" in template or template.endswith("/thumbnail"):
+            action = "render"
+        elif "{study}" in template:
+            action = "retrieve"
+        else:
+            action = "other"
+        outcome = "success" if status < 400 else "denied" if status in (401, 403) else "failure"
+        return AuditEvent(who, (client or ("", 0))[0], action, method, template, status, outcome, touched,
+                          query.decode("latin-1") or None, when)
 
 
-def _event(scope: Scope, principal: Principal, template: str, params: dict[str, Any], status: int) -> AuditEvent:
-    method = scope["method"]
-    stored = (scope.get("state") or {}).get(AUDIT_TOUCHED)
-    if stored is not None:
-        touched = tuple(stored)
-    elif "study" in params:
-        touched = (Touched(params.get("study"), params.get("series"), params.get("sop")),)
-    else:
-        touched = ()
-    if method == "POST":
-        action = "store"
-    elif template.endswith(_SEARCHES):
-        action = "search"
-    elif "/rendered" in template or template.endswith("/thumbnail"):
-        action = "render"
-    elif "{study}" in template:
-        action = "retrieve"
-    else:
-        action = "other"
-    outcome = "success" if status < 400 else "denied" if status in (401, 403) else "failure"
-    client = scope.get("client") or ("", 0)
-    return AuditEvent(principal.who, client[0], action, method, template, status, outcome, touched,
-                      scope.get("query_string", b"").decode("latin-1") or None)
+def _public(scope: Scope) -> bool:
+    """The built-in viewer's page and files (`viewer.mount`), read without a credential."""
+    path = scope["path"]
+    return scope["method"] in ("GET", "HEAD") and (path == "/" or path.startswith(VIEWER_FILES))
+
+
+def _unauthenticated(scope: Scope) -> Principal:
+    """Who a request is before any credential: its client certificate's
+    subject over mutual TLS, else anonymous (all scopes, for authentication off)."""
+    if "extensions" not in scope or (subject := client_certificate(scope)) is None:  # plain HTTP: at once
+        return ANONYMOUS
+    return Principal(f"cert:{subject}", frozenset({ADMIN}))
 
 
 def security_from(options: dict[str, Any], index: Path | None) -> Security:

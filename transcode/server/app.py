@@ -26,7 +26,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from transcode import __version__, logs
-from transcode.archive.objects import open_archive
+from transcode.archive.objects import address_of, open_archive
 from transcode.archive.store import Archive
 from transcode.catalog import search
 from transcode.catalog.base import CatalogError
@@ -68,14 +68,13 @@ def create_app(archive: Archive, *, prefix: str = "/dicomweb", cors_origins: Seq
     viewer (OHIF's dist) to serve under `/ohif/`, configured for this server."""
     limits = limits or Limits()
     service = Service(archive, prefix, max_frames=limits.max_frames)
-    ingester = IngestService(archive.root, workers=stow_workers or 2, settings=settings,  # started by the first STOW
-                             on_conflict=on_conflict) if archive.root is not None else None
+    ingester = IngestService(address_of(archive), workers=stow_workers or 2, settings=settings,  # started by the
+                             on_conflict=on_conflict)  # first STOW, in sessions of its own over the same archive
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
-        if ingester is not None:
-            ingester.close()
+        ingester.close()
         if security is not None and security.audit is not None:
             security.audit.close()
 
@@ -84,9 +83,8 @@ def create_app(archive: Archive, *, prefix: str = "/dicomweb", cors_origins: Seq
     app.router.routes.insert(0, wado.frames_route(service, prefix))  # first: the hot path
     rendered_routes = rendered.routes(service, render_limits)
     routers = [(prefix, wado.routes(service)), (prefix, _qido_routes(service)), (prefix, rendered_routes),
-               ("", iiif.routes(service, render_limits)), ("", iiif_manifest.routes(service))]  # IIIF: /iiif/...
-    if ingester is not None:
-        routers.append((prefix, stow.routes(service, ingester, limits.max_upload_parts)))
+               ("", iiif.routes(service, render_limits)), ("", iiif_manifest.routes(service)),  # IIIF: /iiif/...
+               (prefix, stow.routes(service, ingester, limits.max_upload_parts))]
     for where, router in routers:
         app.include_router(router, prefix=where)
     app.router.routes[1:1] = rendered.plain_routes(rendered_routes, prefix)  # after the frames route

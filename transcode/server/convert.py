@@ -64,7 +64,7 @@ def native_frame(service: Service, stored: StoredInstance, number: int, *, head:
                  tail: bytes = b"") -> bytes | memoryview:
     """Frame `number` as native little-endian pixel bytes, between `head`
     and `tail`: RGB for the frames of a kept instance stored as YBR_FULL_422."""
-    if stored.transcoded or service.header(stored.row.path).get("PhotometricInterpretation") != "YBR_FULL_422":
+    if stored.transcoded or service.header(stored.row).get("PhotometricInterpretation") != "YBR_FULL_422":
         return service.reader.native(stored, number, head=head, tail=tail)
     # the decoder's full-size YCbCr (YBR_FULL) to RGB, as pydicom decompresses the whole instance
     frame = convert_color_space(service.reader.pixels(stored, number), "YBR_FULL", "RGB")
@@ -78,15 +78,11 @@ def explicit_le(reader: FrameReader, stored: StoredInstance) -> Iterable[bytes]:
     (they were proved at ingest). A kept one is converted here, at once and
     in memory, so that a decoder's refusal is a 406 with its reason rather
     than a broken response."""
-    root = reader.archive.root
-    if root is None:
-        raise Problem(501, "not_local", "converting instances needs a local archive")
-    path = root / stored.row.path
-    return _streamed(reader, stored, path) if stored.transcoded else (_whole(path),)
+    return _streamed(reader, stored) if stored.transcoded else (_whole(reader, stored),)
 
 
-def _streamed(reader: FrameReader, stored: StoredInstance, path: Path) -> Iterator[bytes]:
-    with open_instance(path) as instance:
+def _streamed(reader: FrameReader, stored: StoredInstance) -> Iterator[bytes]:
+    with reader.objects.local(stored.row) as path, open_instance(path) as instance:
         spec = instance.spec
         assert spec is not None  # transcoded instances have pixels
         changes = {"PhotometricInterpretation": "RGB"} if spec.photometric == "YBR_RCT" else {}
@@ -95,7 +91,12 @@ def _streamed(reader: FrameReader, stored: StoredInstance, path: Path) -> Iterat
         yield from native_file(instance, changes, frames, length=length, vr="OW" if spec.bits_allocated > 8 else "OB")
 
 
-def _whole(path: Path) -> bytes:
+def _whole(reader: FrameReader, stored: StoredInstance) -> bytes:
+    with reader.local(stored) as path:
+        return _converted(path, stored.row.sop_uid)
+
+
+def _converted(path: Path, sop: str) -> bytes:
     try:
         ds = pydicom.dcmread(path)
         if ds.file_meta.TransferSyntaxUID.is_encapsulated:
@@ -108,8 +109,8 @@ def _whole(path: Path) -> bytes:
         buffer = BytesIO()
         ds.save_as(buffer, implicit_vr=False, little_endian=True, enforce_file_format=True)
     except Exception as exc:  # any decoder's or the writer's complaint about the stored data
-        log.warning("%s cannot be converted to Explicit VR Little Endian: %s: %s", path, type(exc).__name__, exc)
-        raise Problem(406, "not_acceptable", f"{path.stem} cannot be converted to Explicit VR Little Endian "
+        log.warning("%s cannot be converted to Explicit VR Little Endian: %s: %s", sop, type(exc).__name__, exc)
+        raise Problem(406, "not_acceptable", f"{sop} cannot be converted to Explicit VR Little Endian "
                       "(the decoders refuse its stored data; the server log says why); retrieve it as stored "
                       "(transfer-syntax=*)") from exc
     return buffer.getvalue()

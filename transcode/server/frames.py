@@ -11,6 +11,7 @@ Every read is checked against the digests recorded at ingest (see
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import json
@@ -19,6 +20,7 @@ import math
 import os
 import sys
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -183,16 +185,20 @@ class FrameReader:
             htj2k.decode(data, out=np.frombuffer(body[len(head):len(head) + size], dtype).reshape(shape))
         return body
 
-    def _local(self, instance: StoredInstance) -> Path:
-        """The object's file, proved whole against its digest (once per
-        process and file state), for the DICOM reader to walk."""
-        if self.archive.root is None:
-            raise Problem(501, "not_local", "frames of instances kept as is need a local archive")
+    @contextlib.contextmanager
+    def local(self, instance: StoredInstance) -> Iterator[Path]:
+        """The object as a local file (`Archive.local`: the file itself, or
+        a temporary copy of an object in a store), proved whole against its
+        digest (once per process and object version), for the DICOM reader
+        to walk."""
         self.objects.check_object(instance.row)
-        return self.archive.root / instance.row.path
+        with self.objects.local(instance.row) as path:
+            yield path
 
-    def _open(self, instance: StoredInstance) -> Instance:
-        return open_instance(self._local(instance))
+    @contextlib.contextmanager
+    def _open(self, instance: StoredInstance) -> Iterator[Instance]:
+        with self.local(instance) as path, open_instance(path) as source:
+            yield source
 
     def _encapsulated(self, instance: StoredInstance) -> bool:
         try:
@@ -207,14 +213,15 @@ class FrameReader:
         (which also read float and 1-bit pixels the transcoder keeps)."""
         self._encapsulated(instance)  # refuses unknown transfer syntaxes with a reason
         register_plugins()
-        path = self._local(instance)
-        try:
-            frames = iter_pixels(path, raw=True)
-            return next(itertools.islice(frames, number - 1, None))
-        except Exception as exc:  # any decoder's complaint about the stored data
-            log.warning("frame %d of %s cannot be decoded: %s: %s", number, path, type(exc).__name__, exc)
-            raise Problem(500, "cannot_decode", f"frame {number} of the stored object cannot be decoded "
-                          "(the server log says why)") from exc
+        with self.local(instance) as path:
+            try:
+                frames = iter_pixels(path, raw=True)
+                return next(itertools.islice(frames, number - 1, None))
+            except Exception as exc:  # any decoder's complaint about the stored data
+                log.warning("frame %d of %s cannot be decoded: %s: %s", number, instance.row.path,
+                            type(exc).__name__, exc)
+                raise Problem(500, "cannot_decode", f"frame {number} of the stored object cannot be decoded "
+                              "(the server log says why)") from exc
 
 
 def little_endian(frame: np.ndarray) -> bytes:

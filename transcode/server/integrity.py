@@ -19,7 +19,8 @@ What the server sends is proved first, never assumed:
   instead, and the cut made from it: more read, nothing unchecked.
 - Objects read through the DICOM reader (instances kept as is; frames of an
   index written before frames had digests) are proved whole once per
-  process and file state (inode, size, mtime, ctime): hashing a large kept
+  process and object version (`Archive.version`: a file's inode, size,
+  mtime and ctime; an object's size in a store): hashing a large kept
   object on every frame request would cost more than serving it. A change
   that leaves all four as they were (bit rot under the file system) is found
   by the next process, or by `transcode verify`.
@@ -35,6 +36,10 @@ import os
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
+
+import pydicom
+from pydicom.dataset import Dataset
 
 from transcode.archive.store import Archive
 from transcode.catalog.base import InstanceRow
@@ -154,15 +159,23 @@ class StoredObjects:
             raise self._error(row, "object_unreadable", f"cannot be read ({exc.strerror or type(exc).__name__})") \
                 from None
 
-    def _stamp(self, row: InstanceRow) -> tuple[int, ...]:
-        """What changes when the file is replaced or written to."""
-        if self.archive.root is None:
-            return ()
-        try:
-            st = os.stat(self.archive.root / row.path)
-        except FileNotFoundError:
-            raise self._error(row, "object_missing", "is missing") from None
-        return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+    def _stamp(self, row: InstanceRow) -> tuple[object, ...]:
+        """What changes when the object is replaced or written to (`Archive.version`)."""
+        with self._reading(row):
+            return self.archive.version(row.path)
+
+    @contextmanager
+    def local(self, row: InstanceRow) -> Iterator[Path]:
+        """`Archive.local` with storage errors as `StoredDataError`s."""
+        with self._reading(row), self.archive.local(row.path) as path:
+            yield path
+
+    def header(self, row: InstanceRow) -> Dataset:
+        """The object's data set without Pixel Data, read through the
+        archive (a store fetches only the header's bytes); StoredDataError
+        when the object is missing or ends inside its header."""
+        with self._reading(row), self.archive.open(row.path) as source:
+            return pydicom.dcmread(source, stop_before_pixels=True)
 
     def _error(self, row: InstanceRow, reason: str, what: str) -> StoredDataError:
         where = self.archive.root / row.path if self.archive.root is not None else row.path

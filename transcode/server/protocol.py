@@ -11,8 +11,12 @@ seconds while its body is read (the app sees the client gone), and a new
 connection from an address that already has `connections_per_client` open
 (without it, 4000 slowloris connections from one address filled uvicorn's
 `limit_concurrency` and other clients got 503 until the head timeout
-dropped them: benchmarks/hostile_probes.py). Responses are not timed: a
-slow reader is held back by flow control, not buffered.
+dropped them: benchmarks/hostile_probes.py); a proxy trusted with
+`--forwarded-allow-ips` is not capped, since every client behind it has its
+address. Responses are not timed: a slow reader is held back by flow
+control, not buffered. Over TLS it also hands each request the
+connection's client certificate (`security.tls`: the ASGI TLS extension,
+which uvicorn does not fill).
 
 The limits come from `TRANSCODE_SERVE_OPTIONS` (uvicorn builds the protocol
 from a class with no arguments of ours), or are set on a subclass
@@ -22,15 +26,19 @@ from a class with no arguments of ours), or are set on a subclass
 from __future__ import annotations
 
 import asyncio
+import functools
+import ipaddress
 import json
 import logging
 import os
 from collections import Counter
 from typing import Any, ClassVar
 
+from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from transcode.limits import Limits
+from transcode.security.tls import tls_extension
 from transcode.server.app import SERVE_OPTIONS
 
 log = logging.getLogger(__name__)
@@ -60,11 +68,12 @@ class BoundedHttpTools(HttpToolsProtocol):
         self._too_large = False  # set by a parser callback before it raises _HeadTooLarge
         self._timer: asyncio.TimerHandle | None = None
         self._address: str | None = None
+        self._tls: dict[str, Any] | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         peer = transport.get_extra_info("peername")
-        if isinstance(peer, tuple):
+        if isinstance(peer, tuple) and not _trusted_proxy(self.config, peer[0]):
             opened = type(self).open_by_client
             if opened[peer[0]] >= self.bounds.connections_per_client:
                 log.info("%s: over %d connections open; closed", peer[0], self.bounds.connections_per_client)
@@ -72,6 +81,7 @@ class BoundedHttpTools(HttpToolsProtocol):
                 return
             self._address = peer[0]
             opened[self._address] += 1
+        self._tls = tls_extension(transport)  # the client certificate, once per connection
         self._arm(self.bounds.head_timeout, "request head")
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -97,6 +107,8 @@ class BoundedHttpTools(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        if self._tls is not None:
+            self.scope["extensions"] = {"tls": self._tls}
         self._in_head, self._reading, self._head_bytes = True, True, 0
         if self._timer is None:  # a pipelined request: its head gets the whole time again
             self._arm(self.bounds.head_timeout, "request head")
@@ -149,6 +161,26 @@ class BoundedHttpTools(HttpToolsProtocol):
         if self.transport is not None and not self.transport.is_closing():
             log.info("%s: no complete %s in time; connection closed", self.client, what)
             self.transport.close()
+
+
+def _trusted_proxy(config: Config, host: str) -> bool:
+    """Whether `host` is a proxy whose forwarded headers uvicorn trusts."""
+    if not config.proxy_headers:
+        return False
+    allowed = config.forwarded_allow_ips
+    return _allows(tuple(allowed.split(",") if isinstance(allowed, str) else allowed), host)
+
+
+@functools.lru_cache(maxsize=1024)
+def _allows(allowed: tuple[str, ...], host: str) -> bool:
+    """`host` is in `allowed` (addresses and networks, or '*'), as uvicorn's ProxyHeadersMiddleware reads it."""
+    if "*" in allowed:
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host in allowed
+    return any(address in ipaddress.ip_network(item.strip(), strict=False) for item in allowed if item.strip())
 
 
 def bounded(limits: Limits) -> type[BoundedHttpTools]:

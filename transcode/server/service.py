@@ -6,13 +6,11 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass, field
 
-import pydicom
 from pydicom.dataset import Dataset
 from starlette.requests import Request
 
 from transcode.archive.store import Archive
 from transcode.catalog.base import InstanceRow
-from transcode.server.errors import Problem
 from transcode.server.frames import FrameReader
 from transcode.server.lookup import Lookup
 from transcode.server.responses import base_url
@@ -43,9 +41,8 @@ class Service:
     def instance_url(self, request: Request, row: InstanceRow) -> str:
         return self.url(request, row.study_uid, row.series_uid, row.sop_uid)
 
-    def _header(self, path: str) -> Dataset:
+    def _header(self, row: InstanceRow) -> Dataset:
         """The stored object's data set without Pixel Data (for rendering
-        and bulk data), cached: stored objects never change."""
-        if self.archive.root is None:
-            raise Problem(501, "not_local", "this resource needs a local archive")
-        return pydicom.dcmread(self.archive.root / path, stop_before_pixels=True)
+        and bulk data), cached: stored objects never change. A missing or
+        short object raises StoredDataError (not cached)."""
+        return self.reader.objects.header(row)

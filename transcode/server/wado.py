@@ -266,10 +266,8 @@ def _bulk_value(service: Service, row: InstanceRow, tag: str) -> bytes:
     if len(tag) != 8 or not all(c in string.hexdigits for c in tag):  # int(_, 16) takes "0x", "_", any length
         raise Problem(400, "bad_tag", "a tag is 8 hexadecimal digits (group and element)")
     wanted = int(tag, 16)
-    if service.archive.root is None:
-        raise Problem(501, "not_local", "bulk data needs a local archive")
     service.reader.objects.check_object(row)
-    ds = pydicom.dcmread(service.archive.root / row.path, stop_before_pixels=True)
+    ds = service.header(row)
 
     def find(dataset: pydicom.Dataset) -> bytes | None:
         if wanted in dataset:

@@ -2,6 +2,8 @@
 // Cornerstone3D stack viewer that streams the stored HTJ2K frames and decodes
 // them in the browser (OpenJPH WebAssembly), and an OpenSeadragon deep zoom on
 // the IIIF Image API for large frames. Everything comes from this server.
+// With authentication on, a sign-in form first (auth.js).
+import { Unauthorized, authHeaders, hasCredential, signedIn, unauthorized } from './auth.js';
 import {
   init as coreInit,
   RenderingEngine,
@@ -55,6 +57,9 @@ const name = (value) => String((value && typeof value === 'object' ? value.Alpha
 
 async function json(url) {
   const response = await fetch(url, { headers: { Accept: 'application/dicom+json' } });
+  if (response.status === 401) {
+    throw new Unauthorized(`${url}: 401`);
+  }
   if (!response.ok) {
     throw new Error(`${url}: ${response.status}`);
   }
@@ -67,7 +72,7 @@ function card(thumbnail, title, detail, onClick) {
   const img = document.createElement('img');
   img.loading = 'lazy';
   img.alt = '';
-  img.src = thumbnail;
+  showThumbnail(img, thumbnail);
   const text = document.createElement('div');
   text.append(title);
   const small = document.createElement('small');
@@ -82,6 +87,19 @@ function card(thumbnail, title, detail, onClick) {
   return el;
 }
 
+/** An <img> sends no Authorization header: with a credential, fetch the thumbnail and show the blob. */
+async function showThumbnail(img, url) {
+  if (!hasCredential()) {
+    img.src = url;
+    return;
+  }
+  const response = await fetch(url);
+  if (response.ok) {
+    img.src = URL.createObjectURL(await response.blob());
+    img.addEventListener('load', () => URL.revokeObjectURL(img.src), { once: true });
+  }
+}
+
 let renderingEngine;
 let viewport;
 let deepZoom;
@@ -92,7 +110,7 @@ async function init() {
   toolsInit();
   const base = new URL('.', import.meta.url).href;
   dicomImageLoader.init({ maxWebWorkers: Math.max(1, Math.min(4, navigator.hardwareConcurrency >> 1)),
-    wasmBasePath: base });
+    wasmBasePath: base, beforeSend: () => authHeaders() });
   for (const tool of [WindowLevelTool, StackScrollTool, PanTool, ZoomTool]) {
     addTool(tool);
   }
@@ -113,6 +131,9 @@ async function init() {
   $('stack').addEventListener(Enums.Events.IMAGE_RENDERED, showInfo);
   $('stack').addEventListener(Enums.Events.VOI_MODIFIED, showInfo);
   eventTarget.addEventListener(Enums.Events.IMAGE_LOAD_ERROR, ({ detail }) => {
+    if (detail.error?.status === 401) {  // the image loader's XHR (fetch's 401s are caught in auth.js)
+      unauthorized();
+    }
     const frame = detail.imageId?.replace(/^.*\/instances\//, '') ?? '';
     $('status').textContent = `cannot show ${frame}: ${detail.error?.message ?? detail.error ?? 'load failed'}`;
   });
@@ -268,6 +289,7 @@ async function openDeepZoom({ study, series, sop, frame }) {
     immediateRender: false,
     loadTilesWithAjax: true,
     crossOriginPolicy: 'Anonymous',
+    ajaxHeaders: authHeaders(),
   });
   deepZoom.addHandler('tile-loaded', (event) => tileLogged(event.tile.getUrl()));
   await new Promise((resolve, reject) => {
@@ -310,6 +332,21 @@ function closeDeepZoom() {
   $('stack-pane').hidden = false;
 }
 
+/** List the studies, signing in first whenever the server answers 401. */
+async function start() {
+  for (;;) {
+    try {
+      return await listStudies();
+    } catch (error) {
+      if (!(error instanceof Unauthorized)) {
+        throw error;
+      }
+      $('status').textContent = 'sign in to see the studies';  // the form is shown (auth.js saw the 401)
+      await signedIn();
+    }
+  }
+}
+
 /** The image the stack viewport shows now (a progressive one may be smaller than the frame). */
 const shownImage = () => viewport?.csImage;
 
@@ -319,7 +356,7 @@ const stackState = () => ({ index: viewport.getCurrentImageIdIndex(), voi: viewp
 window.transcodeViewer = {
   shownImage,
   stackState,
-  ready: init().then(listStudies).catch((error) => {
+  ready: init().then(start).catch((error) => {
     $('status').textContent = `viewer failed to start: ${error.message}`;
     throw error;
   }),
