@@ -120,8 +120,13 @@ class PostgresCatalog(Catalog):
             self._pool = None
         self.db.close()
         if self._lock_session is not None:
-            self._lock_session.close()  # the advisory lock goes with its session
-            self._lock_session = None
+            try:  # released before this returns (a session's end is noticed by the server a little later)
+                self._lock_session.execute("SELECT pg_advisory_unlock(%s)", (WRITER_LOCK,))
+            except psycopg.Error as exc:  # the session is gone already, and with it the lock
+                log.info("the catalog's writer session ended before its lock was released: %s", _sentence(exc))
+            finally:
+                self._lock_session.close()
+                self._lock_session = None
 
 
 def _sentence(exc: psycopg.Error) -> str:
