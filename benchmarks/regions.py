@@ -35,8 +35,8 @@ from transcode.bench.measure import machine, save
 from transcode.bench.server import free_port, load, start
 from transcode.phantom import phantom
 from transcode.server import regions
-from transcode.server.catalog import Catalog
 from transcode.server.frames import FrameReader
+from transcode.server.lookup import Lookup
 
 STUDY = "1.2.826.0.1.3680043.8.498.13"
 SIDE, TILE = 4096, 1024
@@ -47,7 +47,7 @@ DECODED = 'multipart/related; type="application/octet-stream"; transfer-syntax=1
 def bytes_read(root: Path, sop: str) -> dict[str, Any]:
     """Bytes each region read costs, against the stored frame's length."""
     with CountingArchive(root, read_only=True) as archive:
-        stored = Catalog(archive.index.path).instance(STUDY, "1.2.826.0.1.3680043.8.498.14", sop)
+        stored = Lookup(archive.index).instance(STUDY, "1.2.826.0.1.3680043.8.498.14", sop)
         reader = FrameReader(archive)
         index = stored.index(1)
         frame = stored.spans[0][1]

@@ -41,15 +41,11 @@ sys.path.insert(0, str(ROOT))
 
 from tests.seaweed import running
 from transcode.archive.objects import StoreArchive
-from transcode.bench.dataset import write_instance
 from transcode.bench.measure import machine, save
-from transcode.bench.server import ACCEPT, cpu_seconds, free_port, paired, start
-from transcode.phantom import phantom
-from transcode.server.catalog import Catalog
+from transcode.bench.server import ACCEPT, cpu_seconds, ct_sources, free_port, paired, start
+from transcode.server.lookup import Lookup
 from transcode.stores.base import ByteRange
 from transcode.stores.s3 import S3Store
-
-STUDY, SERIES = "1.2.826.0.1.3680043.8.498.1", "1.2.826.0.1.3680043.8.498.2"
 
 
 def main() -> int:
@@ -66,10 +62,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp, running(Path(tmp), options) as server:
         root = Path(tmp)
         env = {**os.environ, **server.env()}
-        (root / "src").mkdir()
-        for n in range(args.files):
-            frame = phantom(512, 512, bits=12, signed=True, seed=n)
-            write_instance(frame, 12, root / "src" / f"{n:04d}.dcm", study=STUDY, series=SERIES, number=n + 1)
+        study, series = ct_sources(root / "src", args.files)
         url = f"s3://{server.bucket}/frames"
         for archive in (["--archive", str(root / "folder")], ["--archive", url, "--catalog", str(root / "catalog")]):
             subprocess.run([sys.executable, "-m", "transcode.cli", "ingest", str(root / "src"), *archive], env=env,
@@ -82,9 +75,9 @@ def main() -> int:
                                             strict=True)]
         try:
             conn = http.client.HTTPConnection("127.0.0.1", ports[0])
-            conn.request("GET", f"/dicomweb/studies/{STUDY}/series/{SERIES}/instances")
+            conn.request("GET", f"/dicomweb/studies/{study}/series/{series}/instances")
             sops = [i["00080018"]["Value"][0] for i in json.loads(conn.getresponse().read())]
-            base = f"/dicomweb/studies/{STUDY}/series/{SERIES}/instances"
+            base = f"/dicomweb/studies/{study}/series/{series}/instances"
             full = [f"{base}/{sop}/frames/1" for sop in sops]
             cases = {"full": full, "level2": [f"{path}?level=2" for path in full]}
             pair = ((ports[0], servers[0].pid), (ports[1], servers[1].pid))
@@ -125,8 +118,8 @@ def frame_ranges(catalog: Path, url: str, env: dict[str, str]) -> dict[str, list
     """Per case, the (key, byte range) each request of it reads from the store."""
     with StoreArchive(S3Store.from_url(url, read_only=True, env=env), catalog, name=url, read_only=True) as archive:
         rows = list(archive.index.instances())
-        catalog_ = Catalog(archive.index.path)
-        stored = [catalog_.instance(r.study_uid, r.series_uid, r.sop_uid) for r in rows]
+        lookup = Lookup(archive.index)
+        stored = [lookup.instance(r.study_uid, r.series_uid, r.sop_uid) for r in rows]
     full = [(s.row.path, ByteRange(s.spans[0][0], sum(s.spans[0]))) for s in stored]
     level2 = [(s.row.path, ByteRange(s.spans[0][0], s.spans[0][0] + s.index(1).level_end(2))) for s in stored]
     return {"full": full, "level2": level2}

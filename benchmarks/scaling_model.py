@@ -13,7 +13,7 @@ all 12 or 10 bits in 16):
 - bytes read and written per file;
 - the catalog's single-writer rate: the ingested CT instances, with their
   frame and ledger rows, committed again into a fresh SQLite catalog in
-  batches as the coordinator does (`Index.record`), instances per second.
+  batches as the coordinator does (`Catalog.record`), instances per second.
 
 The model: files/s per core = 1 / CPU seconds; the node count to migrate
 `--instances` (default 100 million) of the mix `--mix` (an assumption, by
@@ -44,8 +44,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fixtures.generate import Spec, write, write_ct_series, write_dbt
-from transcode.archive.index import Index, Record
 from transcode.bench.measure import save
+from transcode.catalog.base import Record
+from transcode.catalog.sqlite import SQLiteCatalog
 from transcode.codecs.htj2k import EncodeSettings
 from transcode.pipeline import work
 
@@ -80,7 +81,7 @@ def ingested(files: list[Path], archive: Path) -> Path:
 def catalog_rate(archive: Path, scratch: Path, batch: int = 64) -> dict[str, float]:
     """Instances (with their frame rows) per second committed into a fresh
     SQLite catalog, `batch` per transaction, as the coordinator commits."""
-    source = Index(archive / "index.sqlite", read_only=True)
+    source = SQLiteCatalog(archive / "index.sqlite", read_only=True)
     records = [Record({"source_path": f"/source/{row.sop_uid}", "source_size": row.size, "source_mtime_ns": 0,
                        "outcome": row.outcome, "sop_uid": row.sop_uid}, row, source.frames(row.sop_uid), "{}", "{}")
                for row in source.instances()]
@@ -88,7 +89,7 @@ def catalog_rate(archive: Path, scratch: Path, batch: int = 64) -> dict[str, flo
     frames = sum(len(r.frames) for r in records)
     best = float("inf")
     for attempt in range(3):
-        index = Index(scratch / f"catalog-{attempt}.sqlite")
+        index = SQLiteCatalog(scratch / f"catalog-{attempt}.sqlite")
         index.create()
         began = time.perf_counter()
         for start in range(0, len(records), batch):

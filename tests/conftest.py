@@ -61,6 +61,14 @@ def counting_client(counting_archive):  # -> fastapi.testclient.TestClient
 
 
 @pytest.fixture(scope="session")
+def postgres():  # -> tests.postgres.Postgres
+    """A PostgreSQL server for the session (skips where it is not installed)."""
+    from tests.postgres import start
+
+    yield from start()
+
+
+@pytest.fixture(scope="session")
 def s3_server(tmp_path_factory: pytest.TempPathFactory):  # -> Iterator[tests.seaweed.Seaweed]
     """A real S3 server (SeaweedFS) for the whole session: tests keep apart
     by key prefix. Skips where `weed` is absent or does not start."""

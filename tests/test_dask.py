@@ -108,26 +108,29 @@ def test_cli_dask_option(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
 
 
 @pytest.mark.slow  # SeaweedFS takes about 30 s to start and stop
-def test_cli_ingest_into_s3_on_a_local_cluster(tmp_path: Path, s3_server: seaweed.Seaweed,
-                                               monkeypatch: pytest.MonkeyPatch,
+@pytest.mark.parametrize("kind", ["folder", "postgresql"])
+def test_cli_ingest_into_s3_on_a_local_cluster(tmp_path: Path, s3_server: seaweed.Seaweed, kind: str,
+                                               request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch,
                                                capsys: pytest.CaptureFixture[str]) -> None:
-    """`ingest --archive s3://... --catalog DIR --dask local:1`: the objects
-    in the bucket, the index in the catalog, a rerun skips every done file."""
+    """`ingest --archive s3://... --catalog DIR|postgresql://... --dask
+    local:1`: the objects in the bucket, the index in the catalog, a rerun
+    skips every done file (the ledger in the catalog)."""
     for name, value in s3_server.env().items():
         monkeypatch.setenv(name, value)
     expected = make_study(tmp_path / "src")
     url = f"s3://{s3_server.bucket}/dask-{uuid.uuid4().hex[:8]}"
-    command = ["ingest", str(tmp_path / "src"), "--archive", url, "--catalog", str(tmp_path / "catalog"),
-               "--dask", "local:1"]
+    catalog = str(tmp_path / "catalog") if kind == "folder" else request.getfixturevalue("postgres").create_database()
+    command = ["ingest", str(tmp_path / "src"), "--archive", url, "--catalog", catalog,
+               "--staging", str(tmp_path / "staging"), "--dask", "local:1"]
     assert main(command) == EXIT_FAILED  # the study holds broken files and a conflict
-    with open_archive(url, catalog=tmp_path / "catalog", read_only=True) as archive:
+    with open_archive(url, catalog=catalog, read_only=True) as archive:
         rows = list(archive.index.instances())
         assert len(rows) == sum(outcome in ("transcoded", "kept") for outcome in expected.values())
         assert all(archive.size(row.path) == row.size for row in rows)
     capsys.readouterr()
     assert main(command) == EXIT_FAILED  # the two broken files, tried again
     assert f"{len(expected) - 2} already done in an earlier run" in capsys.readouterr().out
-    with open_archive(url, catalog=tmp_path / "catalog", read_only=True) as archive:
+    with open_archive(url, catalog=catalog, read_only=True) as archive:
         assert archive.index.counts()["instances"] == len(rows)
 
 

@@ -22,7 +22,7 @@ from fastapi.testclient import TestClient
 from tests.served import Served
 from tests.test_server_live import serve
 from transcode.archive import FolderArchive
-from transcode.archive.index import FrameRow, InstanceRow
+from transcode.catalog.base import FrameRow, InstanceRow
 from transcode.codecs.codestream import CodestreamIndex
 from transcode.server import create_app
 from transcode.server.errors import StoredDataError

@@ -15,7 +15,7 @@ from pydicom.encaps import generate_frames
 
 from tests.served import Served, multipart_parts
 from transcode.archive import FolderArchive
-from transcode.archive.index import InstanceRow
+from transcode.catalog.base import InstanceRow
 from transcode.codecs import codestream, htj2k
 from transcode.server import convert, create_app
 

@@ -20,9 +20,10 @@ from tests.test_ingest import make_study
 from tests.test_listen import relabel, sop_uid
 from tests.test_server_stow import CONTENT_TYPE, body
 from transcode.archive import ArchiveMismatch, FolderArchive
-from transcode.archive.index import FrameRow, Index, InstanceRow
 from transcode.archive.objects import MARKER, ArchiveURLError, StoreArchive, open_archive
 from transcode.archive.store import Archive
+from transcode.catalog.base import FrameRow, InstanceRow
+from transcode.catalog.sqlite import SQLiteCatalog
 from transcode.cli import EXIT_FAILED, EXIT_USAGE, main
 from transcode.codecs import htj2k
 from transcode.digest import Digest
@@ -246,7 +247,7 @@ def assert_served_over_http(url: str, catalog: Path, rows: list[InstanceRow], bu
                                          headers={"Content-Type": CONTENT_TYPE}, method="POST")
         with urllib.request.urlopen(request, timeout=60) as response:
             assert response.status == 200
-        stored = Index(catalog / "index.sqlite", read_only=True)
+        stored = SQLiteCatalog(catalog / "index.sqlite", read_only=True)
         try:
             row = stored.instance(sop_uid(new))
         finally:
@@ -257,7 +258,7 @@ def assert_served_over_http(url: str, catalog: Path, rows: list[InstanceRow], bu
 
 
 def first_frame(catalog: Path, row: InstanceRow) -> FrameRow:
-    index = Index(catalog / "index.sqlite", read_only=True)
+    index = SQLiteCatalog(catalog / "index.sqlite", read_only=True)
     try:
         return index.frames(row.sop_uid)[0]
     finally:

@@ -26,9 +26,9 @@ from tests.test_migrate import AET, pacs  # noqa: F401 - the fixture
 from tests.test_server_stow import CONTENT_TYPE, body
 from transcode.archive import FolderArchive
 from transcode.archive.check import verify_archive
-from transcode.archive.index import InstanceRow
 from transcode.archive.objects import ArchiveAddress, StoreArchive, open_archive
 from transcode.archive.store import Archive
+from transcode.catalog.base import InstanceRow
 from transcode.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, main
 from transcode.codecs import htj2k
 from transcode.dimse.receiver import Receiver

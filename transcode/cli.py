@@ -30,6 +30,8 @@ from transcode.archive.check import verify_archive
 from transcode.archive.objects import ArchiveAddress, ArchiveURLError, open_archive
 from transcode.archive.rebuild import rebuild_index
 from transcode.archive.store import Archive
+from transcode.catalog import is_url
+from transcode.catalog.base import CatalogError
 from transcode.codecs import codestream
 from transcode.codecs.htj2k import EncodeSettings
 from transcode.dicom.read import open_instance
@@ -196,7 +198,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     progress = Progress()
     try:
-        with open_archive(args.archive, catalog=args.catalog, exclusive=True) as archive:
+        with open_archive(args.archive, catalog=args.catalog, staging=args.staging, exclusive=True) as archive:
             report = ingest(
                 args.paths, archive, workers=args.workers, threads=args.threads, crosscheck=args.crosscheck,
                 progress=progress, on_entry=report_file.add if report_file else None, keep_entries=False,
@@ -208,6 +210,10 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     except (ArchiveBusy, ArchiveMismatch, ArchiveURLError) as exc:
         print(f"transcode: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except CatalogError as exc:  # a PostgreSQL catalog that cannot be reached, or failed mid-run
+        print(f"transcode: {exc}. Everything committed so far is safe; rerun the same command once fixed.",
+              file=sys.stderr)
+        return EXIT_FAILED
     except (OSError, sqlite3.OperationalError) as exc:  # the archive or the report failed (disk full, read-only)
         if not (isinstance(exc, OSError) or out_of_space(exc)):
             raise
@@ -253,7 +259,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         print(f"transcode: {exc}", file=sys.stderr)
         return EXIT_USAGE
     progress = Progress()
-    address = ArchiveAddress.of(args.archive, args.catalog)
+    address = _address(args)
     service = IngestService(address, workers=args.workers or 2, crosscheck=args.crosscheck,
                             on_conflict=args.on_conflict, settings=_settings(args))
     migration = Migration(address, source, service, ae_title=args.ae_title, retrieve=args.retrieve,
@@ -283,7 +289,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    address = ArchiveAddress.of(args.archive, args.catalog)
+    address = _address(args)
     if args.catalog is not None:  # an object-store archive
         if args.rebuild_index:
             print("transcode: --rebuild-index reads an archive folder; it does not read an object store yet "
@@ -307,7 +313,7 @@ def _open_for_verify(address: ArchiveAddress) -> Archive | None:
     mismatch is reported as verify's one problem); None when refused."""
     try:
         return address.open(read_only=True, check=False)
-    except (ArchiveURLError, FileNotFoundError) as exc:
+    except (ArchiveURLError, FileNotFoundError, CatalogError) as exc:
         print(f"transcode: {exc}", file=sys.stderr)
         return None
 
@@ -356,7 +362,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if security is None:
             return EXIT_USAGE
         if not args.read_only:
-            clear_uploads(Path(args.catalog))  # before any worker starts: what is there was never acknowledged
+            clear_uploads(_address(args).local)  # before any worker starts: what is there was never acknowledged
         return _serve(args, args.archive, args.read_only, security, bounds)
     archive = Path(args.archive)
     read_only = args.read_only or any(path.exists() and not os.access(path, os.W_OK)
@@ -388,14 +394,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def _store_security(args: argparse.Namespace) -> dict[str, Any] | None:
     """For an object-store archive, which must open with its catalog (an
     empty store and catalog become an empty archive, unless `--read-only`):
-    the security options, with its API keys and audit trail in the catalog
-    folder (local and writable). None when refused (and why said)."""
+    the security options, with its API keys and audit trail in its local
+    folder (the catalog folder, or the staging folder beside a PostgreSQL
+    catalog). None when refused (and why said)."""
     try:
-        open_archive(args.archive, catalog=args.catalog, read_only=args.read_only).close()
-        return commands.serve_security(args, Path(args.catalog), read_only=False)
-    except (ArchiveMismatch, ArchiveURLError, FileNotFoundError, commands.Refused) as exc:
+        open_archive(args.archive, catalog=args.catalog, staging=args.staging, read_only=args.read_only).close()
+        local = _address(args).local
+        local.mkdir(parents=True, exist_ok=True)
+        return commands.serve_security(args, local, read_only=False)
+    except (ArchiveMismatch, ArchiveURLError, FileNotFoundError, CatalogError, commands.Refused) as exc:
         print(f"transcode: {exc}", file=sys.stderr)
         return None
+
+
+def _address(args: argparse.Namespace) -> ArchiveAddress:
+    """The archive the command names: --archive, with --catalog and --staging where it has them."""
+    return ArchiveAddress.of(args.archive, args.catalog, getattr(args, "staging", None))
 
 
 def _serve(args: argparse.Namespace, archive: str, read_only: bool, security: dict[str, Any],
@@ -406,7 +420,9 @@ def _serve(args: argparse.Namespace, archive: str, read_only: bool, security: di
 
     # Each worker process builds its own app (and archive handle) from these.
     os.environ[SERVE_OPTIONS] = json.dumps({"archive": archive, "read_only": read_only,
-                                            "catalog": args.catalog and str(Path(args.catalog).resolve()),
+                                            "catalog": args.catalog if is_url(args.catalog) else
+                                            args.catalog and str(Path(args.catalog).resolve()),
+                                            "staging": args.staging and str(Path(args.staging).resolve()),
                                             "cors_origins": args.cors_origin, "stow_workers": args.stow_workers,
                                             "on_conflict": args.on_conflict,
                                             "max_frame_bytes": _frame_bytes(args.max_frame_mb),
@@ -464,7 +480,7 @@ def cmd_listen(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     study_hooks = ([hooks.command_hook(command) for command in args.on_study]
                    + [hooks.url_hook(url) for url in args.on_study_url] + hooks.entry_point_hooks())
-    address = ArchiveAddress.of(args.archive, args.catalog)
+    address = _address(args)
     forwarders = [Forwarder(address, target, ae_title=args.ae_title) for target in targets]
     receiver = Receiver(address, ae_title=args.ae_title, host=args.host, port=args.port,
                         accept_from=peers, max_associations=args.max_associations, study_idle=args.study_idle,
@@ -522,6 +538,13 @@ def _encode_options(parser: argparse.ArgumentParser) -> None:
                         help="tile side in pixels (default: %(default)s)")
 
 
+def _staging_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--staging", metavar="DIR",
+                        help="for an s3:// archive: the local folder for staged objects (default: staging/ in a "
+                             "catalog folder; with a postgresql:// catalog, a per-user, per-catalog folder under "
+                             "the temporary folder, which also holds the server's API keys and audit trail)")
+
+
 def _conflict_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--on-conflict", choices=[c.value for c in OnConflict], default=OnConflict.KEEP.value,
@@ -576,7 +599,9 @@ def build_parser() -> argparse.ArgumentParser:
     ingest_.add_argument("paths", nargs="+", help="files, folders (recursive) or DICOMDIR files; read only")
     ingest_.add_argument("--archive", required=True,
                          help="archive folder (created if missing), or s3://BUCKET/PREFIX (README, Object storage)")
-    ingest_.add_argument("--catalog", help="for an s3:// archive: the local folder of its index and staging")
+    ingest_.add_argument("--catalog", help="for an s3:// archive: the local folder of its index and staging, or "
+                                           "postgresql://USER@HOST:PORT/DB (README, Catalog)")
+    _staging_option(ingest_)
     ingest_.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
     ingest_.add_argument("--threads", type=int, default=None,
                          help="threads per worker over frames (default: cores / workers)")
@@ -592,7 +617,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "a rerun resumes")
     migrate.add_argument("--from", dest="source", required=True, metavar="AE@HOST:PORT", help="the PACS")
     migrate.add_argument("--archive", required=True, help="archive folder (created if missing), or s3://BUCKET/PREFIX")
-    migrate.add_argument("--catalog", help="for an s3:// archive: the local folder of its index, staging and spools")
+    migrate.add_argument("--catalog", help="for an s3:// archive: the local folder of its index, staging and spools, "
+                                           "or postgresql://USER@HOST:PORT/DB (README, Catalog)")
+    _staging_option(migrate)
     migrate.add_argument("--ae-title", default="TRANSCODE", help="our AE title (default: %(default)s)")
     migrate.add_argument("--study", action="append", default=[], metavar="UID", help="only this study (repeatable)")
     migrate.add_argument("--since", metavar="DATE", help="only studies dated on or after DATE (YYYYMMDD)")
@@ -614,7 +641,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     verify = sub.add_parser("verify", help="re-read and re-decode every archived object against the index")
     verify.add_argument("--archive", required=True, help="archive folder, or s3://BUCKET/PREFIX with --catalog")
-    verify.add_argument("--catalog", help="for an s3:// archive: the local folder of its index")
+    verify.add_argument("--catalog", help="for an s3:// archive: the local folder of its index, or "
+                                          "postgresql://USER@HOST:PORT/DB (README, Catalog)")
+    _staging_option(verify)
     verify.add_argument("--rebuild-index", action="store_true",
                         help="replace the index by one rebuilt from the stored objects (keeps the old ledger)")
     verify.set_defaults(func=cmd_verify)
@@ -622,7 +651,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="serve an archive over DICOMweb (QIDO-RS, WADO-RS, STOW-RS)")
     serve.add_argument("--archive", required=True, help="archive folder, or s3://BUCKET/PREFIX with --catalog")
     serve.add_argument("--catalog", help="for an s3:// archive: the local folder of its index, staging and upload "
-                       "spool")
+                       "spool, or postgresql://USER@HOST:PORT/DB (README, Catalog)")
+    _staging_option(serve)
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     serve.add_argument("--port", type=int, default=8042, help="(default: %(default)s)")
     serve.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
@@ -646,7 +676,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     listen = sub.add_parser("listen", help="receive instances over DICOM (C-STORE) into an archive")
     listen.add_argument("--archive", required=True, help="archive folder (created if missing), or s3://BUCKET/PREFIX")
-    listen.add_argument("--catalog", help="for an s3:// archive: the local folder of its index, staging and spools")
+    listen.add_argument("--catalog", help="for an s3:// archive: the local folder of its index, staging and spools, "
+                                          "or postgresql://USER@HOST:PORT/DB (README, Catalog)")
+    _staging_option(listen)
     listen.add_argument("--ae-title", default="TRANSCODE", help="our AE title (default: %(default)s)")
     listen.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     listen.add_argument("--port", type=int, default=11112, help="(default: %(default)s)")

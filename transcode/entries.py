@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from transcode.archive.index import LEDGER_COLUMNS, FrameRow
+from transcode.catalog.base import LEDGER_COLUMNS, FrameRow
 
 
 class IngestOutcome(StrEnum):

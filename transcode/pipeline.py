@@ -39,10 +39,10 @@ from pydicom.errors import InvalidDicomError
 from pydicom.fileset import FileSet
 
 from transcode import logs
-from transcode.archive.index import SERIES_TAGS, STUDY_TAGS, FrameRow, InstanceRow, Record
 from transcode.archive.layout import InvalidUID, check_uid, conflict_path, object_path
 from transcode.archive.objects import put_staged
 from transcode.archive.store import Archive
+from transcode.catalog.base import SERIES_TAGS, STUDY_TAGS, FrameRow, InstanceRow, Record
 from transcode.codecs.htj2k import EncodeSettings
 from transcode.dicom.metadata import DicomJson, dicom_json
 from transcode.dicom.read import IDENTITY

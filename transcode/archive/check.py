@@ -25,8 +25,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from transcode.archive.describe import frame_rows
-from transcode.archive.index import FrameRow, InstanceRow
 from transcode.archive.store import Archive
+from transcode.catalog.base import FrameRow, InstanceRow
 from transcode.codecs.codestream import CodestreamError, CodestreamIndex
 from transcode.dicom.read import open_instance
 from transcode.digest import file_digest, frame_digest, frame_digests_agree
@@ -97,11 +97,12 @@ def _check_object(archive: Archive, row: InstanceRow) -> str | None:
 def verify_archive(archive: Archive, progress: Callable[[int, int], None] | None = None) -> list[Problem]:
     """Every problem found; an empty list means the archive is whole."""
     if archive.mismatch:
-        return [Problem(archive.index.path.name, archive.mismatch)]
+        where = archive.index.path.name if archive.index.path is not None else archive.index.name
+        return [Problem(where, archive.mismatch)]
     problems: list[Problem] = []
     rows = list(archive.index.instances())
     known = {row.path for row in rows}
-    known |= {path for (path,) in archive.index.db.execute("SELECT path FROM conflicts")}
+    known |= archive.index.conflict_paths()
     for number, row in enumerate(rows, 1):
         if why := _check_object(archive, row):
             problems.append(Problem(row.path, why))

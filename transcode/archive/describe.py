@@ -22,8 +22,8 @@ from pathlib import Path
 import pydicom
 from pydicom.dataelem import RawDataElement
 
-from transcode.archive.index import SERIES_TAGS, STUDY_TAGS, FrameRow
 from transcode.archive.layout import check_uid
+from transcode.catalog.base import SERIES_TAGS, STUDY_TAGS, FrameRow
 from transcode.codecs import codestream, htj2k
 from transcode.dicom.metadata import DicomJson, dicom_json
 from transcode.dicom.read import Instance, open_instance

@@ -2,9 +2,12 @@
 
 `StoreArchive` keeps the objects in a store (S3, memory, a folder) under
 the same keys `FolderArchive` uses as paths (`objects/STUDY/SERIES/SOP.dcm`,
-`conflicts/...`), and everything that is not an object in a local *catalog*
-folder given by the caller: the SQLite index, the workers' staging folder
-and the writer lock. `root` is None: nothing may open an object by path.
+`conflicts/...`), and its catalog where the caller says: a local folder
+(SQLite index, the workers' staging folder and the writer lock's file) or a
+PostgreSQL URL (catalog and writer lock in the database; staging in a local
+folder, `--staging` or a per-user one under the temporary folder, named
+after the catalog so two archives never share one). `root` is None:
+nothing may open an object by path.
 
 Workers that may run on other machines (a Dask cluster) put what they
 staged into a remote store themselves, under `staging/RUN/` keys
@@ -23,8 +26,11 @@ with objects) is refused with ArchiveMismatch. `transcode verify
 from __future__ import annotations
 
 import functools
+import getpass
+import hashlib
 import logging
 import os
+import tempfile
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -40,8 +46,8 @@ from transcode.archive.store import (
     FolderArchive,
     SessionArchive,
     clear_staging,
-    take_lock,
 )
+from transcode.catalog import is_url
 from transcode.stores.base import ByteRange, ObjectMissing, ObjectTruncated, Store
 
 log = logging.getLogger(__name__)
@@ -59,28 +65,35 @@ class ArchiveURLError(ValueError):
 
 
 class StoreArchive(SessionArchive):
-    """Objects in `store`, index and staging in the local folder `catalog`.
+    """Objects in `store`; the catalog in the local folder `catalog` (with
+    the staging folder) or the PostgreSQL database at the URL `catalog`
+    (staging in `staging`, default `default_staging(catalog)`).
 
     `exclusive`, `read_only` and `check` mean what they mean for
     `FolderArchive`. `name` is how messages name the store (its URL)."""
 
     def __init__(self, store: Store, catalog: str | os.PathLike[str], *, name: str, exclusive: bool = False,
-                 read_only: bool = False, check: bool = True) -> None:
+                 read_only: bool = False, check: bool = True, staging: str | os.PathLike[str] | None = None) -> None:
         if exclusive and (read_only or not check):
             raise ValueError("a write session is neither read-only nor unchecked")
         self.store = store
         self.name = name
-        self.catalog = Path(catalog).absolute()  # a staged file's path is absolute, a staged key never
+        #: The catalog as given: a local folder (absolute: a staged file's path is absolute, a staged key
+        #: never), or a PostgreSQL URL.
+        self.catalog: str | Path = str(catalog) if is_url(catalog) else Path(catalog).absolute()
         self.read_only = read_only or not store.supports_writes
         self.remote = store.remote
         self._uploads = ThreadPoolExecutor(max_workers=PUTS, thread_name_prefix="store-put")
         self._puts: dict[str, Future[None]] = {}  # key -> its put, until a flush or a read waited for it
-        self._staging = self.catalog / "staging"
+        if is_url(catalog):
+            self._staging = Path(staging).absolute() if staging is not None else default_staging(str(catalog))
+        else:
+            self._staging = Path(staging).absolute() if staging is not None else self.catalog / "staging"
+            if not self.read_only:
+                self.catalog.mkdir(parents=True, exist_ok=True)
         if not self.read_only:
             self._staging.mkdir(parents=True, exist_ok=True)
-        if exclusive:
-            self._lock_fd = take_lock(self.catalog / ".lock")
-        self._open_index(self.catalog / "index.sqlite", check=check)
+        self._open_index(catalog, check=check, exclusive=exclusive)
         if exclusive:
             clear_staging(self._staging)
             if self.store.remote:
@@ -211,6 +224,15 @@ class StoreArchive(SessionArchive):
             self.store.close()
 
 
+def default_staging(catalog_url: str) -> Path:
+    """The staging folder of an archive whose catalog is in PostgreSQL:
+    local (workers write there), per user (another user's files are not
+    ours to clear) and per catalog (a write session clears its staging,
+    which must not be another archive's)."""
+    key = hashlib.blake2b(catalog_url.encode(), digest_size=8).hexdigest()
+    return Path(tempfile.gettempdir()) / f"transcode-{getpass.getuser()}" / f"staging-{key}"
+
+
 @dataclass(frozen=True)
 class ArchiveAddress:
     """Where an archive is: what `open_archive` takes (a folder, or an
@@ -219,22 +241,28 @@ class ArchiveAddress:
     store to use instead of reaching the URL's (a memory store in tests).
 
     `local` is the local folder where the doors keep what is not an object
-    (uploads, spools, queues): the archive folder itself, or the catalog."""
+    (uploads, spools, queues): the archive folder itself, the catalog
+    folder, or beside a PostgreSQL catalog the staging folder (`staging`,
+    else `default_staging`)."""
 
     url: str
     catalog: str | None = None
     store: Store | None = field(default=None, compare=False, repr=False)
+    staging: str | None = None
 
     @classmethod
-    def of(cls, where: ArchiveAddress | str | os.PathLike[str], catalog: str | os.PathLike[str] | None = None
-           ) -> ArchiveAddress:
-        """`where` as an address (a folder path or URL, with `catalog`)."""
+    def of(cls, where: ArchiveAddress | str | os.PathLike[str], catalog: str | os.PathLike[str] | None = None,
+           staging: str | os.PathLike[str] | None = None) -> ArchiveAddress:
+        """`where` as an address (a folder path or URL, with `catalog` and `staging`)."""
         if isinstance(where, ArchiveAddress):
             return where
-        return cls(os.fspath(where), None if catalog is None else os.fspath(catalog))
+        return cls(os.fspath(where), None if catalog is None else os.fspath(catalog),
+                   staging=None if staging is None else os.fspath(staging))
 
     @property
     def local(self) -> Path:
+        if self.catalog is not None and is_url(self.catalog):
+            return Path(self.staging) if self.staging is not None else default_staging(self.catalog)
         if self.catalog is not None:
             return Path(self.catalog)
         return Path(urlsplit(self.url).path if self.url.startswith("file://") else self.url)
@@ -246,8 +274,8 @@ class ArchiveAddress:
     def open(self, **options: Any) -> Archive:
         """A new session (`open_archive`'s options: exclusive, read_only, check)."""
         if self.store is not None:
-            return StoreArchive(self.store, self.catalog or self.local, name=self.url, **options)
-        return open_archive(self.url, catalog=self.catalog, **options)
+            return StoreArchive(self.store, self.catalog or self.local, name=self.url, staging=self.staging, **options)
+        return open_archive(self.url, catalog=self.catalog, staging=self.staging, **options)
 
     def __str__(self) -> str:
         return self.url
@@ -264,14 +292,15 @@ def _scheme(url: str, catalog: str | os.PathLike[str] | None) -> str:
     if scheme != "s3":
         raise ArchiveURLError(f"{url}: an archive is a folder or an s3://bucket/prefix URL")
     if catalog is None:
-        raise ArchiveURLError(f"{url}: an S3 archive needs --catalog FOLDER for its index and staging")
+        raise ArchiveURLError(f"{url}: an S3 archive needs --catalog FOLDER (or postgresql://...) for its catalog")
     return scheme
 
 
 def address_of(archive: Archive) -> ArchiveAddress:
     """How to open `archive` again: another session over the same folder or store."""
     if isinstance(archive, StoreArchive):
-        return ArchiveAddress(archive.name, os.fspath(archive.catalog), store=archive.store)
+        return ArchiveAddress(archive.name, os.fspath(archive.catalog), store=archive.store,
+                              staging=os.fspath(archive.staging()))
     if archive.root is None:
         raise TypeError(f"{archive!r} has no address")
     return ArchiveAddress(os.fspath(archive.root))
@@ -299,12 +328,14 @@ def _staging_store(url: str) -> Store:
 
 
 def open_archive(url: str | os.PathLike[str], *, catalog: str | os.PathLike[str] | None = None,
-                 exclusive: bool = False, read_only: bool = False, check: bool = True) -> Archive:
+                 exclusive: bool = False, read_only: bool = False, check: bool = True,
+                 staging: str | os.PathLike[str] | None = None) -> Archive:
     """The archive at `url`: a folder path (objects and SQLite inside it, as
     always) or `s3://BUCKET/PREFIX` (objects in S3, reached through the AWS
-    environment variables; index and staging in the local folder
-    `catalog`, required). ArchiveURLError for a URL of another scheme, an
-    S3 URL without a catalog or a folder with one."""
+    environment variables; its catalog at `catalog`, required: a local
+    folder, or a `postgresql://` URL with `staging` as the local staging
+    folder). ArchiveURLError for a URL of another scheme, an S3 URL without
+    a catalog or a folder with one."""
     text = os.fspath(url)
     if _scheme(text, catalog) == "":
         return FolderArchive(ArchiveAddress(text).local, exclusive=exclusive, read_only=read_only, check=check)
@@ -315,4 +346,4 @@ def open_archive(url: str | os.PathLike[str], *, catalog: str | os.PathLike[str]
     except ValueError as exc:
         raise ArchiveURLError(str(exc)) from None
     return StoreArchive(store, catalog, name=text, exclusive=exclusive,
-                        read_only=read_only, check=check)
+                        read_only=read_only, check=check, staging=staging)

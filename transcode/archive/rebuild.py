@@ -37,9 +37,10 @@ from pathlib import Path
 from transcode.archive.check import Problem
 from transcode.archive.describe import StoredObject, describe
 from transcode.archive.identity import ArchiveMismatch, Identity, read_marker, write_marker
-from transcode.archive.index import LEDGER_COLUMNS, Index, InstanceRow, Record
 from transcode.archive.layout import Layout
 from transcode.archive.store import ArchiveBusy, take_lock
+from transcode.catalog.base import LEDGER_COLUMNS, InstanceRow, Record
+from transcode.catalog.sqlite import SQLiteCatalog
 from transcode.dicom.write import fsync_path
 from transcode.policy import Outcome
 from transcode.transcoder import transcode_file
@@ -78,7 +79,7 @@ class _Old:
     migration_columns: list[str] = field(default_factory=list)
 
 
-def _read_old(index: Index) -> _Old:
+def _read_old(index: SQLiteCatalog) -> _Old:
     old = _Old(identity=index.identity())
     db = index.db
     tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
@@ -97,7 +98,7 @@ def _read_old(index: Index) -> _Old:
     return old
 
 
-def _carry_over(old: Index, new: Index, table: str, columns: list[str], order: str = "") -> int:
+def _carry_over(old: SQLiteCatalog, new: SQLiteCatalog, table: str, columns: list[str], order: str = "") -> int:
     """Copy `columns` of every row of `table` from the old index to the
     new; the number of rows copied."""
     if not columns:
@@ -174,7 +175,7 @@ def _rebuild(layout: Layout) -> Rebuilt:
     old, old_db, readable = _Old(), None, False
     if layout.index.is_file():
         try:
-            old_db = Index(layout.index, read_only=True)
+            old_db = SQLiteCatalog(layout.index, read_only=True)
             old = _read_old(old_db)
             readable = True
         except sqlite3.DatabaseError as exc:
@@ -183,7 +184,7 @@ def _rebuild(layout: Layout) -> Rebuilt:
     fresh = layout.root / "index.sqlite.rebuild"
     for leftover in (fresh, Path(f"{fresh}-wal"), Path(f"{fresh}-shm"), Path(f"{fresh}-journal")):
         leftover.unlink(missing_ok=True)  # from a rebuild that was killed
-    new = Index(fresh)
+    new = SQLiteCatalog(fresh)
     try:
         new.create()
         identity = marker or old.identity
@@ -214,7 +215,7 @@ def _rebuild(layout: Layout) -> Rebuilt:
     return report
 
 
-def _index_objects(layout: Layout, new: Index, old: _Old, report: Rebuilt) -> None:
+def _index_objects(layout: Layout, new: SQLiteCatalog, old: _Old, report: Rebuilt) -> None:
     seen: set[str] = set()
     batch: list[Record] = []
     layout.staging.mkdir(exist_ok=True)

@@ -3,16 +3,17 @@
 The pipeline, the server and `verify` see only `Archive`: place an object,
 read it (whole, a byte range, several ranges in one call, as a seekable file
 for pydicom, or as a local file for the DICOM reader, which maps it), list
-the stored objects, and query the index. Nothing outside a backend opens an
+the stored objects, and query the catalog
+(`archive.index`, transcode.catalog). Nothing outside a backend opens an
 object by its path.
 `SessionArchive` holds what every backend shares (the identity check and
 write sessions); the object-store backend, over any `transcode.stores`
-Store, is `transcode.archive.objects.StoreArchive`; the index stays SQLite.
+Store, is `transcode.archive.objects.StoreArchive`; its catalog SQLite or
+PostgreSQL.
 """
 
 from __future__ import annotations
 
-import fcntl
 import io
 import logging
 import os
@@ -29,8 +30,10 @@ from typing import BinaryIO, Self
 
 from transcode.archive import identity
 from transcode.archive.identity import ArchiveMismatch, Identity, read_marker, write_marker
-from transcode.archive.index import Index
 from transcode.archive.layout import Layout
+from transcode.catalog import open_catalog
+from transcode.catalog.base import ArchiveBusy, Catalog
+from transcode.catalog.sqlite import take_lock
 from transcode.dicom.write import fsync_path
 from transcode.stores.base import ByteRange
 
@@ -39,8 +42,8 @@ log = logging.getLogger(__name__)
 OPEN_BUFFER = 1 << 18
 
 
-class ArchiveBusy(RuntimeError):
-    """Another process is ingesting into this archive."""
+__all__ = ["Archive", "ArchiveBusy", "ArchiveReadOnly", "FolderArchive", "SessionArchive", "clear_staging",
+           "take_lock"]
 
 
 class ArchiveReadOnly(RuntimeError):
@@ -48,9 +51,10 @@ class ArchiveReadOnly(RuntimeError):
 
 
 class Archive(ABC):
-    """Stored objects by archive-relative path, plus the index."""
+    """Stored objects by archive-relative path, plus the catalog."""
 
-    index: Index
+    #: The catalog (transcode.catalog): the name the pipeline has always used.
+    index: Catalog
     #: The local folder holding the archive, if it has one (never ingested from).
     root: Path | None = None
     #: Opened for reading only: nothing may be placed or indexed.
@@ -164,7 +168,6 @@ class SessionArchive(Archive):
 
     identity: Identity | None
     mismatch: str | None
-    _lock_fd: int | None = None
     #: Whether this session has placed an object (and so raised the generation).
     _writing: bool = False
 
@@ -176,14 +179,16 @@ class SessionArchive(Archive):
     def _write_marker(self, identity: Identity) -> None:
         """Record a write session's generation in the marker (not durably: identity.py)."""
 
-    def _open_index(self, path: Path, *, check: bool) -> None:
-        """Open the index at `path` and check it against the marker;
+    def _open_index(self, where: str | os.PathLike[str], *, check: bool, exclusive: bool) -> None:
+        """Open the catalog at `where` (a folder holding index.sqlite, or a
+        PostgreSQL URL: `open_catalog`), take the writer lock when
+        `exclusive` (ArchiveBusy), and check the catalog against the marker;
         ArchiveMismatch (with `check`), and the lock released, when it is not
         this archive's."""
         try:
-            if self.read_only and not path.is_file():
-                raise FileNotFoundError(f"{path} does not exist")
-            self.index = Index(path, read_only=self.read_only)
+            self.index = open_catalog(where, read_only=self.read_only)
+            if exclusive:
+                self.index.lock()
             self.identity, self.mismatch = self._check()
             if self.mismatch and check:
                 raise ArchiveMismatch(self.mismatch)
@@ -207,10 +212,7 @@ class SessionArchive(Archive):
 
     def _release(self) -> None:
         if getattr(self, "index", None) is not None:
-            self.index.close()
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
+            self.index.close()  # and its writer lock
 
     def close(self) -> None:
         try:
@@ -250,9 +252,7 @@ class FolderArchive(SessionArchive):
         self._syncer: ThreadPoolExecutor | None = None
         if not read_only:
             self.layout.create()
-        if exclusive:
-            self._lock_fd = take_lock(self.layout.lock)
-        self._open_index(self.layout.index, check=check)
+        self._open_index(self.layout.root, check=check, exclusive=exclusive)
         if exclusive:
             clear_staging(self.layout.staging)
         self._unsynced: list[Path] = []
@@ -435,15 +435,3 @@ def _pread_into(fd: int, relative: str, start: int, view: memoryview) -> None:
         if not n:
             raise EOFError(f"{relative} ends before byte {start + len(view)}")
         view, start = view[n:], start + n
-
-
-def take_lock(path: Path) -> int:
-    """Hold the archive's writer lock (released when the returned descriptor
-    is closed); ArchiveBusy when another process holds it."""
-    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError as exc:
-        os.close(fd)
-        raise ArchiveBusy(f"another ingest holds {path}") from exc
-    return fd

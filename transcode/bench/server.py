@@ -50,9 +50,9 @@ from transcode.bench import secured
 from transcode.bench.dataset import write_instance
 from transcode.phantom import phantom
 from transcode.server import create_app, render
-from transcode.server.catalog import Catalog
 from transcode.server.frames import FrameReader
 from transcode.server.integrity import UNCHECKED
+from transcode.server.lookup import Lookup
 
 ACCEPT = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
 
@@ -170,7 +170,7 @@ def thumbnail_times(archive: Path, repeats: int = 20) -> dict[str, float]:
     prefix read, checked and decoded) against a full decode and the same
     resize and encode."""
     with FolderArchive(archive) as store:
-        catalog, reader = Catalog(store.index.path), FrameReader(store)
+        catalog, reader = Lookup(store.index), FrameReader(store)
         row = next(store.index.instances())
         stored = catalog.instance(row.study_uid, row.series_uid, row.sop_uid)
         index = stored.index(1)
@@ -250,15 +250,21 @@ def alternating(store: FolderArchive, apps: tuple[tuple[Any, dict[str, str]], tu
     return asyncio.run(measure())
 
 
-def ct_archive(root: Path, files: int) -> tuple[str, str]:
-    """`files` CT instances (512x512, 12 bits signed) written under
-    `root`/src and ingested by `transcode ingest` into `root`/archive; their
-    study and series UIDs."""
+def ct_sources(folder: Path, files: int) -> tuple[str, str]:
+    """`files` CT instances (512x512, 12 bits signed, one series) written
+    into the new folder `folder`; their study and series UIDs."""
     study, series = "1.2.826.0.1.3680043.8.498.1", "1.2.826.0.1.3680043.8.498.2"
-    (root / "src").mkdir()
+    folder.mkdir()
     for n in range(files):
         frame = phantom(512, 512, bits=12, signed=True, seed=n)
-        write_instance(frame, 12, root / "src" / f"{n:04d}.dcm", study=study, series=series, number=n + 1)
+        write_instance(frame, 12, folder / f"{n:04d}.dcm", study=study, series=series, number=n + 1)
+    return study, series
+
+
+def ct_archive(root: Path, files: int) -> tuple[str, str]:
+    """`ct_sources` under `root`/src, ingested by `transcode ingest` into
+    `root`/archive; their study and series UIDs."""
+    study, series = ct_sources(root / "src", files)
     subprocess.run([sys.executable, "-m", "transcode.cli", "ingest", str(root / "src"), "--archive",
                     str(root / "archive")], check=True, stdout=subprocess.DEVNULL)
     return study, series

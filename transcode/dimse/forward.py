@@ -49,8 +49,8 @@ from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE, _config
 
 from transcode.archive import Archive
-from transcode.archive.index import InstanceRow
 from transcode.archive.objects import ArchiveAddress
+from transcode.catalog.base import InstanceRow
 from transcode.dimse.scu import RemoteAE, no_delay
 from transcode.entries import Entry, IngestOutcome
 from transcode.server import convert

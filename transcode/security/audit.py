@@ -43,7 +43,7 @@ from json.encoder import encode_basestring_ascii
 from pathlib import Path
 from typing import Any, Self
 
-from transcode.archive.index import read_uri
+from transcode.catalog.sqlite import read_uri
 
 log = logging.getLogger(__name__)
 

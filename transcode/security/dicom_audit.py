@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree as ET
 
-from transcode.archive.index import read_uri
+from transcode.catalog.sqlite import read_uri
 
 #: The audit source's identifier in every message.
 SOURCE_ID = "transcode"

@@ -28,14 +28,16 @@ from starlette.responses import JSONResponse, Response
 from transcode import __version__, logs
 from transcode.archive.objects import address_of, open_archive
 from transcode.archive.store import Archive
+from transcode.catalog import search
+from transcode.catalog.base import CatalogError
 from transcode.codecs.htj2k import EncodeSettings
 from transcode.limits import Limits
 from transcode.policy import Stop
 from transcode.security.guard import Guard, Security, security_from
 from transcode.server import iiif, iiif_manifest, qido, rendered, stow, viewer, wado, zarrview
 from transcode.server.admission import LimitsMiddleware
-from transcode.server.catalog import uid
 from transcode.server.errors import Problem
+from transcode.server.lookup import uid
 from transcode.server.negotiate import NotAcceptable, accepts_json
 from transcode.server.qido import QueryError
 from transcode.server.render import RenderLimits
@@ -47,7 +49,7 @@ log = logging.getLogger(__name__)
 #: How long a browser may reuse a CORS preflight answer (Chromium caps it at 2 hours).
 PREFLIGHT_MAX_AGE = 7200
 EXPOSED = ["Content-Range", "Content-Length", "Content-Type", "Content-Location", "ETag", "Warning"]
-STUDY, SERIES = qido.STUDY_UID, qido.SERIES_UID
+STUDY, SERIES = search.STUDY_UID, search.SERIES_UID
 
 
 def create_app(archive: Archive, *, prefix: str = "/dicomweb", cors_origins: Sequence[str] = (),
@@ -110,7 +112,8 @@ def app_from_environment() -> FastAPI:
     options = json.loads(os.environ[SERVE_OPTIONS])
     settings = EncodeSettings(max_frame_bytes=options["max_frame_bytes"]) if options.get("max_frame_bytes") else None
     render_limits = RenderLimits(options["max_render_pixels"]) if options.get("max_render_pixels") else None
-    archive = open_archive(options["archive"], catalog=options.get("catalog"), read_only=options["read_only"])
+    archive = open_archive(options["archive"], catalog=options.get("catalog"), staging=options.get("staging"),
+                           read_only=options["read_only"])
     return create_app(archive, cors_origins=options["cors_origins"], stow_workers=options["stow_workers"],
                       on_conflict=options.get("on_conflict", "keep"), settings=settings,
                       render_limits=render_limits, security=security_from(options.get("security", {}), archive.index.path),
@@ -128,7 +131,7 @@ def _qido_routes(service: Service) -> APIRouter:
         def retrieve_url(study: str, series: str | None, sop: str | None) -> str:
             return service.url(request, study, series, sop)
 
-        results, more = qido.search(service.catalog.db, level, list(request.query_params.multi_items()), scope,
+        results, more = qido.search(service.archive.index, level, list(request.query_params.multi_items()), scope,
                                     retrieve_url)
         headers = {"Warning": '299 transcode "There are additional results that can be requested"'} if more else {}
         return Response(json.dumps(results), media_type="application/dicom+json", headers=headers)
@@ -188,6 +191,12 @@ def _error_handlers(app: FastAPI) -> None:
         log.error("%s %s: the stored object cannot be read: %s: %s", request.method, request.url.path,
                   exc.reason.value, exc.detail)  # the detail may name a path: the log's, not the client's
         return _error(500, exc.reason.value, "the stored object cannot be read (the server log says why)")
+
+    @app.exception_handler(CatalogError)
+    async def catalog_down(request: Request, exc: CatalogError) -> JSONResponse:
+        log.error("%s %s: %s", request.method, request.url.path, exc)
+        return _error(503, "catalog_unavailable", "the archive's catalog cannot be reached; try again later",
+                      {"Retry-After": "30"})
 
     @app.exception_handler(sqlite3.DatabaseError)
     async def damaged_index(request: Request, exc: sqlite3.DatabaseError) -> JSONResponse:

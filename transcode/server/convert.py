@@ -29,7 +29,7 @@ import pydicom
 from pydicom.pixels import convert_color_space, get_decoder
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from transcode.archive.index import InstanceRow
+from transcode.catalog.base import InstanceRow
 from transcode.codecs.decode import register_plugins
 from transcode.dicom.read import open_instance
 from transcode.dicom.write import native_file

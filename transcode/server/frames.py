@@ -28,8 +28,8 @@ import numpy as np
 from pydicom.pixels import iter_pixels
 from pydicom.uid import UID
 
-from transcode.archive.index import InstanceRow
 from transcode.archive.store import Archive
+from transcode.catalog.base import InstanceRow
 from transcode.codecs import htj2k
 from transcode.codecs.codestream import CodestreamIndex
 from transcode.codecs.decode import register_plugins

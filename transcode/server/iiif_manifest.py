@@ -23,7 +23,7 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from transcode.archive.index import InstanceRow
+from transcode.catalog.base import InstanceRow
 from transcode.server.iiif import BASE, PROFILE
 from transcode.server.responses import cache_headers, etag, not_modified
 from transcode.server.service import Service

@@ -41,8 +41,8 @@ from pathlib import Path
 import pydicom
 from pydicom.dataset import Dataset
 
-from transcode.archive.index import InstanceRow
 from transcode.archive.store import Archive
+from transcode.catalog.base import InstanceRow
 from transcode.digest import Digest, frame_pieces_match, frame_prefix_matches
 from transcode.server.errors import StoredDataError
 from transcode.stores.base import ByteRange

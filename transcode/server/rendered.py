@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from transcode.archive.index import InstanceRow
+from transcode.catalog.base import InstanceRow
 from transcode.server import params, regions, render
 from transcode.server.frames import StoredInstance
 from transcode.server.negotiate import choose_image

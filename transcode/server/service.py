@@ -9,10 +9,10 @@ from dataclasses import dataclass, field
 from pydicom.dataset import Dataset
 from starlette.requests import Request
 
-from transcode.archive.index import InstanceRow
 from transcode.archive.store import Archive
-from transcode.server.catalog import Catalog
+from transcode.catalog.base import InstanceRow
 from transcode.server.frames import FrameReader
+from transcode.server.lookup import Lookup
 from transcode.server.responses import base_url
 
 
@@ -21,11 +21,11 @@ class Service:
     archive: Archive
     prefix: str = "/dicomweb"
     max_frames: int = 4096  # frames in one request (Limits.max_frames)
-    catalog: Catalog = field(init=False)
+    catalog: Lookup = field(init=False)
     reader: FrameReader = field(init=False)
 
     def __post_init__(self) -> None:
-        self.catalog = Catalog(self.archive.index.path)
+        self.catalog = Lookup(self.archive.index)
         self.reader = FrameReader(self.archive)
         self.header = functools.lru_cache(maxsize=64)(self._header)
 

@@ -31,8 +31,8 @@ from starlette.responses import Response
 from transcode.archive import ArchiveBusy, ArchiveMismatch
 from transcode.security.audit import Touched
 from transcode.security.guard import AUDIT_TOUCHED
-from transcode.server.catalog import uid
 from transcode.server.errors import Problem
+from transcode.server.lookup import uid
 from transcode.server.multipart import save_parts
 from transcode.server.service import Service
 from transcode.service import STORED, IngestService, ServiceBusy, identify, out_of_space, storage_status
@@ -110,9 +110,7 @@ def _store(service: Service, ingester: IngestService, request: Request, files: l
             code = storage_status(entry)
             if code in STORED:
                 item = {"00081150": _ui(sop_class), "00081155": _ui(sop)}
-                row = service.catalog.db.execute(
-                    "SELECT study_uid, series_uid FROM instances WHERE sop_uid = ?", (entry.sop_uid,)
-                ).fetchone()
+                row = service.archive.index.located(entry.sop_uid)
                 if row is not None:
                     touched.append(Touched(row[0], row[1], entry.sop_uid))
                     item["00081190"] = {"vr": "UR", "Value": [service.url(request, row[0], row[1], entry.sop_uid)]}

@@ -28,7 +28,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from transcode.archive.index import InstanceRow
+from transcode.catalog.base import InstanceRow
 from transcode.server import convert, multipart, params, regions
 from transcode.server.errors import Problem
 from transcode.server.frames import StoredInstance, little_endian

@@ -21,8 +21,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from transcode.server.catalog import uid
 from transcode.server.errors import Problem
+from transcode.server.lookup import uid
 from transcode.server.responses import REVALIDATE
 from transcode.server.service import Service
 
@@ -55,9 +55,7 @@ def routes(service: Service) -> list[Route]:
     def series_key(request: Request) -> Response:
         p = request.path_params
         study, series = uid(p["study"], "Study Instance UID"), uid(p["series"], "Series Instance UID")
-        signature = catalog.db.execute("SELECT count(*), max(rowid) FROM instances WHERE study_uid = ? AND "
-                                       "series_uid = ?", (study, series)).fetchone()
-        return answer(series_store(study, series, tuple(signature)), p["key"])
+        return answer(series_store(study, series, service.archive.index.signature(study, series)), p["key"])
 
     def instance_key(request: Request) -> Response:
         p = request.path_params

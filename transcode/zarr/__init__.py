@@ -18,8 +18,8 @@ This package is `transcode.zarr`; the zarr library is imported absolutely
 from __future__ import annotations
 
 from transcode.archive.store import Archive
-from transcode.server.catalog import Catalog
 from transcode.server.frames import FrameReader
+from transcode.server.lookup import Lookup
 from transcode.zarr.layout import Volume, instance_volume, series_volume
 from transcode.zarr.store import ViewStore
 
@@ -29,11 +29,11 @@ __all__ = ["ViewStore", "Volume", "open_instance", "open_series"]
 def open_series(archive: Archive, study: str, series: str) -> ViewStore:
     """A read-only zarr store of the series (raises `Problem` 404 when it has
     no instances, 409 when its frames differ in size or pixel format)."""
-    catalog = Catalog(archive.index.path)
+    catalog = Lookup(archive.index)
     return ViewStore(catalog, FrameReader(archive), series_volume(catalog, study, series))
 
 
 def open_instance(archive: Archive, study: str, series: str, sop: str) -> ViewStore:
     """A read-only zarr store of one (multi-frame) instance's frames."""
-    catalog = Catalog(archive.index.path)
+    catalog = Lookup(archive.index)
     return ViewStore(catalog, FrameReader(archive), instance_volume(catalog, study, series, sop))

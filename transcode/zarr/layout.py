@@ -36,10 +36,10 @@ from typing import Any
 
 import numpy as np
 
-from transcode.archive.index import InstanceRow
-from transcode.server.catalog import Catalog
+from transcode.catalog.base import InstanceRow
 from transcode.server.errors import Problem
 from transcode.server.frames import StoredInstance
+from transcode.server.lookup import Lookup
 
 #: The OME-NGFF version written to the group attributes.
 NGFF_VERSION = "0.5"
@@ -127,7 +127,7 @@ class Volume:
                 "attributes": {}, "dimension_names": names}
 
 
-def series_volume(catalog: Catalog, study: str, series: str) -> Volume:
+def series_volume(catalog: Lookup, study: str, series: str) -> Volume:
     """The stack of every frame of a series' instances, in patient order
     (404 when the series has no instances)."""
     rows = catalog.instances(study, series)
@@ -146,7 +146,7 @@ def series_volume(catalog: Catalog, study: str, series: str) -> Volume:
     return _volume(catalog, f"series {series}", [rows[i] for i in order], [metas[i] for i in order], slices, between)
 
 
-def instance_volume(catalog: Catalog, study: str, series: str, sop: str) -> Volume:
+def instance_volume(catalog: Lookup, study: str, series: str, sop: str) -> Volume:
     """The frames of one instance, in stored order."""
     row = catalog.row(study, series, sop)
     meta = json.loads(row.dicom_json)
@@ -154,7 +154,7 @@ def instance_volume(catalog: Catalog, study: str, series: str, sop: str) -> Volu
     return _volume(catalog, f"instance {sop}", [row], [meta], slices, _slice_spacing(meta))
 
 
-def _volume(catalog: Catalog, name: str, rows: list[InstanceRow], metas: list[dict[str, Any]],
+def _volume(catalog: Lookup, name: str, rows: list[InstanceRow], metas: list[dict[str, Any]],
             slices: tuple[Slice, ...], between: float) -> Volume:
     """The common frame geometry of `rows` (409 when their frames differ in size or pixel format)."""
     formats = {tuple((_value(m, tag) or [None])[0] for tag in (_ROWS, _COLUMNS, _SAMPLES, _ALLOCATED, _SIGNED))

@@ -25,8 +25,8 @@ from zarr.abc.store import ByteRequest, OffsetByteRequest, RangeByteRequest, Sto
 from zarr.core.buffer import Buffer, BufferPrototype
 
 from transcode.server import regions
-from transcode.server.catalog import Catalog
 from transcode.server.frames import FrameReader
+from transcode.server.lookup import Lookup
 from transcode.zarr.layout import Volume
 
 METADATA = "zarr.json"
@@ -41,7 +41,7 @@ class ViewStore(Store):
     supports_listing = True
     supports_partial_writes = False
 
-    def __init__(self, catalog: Catalog, reader: FrameReader, volume: Volume) -> None:
+    def __init__(self, catalog: Lookup, reader: FrameReader, volume: Volume) -> None:
         super().__init__(read_only=True)
         self.catalog, self.reader = catalog, reader
         self.volume = volume

@@ -1,0 +1,82 @@
+"""What differs between the catalog's SQL dialects, and nothing else.
+
+The catalog's statements are written once, with `?` placeholders, upserts as
+`INSERT ... ON CONFLICT` (SQLite 3.24+ and PostgreSQL both take it) and
+`TRUE`; a `Dialect` supplies the few fragments that differ: reading a value
+out of the DICOM JSON text, iterating a multi-valued attribute, wildcard
+matching, aggregating distinct values into a JSON array, the column that
+orders rows by arrival, and the placeholder style of the driver.
+
+DICOM JSON stays TEXT in both databases (PostgreSQL's jsonb would reorder
+keys, and the server returns the stored text as it is); PostgreSQL parses it
+(`::jsonb`) only inside the searches that look into it.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """One SQL dialect: see the module docstring for each fragment's contract."""
+
+    name: str
+    #: The column that orders a table's rows by arrival.
+    arrival: str
+    #: The driver's placeholder for `?`.
+    placeholder: str
+
+    def sql(self, text: str) -> str:
+        """`text` with its `?` placeholders in the driver's style."""
+        return _placeholders(text, self.placeholder)
+
+    def first_value(self, column: str, tag: str) -> str:
+        """The text of the first value of `tag` in the DICOM JSON `column` (NULL if absent)."""
+        if self.name == "sqlite":
+            return f"json_extract({column}, '$.\"{tag}\".Value[0]')"
+        return f"(({column})::jsonb #>> '{{{tag},Value,0}}')"
+
+    def instance_number(self, column: str = "dicom_json") -> str:
+        """An ORDER BY term: Instance Number as an integer, missing (or not
+        a number) first, as SQLite's lenient CAST sorts them."""
+        value = self.first_value(column, "00200013")
+        if self.name == "sqlite":
+            return f"CAST({value} AS INTEGER)"
+        return f"(CASE WHEN {value} ~ '^ *[+-]{{0,1}}[0-9]+ *$' THEN trim({value})::bigint END) NULLS FIRST"
+
+    def values(self, alias: str, tag: str) -> str:
+        """A FROM item `v` with one row per value of `tag` in `alias.dicom_json`."""
+        if self.name == "sqlite":
+            return f"json_each({alias}.dicom_json, '$.\"{tag}\".Value') v"
+        return f"jsonb_array_elements(({alias}.dicom_json)::jsonb -> '{tag}' -> 'Value') v(value)"
+
+    def value_text(self, person_name: bool) -> str:
+        """The text of `v.value`: a Person Name's Alphabetic group upper-cased, else the value."""
+        if self.name == "sqlite":
+            return "upper(json_extract(v.value, '$.Alphabetic'))" if person_name else "CAST(v.value AS TEXT)"
+        return "upper(v.value ->> 'Alphabetic')" if person_name else "(v.value #>> '{}')"
+
+    def wildcard(self, column: str, pattern: str) -> tuple[str, str]:
+        """(condition, argument) matching `column` against a DICOM wildcard
+        pattern (`*` any run, `?` one character; everything else literal)."""
+        if self.name == "sqlite":
+            return f"{column} GLOB ?", pattern.replace("[", "[[]")
+        escaped = pattern.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        return f"{column} LIKE ? ESCAPE '\\'", escaped.replace("*", "%").replace("?", "_")
+
+    def distinct_array(self, expression: str) -> str:
+        """An aggregate: the distinct values of `expression` as JSON array text."""
+        if self.name == "sqlite":
+            return f"json_group_array(DISTINCT {expression})"
+        return f"COALESCE(json_agg(DISTINCT {expression})::text, '[]')"
+
+
+@functools.lru_cache(maxsize=512)
+def _placeholders(text: str, placeholder: str) -> str:
+    return text if placeholder == "?" else text.replace("?", placeholder)
+
+
+SQLITE = Dialect("sqlite", arrival="rowid", placeholder="?")
+POSTGRES = Dialect("postgresql", arrival="seq", placeholder="%s")
