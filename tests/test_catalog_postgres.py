@@ -8,7 +8,6 @@ a fresh database over that store is refused; a second writer is refused."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,11 +23,6 @@ from transcode.cli import EXIT_FAILED, EXIT_USAGE, main
 from transcode.stores.s3 import S3Store
 
 OHIF = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
-
-
-@pytest.fixture(scope="module")
-def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[seaweed.Seaweed]:
-    yield from seaweed.start(tmp_path_factory.mktemp("seaweed"))
 
 
 def answers(base: str, study: str, sops: list[tuple[str, str, str]]) -> dict[str, object]:
