@@ -54,7 +54,7 @@ def main() -> int:
                 archive = {"folder+sqlite": ["--archive", str(where)],
                            "s3+sqlite": ["--archive", url, "--catalog", str(where)],
                            "s3+postgresql": ["--archive", url, "--catalog", pg.create_database(),
-                                             "--staging", str(where)]}[kind]
+                                             "--work-dir", str(where)]}[kind]
                 began = time.perf_counter()
                 subprocess.run([sys.executable, "-m", "transcode.cli", "ingest", str(root / "src"), *archive,
                                 "--workers", str(args.workers)], env=env, check=True, stdout=subprocess.DEVNULL)

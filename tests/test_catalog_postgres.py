@@ -51,7 +51,7 @@ def test_s3_archive_with_a_postgres_catalog(tmp_path: Path, s3_server: seaweed.S
     make_study(tmp_path / "src")
     url = f"s3://{s3_server.bucket}/archive-{uuid.uuid4().hex[:8]}"
     catalog = postgres.create_database()
-    options = ["--catalog", catalog, "--staging", str(tmp_path / "staging")]
+    options = ["--catalog", catalog, "--work-dir", str(tmp_path / "staging")]
     # The same files into a folder archive and into S3 + PostgreSQL (broken files and a conflict: exit 1).
     assert main(["ingest", str(tmp_path / "src"), "--archive", str(tmp_path / "folder"), "--workers", "2"]) \
         == EXIT_FAILED
@@ -81,13 +81,13 @@ def test_s3_archive_with_a_postgres_catalog(tmp_path: Path, s3_server: seaweed.S
     # A fresh database over a store with objects is not this archive's catalog.
     fresh = postgres.create_database()
     with pytest.raises(ArchiveMismatch):
-        open_archive(url, catalog=fresh, staging=tmp_path / "staging2", exclusive=True)
+        open_archive(url, catalog=fresh, work_dir=tmp_path / "staging2", exclusive=True)
     assert main(["ingest", str(tmp_path / "src"), "--archive", url, "--catalog", fresh]) == EXIT_USAGE
 
     # One writer at a time, as with a folder's lock.
-    with open_archive(url, catalog=catalog, staging=tmp_path / "staging", exclusive=True), \
+    with open_archive(url, catalog=catalog, work_dir=tmp_path / "staging", exclusive=True), \
             pytest.raises(ArchiveBusy):
-        open_archive(url, catalog=catalog, staging=tmp_path / "staging3", exclusive=True)
+        open_archive(url, catalog=catalog, work_dir=tmp_path / "staging3", exclusive=True)
 
 
 def test_a_catalog_gone_answers_503(tmp_path: Path, postgres: Postgres) -> None:
@@ -102,7 +102,7 @@ def test_a_catalog_gone_answers_503(tmp_path: Path, postgres: Postgres) -> None:
 
     catalog = postgres.create_database()
     store = MemoryStore()
-    StoreArchive(store, catalog, name="memory://", exclusive=True, staging=tmp_path / "staging").close()
+    StoreArchive(store, catalog, name="memory://", exclusive=True, work_dir=tmp_path / "staging").close()
     archive = StoreArchive(store, catalog, name="memory://", read_only=True)
     try:
         client = TestClient(create_app(archive), raise_server_exceptions=False)

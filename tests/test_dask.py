@@ -121,7 +121,7 @@ def test_cli_ingest_into_s3_on_a_local_cluster(tmp_path: Path, s3_server: seawee
     url = f"s3://{s3_server.bucket}/dask-{uuid.uuid4().hex[:8]}"
     catalog = str(tmp_path / "catalog") if kind == "folder" else request.getfixturevalue("postgres").create_database()
     command = ["ingest", str(tmp_path / "src"), "--archive", url, "--catalog", catalog,
-               "--staging", str(tmp_path / "staging"), "--dask", "local:1"]
+               "--work-dir", str(tmp_path / "staging"), "--dask", "local:1"]
     assert main(command) == EXIT_FAILED  # the study holds broken files and a conflict
     with open_archive(url, catalog=catalog, read_only=True) as archive:
         rows = list(archive.index.instances())

@@ -44,3 +44,27 @@ def test_the_write_session_is_held_between_calls_then_released(tmp_path: Path) -
     with FolderArchive(root, read_only=True) as archive:
         assert verify_archive(archive) == []
         assert archive.index.listed() == (3, 0)
+
+
+def test_a_second_service_waits_for_the_first_ones_idle_session(tmp_path: Path) -> None:
+    """Two services over one archive, as two server nodes: the second's call
+    waits (up to `busy_wait`) while the first holds its idle session, then
+    gets in; with no wait it is refused at once."""
+    files = []
+    for n in range(2):
+        files.append(write(Spec("CT", 64, 64, seed=n), tmp_path / f"{n}.dcm"))
+    root = tmp_path / "archive"
+    first, impatient, patient = (IngestService(root, workers=1, hold=hold, busy_wait=busy_wait)
+                                 for hold, busy_wait in ((1.0, 0.0), (1.0, 0.0), (1.0, 30.0)))
+    try:
+        assert [e.outcome for e in first.store(files[:1])] == ["transcoded"]  # holds its session for 1 s
+        with pytest.raises(ArchiveBusy):
+            impatient.store(files[1:])
+        began = time.monotonic()
+        assert [e.outcome for e in patient.store(files[1:])] == ["transcoded"]
+        assert time.monotonic() - began < 30
+    finally:
+        for service in (first, impatient, patient):
+            service.close()
+    with FolderArchive(root, read_only=True) as archive:
+        assert archive.index.listed() == (2, 0)

@@ -198,7 +198,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     progress = Progress()
     try:
-        with open_archive(args.archive, catalog=args.catalog, staging=args.staging, exclusive=True) as archive:
+        with open_archive(args.archive, catalog=args.catalog, work_dir=args.work_dir, exclusive=True) as archive:
             report = ingest(
                 args.paths, archive, workers=args.workers, threads=args.threads, crosscheck=args.crosscheck,
                 progress=progress, on_entry=report_file.add if report_file else None, keep_entries=False,
@@ -395,10 +395,10 @@ def _store_security(args: argparse.Namespace) -> dict[str, Any] | None:
     """For an object-store archive, which must open with its catalog (an
     empty store and catalog become an empty archive, unless `--read-only`):
     the security options, with its API keys and audit trail in its local
-    folder (the catalog folder, or the staging folder beside a PostgreSQL
-    catalog). None when refused (and why said)."""
+    working folder (the catalog folder, `--work-dir`, or the default one
+    beside a PostgreSQL catalog). None when refused (and why said)."""
     try:
-        open_archive(args.archive, catalog=args.catalog, staging=args.staging, read_only=args.read_only).close()
+        open_archive(args.archive, catalog=args.catalog, work_dir=args.work_dir, read_only=args.read_only).close()
         local = _address(args).local
         local.mkdir(parents=True, exist_ok=True)
         return commands.serve_security(args, local, read_only=False)
@@ -408,8 +408,8 @@ def _store_security(args: argparse.Namespace) -> dict[str, Any] | None:
 
 
 def _address(args: argparse.Namespace) -> ArchiveAddress:
-    """The archive the command names: --archive, with --catalog and --staging where it has them."""
-    return ArchiveAddress.of(args.archive, args.catalog, getattr(args, "staging", None))
+    """The archive the command names: --archive, with --catalog and --work-dir where it has them."""
+    return ArchiveAddress.of(args.archive, args.catalog, getattr(args, "work_dir", None))
 
 
 def _serve(args: argparse.Namespace, archive: str, read_only: bool, security: dict[str, Any],
@@ -422,7 +422,7 @@ def _serve(args: argparse.Namespace, archive: str, read_only: bool, security: di
     os.environ[SERVE_OPTIONS] = json.dumps({"archive": archive, "read_only": read_only,
                                             "catalog": args.catalog if is_url(args.catalog) else
                                             args.catalog and str(Path(args.catalog).resolve()),
-                                            "staging": args.staging and str(Path(args.staging).resolve()),
+                                            "work_dir": args.work_dir and str(Path(args.work_dir).resolve()),
                                             "cors_origins": args.cors_origin, "stow_workers": args.stow_workers,
                                             "on_conflict": args.on_conflict,
                                             "max_frame_bytes": _frame_bytes(args.max_frame_mb),
@@ -538,11 +538,11 @@ def _encode_options(parser: argparse.ArgumentParser) -> None:
                         help="tile side in pixels (default: %(default)s)")
 
 
-def _staging_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--staging", metavar="DIR",
-                        help="for an s3:// archive: the local folder for staged objects (default: staging/ in a "
-                             "catalog folder; with a postgresql:// catalog, a per-user, per-catalog folder under "
-                             "the temporary folder, which also holds the server's API keys and audit trail)")
+def _work_dir_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--work-dir", metavar="DIR",
+                        help="for an s3:// archive: this node's local working folder: staged objects (DIR/staging), "
+                             "spools and uploads, serve's API keys and audit trail (default: the catalog folder; with "
+                             "a postgresql:// catalog, a per-user, per-catalog folder under the temporary folder)")
 
 
 def _conflict_option(parser: argparse.ArgumentParser) -> None:
@@ -601,7 +601,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="archive folder (created if missing), or s3://BUCKET/PREFIX (README, Object storage)")
     ingest_.add_argument("--catalog", help="for an s3:// archive: the local folder of its index and staging, or "
                                            "postgresql://USER@HOST:PORT/DB (README, Catalog)")
-    _staging_option(ingest_)
+    _work_dir_option(ingest_)
     ingest_.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
     ingest_.add_argument("--threads", type=int, default=None,
                          help="threads per worker over frames (default: cores / workers)")
@@ -619,7 +619,7 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.add_argument("--archive", required=True, help="archive folder (created if missing), or s3://BUCKET/PREFIX")
     migrate.add_argument("--catalog", help="for an s3:// archive: the local folder of its index, staging and spools, "
                                            "or postgresql://USER@HOST:PORT/DB (README, Catalog)")
-    _staging_option(migrate)
+    _work_dir_option(migrate)
     migrate.add_argument("--ae-title", default="TRANSCODE", help="our AE title (default: %(default)s)")
     migrate.add_argument("--study", action="append", default=[], metavar="UID", help="only this study (repeatable)")
     migrate.add_argument("--since", metavar="DATE", help="only studies dated on or after DATE (YYYYMMDD)")
@@ -643,7 +643,7 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--archive", required=True, help="archive folder, or s3://BUCKET/PREFIX with --catalog")
     verify.add_argument("--catalog", help="for an s3:// archive: the local folder of its index, or "
                                           "postgresql://USER@HOST:PORT/DB (README, Catalog)")
-    _staging_option(verify)
+    _work_dir_option(verify)
     verify.add_argument("--rebuild-index", action="store_true",
                         help="replace the index by one rebuilt from the stored objects (keeps the old ledger)")
     verify.set_defaults(func=cmd_verify)
@@ -652,7 +652,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--archive", required=True, help="archive folder, or s3://BUCKET/PREFIX with --catalog")
     serve.add_argument("--catalog", help="for an s3:// archive: the local folder of its index, staging and upload "
                        "spool, or postgresql://USER@HOST:PORT/DB (README, Catalog)")
-    _staging_option(serve)
+    _work_dir_option(serve)
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     serve.add_argument("--port", type=int, default=8042, help="(default: %(default)s)")
     serve.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
@@ -678,7 +678,7 @@ def build_parser() -> argparse.ArgumentParser:
     listen.add_argument("--archive", required=True, help="archive folder (created if missing), or s3://BUCKET/PREFIX")
     listen.add_argument("--catalog", help="for an s3:// archive: the local folder of its index, staging and spools, "
                                           "or postgresql://USER@HOST:PORT/DB (README, Catalog)")
-    _staging_option(listen)
+    _work_dir_option(listen)
     listen.add_argument("--ae-title", default="TRANSCODE", help="our AE title (default: %(default)s)")
     listen.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     listen.add_argument("--port", type=int, default=11112, help="(default: %(default)s)")

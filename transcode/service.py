@@ -37,7 +37,7 @@ from typing import NamedTuple
 
 import pydicom
 
-from transcode.archive import Archive
+from transcode.archive import Archive, ArchiveBusy
 from transcode.archive.objects import ArchiveAddress
 from transcode.codecs.htj2k import EncodeSettings
 from transcode.entries import Entry, IngestOutcome
@@ -134,8 +134,11 @@ class IngestService:
     instance after instance pays for opening it once, not per instance
     (two index commits and two marker writes each time). While it is held,
     another writer (`transcode ingest`, another server) is refused with
-    `ArchiveBusy`; `hold=0` releases it after every call. `nice`: the
-    workers' priority below the caller's (`WorkerPool`)."""
+    `ArchiveBusy`; `hold=0` releases it after every call. A call that
+    finds another process's session (another server node's, idle for less
+    than its `hold`) waits up to `busy_wait` seconds for it before raising
+    `ArchiveBusy`. `nice`: the workers' priority below the caller's
+    (`WorkerPool`)."""
 
     def __init__(
         self,
@@ -146,13 +149,14 @@ class IngestService:
         crosscheck: CrossCheck | str = CrossCheck.SAMPLE,
         on_conflict: OnConflict | str = OnConflict.KEEP,
         hold: float = 2.0,
+        busy_wait: float = 10.0,
         nice: int = 0,
     ) -> None:
         self.address = ArchiveAddress.of(archive)
         self.settings = settings
         self.crosscheck = CrossCheck(crosscheck)
         self.on_conflict = OnConflict(on_conflict)
-        self.hold = hold
+        self.hold, self.busy_wait = hold, busy_wait
         self._pool = WorkerPool(workers, nice)
         self._lock = threading.Lock()
         self._archive: Archive | None = None
@@ -164,14 +168,15 @@ class IngestService:
         it holds) and return their entries, in the order given, once they
         are durable. Raises `ServiceBusy` after `wait` seconds behind
         other calls, `ArchiveBusy` while another process ingests into the
-        archive, `ArchiveMismatch` when its index is not the archive's."""
+        archive for longer than `busy_wait`, `ArchiveMismatch` when its index
+        is not the archive's."""
         if not files:
             return []
         if not self._lock.acquire(timeout=wait):
             raise ServiceBusy(f"another ingest into {self.address} has run for over {wait:.0f} s")
         try:
             if self._archive is None:
-                self._archive = self.address.open(exclusive=True)
+                self._archive = self._open_session()
             try:
                 report = ingest(
                     [str(path) for path in files], self._archive, pool=self._pool, settings=self.settings,
@@ -194,6 +199,17 @@ class IngestService:
         if missing:  # the ledger skipped them: a door must spool each instance under a new name
             raise ValueError(f"already ingested under the same path, size and mtime: {', '.join(missing)}")
         return [by_path[str(Path(path).absolute())] for path in files]
+
+    def _open_session(self) -> Archive:
+        """A write session, waiting up to `busy_wait` s while another process holds one."""
+        deadline = time.monotonic() + self.busy_wait
+        while True:
+            try:
+                return self.address.open(exclusive=True)
+            except ArchiveBusy:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.1)
 
     @contextlib.contextmanager
     def upload(self) -> Iterator[Path]:

@@ -5,7 +5,7 @@ the same keys `FolderArchive` uses as paths (`objects/STUDY/SERIES/SOP.dcm`,
 `conflicts/...`), and its catalog where the caller says: a local folder
 (SQLite index, the workers' staging folder and the writer lock's file) or a
 PostgreSQL URL (catalog and writer lock in the database; staging in a local
-folder, `--staging` or a per-user one under the temporary folder, named
+working folder, `--work-dir` or a per-user one under the temporary folder, named
 after the catalog so two archives never share one). `root` is None:
 nothing may open an object by path.
 
@@ -65,15 +65,18 @@ class ArchiveURLError(ValueError):
 
 
 class StoreArchive(SessionArchive):
-    """Objects in `store`; the catalog in the local folder `catalog` (with
-    the staging folder) or the PostgreSQL database at the URL `catalog`
-    (staging in `staging`, default `default_staging(catalog)`).
+    """Objects in `store`; the catalog in the local folder `catalog` or the
+    PostgreSQL database at the URL `catalog`. `work_dir`: this node's local
+    working folder (default: the catalog folder, or `default_work_dir` for a
+    PostgreSQL catalog), whose `staging/` holds the workers' staged objects
+    (emptied by every write session: nothing else may live there) and where
+    the doors keep their spools, uploads, API keys and audit trail.
 
     `exclusive`, `read_only` and `check` mean what they mean for
     `FolderArchive`. `name` is how messages name the store (its URL)."""
 
     def __init__(self, store: Store, catalog: str | os.PathLike[str], *, name: str, exclusive: bool = False,
-                 read_only: bool = False, check: bool = True, staging: str | os.PathLike[str] | None = None) -> None:
+                 read_only: bool = False, check: bool = True, work_dir: str | os.PathLike[str] | None = None) -> None:
         if exclusive and (read_only or not check):
             raise ValueError("a write session is neither read-only nor unchecked")
         self.store = store
@@ -85,12 +88,9 @@ class StoreArchive(SessionArchive):
         self.remote = store.remote
         self._uploads = ThreadPoolExecutor(max_workers=PUTS, thread_name_prefix="store-put")
         self._puts: dict[str, Future[None]] = {}  # key -> its put, until a flush or a read waited for it
-        if is_url(catalog):
-            self._staging = Path(staging).absolute() if staging is not None else default_staging(str(catalog))
-        else:
-            self._staging = Path(staging).absolute() if staging is not None else self.catalog / "staging"
-            if not self.read_only:
-                self.catalog.mkdir(parents=True, exist_ok=True)
+        if not is_url(catalog) and not self.read_only:
+            self.catalog.mkdir(parents=True, exist_ok=True)
+        self._staging = local_folder(catalog, work_dir) / "staging"
         if not self.read_only:
             self._staging.mkdir(parents=True, exist_ok=True)
         self._open_index(catalog, check=check, exclusive=exclusive)
@@ -224,13 +224,22 @@ class StoreArchive(SessionArchive):
             self.store.close()
 
 
-def default_staging(catalog_url: str) -> Path:
-    """The staging folder of an archive whose catalog is in PostgreSQL:
-    local (workers write there), per user (another user's files are not
+def local_folder(catalog: str | os.PathLike[str], work_dir: str | os.PathLike[str] | None) -> Path:
+    """The local working folder of a store archive (absolute: a staged
+    file's path is absolute, a staged key never): `work_dir`, else the
+    catalog folder, else `default_work_dir` of a PostgreSQL catalog."""
+    if work_dir is not None:
+        return Path(work_dir).absolute()
+    return default_work_dir(str(catalog)) if is_url(catalog) else Path(catalog).absolute()
+
+
+def default_work_dir(catalog_url: str) -> Path:
+    """The working folder of an archive whose catalog is in PostgreSQL:
+    local (workers stage there), per user (another user's files are not
     ours to clear) and per catalog (a write session clears its staging,
     which must not be another archive's)."""
     key = hashlib.blake2b(catalog_url.encode(), digest_size=8).hexdigest()
-    return Path(tempfile.gettempdir()) / f"transcode-{getpass.getuser()}" / f"staging-{key}"
+    return Path(tempfile.gettempdir()) / f"transcode-{getpass.getuser()}" / f"archive-{key}"
 
 
 @dataclass(frozen=True)
@@ -241,30 +250,28 @@ class ArchiveAddress:
     store to use instead of reaching the URL's (a memory store in tests).
 
     `local` is the local folder where the doors keep what is not an object
-    (uploads, spools, queues): the archive folder itself, the catalog
-    folder, or beside a PostgreSQL catalog the staging folder (`staging`,
-    else `default_staging`)."""
+    (uploads, spools, queues): the archive folder itself, or a store
+    archive's working folder (`local_folder`: `work_dir`, the catalog
+    folder, or `default_work_dir` beside a PostgreSQL catalog)."""
 
     url: str
     catalog: str | None = None
     store: Store | None = field(default=None, compare=False, repr=False)
-    staging: str | None = None
+    work_dir: str | None = None
 
     @classmethod
     def of(cls, where: ArchiveAddress | str | os.PathLike[str], catalog: str | os.PathLike[str] | None = None,
-           staging: str | os.PathLike[str] | None = None) -> ArchiveAddress:
-        """`where` as an address (a folder path or URL, with `catalog` and `staging`)."""
+           work_dir: str | os.PathLike[str] | None = None) -> ArchiveAddress:
+        """`where` as an address (a folder path or URL, with `catalog` and `work_dir`)."""
         if isinstance(where, ArchiveAddress):
             return where
         return cls(os.fspath(where), None if catalog is None else os.fspath(catalog),
-                   staging=None if staging is None else os.fspath(staging))
+                   work_dir=None if work_dir is None else os.fspath(work_dir))
 
     @property
     def local(self) -> Path:
-        if self.catalog is not None and is_url(self.catalog):
-            return Path(self.staging) if self.staging is not None else default_staging(self.catalog)
         if self.catalog is not None:
-            return Path(self.catalog)
+            return local_folder(self.catalog, self.work_dir)
         return Path(urlsplit(self.url).path if self.url.startswith("file://") else self.url)
 
     def check(self) -> None:
@@ -274,8 +281,9 @@ class ArchiveAddress:
     def open(self, **options: Any) -> Archive:
         """A new session (`open_archive`'s options: exclusive, read_only, check)."""
         if self.store is not None:
-            return StoreArchive(self.store, self.catalog or self.local, name=self.url, staging=self.staging, **options)
-        return open_archive(self.url, catalog=self.catalog, staging=self.staging, **options)
+            return StoreArchive(self.store, self.catalog or self.local, name=self.url, work_dir=self.work_dir,
+                                **options)
+        return open_archive(self.url, catalog=self.catalog, work_dir=self.work_dir, **options)
 
     def __str__(self) -> str:
         return self.url
@@ -300,7 +308,7 @@ def address_of(archive: Archive) -> ArchiveAddress:
     """How to open `archive` again: another session over the same folder or store."""
     if isinstance(archive, StoreArchive):
         return ArchiveAddress(archive.name, os.fspath(archive.catalog), store=archive.store,
-                              staging=os.fspath(archive.staging()))
+                              work_dir=os.fspath(archive.staging().parent))
     if archive.root is None:
         raise TypeError(f"{archive!r} has no address")
     return ArchiveAddress(os.fspath(archive.root))
@@ -329,12 +337,12 @@ def _staging_store(url: str) -> Store:
 
 def open_archive(url: str | os.PathLike[str], *, catalog: str | os.PathLike[str] | None = None,
                  exclusive: bool = False, read_only: bool = False, check: bool = True,
-                 staging: str | os.PathLike[str] | None = None) -> Archive:
+                 work_dir: str | os.PathLike[str] | None = None) -> Archive:
     """The archive at `url`: a folder path (objects and SQLite inside it, as
     always) or `s3://BUCKET/PREFIX` (objects in S3, reached through the AWS
     environment variables; its catalog at `catalog`, required: a local
-    folder, or a `postgresql://` URL with `staging` as the local staging
-    folder). ArchiveURLError for a URL of another scheme, an S3 URL without
+    folder, or a `postgresql://` URL; `work_dir` the local working folder,
+    `StoreArchive`). ArchiveURLError for a URL of another scheme, an S3 URL without
     a catalog or a folder with one."""
     text = os.fspath(url)
     if _scheme(text, catalog) == "":
@@ -346,4 +354,4 @@ def open_archive(url: str | os.PathLike[str], *, catalog: str | os.PathLike[str]
     except ValueError as exc:
         raise ArchiveURLError(str(exc)) from None
     return StoreArchive(store, catalog, name=text, exclusive=exclusive,
-                        read_only=read_only, check=check, staging=staging)
+                        read_only=read_only, check=check, work_dir=work_dir)

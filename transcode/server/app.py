@@ -112,7 +112,7 @@ def app_from_environment() -> FastAPI:
     options = json.loads(os.environ[SERVE_OPTIONS])
     settings = EncodeSettings(max_frame_bytes=options["max_frame_bytes"]) if options.get("max_frame_bytes") else None
     render_limits = RenderLimits(options["max_render_pixels"]) if options.get("max_render_pixels") else None
-    archive = open_archive(options["archive"], catalog=options.get("catalog"), staging=options.get("staging"),
+    archive = open_archive(options["archive"], catalog=options.get("catalog"), work_dir=options.get("work_dir"),
                            read_only=options["read_only"])
     return create_app(archive, cors_origins=options["cors_origins"], stow_workers=options["stow_workers"],
                       on_conflict=options.get("on_conflict", "keep"), settings=settings,
