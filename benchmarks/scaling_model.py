@@ -12,8 +12,10 @@ all 12 or 10 bits in 16):
   other load on a shared machine inflates it less;
 - bytes read and written per file;
 - the catalog's single-writer rate: the ingested CT instances, with their
-  frame and ledger rows, committed again into a fresh SQLite catalog in
-  batches as the coordinator does (`Catalog.record`), instances per second.
+  frame and ledger rows, committed again into a fresh catalog in batches as
+  the coordinator does (`Catalog.record`), instances per second: SQLite, and
+  PostgreSQL where its server can be started here (tests/postgres.py, fsync
+  on, on this machine's disk: a real deployment's database is elsewhere).
 
 The model: files/s per core = 1 / CPU seconds; the node count to migrate
 `--instances` (default 100 million) of the mix `--mix` (an assumption, by
@@ -38,15 +40,17 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fixtures.generate import Spec, write, write_ct_series, write_dbt
+from tests import postgres
 from transcode.bench.measure import save
+from transcode.catalog import Catalog, open_catalog
 from transcode.catalog.base import Record
-from transcode.catalog.sqlite import SQLiteCatalog
 from transcode.codecs.htj2k import EncodeSettings
 from transcode.pipeline import work
 
@@ -78,10 +82,11 @@ def ingested(files: list[Path], archive: Path) -> Path:
     return archive
 
 
-def catalog_rate(archive: Path, scratch: Path, batch: int = 64) -> dict[str, float]:
+def catalog_rate(archive: Path, fresh: Callable[[int], Catalog], batch: int = 64) -> dict[str, float]:
     """Instances (with their frame rows) per second committed into a fresh
-    SQLite catalog, `batch` per transaction, as the coordinator commits."""
-    source = SQLiteCatalog(archive / "index.sqlite", read_only=True)
+    catalog (`fresh(attempt)`), `batch` per transaction, as the coordinator
+    commits; the best of 3."""
+    source = open_catalog(archive, read_only=True)
     records = [Record({"source_path": f"/source/{row.sop_uid}", "source_size": row.size, "source_mtime_ns": 0,
                        "outcome": row.outcome, "sop_uid": row.sop_uid}, row, source.frames(row.sop_uid), "{}", "{}")
                for row in source.instances()]
@@ -89,7 +94,7 @@ def catalog_rate(archive: Path, scratch: Path, batch: int = 64) -> dict[str, flo
     frames = sum(len(r.frames) for r in records)
     best = float("inf")
     for attempt in range(3):
-        index = SQLiteCatalog(scratch / f"catalog-{attempt}.sqlite")
+        index = fresh(attempt)
         index.create()
         began = time.perf_counter()
         for start in range(0, len(records), batch):
@@ -97,6 +102,11 @@ def catalog_rate(archive: Path, scratch: Path, batch: int = 64) -> dict[str, flo
         best = min(best, time.perf_counter() - began)
         index.close()
     return {"instances_per_s": len(records) / best, "frame_rows_per_instance": frames / len(records)}
+
+
+def _folder(path: Path) -> Path:
+    path.mkdir()
+    return path
 
 
 def sources(root: Path, files: int, dbt_frames: int) -> dict[str, list[Path]]:
@@ -116,7 +126,7 @@ def sources(root: Path, files: int, dbt_frames: int) -> dict[str, list[Path]]:
 
 
 def model(measured: dict[str, dict[str, float]], mix: dict[str, float], instances: float, days: float, cores: int,
-          efficiency: float, catalog: float) -> dict[str, float]:
+          efficiency: float) -> dict[str, float]:
     """What `instances` of `mix` cost, and how many nodes finish them in `days`."""
     cpu = sum(share * measured[name]["cpu_per_file_s"] for name, share in mix.items())
     out = sum(share * measured[name]["bytes_out_per_file"] for name, share in mix.items())
@@ -126,8 +136,7 @@ def model(measured: dict[str, dict[str, float]], mix: dict[str, float], instance
     return {
         "mean_cpu_per_file_s": cpu, "core_years": core_seconds / (365 * DAY), "files_per_s_per_node": node_rate,
         "nodes_for_days": nodes, "days_on_one_node": core_seconds / (cores * efficiency) / DAY, "files_per_s_needed": instances / (days * DAY),
-        "catalog_instances_per_s": catalog, "catalog_days_alone": instances / catalog / DAY,
-        "nodes_at_catalog_limit": catalog / node_rate, "stored_tb": instances * out / 1e12,
+        "stored_tb": instances * out / 1e12,
         "store_puts_per_s_needed": instances / (days * DAY),
         "store_mb_per_s_needed": instances * out / (days * DAY) / 1e6,
     }
@@ -150,10 +159,16 @@ def main() -> int:
         root = Path(tmp)
         files = sources(root / "sources", args.files, args.dbt_frames)
         measured = {name: worker_costs(paths, root / "staging") for name, paths in files.items()}
-        catalog = catalog_rate(ingested(files["CT"], root / "archive"), root)
+        archive = ingested(files["CT"], root / "archive")
+        catalogs = {"SQLite": catalog_rate(archive, lambda n: open_catalog(_folder(root / f"catalog-{n}")))}
+        try:
+            with postgres.running(durable=True) as server:
+                catalogs["PostgreSQL"] = catalog_rate(archive, lambda n: open_catalog(server.create_database()))
+        except postgres.Unavailable as exc:
+            print(f"PostgreSQL not measured: {exc}", file=sys.stderr)
     efficiency = args.efficiency
-    result = model(measured, mix, args.instances, args.days, args.cores, efficiency, catalog["instances_per_s"])
-    results = {"measured": measured, "catalog_sqlite": catalog, "load_average": os.getloadavg(), "mix": mix,
+    result = model(measured, mix, args.instances, args.days, args.cores, efficiency)
+    results = {"measured": measured, "catalogs": catalogs, "load_average": os.getloadavg(), "mix": mix,
                "efficiency": efficiency, "model": result, "instances": args.instances, "days": args.days,
                "cores_per_node": args.cores}
     rows = ["| modality | CPU per file | files/s per core | MB in / out per file |", "|---|---|---|---|"]
@@ -172,9 +187,11 @@ def main() -> int:
         f"| days on one node | {result['days_on_one_node']:.1f} |",
         f"| nodes to finish in {args.days:.0f} days | {result['nodes_for_days']:.2f} |",
         f"| instances/s that needs | {result['files_per_s_needed']:.0f} |",
-        (f"| catalog (SQLite, one writer, {catalog['frame_rows_per_instance']:.0f} frame row per CT instance) | "
-        f"{result['catalog_instances_per_s']:.0f} instances/s: saturated by "
-        f"{result['nodes_at_catalog_limit']:.1f} nodes; {result['catalog_days_alone']:.1f} days for the catalog alone |"),
+        *(f"| catalog ({name}, one writer, {rate['frame_rows_per_instance']:.0f} frame row per CT instance) | "
+          f"{rate['instances_per_s']:.0f} instances/s: saturated by "
+          f"{rate['instances_per_s'] / result['files_per_s_per_node']:.1f} nodes; "
+          f"{args.instances / rate['instances_per_s'] / DAY:.1f} days for the catalog alone |"
+          for name, rate in catalogs.items()),
         (f"| store | {result['stored_tb']:.1f} TB written; {result['store_puts_per_s_needed']:.0f} PUT/s and "
         f"{result['store_mb_per_s_needed']:.0f} MB/s sustained |"),
     ]

@@ -335,36 +335,40 @@ class Catalog(ABC):
         ))
 
     def record(self, records: Sequence[Record]) -> None:
-        """Commit source files' outcomes, and what they added, in one transaction."""
+        """Commit source files' outcomes, and what they added, in one
+        transaction: one statement per kind of row for the whole batch
+        (PostgreSQL pipelines each `executemany`: a round trip per
+        statement per record made its single writer the first limit of a
+        scaled-out ingest, benchmarks/scaling_model.py). As if recorded one
+        after the other: the last record of a SOP Instance UID in the batch
+        leaves its instance row and frames."""
+        placed = [r for r in records if r.instance is not None]
+        last = {r.instance.sop_uid: r for r in placed}  # type: ignore[union-attr]
         with self._transaction():
-            for record in records:
-                self._record(record)
-
-    def _record(self, record: Record) -> None:
-        instance, ledger = record.instance, record.ledger
-        if instance is not None:
-            self._rows("INSERT INTO studies (study_uid, dicom_json) VALUES (?, ?) ON CONFLICT DO NOTHING",
-                       (instance.study_uid, record.study_json or "{}"))
-            self._rows("INSERT INTO series (series_uid, study_uid, dicom_json) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
-                       (instance.series_uid, instance.study_uid, record.series_json or "{}"))
-            self._rows(_UPSERT_INSTANCE, tuple(getattr(instance, name) for name in InstanceRow.__slots__))
-            self._rows("DELETE FROM frames WHERE sop_uid = ?", (instance.sop_uid,))
-            self._many(_INSERT_FRAME, [(instance.sop_uid, f.number, f.offset, f.length, json.dumps(f.codestream),
-                                        f.digest) for f in record.frames])
-        if record.conflict is not None:
-            path, digest, pixel_digest = record.conflict
-            assert ledger is not None
-            self._rows(
-                "INSERT INTO conflicts (sop_uid, path, object_digest, pixel_digest, source_path, at) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (ledger["sop_uid"], path, digest, pixel_digest, ledger["source_path"], time.time()),
-            )
-        if ledger is not None:
-            columns = [c for c in LEDGER_COLUMNS if c in ledger]
-            self._rows(
-                f"INSERT INTO ledger ({', '.join(columns)}, at) VALUES ({', '.join('?' * (len(columns) + 1))})",
-                [*(ledger[c] for c in columns), time.time()],
-            )
+            self._many("INSERT INTO studies (study_uid, dicom_json) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                       [(r.instance.study_uid, r.study_json or "{}") for r in placed])  # type: ignore[union-attr]
+            self._many("INSERT INTO series (series_uid, study_uid, dicom_json) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+                       [(r.instance.series_uid, r.instance.study_uid, r.series_json or "{}")  # type: ignore[union-attr]
+                        for r in placed])
+            self._many(_UPSERT_INSTANCE, [tuple(getattr(r.instance, name) for name in InstanceRow.__slots__)
+                                          for r in placed])
+            self._many("DELETE FROM frames WHERE sop_uid = ?", [(sop,) for sop in last])
+            self._many(_INSERT_FRAME, [(sop, f.number, f.offset, f.length, json.dumps(f.codestream), f.digest)
+                                       for sop, r in last.items() for f in r.frames])
+            conflicts = [r for r in records if r.conflict is not None]
+            assert all(r.ledger is not None for r in conflicts)  # a conflict comes from a source file
+            self._many("INSERT INTO conflicts (sop_uid, path, object_digest, pixel_digest, source_path, at) "
+                       "VALUES (?, ?, ?, ?, ?, ?)",
+                       [(r.ledger["sop_uid"], *r.conflict, r.ledger["source_path"], time.time())  # type: ignore[index,misc]
+                        for r in conflicts])
+            ledgers: dict[tuple[str, ...], list[list[Any]]] = {}
+            for r in records:  # the time of each row, as when they were recorded one at a time
+                if r.ledger is not None:
+                    columns = tuple(c for c in LEDGER_COLUMNS if c in r.ledger)
+                    ledgers.setdefault(columns, []).append([*(r.ledger[c] for c in columns), time.time()])
+            for columns, rows in ledgers.items():
+                self._many(f"INSERT INTO ledger ({', '.join(columns)}, at) VALUES ({', '.join('?' * (len(columns) + 1))})",
+                           rows)
 
     def migration(self, source: str) -> dict[str, MigrationRow]:
         """The studies a migration from the PACS `source` (its AE title) has
