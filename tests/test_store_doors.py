@@ -246,14 +246,29 @@ def test_stow_into_s3_then_search_and_retrieve(tmp_path: Path, s3_url: str) -> N
         assert not any((catalog / "spool" / "uploads").iterdir())
 
 
-def test_storescu_into_an_s3_archive(tmp_path: Path, s3_url: str) -> None:
+@pytest.fixture(params=["folder", "postgresql"])
+def catalog_address(request: pytest.FixtureRequest, tmp_path: Path, s3_url: str) -> ArchiveAddress:
+    """The S3 archive with its catalog in a folder, or in a real PostgreSQL
+    (its node's working folder then apart, `--work-dir`)."""
+    if request.param == "folder":
+        return ArchiveAddress(s3_url, str(tmp_path / "catalog"))
+    return ArchiveAddress(s3_url, request.getfixturevalue("postgres").create_database(), work_dir=str(tmp_path / "work"))
+
+
+def _options(address: ArchiveAddress) -> list[str]:
+    """The command-line options naming `address`'s archive."""
+    assert address.catalog is not None
+    return ["--archive", address.url, "--catalog", address.catalog,
+            *(["--work-dir", address.work_dir] if address.work_dir else [])]
+
+
+def test_storescu_into_an_s3_archive(tmp_path: Path, catalog_address: ArchiveAddress) -> None:
     """`listen` into an S3 archive: dcmtk's storescu sends pydicom's files,
     each is answered once in the bucket and indexed; the spool (in the
-    catalog folder) is left empty; `verify` finds the archive whole."""
+    node's local folder) is left empty; `verify` finds the archive whole."""
     storescu = dcmtk("storescu")
     files = [relabel(PYDICOM_FILES / name, tmp_path / name) for name in ("CT_small.dcm", "MR_small_implicit.dcm")]
-    catalog = tmp_path / "catalog"
-    receiver = Receiver(ArchiveAddress(s3_url, str(catalog)), port=free_port(), workers=1, study_idle=1.0)
+    receiver = Receiver(catalog_address, port=free_port(), workers=1, study_idle=1.0)
     receiver.start()
     try:
         done = subprocess.run([storescu, "-aec", "TRANSCODE", "127.0.0.1", str(receiver.address[1]),
@@ -261,26 +276,25 @@ def test_storescu_into_an_s3_archive(tmp_path: Path, s3_url: str) -> None:
         assert done.returncode == 0 and "Store Failed" not in done.stderr, done.stderr
     finally:
         receiver.stop()
-    with open_archive(s3_url, catalog=catalog, read_only=True) as archive:
+    with catalog_address.open(read_only=True) as archive:
         rows = {row.sop_uid: row for row in archive.index.instances()}
         assert set(rows) == {sop_uid(path) for path in files}
         assert {row.outcome for row in rows.values()} == {"transcoded"}
-        assert set(S3Store.from_url(s3_url).list("objects/")) == {row.path for row in rows.values()}
-    assert not any((catalog / "spool" / "incoming").iterdir())
-    assert main(["verify", "--archive", s3_url, "--catalog", str(catalog)]) == EXIT_OK
+        assert set(S3Store.from_url(catalog_address.url).list("objects/")) == {row.path for row in rows.values()}
+    assert not any((catalog_address.local / "spool" / "incoming").iterdir())
+    assert main(["verify", *_options(catalog_address)]) == EXIT_OK
 
 
-def test_migrate_into_an_s3_archive(pacs: tuple, tmp_path: Path, s3_url: str) -> None:  # noqa: F811
-    """`transcode migrate --archive s3://... --catalog DIR` from Orthanc:
-    every study done, every instance in the bucket and the index, the spool
-    (in the catalog folder) left empty, `verify` clean."""
+def test_migrate_into_an_s3_archive(pacs: tuple, tmp_path: Path, catalog_address: ArchiveAddress) -> None:  # noqa: F811
+    """`transcode migrate --archive s3://... --catalog DIR|postgresql://...`
+    from Orthanc: every study done, every instance in the bucket and the
+    index, the spool (in the node's local folder) left empty, `verify` clean."""
     peer, _, made = pacs
-    catalog = str(tmp_path / "catalog")
-    assert main(["migrate", "--from", f"{peer.aet}@127.0.0.1:{peer.dicom_port}", "--archive", s3_url,
-                 "--catalog", catalog, "--ae-title", AET, "--workers", "1"]) == EXIT_OK
-    with open_archive(s3_url, catalog=catalog, read_only=True) as archive:
+    assert main(["migrate", "--from", f"{peer.aet}@127.0.0.1:{peer.dicom_port}", *_options(catalog_address),
+                 "--ae-title", AET, "--workers", "1"]) == EXIT_OK
+    with catalog_address.open(read_only=True) as archive:
         rows = {row.sop_uid: row for row in archive.index.instances()}
     assert set(rows) == {sop_uid(path) for files in made.values() for path in files}
-    assert set(S3Store.from_url(s3_url).list("objects/")) == {row.path for row in rows.values()}
-    assert not [p for p in (tmp_path / "catalog" / "spool" / "migrate").iterdir() if p.name != "lock"]
-    assert main(["verify", "--archive", s3_url, "--catalog", catalog]) == EXIT_OK
+    assert set(S3Store.from_url(catalog_address.url).list("objects/")) == {row.path for row in rows.values()}
+    assert not [p for p in (catalog_address.local / "spool" / "migrate").iterdir() if p.name != "lock"]
+    assert main(["verify", *_options(catalog_address)]) == EXIT_OK
