@@ -9,7 +9,11 @@ fsynced there (spool.py); it is then ingested by the one `IngestService`,
 and the sender is answered once the service has returned, that is once the
 instance is durable in the archive, with the status of its outcome
 (`service.storage_status`). The spool file is removed after; one left by a
-kill is ingested at the next start.
+kill is ingested at the next start. Instances arriving on several
+associations while an ingest runs go to the next call together (a group
+commit: one archive session, one index transaction for all of them), so
+throughput is not one ingest call per instance, without a delay added to a
+lone sender.
 
 With `ack=Ack.SPOOLED` (`listen --ack spooled`) a readable instance (one
 whose SOP Instance UID pydicom reads) is answered Success as soon as it is
@@ -21,11 +25,7 @@ to `spool/failed/` (never deleted: the operator has its bytes) and the
 ledger says why. At most `backlog` instances wait behind their answers;
 beyond that a sender waits for its instance as with `ack=Ack.ARCHIVED`,
 which bounds the spool and slows a sender the transcoder cannot keep up
-with. Instances arriving on several
-associations while an ingest runs go to the next call together (a group
-commit: one archive session, one index transaction for all of them), so
-throughput is not one ingest call per instance, without a delay added to a
-lone sender.
+with.
 
 Bounded: at most `max_associations` associations (beyond: A-ASSOCIATE-RJ,
 transient, local limit exceeded), each holding at most the instance it is
@@ -361,8 +361,8 @@ class Receiver:
             future = self._commit.submit(path)
         except RuntimeError:  # stopping: the spool keeps it for the next start
             self._behind.release()
-            return self._answer(event, sent, caller, SUCCESS, "", True, sent.sop)
-        future.add_done_callback(functools.partial(self._archived_behind, path, sent, caller))
+        else:
+            future.add_done_callback(functools.partial(self._archived_behind, path, sent, caller))
         return self._answer(event, sent, caller, SUCCESS, "", True, sent.sop)
 
     def _archived_behind(self, path: Path, sent: Sent, caller: str, future: Future[Entry]) -> None:

@@ -24,6 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from transcode.catalog.base import InstanceRow
+from transcode.dicom.metadata import DicomJson
 from transcode.server.iiif import BASE, PROFILE
 from transcode.server.responses import cache_headers, etag, not_modified
 from transcode.server.service import Service
@@ -53,9 +54,9 @@ def routes(service: Service) -> APIRouter:
 
 
 def _manifest(url: str, root: str, study: str, series: str, rows: list[InstanceRow]) -> dict[str, Any]:
-    first = json.loads(rows[0].dicom_json)
-    label = _text(first, "0008103E") or " ".join(filter(None, (_text(first, "00080060"), "series",
-                                                                 _text(first, "00200011"))))
+    first = _attributes(rows[0]).first
+    label = first("0008103E") or " ".join(str(part) for part in (first("00080060"), "series", first("00200011"))
+                                          if part not in (None, ""))
     return {
         "@context": CONTEXT,
         "id": url,
@@ -68,11 +69,11 @@ def _manifest(url: str, root: str, study: str, series: str, rows: list[InstanceR
 
 def _canvases(series_url: str, root: str, study: str, series: str, rows: list[InstanceRow]) -> Iterator[dict]:
     for row in rows:
-        attributes = json.loads(row.dicom_json)
-        width, height = _number(attributes, "00280011"), _number(attributes, "00280010")
+        first = _attributes(row).first
+        width, height = first("00280011"), first("00280010")
         if not (row.frames and width and height):
             continue  # no pixels to show
-        number = _text(attributes, "00200013")
+        number = first("00200013")
         for frame in range(1, row.frames + 1):
             canvas = f"{series_url}/instances/{row.sop_uid}/frames/{frame}/canvas"
             image = root + BASE.format(study=study, series=series, sop=row.sop_uid, frame=frame)
@@ -104,12 +105,6 @@ def _canvases(series_url: str, root: str, study: str, series: str, rows: list[In
             }
 
 
-def _text(attributes: dict[str, Any], tag: str) -> str | None:
-    values = attributes.get(tag, {}).get("Value") or [None]
-    value = values[0]
-    return None if value is None else str(value)
-
-
-def _number(attributes: dict[str, Any], tag: str) -> int | None:
-    value = _text(attributes, tag)
-    return int(value) if value is not None and value.isdigit() else None
+def _attributes(row: InstanceRow) -> DicomJson:
+    """The instance's stored DICOM JSON, for its first values."""
+    return DicomJson(json.loads(row.dicom_json), texts={})
