@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
+import signal
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -68,11 +71,12 @@ def test_tampering_is_reported_with_its_line(tmp_path, capsys, tamper) -> None:
     assert out.splitlines()[0].startswith("audit.jsonl:5: "), out
 
 
-def test_the_chain_runs_on_across_rotation_restarts_and_two_writers(tmp_path, capsys) -> None:
+@pytest.mark.parametrize("separate", [False, True], ids=["thread", "process"])
+def test_the_chain_runs_on_across_rotation_restarts_and_two_writers(tmp_path, capsys, separate) -> None:
     folder = tmp_path / "audit"
-    trail(folder, 30, max_bytes=2000)  # a few lines a file
-    trail(folder, 30, max_bytes=2000)  # a restart: the last hash is read back from the files
-    writers = [AuditLog(folder, max_bytes=2000) for _ in range(2)]  # as two uvicorn workers
+    trail(folder, 30, max_bytes=2000, separate=separate)  # a few lines a file
+    trail(folder, 30, max_bytes=2000, separate=separate)  # a restart: the last hash is read back from the files
+    writers = [AuditLog(folder, max_bytes=2000, separate=separate) for _ in range(2)]  # as two uvicorn workers
 
     def write(audit: AuditLog, who: str) -> None:
         for n in range(50):
@@ -97,13 +101,40 @@ def test_the_chain_runs_on_across_rotation_restarts_and_two_writers(tmp_path, ca
     assert code == 1 and ":1: does not follow the line before" in out.splitlines()[0]
 
 
+def test_the_trail_process_ignores_group_signals_and_is_replaced_when_killed(tmp_path, caplog) -> None:
+    """`serve`'s trail process ends only when the server closes the pipe
+    (Ctrl-C and a service manager's SIGTERM reach the whole group, and the
+    server still has lines to send); killed, it is replaced by the next batch."""
+    folder = tmp_path / "audit"
+    with AuditLog(folder, separate=True) as audit:
+        audit.record(event(0))
+        assert audit.flush()
+        first = audit._sink.pid
+        for signal_number in (signal.SIGINT, signal.SIGTERM):
+            os.kill(first, signal_number)
+        audit.record(event(1))
+        assert audit.flush() and audit._sink.pid == first
+        os.kill(first, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{first}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":  # dead, not yet reaped
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        audit.record(event(2))
+        assert audit.flush()
+        assert audit._sink.pid != first
+    assert "the audit trail's process ended" in caplog.text
+    result = verify(folder)
+    assert result.problems == () and [r["touched"][0]["study"] for r in lines_of(folder)] == ["1.2.3.0", "1.2.3.1",
+                                                                                             "1.2.3.2"]
+
+
 @pytest.fixture(scope="module")
 def audited(served: Served, tmp_path_factory: pytest.TempPathFactory):
     """The served archive (a copy) with the trail on and authentication off."""
     root = tmp_path_factory.mktemp("audited")
     shutil.copytree(served.root, root / "archive")
     with FolderArchive(root / "archive") as archive:
-        audit = AuditLog(root / "audit", index=archive.index.path)
+        audit = AuditLog(root / "audit", index=archive.index.path, separate=True)  # as `serve` runs it
         with TestClient(create_app(archive, security=Security(audit=audit))) as client:
             yield client, audit, root / "audit"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from typing import Any
 
 from transcode.bench.codecs import CODECS
@@ -77,6 +78,11 @@ def scaling_tables(scaling: dict[str, Any]) -> str:
     return f"{threads}\n{workers}\n{sizes}\n{memory}"
 
 
+def _rounds(ratios: list[list[float]]) -> str:
+    """Median (range) of each round's frames/s and CPU ratios."""
+    return " / ".join(f"{statistics.median(r):.2f}x ({min(r):.2f}-{max(r):.2f})" for r in zip(*ratios, strict=True))
+
+
 def server_table(server: dict[str, Any]) -> str:
     clients = sorted({int(k.split("_")[1]) for k in server if k.startswith("bare_")})
     rows = []
@@ -89,11 +95,11 @@ def server_table(server: dict[str, Any]) -> str:
                          f"{r['fps'] / bare:.2f}x", f"{r['cpu_us']:.0f}" if "cpu_us" in r else "",
                          f"{r['fps'] / off['fps']:.2f}x / {off['cpu_us'] / r['cpu_us']:.2f}x" if off else ""])
         if f"full-secured_{n}" in server:  # authentication and audit on, against both off, in the same run
-            on, off = server[f"full-secured_{n}"], server[f"full-open_{n}"]
+            on, off, rounds = server[f"full-secured_{n}"], server[f"full-open_{n}"], server[f"secured_{n}"]
             rows += [[case, str(n), f"{r['fps']:.0f}", f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}",
-                      f"{r['fps'] / bare:.2f}x", f"{r['cpu_us']:.0f}",
-                      f"secured vs open: {on['fps'] / off['fps']:.2f}x / {off['cpu_us'] / on['cpu_us']:.2f}x"
-                      if case == "full-secured" else ""] for case, r in (("full-secured", on), ("full-open", off))]
+                      f"{r['fps'] / bare:.2f}x", f"{r['cpu_us']:.0f}", text]
+                     for case, r, text in (("full-secured", on, f"secured vs open: {_rounds(rounds['secured'])}"),
+                                           ("full-open", off, f"open vs its twin: {_rounds(rounds['twin'])}"))]
     t = server["thumbnail"]
     columns = ["case", "clients", "frames/s", "p50 ms", "p99 ms", "vs bare", "server CPU µs/frame",
                "checked vs unchecked, secured vs open (frames/s / CPU)"]
@@ -106,14 +112,14 @@ def server_table(server: dict[str, Any]) -> str:
                  for case in ("full", "level2")]
     audit = ""
     if (line := server.get("audit_line")) is not None:
-        audit = _table(["one audit line (writer thread)", "µs", "bytes"],
+        audit = _table(["one audit line (made in the trail's process)", "µs", "bytes"],
                        [["a line per batch (flushed per request)", f"{line['batch1_us']:.1f}", f"{line['line_bytes']:.0f}"],
                         ["64 lines per batch", f"{line['batch64_us']:.1f}", ""]]) + "\n"
     if (guard := server.get("guard_cost")) is not None:
         audit += _table(["security middleware, trivial endpoint", "µs added per request"],
                         [[part, f"{guard[f'{key}_us']:.1f}"] for part, key in (
                             ("the guard alone", "guard"), ("+ a cached token check", "auth"),
-                            ("+ the audit trail (its writer thread included)", "audit"), ("both", "both"))]) + "\n"
+                            ("+ the audit trail (queued, pickled, sent)", "audit"), ("both", "both"))]) + "\n"
     return (_table(columns, rows) + "\n"
             + _table(["in process, request by request", "µs on (checked / secured)", "µs off",
                       "frames/s on vs off"], cost) + "\n" + audit
@@ -125,9 +131,9 @@ def server_table(server: dict[str, Any]) -> str:
 
 def markdown(results: dict[str, Any]) -> str:
     m = results["machine"]
-    parts = [f"# transcode bench\n\n{m['cpu']}, {m['cores']} cores, Python {m['python']}; "
-             f"{'quick' if results['quick'] else 'full'} run. Absolute figures depend on the machine; "
-             "the ratios are what carries over.\n",
+    parts = [(f"# transcode bench\n\n{m['cpu']}, {m['cores']} cores, Python {m['python']}; "
+              f"{'quick' if results['quick'] else 'full'} run. Absolute figures depend on the machine; "
+              "the ratios are what carries over.\n"),
              "## Speed\n", speed_table(results["speed"]),
              "## Size\n", size_tables(results["size"]),
              "## Progressive\n", progressive_tables(results["progressive"]),

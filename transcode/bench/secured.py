@@ -6,8 +6,9 @@ serve` with `--auth-config` (an issuer whose key is made here; every request
 carries one bearer token, verified once and then found in the token cache,
 as a viewer's session is) and the audit trail on, against the open server
 without a trail. Beside it: the same comparison in this process request by
-request, and the cost of one audit line in the writer thread, written a
-line per batch (as under light load: flushed per request) and 64 per batch;
+request, and the cost of one audit line where the lines are made (the
+trail's own process, in `serve`), written a line per batch (as under light
+load: flushed per request) and 64 per batch;
 and what the middleware adds to a request by part (`guard_cost`), around a
 trivial endpoint where nothing else hides it.
 """
@@ -25,7 +26,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from transcode.archive import FolderArchive
-from transcode.security.audit import AuditEvent, AuditLog, Touched, records, verify
+from transcode.security.audit import AuditEvent, AuditLog, Chain, Touched, records, verify
 from transcode.security.auth import AuthConfig, Authenticator
 from transcode.security.guard import Guard, Security
 from transcode.server import create_app
@@ -53,7 +54,7 @@ def security_cost(store: FolderArchive, folder: Path, token: str,
     """Microseconds per frame request in this process, authentication and
     the trail on (`-secured`) and both off (`-open`), request by request."""
     config = AuthConfig.load(folder / "auth.toml", folder / "keys.json")
-    with AuditLog(folder / "audit-in-process", index=store.index.path) as audit:
+    with AuditLog(folder / "audit-in-process", index=store.index.path, separate=True) as audit:
         guarded = create_app(store, security=Security(Authenticator(config), audit))
         return alternating(store, ((guarded, {"Authorization": f"Bearer {token}"}), (create_app(store), {})),
                            ("-secured", "-open"), repeats)
@@ -62,10 +63,12 @@ def security_cost(store: FolderArchive, folder: Path, token: str,
 def guard_cost(folder: Path, token: str, repeats: int = 15, requests: int = 2000) -> dict[str, float]:
     """Microseconds the security middleware adds to one frame request
     around a trivial endpoint: the guard alone (`guard_us`), with the cached
-    token check (`auth_us`), with the audit trail (`audit_us`: what the
-    request queues, and the writer thread's work for it: each run ends with
-    the trail flushed), with both (`both_us`); CPU time of the process (all
-    its threads, not the writer's 20 ms waits), best of `repeats` runs of
+    token check (`auth_us`), with the audit trail as `serve` runs it
+    (`audit_us`: what the request queues, and the writer thread's pickling
+    and sending of it to the trail's process: each run ends with the trail
+    flushed), with both (`both_us`); CPU time of this process (all its
+    threads, not the writer's 20 ms waits, not the trail's process: its
+    cost per line is `audit_line_cost`), best of `repeats` runs of
     `requests`, the variants interleaved so that all see the same machine."""
     path = "/dicomweb/studies/1.2.3/series/1.2.4/instances/1.2.5/frames/1"
     templates = ["/dicomweb/studies/{study}/series/{series}/instances/{sop}/frames/{frames}"]
@@ -95,7 +98,7 @@ def guard_cost(folder: Path, token: str, repeats: int = 15, requests: int = 2000
         return {f"{name}_us": best[name] - best["bare"] for name in apps if name != "bare"}
 
     authenticator = Authenticator(AuthConfig.load(folder / "auth.toml", folder / "keys.json"))
-    with AuditLog(folder / "audit-guard-cost") as audit:
+    with AuditLog(folder / "audit-guard-cost", separate=True) as audit:
         return asyncio.run(measure({
             "bare": (endpoint, None), "guard": (Guard(endpoint, Security(), templates), None),
             "auth": (Guard(endpoint, Security(authenticator), templates), None),
@@ -104,19 +107,23 @@ def guard_cost(folder: Path, token: str, repeats: int = 15, requests: int = 2000
 
 
 def audit_line_cost(folder: Path, lines: int = 5000) -> dict[str, float]:
-    """Microseconds of the writer thread per audit line (chain, JSON, write
-    to the OS), one line per batch and 64 per batch."""
+    """Microseconds per audit line where the lines are made (making the
+    line, chaining, writing to the OS: in `serve`, the trail's own
+    process), one line per batch and 64 per batch."""
     event = AuditEvent("bench-viewer", "127.0.0.1", "retrieve", "GET",
                        "/dicomweb/studies/{study}/series/{series}/instances/{sop}/frames/{frames}", 200, "success",
                        (Touched("1.2.826.0.1.3680043.8.498.1", "1.2.826.0.1.3680043.8.498.2",
                                 "1.2.826.0.1.3680043.8.498.3"),))
     results = {}
-    with AuditLog(folder) as audit:
+    chain = Chain(folder)
+    try:
         for batch in (1, 64):
             began = time.perf_counter()
             for _ in range(lines // batch):
-                audit.write([event] * batch)
+                chain.append([event] * batch)
             results[f"batch{batch}_us"] = (time.perf_counter() - began) / (lines // batch * batch) * 1e6
+    finally:
+        chain.close()
     results["line_bytes"] = (folder / "audit.jsonl").stat().st_size / (lines // 64 * 64 + lines)
     return results
 

@@ -13,15 +13,18 @@ prints somewhere else to detect it.
 
 Writes are off the event loop: `record` puts the event on a queue (no I/O,
 no hashing); one thread per process waits `linger` seconds (20 ms) after
-the first event of a batch, takes whatever has queued, resolves patient ids
-from the archive index (read-only), chains, and appends the batch with one
-`write`. A line per request, written as it comes, cost the frame route far
-more than the 0.9x allowed on a loaded machine (the writer's wake-ups and
-system calls compete with the event loop for the GIL: README figures); the
-linger makes it one write per 20 ms. So a kill -9 of the server loses the
-events of at most the last 20 ms (requests already answered) plus any
-batch being written; `fsync=True` also survives a power cut, at a disk
-flush per batch. `close` (the app's shutdown) writes everything queued.
+the first event of a batch, takes whatever has queued and hands the batch
+to a `Chain`, which resolves patient ids from the archive index
+(read-only), chains, and appends the batch with one `write`. In `serve`
+the chain runs in a child process (`audit_process`), so that making the
+lines does not hold the server's interpreter lock. A line per request,
+written as it comes, cost the frame route far more than the 0.9x allowed
+on a loaded machine (the writer's wake-ups and system calls compete with
+the event loop for the GIL: README figures); the linger makes it one write
+per 20 ms. So a kill -9 of the server loses the events of at most the last
+20 ms (requests already answered; with the child, what it received is
+still written); `fsync=True` also survives a power cut, at a disk flush
+per batch. `close` (the app's shutdown) writes everything queued.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ import re
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from json.encoder import encode_basestring_ascii
@@ -44,6 +47,7 @@ from pathlib import Path
 from typing import Any, Self
 
 from transcode.catalog.sqlite import read_uri
+from transcode.security.audit_process import TrailProcess
 
 log = logging.getLogger(__name__)
 
@@ -152,37 +156,35 @@ def verify(folder: Path) -> Verified:
     return Verified(count, prev, tuple(problems))
 
 
+#: An event to be made where the line is written: (function, *arguments),
+#: called by the writer (in `serve`'s trail process: both must pickle, so a
+#: module-level function and plain values). The guard queues these: matching
+#: the route and making the event are off the request's path.
+Pending = tuple[Any, ...]
+
+
 class AuditLog:
-    """The writer of the trail in `folder` (created if missing), for one
-    process. `index`: the archive index, to look up each study's Patient
-    ID; `max_bytes`: the size at which the current file is rotated;
-    `linger`: seconds the writer waits after the first event of a batch
-    for more to join it (fewer, larger writes: see the module's note)."""
+    """The trail in `folder` (created if missing), for one process:
+    `record` queues an event and returns; a writer thread waits `linger`
+    seconds after the first event of a batch for more to join it (fewer,
+    larger writes: see the module's note), then appends the batch, itself
+    or (`separate`) through a child process (`audit_process`: what `serve`
+    does, so that the work leaves the server's interpreter lock).
+    `index`, `max_bytes`, `fsync`: as for `Chain`."""
 
     def __init__(self, folder: Path, *, index: Path | None = None, max_bytes: int = 64 << 20,
-                 fsync: bool = False, linger: float = 0.02) -> None:
-        self.folder = Path(folder)
+                 fsync: bool = False, linger: float = 0.02, separate: bool = False) -> None:
+        self.folder, self.linger = Path(folder), linger
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.index, self.max_bytes, self.fsync, self.linger = index, max_bytes, fsync, linger
-        self._lock = os.open(self.folder / "audit.lock", os.O_RDWR | os.O_CREAT, 0o600)
-        self._known: tuple[int, int, int, str] | None = None  # (inode, size, seq, hash) after our last write
-        self._path = str(self.folder / CURRENT)
-        self._fd: int | None = None
-        self._inode = 0
-        self._patients: dict[str, str | None] = {}
-        self._spellings: dict[str | tuple[str, str, str, str], str] = {}
-        self._second: tuple[int, str] = (-1, "")
-        self._db: sqlite3.Connection | None = None
-        self._queue: queue.SimpleQueue[AuditEvent | Callable[[], AuditEvent] | threading.Event | None] = \
-            queue.SimpleQueue()
+        self._sink: Chain | TrailProcess = (TrailProcess(self.folder, index, max_bytes, fsync) if separate
+                                            else Chain(self.folder, index=index, max_bytes=max_bytes, fsync=fsync))
+        self._queue: queue.SimpleQueue[AuditEvent | Pending | threading.Event | None] = queue.SimpleQueue()
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
         self._thread.start()
 
-    def record(self, event: AuditEvent | Callable[[], AuditEvent]) -> None:
-        """Queue `event` for writing (returns at once); or a function that
-        makes it, called by the writer thread (the guard leaves matching
-        the route and making the event to it, off the request's path)."""
+    def record(self, event: AuditEvent | Pending) -> None:
+        """Queue `event`, made or pending, for writing (returns at once)."""
         self._queue.put(event)
 
     def flush(self, timeout: float = 30.0) -> bool:
@@ -198,11 +200,7 @@ class AuditLog:
         self._closed = True
         self._queue.put(None)
         self._thread.join()
-        os.close(self._lock)
-        if self._fd is not None:
-            os.close(self._fd)
-        if self._db is not None:
-            self._db.close()
+        self._sink.close()
 
     def __enter__(self) -> Self:
         return self
@@ -221,19 +219,59 @@ class AuditLog:
                 try:
                     item = self._queue.get_nowait()
                 except queue.Empty:
-                    item = threading.Event()  # nobody waits on it
+                    item = _DRAINED
             if batch:
                 try:
-                    self.write(_made(batch))
+                    self._sink.append(batch)
                 except Exception:  # the server goes on; the loss is logged loudly
                     log.exception("%d audit events could not be written to %s", len(batch), self.folder)
             if item is None:
                 return
-            item.set()
+            if item is not _DRAINED and (isinstance(self._sink, Chain) or self._sink.wait(30.0)):
+                item.set()  # a flush: everything before it is written (a timeout is logged; its caller sees it)
 
-    def write(self, events: list[AuditEvent]) -> None:
-        """Append `events` to the chain now, in this thread (the writer
-        thread's step; public for measuring what one line costs)."""
+
+#: What the writer thread holds after taking everything queued: no flush to answer.
+_DRAINED = threading.Event()
+
+
+class Chain:
+    """Appends lines to the chain in `folder`, in the calling thread.
+    `index`: the archive index, to look up each study's Patient ID;
+    `max_bytes`: the size at which the current file is rotated; `fsync`:
+    each batch reaches the disk before `append` returns."""
+
+    def __init__(self, folder: Path, *, index: Path | None = None, max_bytes: int = 64 << 20,
+                 fsync: bool = False) -> None:
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.index, self.max_bytes, self.fsync = index, max_bytes, fsync
+        self._lock = os.open(self.folder / "audit.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        self._known: tuple[int, int, int, str] | None = None  # (inode, size, seq, hash) after our last write
+        self._path = str(self.folder / CURRENT)
+        self._fd: int | None = None
+        self._inode = 0
+        self._patients: dict[str, str | None] = {}
+        self._spellings: dict[str | tuple[str, str, str, str], str] = {}
+        self._second: tuple[int, str] = (-1, "")
+        self._db: sqlite3.Connection | None = None
+
+    def close(self) -> None:
+        os.close(self._lock)
+        if self._fd is not None:
+            os.close(self._fd)
+        if self._db is not None:
+            self._db.close()
+
+    def append(self, batch: list[AuditEvent | Pending]) -> None:
+        """Make the events of `batch` (one whose function fails is logged
+        and left out) and append their lines to the chain, with one write."""
+        events = []
+        for item in batch:
+            try:
+                events.append(item if isinstance(item, AuditEvent) else item[0](*item[1:]))
+            except Exception:  # a bug in making one event must not lose the batch
+                log.exception("an audit event could not be made")
         fcntl.flock(self._lock, fcntl.LOCK_EX)
         try:
             size, seq, prev = self._tail()
@@ -346,17 +384,6 @@ class AuditLog:
                 return None  # not archived (yet): looked up again next time
             self._patients[study] = row[0]
         return self._patients[study]
-
-
-def _made(batch: list[AuditEvent | Callable[[], AuditEvent]]) -> list[AuditEvent]:
-    """The events of a batch, made where they were queued as functions (one that fails is logged and left out)."""
-    events = []
-    for item in batch:
-        try:
-            events.append(item if isinstance(item, AuditEvent) else item())
-        except Exception:  # a bug in making one event must not lose the batch
-            log.exception("an audit event could not be made")
-    return events
 
 
 def _text(value: str | None) -> str:

@@ -24,10 +24,10 @@ strings (patient names, birth dates) belong in the audit trail only.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -107,51 +107,55 @@ class Guard:
             principal = await run_in_threadpool(self.authenticator.authenticate, credential)  # type: ignore[union-attr]
         return principal
 
-    def _route(self, scope: Scope) -> tuple[str, dict[str, Any]]:
-        """The template the request's path matches and its parameters
-        (a refused request never reaches the router; FastAPI's router does
-        not leave the full template in the scope)."""
-        path = scope["path"]
-        for pattern, template in self._patterns:
-            if (match := pattern.match(path)) is not None:
-                return template, match.groupdict()
-        return "(no route)", {}
-
     def _done(self, scope: Scope, principal: Principal, status: int, began: float) -> None:
         if access.isEnabledFor(logging.INFO):
             client = scope.get("client") or ("-", 0)
-            access.info("%s %s %s %d %.1f ms", client[0], scope["method"], self._route(scope)[0], status,
+            template = _route(self._patterns, scope["path"])[0]
+            access.info("%s %s %s %d %.1f ms", client[0], scope["method"], template, status,
                         (time.perf_counter() - began) * 1e3)
         if self.audit is not None and scope["method"] != "OPTIONS":
-            # What the event needs, taken now; the route matched and the event made in the writer thread,
+            # What the event needs, taken now; the route matched and the event made by the trail's writer,
             # off the request's path (about half of the trail's cost on a request: README, Cost).
-            self.audit.record(partial(self._event, scope["method"], scope["path"], scope.get("query_string", b""),
-                                      scope.get("client"), (scope.get("state") or {}).get(AUDIT_TOUCHED),
-                                      principal.who, status, time.time()))
+            self.audit.record((request_event, self._patterns, scope["method"], scope["path"],
+                               scope.get("query_string", b""), scope.get("client"),
+                               (scope.get("state") or {}).get(AUDIT_TOUCHED), principal.who, status, time.time()))
 
-    def _event(self, method: str, path: str, query: bytes, client: tuple[str, int] | None,
-               stored: list[Touched] | None, who: str, status: int, when: float) -> AuditEvent:
-        """The trail's event for a request that ended at `when` (called by the writer thread)."""
-        template, params = self._route({"path": path})
-        if stored is not None:
-            touched = tuple(stored)
-        elif "study" in params:
-            touched = (Touched(params.get("study"), params.get("series"), params.get("sop")),)
-        else:
-            touched = ()
-        if method == "POST":
-            action = "store"
-        elif template.endswith(_SEARCHES):
-            action = "search"
-        elif "/rendered" in template or template.endswith("/thumbnail"):
-            action = "render"
-        elif "{study}" in template:
-            action = "retrieve"
-        else:
-            action = "other"
-        outcome = "success" if status < 400 else "denied" if status in (401, 403) else "failure"
-        return AuditEvent(who, (client or ("", 0))[0], action, method, template, status, outcome, touched,
-                          query.decode("latin-1") or None, when)
+
+def request_event(patterns: list[tuple[re.Pattern[str], str]], method: str, path: str, query: bytes,
+                  client: tuple[str, int] | None, stored: list[Touched] | None, who: str, status: int,
+                  when: float) -> AuditEvent:
+    """The trail's event for a request that ended at `when` (called by the
+    trail's writer, perhaps in its own process: a function of plain values)."""
+    template, params = _route(patterns, path)
+    if stored is not None:
+        touched = tuple(stored)
+    elif "study" in params:
+        touched = (Touched(params.get("study"), params.get("series"), params.get("sop")),)
+    else:
+        touched = ()
+    if method == "POST":
+        action = "store"
+    elif template.endswith(_SEARCHES):
+        action = "search"
+    elif "/rendered" in template or template.endswith("/thumbnail"):
+        action = "render"
+    elif "{study}" in template:
+        action = "retrieve"
+    else:
+        action = "other"
+    outcome = "success" if status < 400 else "denied" if status in (401, 403) else "failure"
+    return AuditEvent(who, (client or ("", 0))[0], action, method, template, status, outcome, touched,
+                      query.decode("latin-1") or None, when)
+
+
+def _route(patterns: list[tuple[re.Pattern[str], str]], path: str) -> tuple[str, dict[str, Any]]:
+    """The template `path` matches first and its parameters (a refused
+    request never reaches the router; FastAPI's router does not leave the
+    full template in the scope)."""
+    for pattern, template in patterns:
+        if (match := pattern.match(path)) is not None:
+            return template, match.groupdict()
+    return "(no route)", {}
 
 
 def _public(scope: Scope) -> bool:
@@ -178,5 +182,5 @@ def security_from(options: dict[str, Any], index: Path | None) -> Security:
     audit = None
     if options.get("audit"):
         audit = AuditLog(Path(options["audit"]), index=index, max_bytes=options.get("audit_max_bytes", 64 << 20),
-                         fsync=options.get("audit_fsync", False))
+                         fsync=options.get("audit_fsync", False), separate=True)
     return Security(authenticator, audit)
