@@ -133,6 +133,14 @@ class CatalogTests:
         study = records[0].instance.study_uid
         assert catalog.study_instances(study) == {r.instance.sop_uid for r in records if r.instance.study_uid == study}
 
+    def test_patient_id(self, catalog: Catalog, served: Any) -> None:
+        records = replay(served.root, catalog)
+        for record in records:
+            study = record.instance.study_uid
+            patient = served.source(record.instance.sop_uid).PatientID
+            assert patient and catalog.patient_id(study) == patient
+        assert catalog.patient_id("1.2.3.4.5") is None
+
     def test_record_again_replaces(self, catalog: Catalog, served: Any) -> None:
         records = replay(served.root, catalog)
         catalog.record(records[:1])  # the same instance recorded again: one row, its frames once

@@ -20,6 +20,7 @@ from tests.test_ingest import make_study
 from transcode.archive import ArchiveBusy, ArchiveMismatch
 from transcode.archive.objects import open_archive
 from transcode.cli import EXIT_FAILED, EXIT_USAGE, main
+from transcode.security.audit import records
 from transcode.stores.s3 import S3Store
 
 OHIF = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
@@ -70,6 +71,12 @@ def test_s3_archive_with_a_postgres_catalog(tmp_path: Path, s3_server: seaweed.S
         expected = answers(base, study, sops)
     with serve_command(url, *options, "--log-level", "warning") as base:  # type: ignore[arg-type]
         assert answers(base, study, sops) == expected
+    # The audit trail (in the node's working folder) names each retrieved instance's patient, from PostgreSQL.
+    patients = {(t["instance"], t["patient"]) for _, _, line in records(tmp_path / "staging" / "audit")
+                for t in line["touched"] if "instance" in t}  # type: ignore[index]
+    with open_archive(tmp_path / "folder", read_only=True) as folder:
+        assert patients == {(sop, folder.index.patient_id(study_uid)) for study_uid, _, sop in sops}
+        assert None not in {patient for _, patient in patients}
 
     # A rerun places nothing: every file is in the PostgreSQL ledger (the broken ones are tried again).
     assert main(["ingest", str(tmp_path / "src"), "--archive", url, *options]) == EXIT_FAILED

@@ -4,6 +4,7 @@ audit verify`, the FHIR export, and an access log without patient data."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
@@ -18,7 +19,9 @@ from fastapi.testclient import TestClient
 
 from tests.served import Served
 from transcode.archive import FolderArchive
+from transcode.archive.objects import ArchiveAddress
 from transcode.cli import main
+from transcode.security import AUDIT_FOLDER, commands
 from transcode.security.audit import AuditEvent, AuditLog, Touched, files, records, verify
 from transcode.security.guard import Security
 from transcode.server import create_app
@@ -134,7 +137,7 @@ def audited(served: Served, tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("audited")
     shutil.copytree(served.root, root / "archive")
     with FolderArchive(root / "archive") as archive:
-        audit = AuditLog(root / "audit", index=archive.index.path, separate=True)  # as `serve` runs it
+        audit = AuditLog(root / "audit", catalog=archive.root, separate=True)  # as `serve` runs it
         with TestClient(create_app(archive, security=Security(audit=audit))) as client:
             yield client, audit, root / "audit"
 
@@ -206,3 +209,12 @@ def test_lines_with_odd_text_verify(tmp_path) -> None:
     result = verify(tmp_path / "audit")
     assert result.problems == () and result.lines == len(odd)
     assert [r["who"] for r in lines_of(tmp_path / "audit")] == odd
+
+
+def test_listen_keeps_the_trail_of_a_store_archive_in_its_local_folder(tmp_path) -> None:
+    """`transcode listen --archive s3://...`: the trail goes to the node's
+    local folder (the catalog folder here), as `serve`'s does."""
+    args = argparse.Namespace(no_audit=False, audit_dir=None)
+    with commands.listen_audit(args, ArchiveAddress("s3://bucket/archive", str(tmp_path / "catalog"))) as audit:
+        audit.record(event(1))
+    assert [line["who"] for line in lines_of(tmp_path / "catalog" / AUDIT_FOLDER)] == ["alice"]

@@ -49,7 +49,7 @@ def site(served: Served, issuer: Issuer, tmp_path_factory: pytest.TempPathFactor
     keys = KeyFile(root / "keys.json")
     with jwks_server(issuer) as (url, fetched), FolderArchive(root / "archive") as archive:
         config = AuthConfig.load(auth_config(root / "auth.toml", keys.path, jwks_url=url), root / "unused.json")
-        audit = AuditLog(root / "audit", index=archive.index.path)
+        audit = AuditLog(root / "audit", catalog=archive.root)
         app = create_app(archive, stow_workers=1, security=Security(Authenticator(config), audit))
         with TestClient(app) as client:
             yield client, keys, root / "audit", fetched, audit

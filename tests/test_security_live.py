@@ -190,7 +190,7 @@ def test_kill_9_loses_no_line_of_a_request_answered_before_the_last_moment(serve
 
 def test_listen_writes_stores_and_rejected_callers_to_the_trail(tmp_path) -> None:
     ct = pydicom.dcmread(PYDICOM_FILES / "CT_small.dcm")
-    audit = AuditLog(tmp_path / "audit", index=tmp_path / "archive" / "index.sqlite")
+    audit = AuditLog(tmp_path / "audit", catalog=tmp_path / "archive")
     receiver = Receiver(tmp_path / "archive", port=free_port(), workers=1, accept_from=[Peer("MODALITY")],
                         audit=audit)
     receiver.start()

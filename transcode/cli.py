@@ -487,7 +487,7 @@ def cmd_listen(args: argparse.Namespace) -> int:
                         study_hooks=study_hooks, workers=args.workers, settings=_settings(args),
                         crosscheck=args.crosscheck, on_conflict=args.on_conflict,
                         on_archived=[forwarder.on_archived for forwarder in forwarders], ssl_context=tls,
-                        audit=commands.listen_audit(args), ack=args.ack, backlog=args.backlog)
+                        audit=commands.listen_audit(args, address), ack=args.ack, backlog=args.backlog)
     stopped = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stopped.set())

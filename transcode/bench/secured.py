@@ -54,7 +54,7 @@ def security_cost(store: FolderArchive, folder: Path, token: str,
     """Microseconds per frame request in this process, authentication and
     the trail on (`-secured`) and both off (`-open`), request by request."""
     config = AuthConfig.load(folder / "auth.toml", folder / "keys.json")
-    with AuditLog(folder / "audit-in-process", index=store.index.path, separate=True) as audit:
+    with AuditLog(folder / "audit-in-process", catalog=store.root, separate=True) as audit:
         guarded = create_app(store, security=Security(Authenticator(config), audit))
         return alternating(store, ((guarded, {"Authorization": f"Bearer {token}"}), (create_app(store), {})),
                            ("-secured", "-open"), repeats)

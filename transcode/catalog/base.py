@@ -458,6 +458,13 @@ class Catalog(ABC):
                           f"ORDER BY {self.dialect.arrival} LIMIT 1", (uid,))
         return rows[0][0] if rows else None
 
+    def patient_id(self, study_uid: str) -> str | None:
+        """A study's Patient ID (None where the study or the attribute is
+        unknown): what the audit trail records beside each study it names."""
+        rows = self._read(f"SELECT {self.dialect.first_value('dicom_json', '00100020')} FROM studies "
+                          "WHERE study_uid = ?", (study_uid,))
+        return rows[0][0] if rows else None
+
     def search(self, level: str, keys: Mapping[str, str], page: int, offset: int) -> list[tuple[Any, ...]]:
         """The rows of a QIDO-RS search: see `search.build` for what they hold."""
         from transcode.catalog.search import build  # search.py imports this module's tag lists

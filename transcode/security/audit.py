@@ -14,7 +14,7 @@ prints somewhere else to detect it.
 Writes are off the event loop: `record` puts the event on a queue (no I/O,
 no hashing); one thread per process waits `linger` seconds (20 ms) after
 the first event of a batch, takes whatever has queued and hands the batch
-to a `Chain`, which resolves patient ids from the archive index
+to a `Chain`, which resolves patient ids from the archive's catalog
 (read-only), chains, and appends the batch with one `write`. In `serve`
 the chain runs in a child process (`audit_process`), so that making the
 lines does not hold the server's interpreter lock. A line per request,
@@ -46,7 +46,7 @@ from json.encoder import encode_basestring_ascii
 from pathlib import Path
 from typing import Any, Self
 
-from transcode.catalog.sqlite import read_uri
+from transcode.catalog import Catalog, CatalogError, open_catalog
 from transcode.security.audit_process import TrailProcess
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,6 @@ _ROTATED = re.compile(r"audit\.(\d{6})\.jsonl")
 _TAIL = 1 << 16
 _SPELLINGS = 4096
 _ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"))  # made once: half the cost of json.dumps
-_PATIENT = "SELECT json_extract(dicom_json, '$.\"00100020\".Value[0]') FROM studies WHERE study_uid = ?"
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,14 +169,15 @@ class AuditLog:
     larger writes: see the module's note), then appends the batch, itself
     or (`separate`) through a child process (`audit_process`: what `serve`
     does, so that the work leaves the server's interpreter lock).
-    `index`, `max_bytes`, `fsync`: as for `Chain`."""
+    `catalog`, `max_bytes`, `fsync`: as for `Chain`."""
 
-    def __init__(self, folder: Path, *, index: Path | None = None, max_bytes: int = 64 << 20,
+    def __init__(self, folder: Path, *, catalog: str | os.PathLike[str] | None = None, max_bytes: int = 64 << 20,
                  fsync: bool = False, linger: float = 0.02, separate: bool = False) -> None:
         self.folder, self.linger = Path(folder), linger
         self.folder.mkdir(parents=True, exist_ok=True)
-        self._sink: Chain | TrailProcess = (TrailProcess(self.folder, index, max_bytes, fsync) if separate
-                                            else Chain(self.folder, index=index, max_bytes=max_bytes, fsync=fsync))
+        where = None if catalog is None else os.fspath(catalog)
+        self._sink: Chain | TrailProcess = (TrailProcess(self.folder, where, max_bytes, fsync) if separate
+                                            else Chain(self.folder, catalog=where, max_bytes=max_bytes, fsync=fsync))
         self._queue: queue.SimpleQueue[AuditEvent | Pending | threading.Event | None] = queue.SimpleQueue()
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
@@ -237,15 +237,16 @@ _DRAINED = threading.Event()
 
 class Chain:
     """Appends lines to the chain in `folder`, in the calling thread.
-    `index`: the archive index, to look up each study's Patient ID;
+    `catalog`: the archive's catalog (its folder, or a PostgreSQL URL: what
+    `open_catalog` takes), read-only, to look up each study's Patient ID;
     `max_bytes`: the size at which the current file is rotated; `fsync`:
     each batch reaches the disk before `append` returns."""
 
-    def __init__(self, folder: Path, *, index: Path | None = None, max_bytes: int = 64 << 20,
+    def __init__(self, folder: Path, *, catalog: str | None = None, max_bytes: int = 64 << 20,
                  fsync: bool = False) -> None:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.index, self.max_bytes, self.fsync = index, max_bytes, fsync
+        self.catalog, self.max_bytes, self.fsync = catalog, max_bytes, fsync
         self._lock = os.open(self.folder / "audit.lock", os.O_RDWR | os.O_CREAT, 0o600)
         self._known: tuple[int, int, int, str] | None = None  # (inode, size, seq, hash) after our last write
         self._path = str(self.folder / CURRENT)
@@ -254,14 +255,14 @@ class Chain:
         self._patients: dict[str, str | None] = {}
         self._spellings: dict[str | tuple[str, str, str, str], str] = {}
         self._second: tuple[int, str] = (-1, "")
-        self._db: sqlite3.Connection | None = None
+        self._catalog: Catalog | None = None  # opened by the first look-up, in the thread that writes
 
     def close(self) -> None:
         os.close(self._lock)
         if self._fd is not None:
             os.close(self._fd)
-        if self._db is not None:
-            self._db.close()
+        if self._catalog is not None:
+            self._catalog.close()
 
     def append(self, batch: list[AuditEvent | Pending]) -> None:
         """Make the events of `batch` (one whose function fails is logged
@@ -367,22 +368,22 @@ class Chain:
         return f"{self._second[1]}.{int((when - second) * 1000):03d}+00:00"
 
     def _patient(self, study: str | None) -> str | None:
-        """The Patient ID of `study` from the index (cached; None when unknown)."""
-        if study is None or self.index is None:
+        """The Patient ID of `study` from the catalog (cached; None when unknown)."""
+        if study is None or self.catalog is None:
             return None
         if study not in self._patients:
             if len(self._patients) > 10_000:
                 self._patients.clear()
             try:
-                if self._db is None:
-                    self._db = sqlite3.connect(read_uri(self.index), uri=True, check_same_thread=False)
-                row = self._db.execute(_PATIENT, (study,)).fetchone()
-            except sqlite3.Error as exc:
+                if self._catalog is None:
+                    self._catalog = open_catalog(self.catalog, read_only=True)
+                patient = self._catalog.patient_id(study)
+            except (CatalogError, sqlite3.Error, OSError) as exc:  # no catalog (yet): the line goes without
                 log.warning("audit: no patient id for study %s: %s", study, exc)
                 return None
-            if row is None:
+            if patient is None:
                 return None  # not archived (yet): looked up again next time
-            self._patients[study] = row[0]
+            self._patients[study] = patient
         return self._patients[study]
 
 

@@ -16,14 +16,15 @@ stopping the server, or killing it, loses no batch already sent. Should the
 child die, the next batch starts a new one (logged): the chain reads its
 tail back from the files, as after any restart.
 
-    python -m transcode.security.audit_process '[folder, index or null, max_bytes, fsync]'
+    python -m transcode.security.audit_process
 
-(stdin and stdout are the pipe to the server; logs go to stderr.)
+(stdin and stdout are the pipe to the server, which sends the settings
+first: the trail's folder, the catalog, `max_bytes`, `fsync`; logs go to
+stderr.)
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import pickle
@@ -44,8 +45,8 @@ class TrailProcess:
     """The server's end of the pipe to a child writing the trail in
     `folder` (see `audit.Chain` for the arguments)."""
 
-    def __init__(self, folder: Path, index: Path | None, max_bytes: int, fsync: bool) -> None:
-        self._argument = json.dumps([str(folder), str(index) if index else None, max_bytes, fsync])
+    def __init__(self, folder: Path, catalog: str | None, max_bytes: int, fsync: bool) -> None:
+        self._settings = pickle.dumps((str(folder), catalog, max_bytes, fsync))
         self._start()
 
     @property
@@ -86,14 +87,14 @@ class TrailProcess:
         self._stop()
 
     def _start(self) -> None:
-        child = subprocess.Popen([sys.executable, "-m", __name__, self._argument],
-                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        child = subprocess.Popen([sys.executable, "-m", __name__], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         assert child.stdin is not None and child.stdout is not None
         self._to = Connection(os.dup(child.stdin.fileno()), readable=False)
         self._from = Connection(os.dup(child.stdout.fileno()), writable=False)
         child.stdin.close()
         child.stdout.close()
         self._child = child
+        self._to.send_bytes(self._settings)  # on the pipe, not the command line: a catalog URL may hold a password
 
     def _stop(self) -> None:
         self._to.close()
@@ -106,8 +107,8 @@ class TrailProcess:
         self._from.close()
 
 
-def main(argument: str) -> int:
-    """The child: write every batch received on stdin until the pipe closes."""
+def main() -> int:
+    """The child: take its settings, then write every batch received on stdin until the pipe closes."""
     from transcode.security.audit import Chain  # here: the server's side needs none of it
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -115,8 +116,8 @@ def main(argument: str) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s audit trail: %(message)s")
     inbox, outbox = Connection(0, writable=False), Connection(1, readable=False)
     sys.stdout = sys.stderr  # fd 1 carries the answers to flushes, nothing else
-    folder, index, max_bytes, fsync = json.loads(argument)
-    chain = Chain(Path(folder), index=Path(index) if index else None, max_bytes=max_bytes, fsync=fsync)
+    folder, catalog, max_bytes, fsync = pickle.loads(inbox.recv_bytes())
+    chain = Chain(Path(folder), catalog=catalog, max_bytes=max_bytes, fsync=fsync)
     try:
         while True:
             try:
@@ -137,4 +138,4 @@ def main(argument: str) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1]))
+    sys.exit(main())

@@ -16,6 +16,7 @@ from typing import Any
 
 import jwt
 
+from transcode.archive.objects import ArchiveAddress
 from transcode.security import AUDIT_FOLDER, KEYS_FILE
 from transcode.security.audit import AuditLog, records, verify
 from transcode.security.auth import AuthConfig, Authenticator
@@ -204,12 +205,12 @@ def _proxies(text: str) -> list[str]:
     return items
 
 
-def listen_audit(args: argparse.Namespace) -> AuditLog | None:
-    """The receiver's audit trail (the archive's, shared with `serve`), or None with --no-audit."""
+def listen_audit(args: argparse.Namespace, address: ArchiveAddress) -> AuditLog | None:
+    """The receiver's audit trail (the archive's, shared with `serve`: in
+    its local folder), or None with --no-audit."""
     if args.no_audit:
         return None
-    archive = Path(args.archive)
-    return AuditLog(args.audit_dir or archive / AUDIT_FOLDER, index=archive / "index.sqlite")
+    return AuditLog(args.audit_dir or address.local / AUDIT_FOLDER, catalog=address.catalog or address.local)
 
 
 def listen_tls(args: argparse.Namespace) -> ssl.SSLContext | None:

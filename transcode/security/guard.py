@@ -172,15 +172,16 @@ def _unauthenticated(scope: Scope) -> Principal:
     return Principal(f"cert:{subject}", frozenset({ADMIN}))
 
 
-def security_from(options: dict[str, Any], index: Path | None) -> Security:
+def security_from(options: dict[str, Any], catalog: str) -> Security:
     """The `Security` of one `transcode serve` worker, from the options the
     command passed (`auth_config`, `api_keys`, `audit`, `audit_max_bytes`,
-    `audit_fsync`); `index`: the archive index, for the trail's patient ids."""
+    `audit_fsync`); `catalog`: the archive's (`open_catalog`'s argument),
+    for the trail's patient ids."""
     authenticator = None
     if options.get("auth_config"):
         authenticator = Authenticator(AuthConfig.load(Path(options["auth_config"]), Path(options["api_keys"])))
     audit = None
     if options.get("audit"):
-        audit = AuditLog(Path(options["audit"]), index=index, max_bytes=options.get("audit_max_bytes", 64 << 20),
+        audit = AuditLog(Path(options["audit"]), catalog=catalog, max_bytes=options.get("audit_max_bytes", 64 << 20),
                          fsync=options.get("audit_fsync", False), separate=True)
     return Security(authenticator, audit)

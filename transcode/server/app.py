@@ -114,9 +114,10 @@ def app_from_environment() -> FastAPI:
     render_limits = RenderLimits(options["max_render_pixels"]) if options.get("max_render_pixels") else None
     archive = open_archive(options["archive"], catalog=options.get("catalog"), work_dir=options.get("work_dir"),
                            read_only=options["read_only"])
+    security = security_from(options.get("security", {}), options.get("catalog") or options["archive"])
     return create_app(archive, cors_origins=options["cors_origins"], stow_workers=options["stow_workers"],
                       on_conflict=options.get("on_conflict", "keep"), settings=settings,
-                      render_limits=render_limits, security=security_from(options.get("security", {}), archive.index.path),
+                      render_limits=render_limits, security=security,
                       limits=Limits.from_json(options.get("limits", {})),
                       viewer_dir=Path(options["viewer_dir"]) if options.get("viewer_dir") else None)
 
