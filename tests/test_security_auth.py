@@ -327,10 +327,15 @@ def test_dicom_audit_messages_of_search_retrieve_store_and_a_refusal(site, issue
     assert denied.find("EventIdentification/EventTypeCode").get("csd-code") == "110132"
     assert objects(denied)["12"].endswith("/studies")
     with FolderArchive(folder.parent / "archive", read_only=True) as archive:
-        lookup = sop_classes(archive.index.path)
+        lookup = sop_classes(archive.index)
         lines = [r for _, _, r in records(folder) if r is not None][-3:-2]
         (stored,) = [ElementTree.fromstring(m) for m in messages(lines, lookup)]
     assert stored.find(".//SOPClass").get("UID") == sent.SOPClassUID
+    # The command finds them through --catalog (a folder here; a postgresql:// URL the same way).
+    assert main(["audit", "export", "--format", "dicom", "--audit-dir", str(folder),
+                 "--catalog", str(folder.parent / "archive")]) == 0
+    exported = ElementTree.fromstring(capsys.readouterr().out.splitlines()[count - 2])
+    assert exported.find(".//SOPClass").get("UID") == sent.SOPClassUID
 
 
 def test_the_viewer_page_and_files_are_public_and_nothing_else(site) -> None:

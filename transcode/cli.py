@@ -734,7 +734,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:
         return EXIT_USAGE if exc.code else EXIT_OK
     _configure_logging(args)
-    if getattr(args, "catalog", None) is not None or "://" in str(getattr(args, "archive", None) or ""):
+    archive = getattr(args, "archive", None)
+    if archive is not None and (getattr(args, "catalog", None) is not None or "://" in str(archive)):
         try:  # a URL of another scheme, or one without its catalog: refused before anything is made of it
             ArchiveAddress.of(args.archive, args.catalog).check()
         except ArchiveURLError as exc:

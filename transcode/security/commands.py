@@ -17,6 +17,7 @@ from typing import Any
 import jwt
 
 from transcode.archive.objects import ArchiveAddress
+from transcode.catalog import CatalogError, open_catalog
 from transcode.security import AUDIT_FOLDER, KEYS_FILE
 from transcode.security.audit import AuditLog, records, verify
 from transcode.security.auth import AuthConfig, Authenticator
@@ -52,6 +53,8 @@ def add_commands(sub: Any) -> None:
     export = audit_sub.add_parser("export", help="the trail as FHIR R4 AuditEvent resources (a Bundle), or as "
                                                  "DICOM audit messages (PS3.15 A.5 XML, one per line)")
     export.add_argument("--format", choices=["fhir", "dicom"], default="fhir")
+    export.add_argument("--catalog", help="where DICOM messages find each instance's SOP Class UID: a folder "
+                                          "holding index.sqlite or a postgresql:// URL (default: --archive's)")
     for parser in (check, export):
         where = parser.add_mutually_exclusive_group(required=True)
         where.add_argument("--archive", type=Path, help=f"the archive whose trail ({AUDIT_FOLDER}/) to read")
@@ -93,10 +96,17 @@ def cmd_audit(args: argparse.Namespace) -> int:
     if args.audit_command == "export":
         lines = (record for _, _, record in records(folder) if record is not None)
         if args.format == "dicom":
-            index = args.archive / "index.sqlite" if args.archive else None
-            lookup = sop_classes(index) if index is not None and index.is_file() else (lambda _: None)
-            for message in messages(lines, lookup):
-                print(message)
+            where = args.catalog or args.archive
+            if where is None:  # the SOP Class UIDs are left out
+                print("\n".join(messages(lines)))
+                return EXIT_OK
+            try:
+                with open_catalog(where, read_only=True) as catalog:
+                    for message in messages(lines, sop_classes(catalog)):
+                        print(message)
+            except (CatalogError, OSError) as exc:
+                print(f"transcode: the catalog for SOP Class UIDs: {exc}", file=sys.stderr)
+                return EXIT_USAGE
             return EXIT_OK
         json.dump(bundle(lines), sys.stdout, indent=1)
         print()

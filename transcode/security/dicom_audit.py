@@ -33,14 +33,13 @@ keeps no patient names).
 from __future__ import annotations
 
 import base64
-import sqlite3
+import json
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree as ET
 
-from transcode.catalog.sqlite import read_uri
+from transcode.catalog import Catalog
 
 #: The audit source's identifier in every message.
 SOURCE_ID = "transcode"
@@ -64,7 +63,6 @@ _STUDY_UID = ("110180", "DCM", "Study Instance UID")
 _SOP_CLASS_UID = ("110181", "DCM", "SOP Class UID")
 _PATIENT_NUMBER = ("2", "RFC-3881", "Patient Number")
 _URI = ("12", "RFC-3881", "URI")
-_SOP_CLASS = "SELECT json_extract(dicom_json, '$.\"00080016\".Value[0]') FROM instances WHERE sop_uid = ?"
 
 
 def audit_message(record: dict[str, Any], sop_class: Callable[[str], str | None] = lambda _: None) -> ET.Element:
@@ -121,14 +119,12 @@ def messages(lines: Iterable[dict[str, Any]], sop_class: Callable[[str], str | N
         yield ET.tostring(audit_message(record, sop_class), encoding="unicode")
 
 
-def sop_classes(index: Path) -> Callable[[str], str | None]:
-    """An instance's SOP Class UID from the archive index at `index`
-    (read-only), None for an instance the index does not hold."""
-    db = sqlite3.connect(read_uri(index), uri=True, check_same_thread=False)
-
+def sop_classes(catalog: Catalog) -> Callable[[str], str | None]:
+    """An instance's SOP Class UID from the archive's `catalog`, None for an
+    instance it does not hold."""
     def lookup(sop: str) -> str | None:
-        row = db.execute(_SOP_CLASS, (sop,)).fetchone()
-        return row[0] if row else None
+        text = catalog.dicom_json(sop)
+        return None if text is None else (json.loads(text).get("00080016", {}).get("Value") or [None])[0]
     return lookup
 
 
