@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import itertools
 import json
 import logging
@@ -40,6 +41,14 @@ from transcode.server.integrity import StoredObjects
 EOC = b"\xff\xd9"
 
 log = logging.getLogger(__name__)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parsed_index(recorded: str) -> CodestreamIndex:
+    """A recorded codestream index, parsed once while it is in use (a
+    request reads it two or three times; the text is the key, and the same
+    string object each time, so its hash is computed once)."""
+    return CodestreamIndex.from_dict(json.loads(recorded))
 
 
 @dataclass(frozen=True)
@@ -76,7 +85,7 @@ class StoredInstance:
 
     def index(self, number: int) -> CodestreamIndex:
         """The codestream index of 1-based frame `number` of a transcoded instance."""
-        return CodestreamIndex.from_dict(json.loads(self._indexes[number - 1]))
+        return _parsed_index(self._indexes[number - 1])
 
     def content(self, numbers: list[int]) -> list[str]:
         """The recorded digests that what frames `numbers` hold derives from
