@@ -1,7 +1,9 @@
 """The lookup-table path of grey-scale rendering gives the same pixels as
 the per-pixel float pipeline it replaces, on real files: signed CT with a
 rescale, Modality and VOI LUT Sequences (corpus), 8, 16 and 32 bits, big
-endian; and inverted, as MONOCHROME1."""
+endian; and inverted, as MONOCHROME1. And rendering from the header's
+group 0028 alone (what the server caches) gives the same pixels as from
+the whole header, grey and colour."""
 
 from __future__ import annotations
 
@@ -43,3 +45,34 @@ def test_lut_path_equals_per_pixel_path(window) -> None:
             ds.PhotometricInterpretation = photometric
             reference = np.rint(render.grey_levels(frame, ds, window)).astype(np.uint8)
             assert np.array_equal(render.grey_image(frame, ds, window), reference), (name, photometric)
+
+
+def _rendered_files() -> list[tuple[str, pydicom.Dataset, np.ndarray]]:
+    """Every pydicom and corpus file that renders here (grey, palette, RGB,
+    YBR): its header read as the server reads it, and its first frame."""
+    out = []
+    for path in pydicom_files() + corpus_files():
+        try:
+            ds = pydicom.dcmread(path)
+            frames = ds.pixel_array
+            samples = int(ds.get("SamplesPerPixel", 1))
+            frame = frames[0] if frames.ndim == (4 if samples > 1 else 3) else frames
+            render.to_rgb_or_grey(frame, ds, None)
+        except (InvalidDicomError, ValueError, NotImplementedError, RuntimeError, AttributeError, KeyError, TypeError,
+                IndexError):
+            continue  # files pydicom cannot decode or render here are not what this test is about
+        out.append((path.name, pydicom.dcmread(path, stop_before_pixels=True), frame))
+    return out
+
+
+def test_the_image_header_renders_as_the_whole_header_does() -> None:
+    """The server renders from the header's group 0028 only (`Service.image_header`,
+    cached for many instances): the same pixels as from the whole header."""
+    files = _rendered_files()
+    names = {name for name, _, _ in files}
+    assert {"CT_small.dcm", "OBXXXX1A.dcm", "SC_rgb.dcm"} <= names  # signed with a rescale; palette; RGB
+    for name, header, frame in files:
+        image = header.group_dataset(0x0028)
+        for window in (None, render.Window(40, 400)):
+            assert np.array_equal(render.to_rgb_or_grey(frame, image, window),
+                                  render.to_rgb_or_grey(frame, header, window)), (name, window)

@@ -64,7 +64,7 @@ def native_frame(service: Service, stored: StoredInstance, number: int, *, head:
                  tail: bytes = b"") -> bytes | memoryview:
     """Frame `number` as native little-endian pixel bytes, between `head`
     and `tail`: RGB for the frames of a kept instance stored as YBR_FULL_422."""
-    if stored.transcoded or service.header(stored.row).get("PhotometricInterpretation") != "YBR_FULL_422":
+    if stored.transcoded or service.image_header(stored.row).get("PhotometricInterpretation") != "YBR_FULL_422":
         return service.reader.native(stored, number, head=head, tail=tail)
     # the decoder's full-size YCbCr (YBR_FULL) to RGB, as pydicom decompresses the whole instance
     frame = convert_color_space(service.reader.pixels(stored, number), "YBR_FULL", "RGB")

@@ -61,7 +61,7 @@ def routes(service: Service, limits: RenderLimits | None = None) -> APIRouter:
         """Cached by the frame's recorded digest (`content`): a replaced
         instance is a new key."""
         stored = frame_of(study, series, sop, frame)
-        ds = service.header(stored.row)
+        ds = service.image_header(stored.row)
         if "WindowCenter" in ds or "VOILUTSequence" in ds or ds.get("SamplesPerPixel", 1) != 1:
             return None
         low = reader.pixels(stored, frame, 0 if stored.transcoded else None)
@@ -78,7 +78,7 @@ def routes(service: Service, limits: RenderLimits | None = None) -> APIRouter:
                                 immutable=True)
         if (cached := not_modified(request, headers)) is not None:
             return cached
-        ds = service.header(stored.row)
+        ds = service.image_header(stored.row)
         colour = int(ds.get("SamplesPerPixel", 1)) > 1 or ds.get("PhotometricInterpretation") == "PALETTE COLOR"
         body = {
             "@context": CONTEXT,
@@ -101,7 +101,7 @@ def routes(service: Service, limits: RenderLimits | None = None) -> APIRouter:
     def image(request: Request, study: str, series: str, sop: str, frame: int, region: str, size: str,
               rotation: str, image: str) -> Response:
         stored = frame_of(study, series, sop, frame)
-        ds = service.header(stored.row)
+        ds = service.image_header(stored.row)
         colour = int(ds.get("SamplesPerPixel", 1)) > 1 or ds.get("PhotometricInterpretation") == "PALETTE COLOR"
         asked = iiif_request.parse(region, size, rotation, image, width=int(ds.Columns), height=int(ds.Rows),
                                    colour=colour, max_area=limits.max_pixels)

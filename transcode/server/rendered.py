@@ -47,7 +47,7 @@ def routes(service: Service, limits: render.RenderLimits | None = None) -> APIRo
                                      repr(viewport), str(quality)), immutable)
         if (cached := not_modified(request, headers)) is not None:
             return cached
-        ds = service.header(stored.row)
+        ds = service.image_header(stored.row)
         columns, rows = int(ds.Columns), int(ds.Rows)
         box = regions.Box(*viewport.box(columns, rows)) if viewport and viewport.source else None
         if box is not None:
