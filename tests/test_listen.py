@@ -30,6 +30,7 @@ from tests.peers import free_port
 from transcode.cli import main
 from transcode.dimse.hooks import command_hook, entry_point_hooks, url_hook
 from transcode.dimse.receiver import Peer, Receiver
+from transcode.dimse.scu import MAXIMUM_PDU
 from transcode.policy import Reason
 from transcode.transcoder import transcode_file
 
@@ -94,6 +95,7 @@ def send(port: int, *items: Path | pydicom.Dataset, calling: str = "MODALITY") -
         ae.add_requested_context(sop_class, ds.file_meta.TransferSyntaxUID)
     assoc = ae.associate("127.0.0.1", port, ae_title="TRANSCODE")
     assert assoc.is_established
+    assert assoc.acceptor.maximum_length == MAXIMUM_PDU  # large PDUs: fewer to parse per instance
     chunked, _config.STORE_SEND_CHUNKED_DATASET = _config.STORE_SEND_CHUNKED_DATASET, True
     try:
         return [assoc.send_c_store(item) for item in items]

@@ -61,7 +61,7 @@ from transcode.archive import Archive
 from transcode.archive.objects import ArchiveAddress
 from transcode.archive.store import take_lock
 from transcode.dicom.write import copy_atomically, fsync_path, temporary_beside
-from transcode.dimse.scu import MAX_CONTEXTS, TRANSFER_SYNTAXES, RemoteAE, no_delay
+from transcode.dimse.scu import MAX_CONTEXTS, MAXIMUM_PDU, TRANSFER_SYNTAXES, RemoteAE, no_delay
 from transcode.entries import Entry, IngestReport
 from transcode.service import IngestService
 
@@ -212,6 +212,7 @@ class Migration:
     def _ae(self) -> AE:
         ae = AE(self.ae_title)
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self.timeout
+        ae.maximum_pdu_size = MAXIMUM_PDU
         return ae
 
     def _associate(self, ae: AE, **options: Any) -> Association:

@@ -64,6 +64,7 @@ from transcode.archive import ArchiveBusy, ArchiveMismatch
 from transcode.archive.objects import ArchiveAddress
 from transcode.codecs.htj2k import EncodeSettings
 from transcode.dimse.hooks import Hook, StudyTracker
+from transcode.dimse.scu import MAXIMUM_PDU
 from transcode.dimse.spool import Spool
 from transcode.entries import CLEAN, Entry, IngestOutcome
 from transcode.pipeline import SETTLE_BATCH
@@ -247,6 +248,7 @@ class Receiver:
         self.ae.acse_timeout, self.ae.dimse_timeout = timeouts.acse, timeouts.dimse
         self.ae.network_timeout = timeouts.network
         self.ae.require_called_aet = True  # an association addressed to another AE title is rejected
+        self.ae.maximum_pdu_size = MAXIMUM_PDU
         self.ae.add_supported_context(Verification)
         self.ssl_context, self.audit = ssl_context, audit
         self._behind = threading.BoundedSemaphore(backlog)  # instances answered before they are archived
