@@ -228,7 +228,7 @@ class AuditLog:
             if item is None:
                 return
             if item is not _DRAINED and (isinstance(self._sink, Chain) or self._sink.wait(30.0)):
-                item.set()  # a flush: everything before it is written (a timeout is logged; its caller sees it)
+                item.set()  # a flush: everything before it is written (else its caller times out)
 
 
 #: What the writer thread holds after taking everything queued: no flush to answer.

@@ -69,6 +69,8 @@ class TrailProcess:
     def wait(self, timeout: float) -> bool:
         """Whether everything sent so far was written within `timeout` seconds."""
         try:
+            while self._from.poll(0):  # the answer to an earlier flush that timed out
+                self._from.recv_bytes()
             self._to.send_bytes(pickle.dumps(FLUSH))
             if not self._from.poll(timeout):
                 return False

@@ -114,8 +114,8 @@ class Guard:
             access.info("%s %s %s %d %.1f ms", client[0], scope["method"], template, status,
                         (time.perf_counter() - began) * 1e3)
         if self.audit is not None and scope["method"] != "OPTIONS":
-            # What the event needs, taken now; the route matched and the event made by the trail's writer,
-            # off the request's path (about half of the trail's cost on a request: README, Cost).
+            # What the event needs, taken now, as plain values; the route is matched and the event made
+            # where the line is written (in `serve`, the trail's own process: README, Cost).
             self.audit.record((request_event, self._patterns, scope["method"], scope["path"],
                                scope.get("query_string", b""), scope.get("client"),
                                (scope.get("state") or {}).get(AUDIT_TOUCHED), principal.who, status, time.time()))
