@@ -10,6 +10,7 @@ from __future__ import annotations
 import sqlite3
 import subprocess
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ import pydicom
 import pytest
 from fastapi.testclient import TestClient
 
+from fixtures.generate import Spec, write
 from tests import seaweed
 from tests.peers import free_port
 from tests.served import multipart_parts
@@ -31,16 +33,19 @@ from transcode.archive.store import Archive
 from transcode.catalog.base import InstanceRow
 from transcode.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, main
 from transcode.codecs import htj2k
+from transcode.codecs.htj2k import EncodeSettings
 from transcode.dimse.receiver import Receiver
 from transcode.pipeline import ingest
 from transcode.server import create_app
 from transcode.stores import MemoryStore, Store
+from transcode.stores.base import ByteRange
 from transcode.stores.s3 import S3Store
 
 from .conftest import PYDICOM_FILES
 
 OHIF = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
 EXPLICIT = 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.1'
+NATIVE = 'multipart/related; type="application/octet-stream"; transfer-syntax=1.2.840.10008.1.2.1'
 #: Instance routes (after .../instances/SOP) and the Accept header each is asked with.
 ROUTES = [("/frames/1", OHIF), ("/frames/1", "multipart/related; type=application/octet-stream"),
           ("/rendered", "image/png"), ("/thumbnail", "image/jpeg"), ("/frames/1/rendered", "image/png"),
@@ -298,3 +303,38 @@ def test_migrate_into_an_s3_archive(pacs: tuple, tmp_path: Path, catalog_address
     assert set(S3Store.from_url(catalog_address.url).list("objects/")) == {row.path for row in rows.values()}
     assert not [p for p in (catalog_address.local / "spool" / "migrate").iterdir() if p.name != "lock"]
     assert main(["verify", *_options(catalog_address)]) == EXIT_OK
+
+
+class CountingStore(MemoryStore):
+    """A memory store that counts the bytes read from it (every read of an
+    object's bytes comes as ranges; `get` also serves `size` here)."""
+
+    read = 0
+
+    def get_ranges(self, key: str, ranges: Sequence[ByteRange]) -> list[bytes]:
+        parts = super().get_ranges(key, ranges)
+        self.read += sum(map(len, parts))
+        return parts
+
+
+def test_a_kept_frame_is_read_alone_from_a_store(tmp_path: Path) -> None:
+    """A frame of a multi-frame instance kept as is (frames over the size
+    cap here) is decoded from its own bytes: once the object was proved
+    whole (the first request), a request reads a fraction of it, not a copy
+    of all of it; every frame is the source's."""
+    (tmp_path / "src").mkdir()
+    source = write(Spec("MR", 512, 512, 8, seed=3), tmp_path / "src" / "mf.dcm")  # 4 MB
+    store = CountingStore()
+    with StoreArchive(store, tmp_path / "catalog", name="store", exclusive=True) as archive:
+        ingest([tmp_path / "src"], archive, settings=EncodeSettings(max_frame_bytes=1024))
+    expected = pydicom.dcmread(source).pixel_array
+    with StoreArchive(store, tmp_path / "catalog", name="store") as archive:
+        (row,) = archive.index.instances()
+        assert (row.outcome, row.reason) == ("kept", "frame_too_large")
+        client = TestClient(create_app(archive))
+        for number in (1, 8, 5):
+            store.read = 0
+            response = client.get(instance_url(row) + f"/frames/{number}", headers={"Accept": NATIVE})
+            ((_, payload),) = multipart_parts(response.headers["content-type"], response.content)
+            assert payload == expected[number - 1].astype("<u2").tobytes()
+        assert 0 < store.read < row.size / 2

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from pydicom.pixels import iter_pixels
+from pydicom.pixels import pixel_array
 from pydicom.uid import UID
 
 from transcode.archive.store import Archive
@@ -219,13 +219,15 @@ class FrameReader:
 
     def _kept_pixels(self, instance: StoredInstance, number: int) -> np.ndarray:
         """A frame of an instance kept as is, through pydicom's decoders
-        (which also read float and 1-bit pixels the transcoder keeps)."""
+        (which also read float and 1-bit pixels the transcoder keeps): that
+        frame only, read where it lies (from a store, only its ranges),
+        after the whole object was proved once against its digest."""
         self._encapsulated(instance)  # refuses unknown transfer syntaxes with a reason
         register_plugins()
-        with self.local(instance) as path:
+        self.objects.check_object(instance.row)
+        with self.objects.open(instance.row) as source:
             try:
-                frames = iter_pixels(path, raw=True)
-                return next(itertools.islice(frames, number - 1, None))
+                return pixel_array(source, index=number - 1, raw=True)
             except Exception as exc:  # any decoder's complaint about the stored data
                 log.warning("frame %d of %s cannot be decoded: %s: %s", number, instance.row.path,
                             type(exc).__name__, exc)

@@ -37,6 +37,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 import pydicom
 from pydicom.dataset import Dataset
@@ -170,11 +171,18 @@ class StoredObjects:
         with self._reading(row), self.archive.local(row.path) as path:
             yield path
 
+    @contextmanager
+    def open(self, row: InstanceRow) -> Iterator[BinaryIO]:
+        """`Archive.open` (a seekable file; a store fetches only the ranges
+        read) with storage errors as `StoredDataError`s."""
+        with self._reading(row), self.archive.open(row.path) as source:
+            yield source
+
     def header(self, row: InstanceRow) -> Dataset:
         """The object's data set without Pixel Data, read through the
         archive (a store fetches only the header's bytes); StoredDataError
         when the object is missing or ends inside its header."""
-        with self._reading(row), self.archive.open(row.path) as source:
+        with self.open(row) as source:
             return pydicom.dcmread(source, stop_before_pixels=True)
 
     def _error(self, row: InstanceRow, reason: str, what: str) -> StoredDataError:
