@@ -70,7 +70,8 @@ def test_the_image_header_renders_as_the_whole_header_does() -> None:
     cached for many instances): the same pixels as from the whole header."""
     files = _rendered_files()
     names = {name for name, _, _ in files}
-    assert {"CT_small.dcm", "OBXXXX1A.dcm", "SC_rgb.dcm"} <= names  # signed with a rescale; palette; RGB
+    # pydicom's own (the corpus adds more): signed with a rescale; palette; RGB; YBR_FULL_422
+    assert {"CT_small.dcm", "examples_palette.dcm", "SC_rgb_gdcm_KY.dcm", "examples_ybr_color.dcm"} <= names
     for name, header, frame in files:
         image = header.group_dataset(0x0028)
         for window in (None, render.Window(40, 400)):
