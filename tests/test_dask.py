@@ -105,7 +105,7 @@ def test_workers_start_without_dasks_malloc_trim_threshold(cluster: DaskPool) ->
     """Dask starts its worker processes with MALLOC_TRIM_THRESHOLD_=65536,
     under which every frame buffer faulted its pages in anew: about 5 ms
     more per 512x512 CT file (`cluster.LOCAL_CONFIG`). local:N unsets it."""
-    assert cluster.get().submit(os.environ.get, "MALLOC_TRIM_THRESHOLD_").result() is None
+    assert cluster.get().submit(os.getenv, "MALLOC_TRIM_THRESHOLD_").result() is None  # read on a worker
 
 
 def test_cli_dask_option(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
