@@ -36,10 +36,12 @@ from pathlib import Path
 from typing import NamedTuple
 
 import pydicom
+from pydicom.datadict import tag_for_keyword
 
 from transcode.archive import Archive, ArchiveBusy
 from transcode.archive.objects import ArchiveAddress
 from transcode.codecs.htj2k import EncodeSettings
+from transcode.dicom.read import read_strings
 from transcode.entries import Entry, IngestOutcome
 from transcode.pipeline import WorkerPool, ingest
 from transcode.policy import OnConflict, Reason
@@ -86,16 +88,23 @@ class Sent(NamedTuple):
     series: str | None
 
 
+#: What `identify` reads, in `Sent`'s order.
+_SENT = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
+_SENT_TAGS = tuple(tag_for_keyword(keyword) for keyword in _SENT)
+
+
 def identify(path: Path) -> Sent:
     """Read the SOP Class, SOP Instance, Study and Series Instance UIDs of
-    the file at `path` as sent; all None where pydicom cannot read it (the
-    ingest then says why)."""
-    keywords = ["SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"]
+    the file at `path` as sent (with the structure walk, else pydicom); all
+    None where neither can read it (the ingest then says why)."""
+    values = read_strings(path, _SENT_TAGS)
+    if values is not None:
+        return Sent(*values)
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=keywords)
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=list(_SENT))
     except Exception:  # noqa: BLE001 (anything unreadable: the ingest will say why)
         return Sent(None, None, None, None)
-    return Sent(*(str(ds.get(keyword, "")) or None for keyword in keywords))
+    return Sent(*(str(ds.get(keyword, "")) or None for keyword in _SENT))
 
 
 def out_of_space(exc: BaseException) -> bool:
