@@ -1,6 +1,7 @@
 """Mirador, as a site embeds it (its prebuilt bundle on another origin),
 opens a series' IIIF manifest from `transcode serve` and shows its frames
-through the IIIF image services: the deep-zoom viewer the README names, in
+through the IIIF image services, then zooms in and fetches full-resolution
+tiles of what is in view only: the deep-zoom viewer the README names, in
 Debian's chromium. Mirador's bundle is unpacked by `.ci/run` (`npm pack
 mirador@4.0.0`, Apache-2.0) into tests/browser/mirador/, which git ignores;
 the test skips without it or without the browser harness."""
@@ -97,3 +98,19 @@ def test_mirador_opens_a_series_manifest_and_tiles_it(demo: Path, tmp_path: Path
     assert not [line for line in result["console"] if line.startswith("pageerror")], result["console"]
     assert Path(result["screenshot"]).stat().st_size > 10_000
     assert label in result["text"]  # the window is titled with the series
+    # Then zoomed in over the upper left of the CR (2048 x 2500, 1024-pixel tiles: 2 x 3), about
+    # threefold (mirador.mjs): Mirador fetches full-resolution tiles of what is in view, and none of
+    # the bottom row (y 2048 to 2500), which stays out of view.
+    zoomed = [r for r in result["zoomed"] if r["url"].startswith(base)]
+    assert zoomed and {r["status"] for r in zoomed} == {200}, result["zoomed"]
+    full = {region for r in zoomed if (region := _full_resolution_tile(r["url"])) is not None}
+    assert full and all(y < 2048 for x, y, w, h in full), full
+
+
+def _full_resolution_tile(url: str) -> tuple[int, int, int, int] | None:
+    """The region (x, y, w, h) of a IIIF image request for a tile at full
+    resolution (as many pixels wide as its region); None for any other request."""
+    found = re.search(r"/(\d+),(\d+),(\d+),(\d+)/(\d+),\d*/0/default\.jpg$", url)
+    if found is None or found[3] != found[5]:
+        return None
+    return int(found[1]), int(found[2]), int(found[3]), int(found[4])

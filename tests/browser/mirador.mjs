@@ -3,10 +3,13 @@
 // for tests/test_iiif_mirador.py to judge.
 //
 //   node mirador.mjs PAGE_URL OUT_DIR
-//     -> {"requests": [{"url", "status"}...], "text": page text, "screenshot": path, "console": [...]}
+//     -> {"requests": [{"url", "status"}...], "zoomed": [the same, made after the zoom],
+//         "text": page text, "screenshot": path, "console": [...]}
 //
 // It waits (at most 90 s) until the page has received an info.json and at
 // least one image from a IIIF image service, then 2 s more for the rest.
+// Then it zooms in with the mouse wheel over the upper left of the image,
+// as a reader would, and waits until no image has come for 2 s (at most 30 s).
 import puppeteer from 'puppeteer-core';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -40,7 +43,27 @@ try {
   const screenshot = join(outDir, 'mirador.png');
   await page.screenshot({ path: screenshot });
   const text = await page.evaluate(() => document.body.innerText);
-  console.log(JSON.stringify({ requests, text, screenshot, console: consoleLines }));
+  const before = requests.length;
+  const canvas = await page.$('.openseadragon-canvas');
+  const box = await canvas.boundingBox();
+  await page.mouse.move(box.x + box.width * 0.4, box.y + box.height * 0.3);
+  for (let step = 0; step < 6; step += 1) {
+    await page.mouse.wheel({ deltaY: -400 });
+    await new Promise((resolve) => setTimeout(resolve, 300));
+  }
+  const quietUntil = Date.now() + 30_000;
+  let last = requests.length;
+  let lastChange = Date.now();
+  while (Date.now() < quietUntil && Date.now() - lastChange < 2000) {
+    await new Promise((resolve) => setTimeout(resolve, 250));
+    if (requests.length !== last) {
+      last = requests.length;
+      lastChange = Date.now();
+    }
+  }
+  await page.screenshot({ path: join(outDir, 'mirador-zoomed.png') });
+  const zoomed = requests.slice(before);
+  console.log(JSON.stringify({ requests, zoomed, text, screenshot, console: consoleLines }));
 } finally {
   await browser.close();
   rmSync(profile, { recursive: true, force: true });
