@@ -134,7 +134,9 @@ def _check_image_header(ds: Dataset, sop_class: str) -> None:
 
 def _text(value: bytes | None) -> str | None:
     """A string value's raw bytes as text, without its padding (None: absent or empty)."""
-    return value.decode("ascii", "replace").strip("\0 ") or None if value else None
+    if not value:
+        return None
+    return value.decode("ascii", "replace").strip("\0 ") or None
 
 
 def _stub(walked: Walk, data: bytes | mmap.mmap, syntax: UID | None) -> FileDataset:
