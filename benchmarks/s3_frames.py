@@ -18,9 +18,12 @@ close the server comes to it, and the client's CPU time per read what one
 GET costs whoever makes it.
 
 SeaweedFS runs with its S3 gateway's chunk cache (`-s3.cacheCapacityMB`,
-`--weed-cache-mb`, 0 for none), as the folder server has the page cache.
+`--weed-cache-mb`, 0 for none), as the folder server has the page cache;
+the S3 server with its own read cache of frames (`transcode serve
+--read-cache-mb`, default the server's; 0 for none: every frame a GET).
 
     python benchmarks/s3_frames.py [--files 200] [--seconds 8] [--clients 1 8] [--weed-cache-mb 512]
+                                   [--read-cache-mb MB]
 """
 
 from __future__ import annotations
@@ -54,25 +57,27 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=8.0, help="per case and concurrency, both servers")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--weed-cache-mb", type=int, default=512, help="SeaweedFS S3 gateway chunk cache")
+    parser.add_argument("--read-cache-mb", type=int, default=None,
+                        help="the S3 server's read cache (transcode serve --read-cache-mb; default: the server's)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
     results: dict[str, object] = {"machine": machine(), "files": args.files, "seconds": args.seconds,
-                                  "weed_cache_mb": args.weed_cache_mb}
+                                  "weed_cache_mb": args.weed_cache_mb, "read_cache_mb": args.read_cache_mb}
     options = [f"-s3.cacheCapacityMB={args.weed_cache_mb}"]
     with tempfile.TemporaryDirectory() as tmp, running(Path(tmp), options) as server:
         root = Path(tmp)
         env = {**os.environ, **server.env()}
         study, series = ct_sources(root / "src", args.files)
         url = f"s3://{server.bucket}/frames"
-        for archive in (["--archive", str(root / "folder")], ["--archive", url, "--catalog", str(root / "catalog")]):
+        s3_archive = ["--archive", url, "--catalog", str(root / "catalog")]
+        for archive in (["--archive", str(root / "folder")], s3_archive):
             subprocess.run([sys.executable, "-m", "transcode.cli", "ingest", str(root / "src"), *archive], env=env,
                            check=True, stdout=subprocess.DEVNULL)
         ports = free_port(), free_port()
+        cache = [] if args.read_cache_mb is None else ["--read-cache-mb", str(args.read_cache_mb)]
         servers = [start([sys.executable, "-m", "transcode.cli", "serve", *archive, "--port", str(port),
                           "--log-level", "warning"], port, env)
-                   for port, archive in zip(ports, (["--archive", str(root / "folder")],
-                                                    ["--archive", url, "--catalog", str(root / "catalog")]),
-                                            strict=True)]
+                   for port, archive in zip(ports, (["--archive", str(root / "folder")], s3_archive + cache), strict=True)]
         try:
             conn = http.client.HTTPConnection("127.0.0.1", ports[0])
             conn.request("GET", f"/dicomweb/studies/{study}/series/{series}/instances")
@@ -81,7 +86,7 @@ def main() -> int:
             full = [f"{base}/{sop}/frames/1" for sop in sops]
             cases = {"full": full, "level2": [f"{path}?level=2" for path in full]}
             pair = ((ports[0], servers[0].pid), (ports[1], servers[1].pid))
-            for port in ports:  # one pass over every frame first: both caches (pages, gateway) warm
+            for port in ports:  # one pass over every frame first: the caches (pages; gateway, read cache) warm
                 warm = http.client.HTTPConnection("127.0.0.1", port)
                 for path in full:
                     warm.request("GET", path, headers={"Accept": ACCEPT})

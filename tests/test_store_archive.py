@@ -213,14 +213,16 @@ def test_cli_ingest_into_s3(tmp_path: Path, s3_server: seaweed.Seaweed, monkeypa
 
 def assert_served_over_http(url: str, catalog: Path, rows: list[InstanceRow], bucket: S3Store, sent: Path) -> None:
     """`transcode serve --archive s3://... --catalog DIR` answers QIDO,
-    serves each transcoded instance's first frame as stored in the bucket,
-    and stores a new instance (`sent`, relabelled) sent with STOW-RS."""
+    serves each transcoded instance's first frame as stored in the bucket
+    (then from its read cache: asked again while the object is away from the
+    bucket, the same bytes), and stores a new instance (`sent`, relabelled)
+    sent with STOW-RS."""
     from tests.peers import free_port, stop
     from tests.served import multipart_parts
 
     port = free_port()
     process = subprocess.Popen([sys.executable, "-m", "transcode.cli", "serve", "--archive", url, "--catalog",
-                                str(catalog), "--port", str(port), "--log-level", "warning"],
+                                str(catalog), "--port", str(port), "--log-level", "warning", "--read-cache-mb", "16"],
                                stdout=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 60
@@ -242,6 +244,13 @@ def assert_served_over_http(url: str, catalog: Path, rows: list[InstanceRow], bu
                 (_, payload), = multipart_parts(response.headers["content-type"], response.read())
             frame = first_frame(catalog, row)
             assert payload == bucket.get_range(row.path, ByteRange(frame.offset, frame.offset + frame.length))
+            stored_object = bucket.get(row.path)
+            bucket.delete(row.path)
+            try:
+                with urllib.request.urlopen(request, timeout=30) as response:
+                    assert multipart_parts(response.headers["content-type"], response.read())[0][1] == payload
+            finally:
+                bucket.put(row.path, stored_object)
         new = relabel(sent, catalog.parent / "stowed.dcm")
         request = urllib.request.Request(f"http://127.0.0.1:{port}/dicomweb/studies", data=body(new.read_bytes()),
                                          headers={"Content-Type": CONTENT_TYPE}, method="POST")

@@ -428,7 +428,8 @@ def _serve(args: argparse.Namespace, archive: str, read_only: bool, security: di
                                             "max_frame_bytes": _frame_bytes(args.max_frame_mb),
                                             "max_render_pixels": args.max_render_pixels, "security": security,
                                             "limits": bounds.to_json(),
-                                            "viewer_dir": str(Path(args.viewer_dir).resolve()) if args.viewer_dir else None})
+                                            "viewer_dir": str(Path(args.viewer_dir).resolve()) if args.viewer_dir else None,
+                                            "read_cache_mb": args.read_cache_mb})
     host = f"[{args.host}]" if ":" in args.host else args.host
     origin = f"{'https' if args.tls_cert else 'http'}://{host}:{args.port}"
     print(f"DICOMweb root: {origin}/dicomweb  (studies: {origin}/dicomweb/studies)")
@@ -670,6 +671,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "(default: 4096 x 4096)")
     serve.add_argument("--viewer-dir", default=None, metavar="DIR",
                        help="a prebuilt static viewer (OHIF's dist) to serve under /ohif/, configured for this server")
+    serve.add_argument("--read-cache-mb", type=int, default=None, metavar="MB",
+                       help="for an s3:// archive: MB of frames read from the store that each server process keeps "
+                            "for the next requests (0: none; default: 256)")
     commands.add_serve_options(serve)
     limits.add_arguments(serve)
     serve.set_defaults(func=cmd_serve, log_default="info")

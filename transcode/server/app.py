@@ -34,7 +34,7 @@ from transcode.codecs.htj2k import EncodeSettings
 from transcode.limits import Limits
 from transcode.policy import Stop
 from transcode.security.guard import Guard, Security, security_from
-from transcode.server import iiif, iiif_manifest, qido, rendered, stow, viewer, wado, zarrview
+from transcode.server import cache, iiif, iiif_manifest, qido, rendered, stow, viewer, wado, zarrview
 from transcode.server.admission import LimitsMiddleware
 from transcode.server.errors import Problem
 from transcode.server.lookup import uid
@@ -55,7 +55,8 @@ STUDY, SERIES = search.STUDY_UID, search.SERIES_UID
 def create_app(archive: Archive, *, prefix: str = "/dicomweb", cors_origins: Sequence[str] = (),
                stow_workers: int | None = None, on_conflict: str = "keep", settings: EncodeSettings | None = None,
                render_limits: RenderLimits | None = None, security: Security | None = None,
-               limits: Limits | None = None, viewer_dir: Path | None = None) -> FastAPI:
+               limits: Limits | None = None, viewer_dir: Path | None = None,
+               read_cache_mb: int | None = None) -> FastAPI:
     """The application over `archive` (opened by the caller, who closes it).
     `cors_origins`: origins allowed to call from a browser ("*" for any);
     `on_conflict`: what STOW-RS does with other content under an archived
@@ -65,9 +66,14 @@ def create_app(archive: Archive, *, prefix: str = "/dicomweb", cors_origins: Seq
     (closed with the app) and the template-only access log (`guard`); none
     by default, as for an app embedded behind its own gate; `limits`: what
     a request may be (`transcode.limits`); `viewer_dir`: a prebuilt static
-    viewer (OHIF's dist) to serve under `/ohif/`, configured for this server."""
+    viewer (OHIF's dist) to serve under `/ohif/`, configured for this server;
+    `read_cache_mb`: how many MB of frames read from an object store this
+    process keeps for the next requests (`server.cache`; default
+    `cache.DEFAULT_MB`, 0: none; a folder archive has the page cache instead)."""
     limits = limits or Limits()
-    service = Service(archive, prefix, max_frames=limits.max_frames)
+    megabytes = cache.DEFAULT_MB if read_cache_mb is None else read_cache_mb
+    read_cache = cache.ReadCache(megabytes << 20) if archive.remote and megabytes > 0 else None
+    service = Service(archive, prefix, max_frames=limits.max_frames, read_cache=read_cache)
     ingester = IngestService(address_of(archive), workers=stow_workers or 2, settings=settings,  # started by the
                              on_conflict=on_conflict)  # first STOW, in sessions of its own over the same archive
 
@@ -119,7 +125,8 @@ def app_from_environment() -> FastAPI:
                       on_conflict=options.get("on_conflict", "keep"), settings=settings,
                       render_limits=render_limits, security=security,
                       limits=Limits.from_json(options.get("limits", {})),
-                      viewer_dir=Path(options["viewer_dir"]) if options.get("viewer_dir") else None)
+                      viewer_dir=Path(options["viewer_dir"]) if options.get("viewer_dir") else None,
+                      read_cache_mb=options.get("read_cache_mb"))
 
 
 def _qido_routes(service: Service) -> APIRouter:

@@ -35,6 +35,7 @@ from transcode.codecs import htj2k
 from transcode.codecs.codestream import CodestreamIndex
 from transcode.codecs.decode import register_plugins
 from transcode.dicom.read import Instance, open_instance
+from transcode.server.cache import Key, ReadCache
 from transcode.server.errors import Problem
 from transcode.server.integrity import StoredObjects
 
@@ -95,12 +96,20 @@ class StoredInstance:
         return [self.digests[n - 1] or self.row.object_digest for n in numbers]
 
 
-class FrameReader:
-    """Reads frames of stored instances from an archive."""
+def _cache_key(instance: StoredInstance, offset: int) -> Key:
+    """The read cache's key of the run at `offset` in the instance's object
+    (its path and recorded digest: another version has another key)."""
+    return instance.row.path, instance.row.object_digest, offset
 
-    def __init__(self, archive: Archive) -> None:
+
+class FrameReader:
+    """Reads frames of stored instances from an archive; with `cache`, the
+    frames of transcoded instances read from it are kept (`server.cache`)."""
+
+    def __init__(self, archive: Archive, cache: ReadCache | None = None) -> None:
         self.archive = archive
         self.objects = StoredObjects(archive)
+        self.cache = cache
         # CPU-bound work (decoding, rendering) runs on at most one thread per
         # core at a time: more threads than cores only contend for them and
         # for the GIL, and rates fell with more clients (benchmarks/decoded_rendered.py).
@@ -119,8 +128,9 @@ class FrameReader:
         the two-byte EOC marker that ends a codestream (a complete
         codestream, which OpenJPEG reads too). `head` and `tail` (multipart
         framing) are put around it in the same buffer, the frame read in
-        place: one copy of the bytes, not three. What is read is checked
-        against the checksum recorded for it before it is returned."""
+        place (or copied from the read cache): one copy of the bytes, not
+        three. What is read is checked against the checksum recorded for it
+        before it is returned, a cached run too."""
         if instance.transcoded:
             offset, length = instance.spans[number - 1]
             end = length if level is None else self._level_end(instance, number, level)
@@ -128,9 +138,16 @@ class FrameReader:
             view = memoryview(bytearray(len(head) + end + len(closing) + len(tail)))
             view[:len(head)] = head
             frame = view[len(head):len(head) + end]
-            self.objects.read_into(instance.row, offset, frame)
+            key = _cache_key(instance, offset)
+            cached = self.cache.get(key, end) if self.cache is not None else None
+            if cached is None:
+                self.objects.read_into(instance.row, offset, frame)
+            else:
+                frame[:] = memoryview(cached)[:end]
             self.objects.check_frame(instance.row, number, frame, instance.digests[number - 1],
                                      -1 if end == length else level)
+            if self.cache is not None and cached is None:
+                self.cache.put(key, bytes(frame))  # checked: only proved bytes are kept
             view[len(head) + end:] = closing + tail
             return view
         if level is not None:
@@ -141,6 +158,16 @@ class FrameReader:
         else:
             data = self.native(instance, number)
         return head + data + tail
+
+    def cached(self, instance: StoredInstance, number: int, level: int | None = None) -> bool:
+        """Whether `stored(instance, number, level)` would take the frame
+        from the read cache, not from the archive (a request that needs no
+        round trip to an object store)."""
+        if self.cache is None or not instance.transcoded or not 1 <= number <= len(instance.spans):
+            return False  # (a frame that does not exist is answered 404 by `check`, on the thread pool)
+        offset, length = instance.spans[number - 1]
+        end = length if level is None else self._level_end(instance, number, level)
+        return self.cache.get(_cache_key(instance, offset), end) is not None
 
     def _level_end(self, instance: StoredInstance, number: int, level: int) -> int:
         index = instance.index(number)

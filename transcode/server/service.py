@@ -11,6 +11,7 @@ from starlette.requests import Request
 
 from transcode.archive.store import Archive
 from transcode.catalog.base import InstanceRow
+from transcode.server.cache import ReadCache
 from transcode.server.frames import FrameReader
 from transcode.server.lookup import Lookup
 from transcode.server.responses import base_url
@@ -21,12 +22,13 @@ class Service:
     archive: Archive
     prefix: str = "/dicomweb"
     max_frames: int = 4096  # frames in one request (Limits.max_frames)
+    read_cache: ReadCache | None = None  # frames read from an object store, kept (server.cache)
     catalog: Lookup = field(init=False)
     reader: FrameReader = field(init=False)
 
     def __post_init__(self) -> None:
         self.catalog = Lookup(self.archive.index)
-        self.reader = FrameReader(self.archive)
+        self.reader = FrameReader(self.archive, self.read_cache)
         self.header = functools.lru_cache(maxsize=64)(self._header)
         self.image_header = functools.lru_cache(maxsize=1024)(self._image_header)
 

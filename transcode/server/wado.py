@@ -131,9 +131,11 @@ def frames_route(service: Service, prefix: str) -> Route:
 
     One frame as stored from a local archive is an index lookup and one
     read from the page cache, done on the event loop (a hop to the thread
-    pool costs more too). Decoding, streams of many frames and every read
-    from a remote archive (a round trip to S3 would stall every other
-    request on the loop) go to the thread pool."""
+    pool costs more too), and so is one in the read cache of a remote
+    archive. Decoding, streams of many frames and every read from a remote
+    archive (a round trip to S3 would stall every other request on the
+    loop) go to the thread pool. (A frame evicted from the cache between
+    the look and the read is read on the loop: a rare stall, not an error.)"""
 
     remote = service.archive.remote
 
@@ -141,7 +143,8 @@ def frames_route(service: Service, prefix: str) -> Route:
         p = request.path_params
         stored = service.catalog.instance(p["study"], p["series"], p["sop"])
         numbers, level = parse_frames(p["frames"], service.max_frames), parse_level(request.query_params.get("level"))
-        if len(numbers) == 1 and stored.transcoded and not remote and not _wants_decoded(request, stored):
+        if len(numbers) == 1 and stored.transcoded and not _wants_decoded(request, stored) and (
+                not remote or service.reader.cached(stored, numbers[0], level)):
             return send_frames(service, request, stored, numbers, level)
         return await run_in_threadpool(send_frames, service, request, stored, numbers, level)
 
