@@ -1,6 +1,7 @@
 """The server's read cache for object-store archives (transcode/server/cache.py):
 bounded by bytes, keyed by object version, never a way around the integrity
-check; and through the frames route, a frame read from the store once."""
+check; through the frames route, a frame read from the store once; and an
+instance replaced under a running server served as it now is."""
 
 from __future__ import annotations
 
@@ -13,11 +14,12 @@ from fastapi.testclient import TestClient
 
 from fixtures.generate import Spec, write
 from tests.served import multipart_parts
+from transcode.archive import FolderArchive
 from transcode.archive.objects import StoreArchive
 from transcode.catalog.base import InstanceRow
 from transcode.codecs import htj2k
 from transcode.pipeline import ingest
-from transcode.server import create_app
+from transcode.server import create_app, lookup
 from transcode.server.cache import ReadCache
 from transcode.server.errors import StoredDataError
 from transcode.server.frames import FrameReader
@@ -164,3 +166,38 @@ def test_a_cached_run_is_checked_again_before_it_is_sent(archived: tuple[RemoteS
             reader.stored(instance, 1)
         assert store.reads == 0  # it was the cached run that was checked
 
+
+@pytest.mark.parametrize("backend", ["folder", "remote"])
+def test_a_replaced_instance_is_served_as_it_now_is(tmp_path: Path, backend: str,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A running server asked for an instance that a re-send with
+    `--on-conflict replace` changed since: once its cached lookup is older
+    than `FRESH_SECONDS`, the new object's frames, not an integrity_error
+    from reading them with the old frame map (a folder), nor the old
+    version's bytes from the read cache (a remote store)."""
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+    source = write(Spec("CT", 64, 64, 1, 16, 12, seed=1), tmp_path / "a" / "x.dcm")
+    corrected = pydicom.dcmread(source)
+    pixels = corrected.pixel_array.copy()
+    pixels[0, 0] ^= 1
+    corrected.PixelData = pixels.tobytes()
+    corrected.save_as(tmp_path / "b" / "x.dcm")
+    store = RemoteStore()
+
+    def opened(**options: bool) -> FolderArchive | StoreArchive:
+        if backend == "folder":
+            return FolderArchive(tmp_path / "archive", **options)
+        return StoreArchive(store, tmp_path / "catalog", name="remote", **options)
+
+    with opened(exclusive=True) as archive:
+        ingest([tmp_path / "a"], archive, workers=1)
+    with opened(read_only=True) as served:
+        (row,) = served.index.instances()
+        client = TestClient(create_app(served))
+        assert (htj2k.decode(payload(client, frame_url(row))) == pydicom.dcmread(source).pixel_array).all()
+        with opened(exclusive=True) as archive:
+            (entry,) = ingest([tmp_path / "b"], archive, workers=1, on_conflict="replace").entries
+        assert entry.outcome == "replaced"
+        monkeypatch.setattr(lookup, "FRESH_SECONDS", 0.0)
+        assert (htj2k.decode(payload(client, frame_url(row))) == pixels).all()

@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
+import threading
+import time
+from collections import OrderedDict
 
 from transcode.archive.layout import InvalidUID, check_uid
 from transcode.catalog.base import Catalog, InstanceRow
@@ -20,15 +22,57 @@ def uid(value: str, what: str) -> str:
         raise Problem(400, "invalid_uid", str(exc)) from None
 
 
+#: Archived instances cached (an entry holds a frame index per frame: ~70 kB for a 69-frame DBT).
+INSTANCES = 1024
+#: How long a cached instance is served as it is before the catalog is asked
+#: whether its row is still the same (one indexed query per instance, at most
+#: once per this many seconds).
+FRESH_SECONDS = 2.0
+
+
 class Lookup:
-    """Lookups the server needs, answering 404 for what is not there."""
+    """Lookups the server needs, answering 404 for what is not there.
+
+    Instances are cached, misses (404) not, so new arrivals are seen. A
+    cached instance can change: a re-send with `--on-conflict replace` (an
+    ingest, STOW-RS or `listen` in this process or another) puts another
+    object, with other frame offsets and digests, under the same path. So an
+    entry older than `FRESH_SECONDS` is checked against the catalog's row
+    (its path and object digest) before it is used again, and read afresh
+    where it changed: without that, a server kept answering the replaced
+    instance from its old frame map, which the new bytes fail
+    (`integrity_error` for an intact object) until it was restarted."""
 
     def __init__(self, catalog: Catalog) -> None:
         self.catalog = catalog
-        # Archived instances never change (a conflicting copy goes elsewhere), so
-        # lookups are cached; misses (404) are not, so new arrivals are seen.
-        # An entry holds a frame index per frame (~70 kB for a 69-frame DBT).
-        self.instance = functools.lru_cache(maxsize=1024)(self._instance)  # type: ignore[method-assign]
+        self._instances: OrderedDict[tuple[str, str, str], tuple[StoredInstance, float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def instance(self, study: str, series: str, sop: str) -> StoredInstance:
+        """The archived instance (its row and frames rows), or 404."""
+        key, now = (study, series, sop), time.monotonic()
+        with self._lock:
+            cached = self._instances.get(key)
+        if cached is not None:
+            stored, checked = cached
+            if now - checked < FRESH_SECONDS or self._unchanged(stored.row):
+                if now - checked >= FRESH_SECONDS:
+                    self._keep(key, stored, now)
+                return stored
+        stored = self._instance(study, series, sop)
+        self._keep(key, stored, now)
+        return stored
+
+    def _unchanged(self, row: InstanceRow) -> bool:
+        current = self.catalog.instance(row.sop_uid)
+        return current is not None and (current.path, current.object_digest) == (row.path, row.object_digest)
+
+    def _keep(self, key: tuple[str, str, str], stored: StoredInstance, checked: float) -> None:
+        with self._lock:
+            self._instances[key] = (stored, checked)
+            self._instances.move_to_end(key)
+            while len(self._instances) > INSTANCES:
+                self._instances.popitem(last=False)
 
     def _instance(self, study: str, series: str, sop: str) -> StoredInstance:
         study, series, sop = uid(study, "Study Instance UID"), uid(series, "Series Instance UID"), \
