@@ -123,7 +123,9 @@ class CatalogTests:
                 [(f.number, f.offset, f.length, f.codestream, f.digest) for f in frames]
             assert catalog.dicom_json(row.sop_uid) == row.dicom_json  # the stored text, byte for byte
             assert catalog.located(row.sop_uid) == (row.study_uid, row.series_uid)
+            assert catalog.object_version(row.sop_uid) == (row.path, row.object_digest)
         assert catalog.stored(records[0].instance.study_uid, "1.2.3", records[0].instance.sop_uid) is None
+        assert catalog.object_version("1.2.3.4.5") is None
         assert sorted(r.sop_uid for r in catalog.instances()) == sorted(r.instance.sop_uid for r in records)
         counts = catalog.counts()
         assert counts["instances"] == counts["ledger"] == len(records)

@@ -310,6 +310,13 @@ class Catalog(ABC):
         rows = self._rows(f"SELECT {COLUMNS} FROM instances WHERE sop_uid = ?", (sop_uid,))
         return InstanceRow(*rows[0]) if rows else None
 
+    def object_version(self, sop_uid: str) -> tuple[str, str] | None:
+        """An archived instance's object path and object digest (None: not
+        archived): what a server compares with an instance it has cached,
+        from any thread, without reading its DICOM JSON."""
+        rows = self._read("SELECT path, object_digest FROM instances WHERE sop_uid = ?", (sop_uid,))
+        return (rows[0][0], rows[0][1]) if rows else None
+
     def instances(self) -> Iterator[InstanceRow]:
         """Every instance, by study, series and SOP Instance UID."""
         for row in self._stream(f"SELECT {COLUMNS} FROM instances ORDER BY study_uid, series_uid, sop_uid"):

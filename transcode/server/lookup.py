@@ -64,8 +64,7 @@ class Lookup:
         return stored
 
     def _unchanged(self, row: InstanceRow) -> bool:
-        current = self.catalog.instance(row.sop_uid)
-        return current is not None and (current.path, current.object_digest) == (row.path, row.object_digest)
+        return self.catalog.object_version(row.sop_uid) == (row.path, row.object_digest)
 
     def _keep(self, key: tuple[str, str, str], stored: StoredInstance, checked: float) -> None:
         with self._lock:
