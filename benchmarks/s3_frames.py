@@ -77,7 +77,8 @@ def main() -> int:
         cache = [] if args.read_cache_mb is None else ["--read-cache-mb", str(args.read_cache_mb)]
         servers = [start([sys.executable, "-m", "transcode.cli", "serve", *archive, "--port", str(port),
                           "--log-level", "warning"], port, env)
-                   for port, archive in zip(ports, (["--archive", str(root / "folder")], s3_archive + cache), strict=True)]
+                   for port, archive in zip(ports, (["--archive", str(root / "folder")], s3_archive + cache),
+                                            strict=True)]
         try:
             conn = http.client.HTTPConnection("127.0.0.1", ports[0])
             conn.request("GET", f"/dicomweb/studies/{study}/series/{series}/instances")
