@@ -5,8 +5,9 @@ so the hash is on the hot path. BLAKE3 is a 256-bit cryptographic hash that
 ran at 7.8 GB/s on one core of the machine of 2026-11-28 against 1.9 GB/s
 for SHA-256 (with SHA-NI): with SHA-256 the digests alone took the 40-frame
 benchmark from 0.58x to 0.68x of the bare codec time. (On the VM of
-2026-12-07, AVX2 and no AVX-512, BLAKE3 ran at 2.4-3.3 GB/s.) The prefix keeps stored digests self-describing
-should the algorithm ever change; `b3sum` checks a stored file by hand.
+2026-12-07, AVX2 and no AVX-512, BLAKE3 ran at 2.4-3.3 GB/s.) The prefix
+keeps stored digests self-describing should the algorithm ever change;
+`b3sum` checks a stored file by hand.
 Each stored frame codestream also has checksums, which the server checks on
 every read: CRC-32 (libdeflate, through imagecodecs) of each prefix that ends
 on a resolution level (the last is the whole frame), written

@@ -53,11 +53,14 @@ class Lookup:
         key, now = (study, series, sop), time.monotonic()
         with self._lock:
             cached = self._instances.get(key)
+            if cached is not None:
+                self._instances.move_to_end(key)  # least recently used out first, as before
         if cached is not None:
             stored, checked = cached
-            if now - checked < FRESH_SECONDS or self._unchanged(stored.row):
-                if now - checked >= FRESH_SECONDS:
-                    self._keep(key, stored, now)
+            if now - checked < FRESH_SECONDS:
+                return stored
+            if self._unchanged(stored.row):
+                self._keep(key, stored, now)
                 return stored
         stored = self._instance(study, series, sop)
         self._keep(key, stored, now)
