@@ -169,6 +169,23 @@ def _with_uids(path: Path, **uids: str) -> None:
     ds.save_as(path)
 
 
+@pytest.mark.filterwarnings("ignore")  # pydicom warns of the invalid UI values
+def test_legacy_uids_with_leading_zeros_are_archived(tmp_path: Path) -> None:
+    """Components like "083000" break PS3.5 9.1 but are common in old data
+    (GDCM's example XA file has them); they were refused as invalid_uid."""
+    src = tmp_path / "src"
+    src.mkdir()
+    uids = {"StudyInstanceUID": "999.999.2.19940822.083000", "SeriesInstanceUID": "999.999.2.19940822.083000.01",
+            "SOPInstanceUID": "999.999.2.19960619.163000.1.0103"}
+    _with_uids(write(Spec("CT", 32, 32), src / "legacy.dcm"), **uids)
+    with FolderArchive(tmp_path / "archive", exclusive=True) as archive:
+        (entry,) = ingest([src], archive).entries
+        assert (entry.outcome, entry.reason) == ("transcoded", None)
+        study, series, sop = uids.values()
+        assert pydicom.dcmread(archive.root / "objects" / study / series / f"{sop}.dcm").SOPInstanceUID == sop
+        assert verify_archive(archive) == []
+
+
 @pytest.mark.filterwarnings("ignore")
 def test_hostile_input_never_writes_outside_the_archive(tmp_path: Path) -> None:
     src = tmp_path / "src"

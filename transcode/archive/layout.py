@@ -6,9 +6,12 @@
     ROOT/index.sqlite                             the index (index.py)
     ROOT/archive.json                             which archive this is (identity.py)
 
-UIDs become path components only after `check_uid`: digits and dots,
-PS3.5 9.1 components, at most 64 characters. Nothing else can produce a
-slash, a dot-dot or an absolute path.
+UIDs become path components only after `check_uid`: digits and dots, no
+empty component, at most 64 characters. Nothing else can produce a slash,
+a dot-dot or an absolute path. A component with a leading zero
+("...19940822.083000", which PS3.5 9.1 forbids) is accepted: legacy
+devices wrote such UIDs, dcmtk and pydicom read them (with a warning),
+and refusing them would drop readable instances from a migration.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import os
 import re
 from pathlib import Path
 
-_UID = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
+_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 
 
 class InvalidUID(ValueError):
