@@ -73,6 +73,21 @@ def test_rendered_ct_uses_rescale_and_the_data_set_window(client, served) -> Non
     assert np.abs(asked.astype(float) - linear_window(values, 100, 1000)).max() <= 1
 
 
+@pytest.mark.filterwarnings("error::RuntimeWarning")
+def test_a_window_of_width_1_is_a_threshold(client, served) -> None:
+    """Width 1, the least allowed (and the fallback over a uniform frame), is
+    the standard's threshold at center - 0.5; it was 0/0 there, NaN cast to
+    a byte, with a RuntimeWarning."""
+    study, series, sop = served.find("CT")
+    source = served.source(sop)
+    values = source.pixel_array * float(source.RescaleSlope) + float(source.RescaleIntercept)
+    center = float(np.median(values)) + 0.5  # a value the frame holds sits on the threshold and goes to black
+    png = image(client.get(url(study, series, sop) + f"/frames/1/rendered?window={center},1&accept=image/png"))
+    reference = linear_window(values, center, 1)
+    assert set(np.unique(reference)) == {0, 255}
+    np.testing.assert_array_equal(png, reference)
+
+
 def test_rendered_without_a_window_spans_the_frame(client, served) -> None:
     study, series, sop = served.find("MR")
     frame = served.source(sop).pixel_array[2].astype(float)

@@ -153,12 +153,16 @@ def check_decodable(columns: int, rows: int, limits: RenderLimits) -> None:
 
 
 def apply_window(values: np.ndarray, window: Window) -> np.ndarray:
-    """PS3.3 C.11.2.1.2: modality values to 0..255 floats."""
+    """PS3.3 C.11.2.1.2: modality values to 0..255 floats. A LINEAR window
+    of width 1 (the least allowed; also the fallback over a uniform frame)
+    is the standard's threshold: above c - 0.5 white, else black."""
     c, w = window.center, window.width
     if window.function == "SIGMOID":
         return 255.0 / (1.0 + np.exp(-4.0 * (values - c) / w))
     if window.function == "LINEAR_EXACT":
         return np.clip((values - c) / w + 0.5, 0.0, 1.0) * 255.0
+    if w <= 1:
+        return np.where(values > c - 0.5, 255.0, 0.0)
     return np.clip((values - (c - 0.5)) / (w - 1) + 0.5, 0.0, 1.0) * 255.0
 
 
