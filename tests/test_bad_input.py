@@ -205,6 +205,38 @@ def test_every_readable_instance_is_archived(case: str, tmp_path: Path) -> None:
         assert sha256(tmp_path / "out.dcm") == sha256(src)  # as received
 
 
+def _with_offset_table(offsets: Callable[[list[int], int], list[int]]) -> bytes:
+    """pydicom's two-frame RLE file (one fragment per frame) with its Basic
+    Offset Table replaced by `offsets(true offsets, end of the last fragment)`."""
+    data = (PYDICOM_FILES / "SC_rgb_rle_2frame.dcm").read_bytes()
+    table = data.index(b"\xfe\xff\x00\xe0")
+    old = list(struct.unpack_from("<2I", data, table + 8))
+    assert struct.unpack_from("<I", data, table + 4)[0] == 8 and old[0] == 0
+    second = table + 16 + old[1]
+    end = second + 8 + struct.unpack_from("<I", data, second + 4)[0] - (table + 16)
+    new = offsets(old, end)
+    return data[:table + 4] + struct.pack(f"<I{len(new)}I", 4 * len(new), *new) + data[table + 16:]
+
+
+#: Basic Offset Tables as old writers left them; dcmtk decodes every frame of
+#: these (one fragment each), where following the table joined or lost frames.
+BROKEN_TABLES: dict[str, Callable[[], bytes]] = {
+    "offsets-off-by-one": lambda: _with_offset_table(lambda old, end: [0, old[1] + 1]),
+    "an-entry-for-the-end": lambda: _with_offset_table(lambda old, end: [0, old[1], end]),
+    "offsets-past-the-end": lambda: _with_offset_table(lambda old, end: [0, end + 64]),
+}
+
+
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize("case", BROKEN_TABLES, ids=list(BROKEN_TABLES))
+def test_frames_are_found_past_a_wrong_basic_offset_table(case: str, tmp_path: Path) -> None:
+    src = tmp_path / "src.dcm"
+    src.write_bytes(BROKEN_TABLES[case]())
+    result = transcode_file(src, tmp_path / "out.dcm")
+    assert (result.outcome, result.reason) == (Outcome.TRANSCODED, None), result.detail
+    assert_pixels_equal(PYDICOM_FILES / "SC_rgb_rle_2frame.dcm", tmp_path / "out.dcm")
+
+
 def test_verification_mismatch_is_kept_and_never_written_as_transcoded(tmp_path: Path, monkeypatch) -> None:
     """If the encoder ever produced other pixels, the instance is kept as is."""
     from transcode.codecs import htj2k

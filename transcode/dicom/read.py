@@ -329,32 +329,61 @@ class Instance:
             return file
         return self.dataset.PixelData
 
-    def _check_items(self) -> None:
-        """Encapsulated Pixel Data must be items that end exactly at the
-        Sequence Delimiter. Decoders forgive a fragment length that runs past
-        it; an archive should not: the file is damaged, whatever decodes."""
-        source = self._pixel_source()
+    def _walk_items(self, source: IO[bytes] | bytes, frames: int) -> tuple[list[int], list[int]] | None:
+        """Check the items of encapsulated Pixel Data (`source`, as
+        `_pixel_source` gives it) and say where its frames are when its
+        Basic Offset Table cannot be trusted.
+
+        The items must end exactly at the Sequence Delimiter. Decoders
+        forgive a fragment length that runs past it; an archive should not:
+        the file is damaged, whatever decodes.
+
+        Returns None where the Basic Offset Table is empty or points at the
+        fragments' starts, one per frame, as PS3.5 A.4 says. Otherwise
+        (old writers left tables off by a byte per odd fragment, or with an
+        extra entry), where there is one fragment per frame, returns an
+        Extended Offset Table for the decoder, (offsets, lengths) of the
+        fragments: dcmtk decodes such files frame by frame too, where
+        following the table joins fragments into wrong frames."""
         buf = source if isinstance(source, bytes) else None
-        size = len(buf) if buf is not None else os.fstat(self._file.fileno()).st_size
-        pos = 0 if buf is not None else self._file.tell()
+        file = source if buf is None else None
+        size = len(buf) if buf is not None else os.fstat(file.fileno()).st_size
+        pos = 0 if buf is not None else file.tell()
+        items: list[tuple[int, int]] = []  # (position, value length)
         while True:
             if buf is not None and pos == size:
-                return  # an in-memory value ends where its delimiter was
-            head = buf[pos : pos + 8] if buf is not None else self._file.read(8)
+                break  # an in-memory value ends where its delimiter was
+            head = buf[pos : pos + 8] if buf is not None else file.read(8)
             if len(head) < 8:
                 raise fail(Reason.TRUNCATED, "encapsulated Pixel Data ends without a Sequence Delimiter")
             group, element, length = struct.unpack("<HHI", head)
             if (group, element) == (0xFFFE, 0xE0DD):
-                return
+                break
             if (group, element) != (0xFFFE, 0xE000):
                 raise keep(Reason.BAD_PIXEL_DATA, f"expected an item in Pixel Data, found ({group:04X},{element:04X})")
+            items.append((pos, length))
             pos += 8 + length
             if pos > size:
                 raise (keep(Reason.BAD_PIXEL_DATA, f"a Pixel Data item of {length} bytes runs past the end of the value")
                        if buf is not None else
                        fail(Reason.TRUNCATED, f"a Pixel Data item of {length} bytes runs past the end of the file"))
-            if buf is None:
-                self._file.seek(pos)
+            if file is not None:
+                file.seek(pos)
+        if not items or items[0][1] == 0:
+            return None  # no table (or no items at all: the decoder says so)
+        (table_at, table_length), fragments = items[0], items[1:]
+        first = fragments[0][0] if fragments else table_at + 8 + table_length
+        starts = [at - first for at, _ in fragments]
+        if table_length == 4 * frames:
+            if file is not None:
+                file.seek(table_at + 8)
+            table = buf[table_at + 8 : table_at + 8 + table_length] if buf is not None else file.read(table_length)
+            offsets = list(struct.unpack(f"<{frames}I", table))
+            if offsets[0] == 0 and offsets == sorted(set(offsets)) and set(offsets) <= set(starts):
+                return None
+        if len(fragments) != frames:
+            return None  # nothing better to offer: the decoder follows the table
+        return starts, [length for _, length in fragments]
 
     def frames(self) -> Iterator[np.ndarray]:
         """Yield each frame's stored words: (rows, columns[, samples]), one
@@ -364,9 +393,11 @@ class Instance:
             return
         register_plugins()
         tsyntax = spec.transfer_syntax
-        if tsyntax.is_encapsulated:
-            self._check_items()
         opts = dict(self._options)
+        if tsyntax.is_encapsulated:
+            offsets = self._walk_items(self._pixel_source(), spec.number_of_frames)
+            if offsets is not None and EXTENDED_OFFSET_TABLE not in self.dataset:
+                opts["extended_offsets"] = offsets
         # An inflated deflated data set holds native little endian pixels.
         deflated = tsyntax == DeflatedExplicitVRLittleEndian
         opts["transfer_syntax_uid"] = ExplicitVRLittleEndian if deflated else tsyntax
@@ -401,6 +432,8 @@ class Instance:
         try:
             # A handle of its own: `frames()` may be reading the instance's file meanwhile.
             with open(self.path, "rb") as file:
+                if extended is None:
+                    extended = self._walk_items(self._pixel_source(file), spec.number_of_frames)
                 yield from generate_frames(
                     self._pixel_source(file), number_of_frames=spec.number_of_frames, extended_offsets=extended
                 )
