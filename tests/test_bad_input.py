@@ -171,6 +171,12 @@ def _big_endian_with_un_sequence() -> bytes:
     return _before((PYDICOM_FILES / "MR_small_bigendian.dcm").read_bytes(), b"\x00\x10\x00\x10PN", private)
 
 
+def _with_pixel_data_after_the_frames(path: Path) -> None:
+    ds = pydicom.dcmread(PYDICOM_FILES / "CT_small.dcm")
+    ds.PixelData += b"\x01\x02" * 50
+    ds.save_as(path)
+
+
 #: Whole files that dcmtk reads and that carry a SOP Instance UID, which
 #: failed before (internal_error, unreadable, decode_error): each is archived.
 READABLE: dict[str, tuple[Callable[[Path], None], set[tuple[Outcome, str | None]]]] = {
@@ -184,6 +190,8 @@ READABLE: dict[str, tuple[Callable[[Path], None], set[tuple[Outcome, str | None]
     "empty-pixel-data": (
         lambda p: p.write_bytes(_ct()[: _ct().index(b"\xe0\x7f\x10\x00OW")] + b"\xe0\x7f\x10\x00OW" + bytes(6)),
         {(KEPT, "no_pixel_data")}),
+    # Bytes after the frames that are not padding: re-encoding would drop them.
+    "pixel-data-longer-than-its-frames": (_with_pixel_data_after_the_frames, {(KEPT, "bad_pixel_data")}),
     # The data set writer may learn the VR one day: transcoded is as good.
     "rt-image-curve-data": (_rt_image_with_curve, {(KEPT, "transcode_error"), (Outcome.TRANSCODED, None)}),
 }

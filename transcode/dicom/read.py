@@ -310,13 +310,40 @@ class Instance:
 
     def _check_native_length(self, spec: PixelSpec) -> None:
         """Native Pixel Data must fit in the file: a header that claims more
-        (say 4 GB) is refused before anything is allocated for it."""
+        (say 4 GB) is refused before anything is allocated for it. Bytes
+        after the frames and their pad byte to an even length would not
+        survive re-encoding: zeros (padding such as pydicom's
+        MR_small_padded.dcm has) are let go; anything else may be data (a
+        frame that Number of Frames leaves out), so the instance is kept as
+        received."""
         element = self.raw.get(PIXEL_DATA)
         tsyntax = spec.transfer_syntax
         if not tsyntax.is_transfer_syntax or tsyntax.is_encapsulated or not isinstance(element, RawDataElement):
             return
         if element.value is None and element.value_tell + element.length > os.fstat(self._file.fileno()).st_size:
             raise fail(Reason.TRUNCATED, f"Pixel Data claims {element.length:,} bytes; the file ends before that")
+        bits = spec.rows * spec.columns * spec.samples_per_pixel * spec.bits_allocated * spec.number_of_frames
+        if spec.photometric == "YBR_FULL_422":
+            bits = bits * 2 // 3  # two chroma samples for every two pixels
+        frames = (bits + 7) // 8
+        padded = frames + frames % 2  # the pad byte: where the frames end inside a big endian OW word, first
+        if element.length > padded and not self._zeros(element, padded):
+            raise keep(Reason.BAD_PIXEL_DATA,
+                       f"Pixel Data holds {element.length - frames:,} bytes, not all zero, after its "
+                       f"{spec.number_of_frames} frame(s) of {frames:,} bytes: kept as received, as re-encoding "
+                       "would drop them")
+
+    def _zeros(self, element: RawDataElement, start: int) -> bool:
+        """Are the bytes of `element`'s value from `start` on all zero?"""
+        if element.value is not None:
+            return not bytes(element.value[start:]).strip(b"\0")
+        self._file.seek(element.value_tell + start)
+        left = element.length - start
+        while left > 0 and (chunk := self._file.read(min(left, 1 << 20))):
+            if chunk.strip(b"\0"):
+                return False
+            left -= len(chunk)
+        return True
 
     def _pixel_source(self, file: IO[bytes] | None = None) -> IO[bytes] | bytes:
         """The Pixel Data value: the file (`file`, else the instance's own)
