@@ -245,6 +245,42 @@ def test_frames_are_found_past_a_wrong_basic_offset_table(case: str, tmp_path: P
     assert_pixels_equal(PYDICOM_FILES / "SC_rgb_rle_2frame.dcm", tmp_path / "out.dcm")
 
 
+def _relabelled(name: str, syntax: str) -> bytes:
+    """pydicom's file `name` with File Meta naming `syntax` instead of its
+    own, the meta's group length set to match."""
+    data = (PYDICOM_FILES / name).read_bytes()
+    at = data.index(b"\x02\x00\x10\x00UI")
+    length = struct.unpack_from("<H", data, at + 6)[0]
+    value = syntax.encode() + b"\0" * (len(syntax) % 2)
+    data = data[: at + 6] + struct.pack("<H", len(value)) + value + data[at + 8 + length :]
+    group = data.index(b"\x02\x00\x00\x00UL\x04\x00") + 8
+    return data[:group] + struct.pack("<I", struct.unpack_from("<I", data, group)[0] + len(value) - length) + data[group + 4:]
+
+
+#: Data sets whose File Meta names the other little endian VR encoding, as
+#: some writers leave them; pydicom reads them (with a warning), dcmtk not.
+MISLABELLED = {
+    "explicit-data-set-labelled-implicit": ("CT_small.dcm", ImplicitVRLittleEndian),
+    "implicit-data-set-labelled-explicit": ("MR_small_implicit.dcm", ExplicitVRLittleEndian),
+}
+
+
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize("case", MISLABELLED, ids=list(MISLABELLED))
+def test_a_mislabelled_data_set_is_read_as_what_it_is(case: str, tmp_path: Path) -> None:
+    name, syntax = MISLABELLED[case]
+    src = tmp_path / "src.dcm"
+    src.write_bytes(_relabelled(name, syntax))
+    before = sha256(src)
+    result = transcode_file(src, tmp_path / "out.dcm")
+    assert (result.outcome, result.reason) == (Outcome.TRANSCODED, None), result.detail
+    assert "File Meta names" in result.detail and sha256(src) == before
+    assert_pixels_equal(PYDICOM_FILES / name, tmp_path / "out.dcm")
+    original, out = pydicom.dcmread(PYDICOM_FILES / name), pydicom.dcmread(tmp_path / "out.dcm")
+    del original.PixelData, out.PixelData
+    assert out == original  # every other element, as the correctly labelled file holds it
+
+
 def test_verification_mismatch_is_kept_and_never_written_as_transcoded(tmp_path: Path, monkeypatch) -> None:
     """If the encoder ever produced other pixels, the instance is kept as is."""
     from transcode.codecs import htj2k

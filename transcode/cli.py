@@ -89,7 +89,7 @@ def print_table(results: Sequence[TranscodeResult], out: TextIO | None = None) -
         )
     for r in results:
         if r.detail:
-            print(f"  {r.source}: {r.reason}: {r.detail}", file=out)
+            print(f"  {r.source}: {r.reason or r.outcome.value}: {r.detail}", file=out)
 
 
 def _exit_code(results: Sequence[TranscodeResult]) -> int:

@@ -363,6 +363,7 @@ def _attempt(
         if instance.meta_constructed:
             result.detail = (f"no File Meta naming the transfer syntax: the data set reads whole as "
                              f"{instance.transfer_syntax.name}, and File Meta was built for it")
+        result.detail = instance.mislabelled or result.detail
         _check_identity(instance)
         copy.plan(instance)
         _check_parsed(instance)

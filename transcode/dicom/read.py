@@ -27,7 +27,7 @@ from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.encaps import generate_frames
 from pydicom.pixels import as_pixel_options, get_decoder
-from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from transcode.codecs.decode import register_plugins
 from transcode.dicom.structure import (
@@ -42,6 +42,8 @@ from transcode.dicom.structure import (
 from transcode.policy import Reason, Stop, fail, keep
 
 PIXEL_DATA = 0x7FE00010
+#: The syntaxes whose data sets are told apart by their bytes where File Meta names the wrong one.
+NATIVE_LE = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 EXTENDED_OFFSET_TABLE = 0x7FE00001
 EXTENDED_OFFSET_TABLE_LENGTHS = 0x7FE00002
 FLOAT_PIXEL_DATA = 0x7FE00008
@@ -168,13 +170,18 @@ class Instance:
     `data_set_start` says where the source's data set begins, so that a
     copy can be given File Meta of its own. Where pydicom cannot parse a
     data set that the structure walk reads whole, `dataset` holds only the
-    identifying elements and `unparsed` says what pydicom found wrong.
+    identifying elements and `unparsed` says what pydicom found wrong. A
+    data set in Explicit VR Little Endian under File Meta that names
+    Implicit (or the other way round) is read, and written, as what it is:
+    `mislabelled` says so.
     """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._file: IO[bytes] = open(path, "rb")
         self.meta_constructed = False
+        #: Why the transfer syntax read is not the one File Meta names (None: it is).
+        self.mislabelled: str | None = None
         self.data_set_start = 0
         self.unparsed: str | None = None
         try:
@@ -211,7 +218,8 @@ class Instance:
                         raise fail(Reason.MISSING_FILE_META, "no transfer syntax in File Meta Information, and the "
                                    "data set does not read whole as any syntax: it cannot be known")
                     self.meta_constructed = True
-                walked = _walk(data, self.data_set_start, syntax)
+                actual = data_set_syntax(data, self.data_set_start, syntax) if syntax in NATIVE_LE else syntax
+                walked = _walk(data, self.data_set_start, actual)
                 if self.meta_constructed and walked and walked.elements.get(PIXEL_DATA, (0, 0))[1] is None:
                     raise fail(Reason.MISSING_FILE_META, "encapsulated Pixel Data without File Meta: which "
                                "compressed transfer syntax it is in cannot be known")
@@ -224,6 +232,10 @@ class Instance:
                     if (implicit, little) != (syntax.is_implicit_VR, syntax.is_little_endian):
                         raise ValueError(f"pydicom reads it in another encoding than {syntax.name}")
                     ds.file_meta.TransferSyntaxUID = syntax
+                elif actual != syntax:
+                    self.mislabelled = (f"File Meta names {syntax.name}, but the data set is encoded as "
+                                        f"{actual.name}: read as such")
+                    ds.file_meta.TransferSyntaxUID = actual
             except Stop as stop:
                 if walked is None:
                     raise

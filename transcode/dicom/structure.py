@@ -186,14 +186,23 @@ def _element_span(data: bytes | memoryview, pos: int) -> tuple[int, int]:
 
 def data_set_syntax(data: bytes | memoryview, start: int, syntax: UID) -> UID:
     """The encoding of the data set at `start` whose File Meta names
-    `syntax`: an explicit VR little endian syntax whose first element has
-    no VR after its tag is Implicit VR Little Endian in fact (as pydicom
-    reads it: writers that mislabel their data sets exist)."""
-    if syntax.is_implicit_VR or not syntax.is_little_endian or len(data) - start < 8:
+    `syntax`, as pydicom reads it (writers that mislabel their data sets
+    exist): an explicit VR little endian syntax whose first element has no
+    VR after its tag is Implicit VR Little Endian in fact; Implicit VR
+    Little Endian whose first element has one, and that reads whole as
+    Explicit VR Little Endian, is that."""
+    if not syntax.is_little_endian or len(data) - start < 8:
         return syntax
-    if bytes(data[start + 4 : start + 6]) in LONG_VRS | SHORT_VRS:
-        return syntax
-    return UID(ImplicitVRLittleEndian)
+    explicit = bytes(data[start + 4 : start + 6]) in LONG_VRS | SHORT_VRS
+    if not syntax.is_implicit_VR:
+        return syntax if explicit else UID(ImplicitVRLittleEndian)
+    if explicit:
+        try:
+            walk(data, start, ExplicitVRLittleEndian)
+        except (Truncated, Unfollowable):
+            return syntax  # a length that happens to spell a VR
+        return UID(ExplicitVRLittleEndian)
+    return syntax
 
 
 def guess_syntax(data: bytes | memoryview, start: int) -> UID | None:

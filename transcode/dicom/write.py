@@ -93,16 +93,16 @@ def _pixel_data_start(instance: Instance, fp: BinaryIO, encoding: Encoding) -> i
 def _data_set_bytes(instance: Instance) -> tuple[BinaryIO, int, int, Encoding]:
     """A file object holding the source's data set (the file itself, or the
     inflated data set of a deflated one), where it starts and ends, and its
-    encoding as the reader found it (a data set labelled Explicit VR that
-    is Implicit VR in fact is read as what it is)."""
-    implicit, little = instance.dataset.original_encoding
+    encoding as the reader found it (a mislabelled data set is read as what
+    it is: `Instance.mislabelled`)."""
+    syntax = instance.transfer_syntax
     fp: BinaryIO = open(instance.path, "rb")
     start = instance.data_set_start
-    if instance.transfer_syntax == DeflatedExplicitVRLittleEndian:
+    if syntax == DeflatedExplicitVRLittleEndian:
         with fp:
             fp.seek(start)
             fp, start = BytesIO(zlib.decompressobj(-zlib.MAX_WBITS).decompress(fp.read())), 0
-    return fp, start, fp.seek(0, os.SEEK_END), Encoding(implicit=bool(implicit), little=bool(little))
+    return fp, start, fp.seek(0, os.SEEK_END), Encoding(implicit=syntax.is_implicit_VR, little=syntax.is_little_endian)
 
 
 def data_set_head(instance: Instance, transfer_syntax: UID, changes: dict[str, Any]) -> bytes:
