@@ -363,7 +363,8 @@ def _attempt(
         if instance.meta_constructed:
             result.detail = (f"no File Meta naming the transfer syntax: the data set reads whole as "
                              f"{instance.transfer_syntax.name}, and File Meta was built for it")
-        result.detail = instance.mislabelled or result.detail
+        if instance.mislabelled:
+            result.detail = instance.mislabelled
         _check_identity(instance)
         copy.plan(instance)
         _check_parsed(instance)
