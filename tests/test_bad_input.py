@@ -177,6 +177,20 @@ def _with_pixel_data_after_the_frames(path: Path) -> None:
     ds.save_as(path)
 
 
+def _with_implicit_file_meta(path: Path) -> None:
+    """CT_small.dcm with its File Meta written in Implicit VR, as some old writers left it."""
+    data = _ct()
+    length_at = data.index(b"\x02\x00\x00\x00UL\x04\x00")
+    data_set = data[length_at + 12 + struct.unpack_from("<I", data, length_at + 8)[0] :]
+    meta = b""
+    for element in pydicom.dcmread(PYDICOM_FILES / "CT_small.dcm").file_meta:
+        if element.tag.element:
+            value = element.value if isinstance(element.value, bytes) else str(element.value).encode()
+            value += b"\0" * (len(value) % 2)
+            meta += struct.pack("<HHI", element.tag.group, element.tag.element, len(value)) + value
+    path.write_bytes(data[:132] + struct.pack("<HHII", 2, 0, 4, len(meta)) + meta + data_set)
+
+
 #: Whole files that dcmtk reads and that carry a SOP Instance UID, which
 #: failed before (internal_error, unreadable, decode_error): each is archived.
 READABLE: dict[str, tuple[Callable[[Path], None], set[tuple[Outcome, str | None]]]] = {
@@ -190,6 +204,8 @@ READABLE: dict[str, tuple[Callable[[Path], None], set[tuple[Outcome, str | None]
     "empty-pixel-data": (
         lambda p: p.write_bytes(_ct()[: _ct().index(b"\xe0\x7f\x10\x00OW")] + b"\xe0\x7f\x10\x00OW" + bytes(6)),
         {(KEPT, "no_pixel_data")}),
+    # dcmtk and pydicom read a File Meta group without VRs; it was `unreadable`.
+    "implicit-vr-file-meta": (_with_implicit_file_meta, {(Outcome.TRANSCODED, None)}),
     # Bytes after the frames that are not padding: re-encoding would drop them.
     "pixel-data-longer-than-its-frames": (_with_pixel_data_after_the_frames, {(KEPT, "bad_pixel_data")}),
     # The data set writer may learn the VR one day: transcoded is as good.

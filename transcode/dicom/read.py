@@ -93,10 +93,7 @@ def _locate(data: bytes | mmap.mmap) -> tuple[int, UID | None]:
         return 0, None
     else:
         raise fail(Reason.NOT_DICOM, "neither a DICM prefix nor a File Meta group: not a DICOM file")
-    try:
-        start, syntax = meta_end(data, start)
-    except Unfollowable as exc:
-        raise fail(Reason.UNREADABLE, f"the File Meta Information cannot be read: {exc}") from exc
+    start, syntax = meta_end(data, start)
     return start, UID(syntax) if syntax else None
 
 

@@ -155,9 +155,10 @@ def walk(data: bytes | memoryview, start: int, syntax: UID) -> Walk:
 
 
 def meta_end(data: bytes | memoryview, start: int) -> tuple[int, str | None]:
-    """Where the File Meta group (Explicit VR Little Endian) that starts at
-    `start` ends, and its Transfer Syntax UID if it has one; raises
-    `Truncated` or `Unfollowable`."""
+    """Where the File Meta group (Explicit VR Little Endian; Implicit VR
+    element by element where no VR follows a tag, as some old writers left
+    it and dcmtk and pydicom read it) that starts at `start` ends, and its
+    Transfer Syntax UID if it has one; raises `Truncated`."""
     pos, syntax = start, None
     while len(data) - pos >= 8 and _TAG[True].unpack_from(data, pos)[0] == META_GROUP:
         value_at, after = _element_span(data, pos)
@@ -172,8 +173,9 @@ def meta_end(data: bytes | memoryview, start: int) -> tuple[int, str | None]:
 
 
 def _element_span(data: bytes | memoryview, pos: int) -> tuple[int, int]:
-    """Where the value of the explicit VR LE element (defined length) at
-    `pos` starts and ends."""
+    """Where the value of the File Meta element (defined length) at `pos`
+    starts and ends: explicit VR little endian, or implicit where no VR
+    follows the tag."""
     vr = bytes(data[pos + 4 : pos + 6])
     if vr in LONG_VRS:
         if len(data) - pos < 12:
@@ -181,7 +183,7 @@ def _element_span(data: bytes | memoryview, pos: int) -> tuple[int, int]:
         return pos + 12, pos + 12 + _U32[True].unpack_from(data, pos + 8)[0]
     if vr in SHORT_VRS:
         return pos + 8, pos + 8 + _U16[True].unpack_from(data, pos + 6)[0]
-    raise Unfollowable(f"File Meta element at byte {pos} has no valid VR ({vr!r})")
+    return pos + 8, pos + 8 + _U32[True].unpack_from(data, pos + 4)[0]
 
 
 def data_set_syntax(data: bytes | memoryview, start: int, syntax: UID) -> UID:
