@@ -17,6 +17,7 @@ from fixtures.generate import Spec, write
 from tests.conftest import PYDICOM_FILES
 from tests.helpers import assert_pixels_equal, sha256
 from transcode import Outcome, transcode_file
+from transcode.dicom.read import open_instance
 
 DCMDUMP = shutil.which("dcmdump")
 
@@ -259,6 +260,9 @@ def test_frames_are_found_past_a_wrong_basic_offset_table(case: str, tmp_path: P
     result = transcode_file(src, tmp_path / "out.dcm")
     assert (result.outcome, result.reason) == (Outcome.TRANSCODED, None), result.detail
     assert_pixels_equal(PYDICOM_FILES / "SC_rgb_rle_2frame.dcm", tmp_path / "out.dcm")
+    # the frames as stored, as the server sends those of a kept instance
+    with open_instance(src) as damaged, open_instance(PYDICOM_FILES / "SC_rgb_rle_2frame.dcm") as original:
+        assert list(damaged.codestreams()) == list(original.codestreams())
 
 
 def _relabelled(name: str, syntax: str) -> bytes:
