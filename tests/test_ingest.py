@@ -132,6 +132,14 @@ def test_dicomdir_stands_for_the_files_it_lists(tmp_path: Path) -> None:
     assert all(e.outcome in ("transcoded", "kept") for e in report.entries), report.counts()
 
 
+def test_a_dicomdir_under_another_name_says_what_it_is(tmp_path: Path) -> None:
+    shutil.copy(PYDICOM_FILES / "dicomdirtests" / "DICOMDIR", tmp_path / "index.dcm")
+    with FolderArchive(tmp_path / "archive", exclusive=True) as archive:
+        (entry,) = ingest([tmp_path / "index.dcm"], archive).entries
+    assert (entry.outcome, entry.reason) == ("failed", "no_sop_instance_uid")
+    assert entry.detail.startswith("a DICOMDIR (Media Storage Directory)")
+
+
 def test_an_archive_inside_the_source_folder_is_not_ingested(tmp_path: Path) -> None:
     write(Spec("CT", 32, 32), tmp_path / "a.dcm")
     for _ in range(2):

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydicom.uid import UID, HTJ2KLosslessRPCL
+from pydicom.uid import UID, HTJ2KLosslessRPCL, MediaStorageDirectoryStorage
 
 from transcode.codecs import htj2k
 from transcode.codecs.codestream import CodestreamIndex
@@ -92,8 +92,12 @@ class TranscodeResult:
 
 
 def _check_identity(instance: Instance) -> None:
-    """An instance is archived only with a SOP Instance UID."""
+    """An instance is archived only with a SOP Instance UID. A DICOMDIR has
+    one in its File Meta only: it is an index of files, not an instance."""
     ds = instance.dataset
+    if ds.file_meta.get("MediaStorageSOPClassUID") == MediaStorageDirectoryStorage:
+        raise fail(Reason.NO_SOP_INSTANCE_UID, "a DICOMDIR (Media Storage Directory): it lists files and is not an "
+                   "instance; named DICOMDIR, ingest reads it as the list of the files it references")
     if not (ds.get("SOPInstanceUID") or ds.file_meta.get("MediaStorageSOPInstanceUID")):
         raise fail(Reason.NO_SOP_INSTANCE_UID, "no SOP Instance UID: the instance has no identity to keep")
 
