@@ -327,3 +327,18 @@ def test_level_on_a_kept_instance_says_levels_need_the_archive_s_htj2k(client, s
     detail = r.json()["detail"]
     assert "1.2.840.10008.1.2.4.202" in detail and "1.2.840.10008.1.2.4.50" in detail
     assert "accept image/jphc" not in detail  # it accepted its stored type; no header would help
+
+
+def test_head_is_answered_wherever_get_is(client, served) -> None:
+    """RFC 9110 9.3.2: the headers GET would send, no body; errors alike."""
+    study, series, sop = served.find("MR")
+    instance = url(study, series, sop)
+    for path, accept in [("/dicomweb/studies", "*/*"), (f"/dicomweb/studies/{study}/metadata", "*/*"),
+                         (instance + "/frames/1", OHIF), (instance + "/rendered", "*/*"),
+                         (instance.replace("/dicomweb", "/iiif") + "/frames/1/info.json", "*/*"), ("/", "*/*")]:
+        got, head = client.get(path, headers={"Accept": accept}), client.head(path, headers={"Accept": accept})
+        assert (head.status_code, head.content) == (200, b""), path
+        assert got.status_code == 200 and len(got.content) > 0, path
+        for name in ("content-type", "etag", "content-length"):
+            assert head.headers.get(name) == got.headers.get(name), (path, name)
+    assert client.head("/dicomweb/studies/1.2.3/metadata").status_code == 404

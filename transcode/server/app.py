@@ -24,6 +24,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from transcode import __version__, logs
 from transcode.archive.objects import address_of, open_archive
@@ -97,7 +98,8 @@ def create_app(archive: Archive, *, prefix: str = "/dicomweb", cors_origins: Seq
     app.router.routes.extend(zarrview.routes(service))  # at the root: /zarr/...
     viewer.mount(app, prefix, viewer_dir)
     # Middleware added last runs first: CORS, then the limits (before any route, the frames route too, and
-    # before authentication: a hostile request costs nothing more), then the security guard.
+    # before authentication: a hostile request costs nothing more), then the security guard, then HEAD as GET.
+    app.add_middleware(HeadAsGet)
     if security is not None:  # every route template (the app's own, then its routers'), for the log and the trail
         templates = [path for route in app.router.routes if (path := getattr(route, "path", None))]
         templates += [where + route.path for where, router in routers for route in router.routes]
@@ -109,6 +111,28 @@ def create_app(archive: Archive, *, prefix: str = "/dicomweb", cors_origins: Seq
                            max_age=PREFLIGHT_MAX_AGE)
     _error_handlers(app)
     return app
+
+
+class HeadAsGet:
+    """HEAD answered as GET without its body (RFC 9110 9.3.2: every GET
+    resource takes HEAD), for the routes that declare only GET. Innermost:
+    the guard and the audit trail see the HEAD (a read), the route a GET.
+    The body is still produced, then dropped: HEAD is rare here."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+
+        async def headers_only(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                message = {**message, "body": b""}
+            await send(message)
+
+        await self.app({**scope, "method": "GET"}, receive, headers_only)
 
 
 def app_from_environment() -> FastAPI:
