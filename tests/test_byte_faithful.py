@@ -197,3 +197,22 @@ def test_a_data_set_that_cannot_be_copied_exactly_is_kept_as_is(tmp_path: Path) 
     assert (result.outcome, result.reason) == (Outcome.KEPT, "malformed_data_set"), result.detail
     assert "(0018,1063)" in result.detail
     assert out.read_bytes() == data
+
+
+@pytest.mark.parametrize("implicit", [False, True], ids=["explicit", "implicit"])
+def test_command_group_elements_in_a_data_set_are_kept(implicit: bool, tmp_path: Path) -> None:
+    """Some PACS stored DIMSE command elements (0000,xxxx) in files (GDCM's
+    test data has one). pydicom lists them after Pixel Data, and the
+    verbatim header copy, which took that order for the file's, left them out."""
+    e = partial(_element, implicit=implicit)
+    syntax = b"1.2.840.10008.1.2\0" if implicit else b"1.2.840.10008.1.2.1\0"
+    src, out = _transcode(tmp_path, _part10(syntax, b"".join((
+        e(0x00000002, "UI", b"1.2.840.10008.5.1.4.1.1.7\0"), e(0x00000100, "US", struct.pack("<H", 1)),
+        e(0x00080016, "UI", b"1.2.840.10008.5.1.4.1.1.7\0"), e(0x00080018, "UI", _SOP),
+        _image_module(e, "<"), e(0x7FE00010, "OW", _pixels("<")),
+    ))))
+    data = out.read_bytes()
+    assert b"\x00\x00\x02\x00UI\x1a\x001.2.840.10008.5.1.4.1.1.7\0" in data
+    assert b"\x00\x00\x00\x01US\x02\x00\x01\x00" in data
+    assert data.index(b"\x00\x00\x00\x01US") < data.index(b"\x08\x00\x16\x00UI")  # in tag order
+    assert_same_elements(src, out)

@@ -156,6 +156,8 @@ def _verbatim_head(instance: Instance, changes: dict[str, Any]) -> bytes | None:
     head = tags[:n]
     if not head or head != sorted(head) or not ENCAPSULATION_TAGS.isdisjoint(head):
         return None
+    if any(tag < PIXEL_DATA for tag in tags[n + 1 :]):
+        return None  # pydicom lists command group elements last: the walk of the file puts them where they are
     # Group lengths are left out; no VR means pydicom found implicit VR bytes
     # under an explicit transfer syntax, which must be re-encoded. (map: no
     # Python call per element.)
