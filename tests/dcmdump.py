@@ -66,7 +66,7 @@ def dump(path: Path, *options: str) -> list[Element]:
 def data_set_view(elements: list[Element]) -> list[Element]:
     """What must match between a source and its transcoded copy: every
     element but the Pixel Data encapsulation and group lengths (retired,
-    left out or recomputed), with the lengths of sequences and items left
+    recalculated), with the lengths of sequences and items left
     out (recomputed where the encoding of their content changed)."""
     view = []
     for element in elements:
