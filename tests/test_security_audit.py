@@ -218,3 +218,14 @@ def test_listen_keeps_the_trail_of_a_store_archive_in_its_local_folder(tmp_path)
     with commands.listen_audit(args, ArchiveAddress("s3://bucket/archive", str(tmp_path / "catalog"))) as audit:
         audit.record(event(1))
     assert [line["who"] for line in lines_of(tmp_path / "catalog" / AUDIT_FOLDER)] == ["alice"]
+
+
+def test_a_head_request_is_recorded_as_a_head(audited, served) -> None:
+    """HEAD is answered as GET inside the app, but the trail says what was asked."""
+    client, audit, folder = audited
+    study, series, sop = served.find("CT")
+    assert client.head(f"/dicomweb/studies/{study}/series/{series}/instances/{sop}/metadata").status_code == 200
+    assert audit.flush()
+    (line,) = lines_of(folder)[-1:]
+    assert (line["method"], line["action"], line["status"]) == ("HEAD", "retrieve", 200)
+    assert line["touched"][0]["instance"] == sop
