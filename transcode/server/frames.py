@@ -132,8 +132,7 @@ class FrameReader:
         three. What is read is checked against the checksum recorded for it
         before it is returned, a cached run too."""
         if instance.transcoded:
-            offset, length = instance.spans[number - 1]
-            end = length if level is None else self._level_end(instance, number, level)
+            offset, length, end = self._run(instance, number, level)
             closing = EOC if end < length else b""
             view = memoryview(bytearray(len(head) + end + len(closing) + len(tail)))
             view[:len(head)] = head
@@ -165,9 +164,14 @@ class FrameReader:
         round trip to an object store)."""
         if self.cache is None or not instance.transcoded or not 1 <= number <= len(instance.spans):
             return False  # (a frame that does not exist is answered 404 by `check`, on the thread pool)
-        offset, length = instance.spans[number - 1]
-        end = length if level is None else self._level_end(instance, number, level)
+        offset, _, end = self._run(instance, number, level)
         return self.cache.get(_cache_key(instance, offset), end) is not None
+
+    def _run(self, instance: StoredInstance, number: int, level: int | None) -> tuple[int, int, int]:
+        """A transcoded frame's offset in its object, its length, and how
+        many of its bytes `level` needs (all of them for None)."""
+        offset, length = instance.spans[number - 1]
+        return offset, length, length if level is None else self._level_end(instance, number, level)
 
     def _level_end(self, instance: StoredInstance, number: int, level: int) -> int:
         index = instance.index(number)
