@@ -1,6 +1,7 @@
 """Real DICOM peers started by the tests: Orthanc (Debian's `orthanc`, with
-`orthanc-python` for plugins). Tests that need one skip where it is absent;
-`.ci/run` installs them. Loopback addresses only."""
+`orthanc-python` for plugins) and dcmtk's `dcmqrscp` (Debian's `dcmtk`), a
+query/retrieve SCP of another lineage. Tests that need one skip where it is
+absent; `.ci/run` installs them. Loopback addresses only."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from typing import Any
 import pytest
 
 ORTHANC = shutil.which("Orthanc")
+DCMQRSCP, DCMSEND, ECHOSCU = shutil.which("dcmqrscp"), shutil.which("dcmsend"), shutil.which("echoscu")
 PYTHON_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancPython.so")
 #: Orthanc's own DCMTK has no JPEG 2000 encoder: "IngestTranscoding" to J2K
 #: needs the GDCM plugin (Debian `orthanc-gdcm`).
@@ -92,6 +94,52 @@ def orthanc(folder: Path, *, modalities: dict[str, list[Any]] | None = None, pyt
                     raise RuntimeError(f"Orthanc did not start: {log.read_text(errors='replace')[-2000:]}") from None
                 time.sleep(0.1)
         yield peer
+    finally:
+        stop(process)
+
+
+@dataclass(frozen=True)
+class QueryRetrieveSCP:
+    """A running dcmqrscp: its DICOM port and AE title."""
+
+    port: int
+    aet: str
+    log: Path
+
+    def store(self, files: list[Path]) -> None:
+        """C-STORE `files` into it with dcmtk's `dcmsend` (it keeps what it
+        is sent uncompressed, as dcmqrscp accepts by default)."""
+        subprocess.run([DCMSEND, "-aec", self.aet, "--decompress-lossless", "127.0.0.1", str(self.port),
+                        *map(str, files)], check=True, capture_output=True, timeout=120)
+
+
+@contextmanager
+def dcmqrscp(folder: Path, *, move_to: tuple[str, int] | None = None,
+             aet: str = "DCMQR") -> Iterator[QueryRetrieveSCP]:
+    """Start dcmtk's dcmqrscp with its database under `folder`; `move_to`
+    is the one C-MOVE destination it knows (AE title, port on loopback).
+    Skips the test where dcmtk is not installed; stops it afterwards."""
+    if DCMQRSCP is None or DCMSEND is None or ECHOSCU is None:
+        pytest.skip("dcmtk is not installed (Debian package dcmtk)")
+    (folder / "db").mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    hosts = f"destination = ({move_to[0]}, 127.0.0.1, {move_to[1]})" if move_to else ""
+    config = folder / "dcmqrscp.cfg"
+    config.write_text(f"NetworkTCPPort = {port}\nMaxPDUSize = 16384\nMaxAssociations = 16\n"
+                      f"HostTable BEGIN\n{hosts}\nHostTable END\nVendorTable BEGIN\nVendorTable END\n"
+                      f"AETable BEGIN\n{aet} {folder / 'db'} RW (200, 1024mb) ANY\nAETable END\n")
+    log = folder / "dcmqrscp.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen([DCMQRSCP, "-c", str(config)], stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        # a C-ECHO, not a bare connection, which dcmqrscp logs as an error
+        while subprocess.run([ECHOSCU, "-aec", aet, "127.0.0.1", str(port)], capture_output=True, check=False,
+                             timeout=30).returncode:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"dcmqrscp did not start: {log.read_text(errors='replace')[-2000:]}")
+            time.sleep(0.1)
+        yield QueryRetrieveSCP(port, aet, log)
     finally:
         stop(process)
 

@@ -1,5 +1,6 @@
 """`transcode migrate` against a real Orthanc as the legacy PACS: C-FIND,
-C-GET (and C-MOVE to our own SCP), states, reruns, filters, a kill."""
+C-GET (and C-MOVE to our own SCP), states, reruns, filters, a kill; and
+against dcmtk's dcmqrscp, a PACS that counts nothing for us."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from pydicom.uid import (
 
 from fixtures.generate import Spec, demo_study, write
 from tests.conftest import PYDICOM_FILES
-from tests.peers import Orthanc, free_port, orthanc
+from tests.peers import Orthanc, dcmqrscp, free_port, orthanc
 from transcode.archive import FolderArchive
 from transcode.cli import EXIT_OK, EXIT_USAGE, main
 from transcode.dimse.migrate import Filters, Migration, MigrationReport, Retrieve, State
@@ -219,6 +220,28 @@ def test_an_interrupted_migration_resumes(pacs, tmp_path) -> None:
     report = migrate(root, peer)
     assert {s.study_uid for s in report.studies if s.method} == set(made) - {done}  # not the done one again
     assert set(states(root).values()) == {"done"}
+    assert main(["verify", "--archive", str(root)]) == EXIT_OK
+
+
+@pytest.mark.parametrize("retrieve", ["get", "move"])
+def test_migrate_from_dcmqrscp(retrieve, tmp_path, capsys) -> None:
+    """dcmtk's query/retrieve SCP: it answers a study-level C-FIND without
+    Number of Study Related Instances, so the migration cannot know its
+    total; progress counts files and promises no ETA (it printed
+    "1/0 files ... ETA 23:59:58")."""
+    move_port = free_port()
+    with dcmqrscp(tmp_path / "pacs", move_to=(AET, move_port)) as pacs:
+        made = studies(tmp_path / "sources")
+        sent = [p for files in made.values() for p in files if p.name != "us.dcm"]  # it takes no lossy JPEG
+        pacs.store(sent)  # the lossless CT files decompressed by dcmsend
+        root = tmp_path / "archive"
+        code = main(["migrate", "--from", f"{pacs.aet}@127.0.0.1:{pacs.port}", "--archive", str(root),
+                     "--ae-title", AET, "--workers", "1", "--retrieve", retrieve, "--move-port", str(move_port)])
+        out, err = capsys.readouterr()
+    assert code == EXIT_OK, out + err
+    assert set(archived(root)) == sop_uids(sent)
+    assert states(root) == {study: "done" for study in made}
+    assert "ingest: 1 files, " in err and "ETA" not in err and "/0 files" not in err
     assert main(["verify", "--archive", str(root)]) == EXIT_OK
 
 

@@ -58,6 +58,20 @@ def test_first_line_right_after_boot(monkeypatch) -> None:
     assert stream.getvalue().startswith("ingest: 1/4 files")
 
 
+def test_no_made_up_eta() -> None:
+    """A migration from a PACS that does not count a study's instances has
+    no total (it printed "1/0 files ... ETA 23:59:58"); a count that proves
+    too low leaves nothing to wait for."""
+    stream = io.StringIO()
+    report = IngestReport()
+    report.add(ENTRIES[0])
+    Progress(stream)(report, 1, None)
+    Progress(stream)(report, 3, 2)
+    unknown, too_low = stream.getvalue().splitlines()
+    assert unknown.startswith("ingest: 1 files, 1 frames, 2.0 MB,") and "ETA" not in unknown
+    assert too_low.startswith("ingest: 3/2 files,") and too_low.endswith("ETA 00:00:00")
+
+
 def test_report_file_is_partial_until_finished(tmp_path: Path) -> None:
     path = tmp_path / "report.json"
     report, writer = IngestReport(skipped=3), ReportFile(path)

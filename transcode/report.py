@@ -20,6 +20,9 @@ class Progress:
 
     On a terminal: a tqdm bar with files, frames, MB/s and ETA. Elsewhere
     (a cron job, a log file): one line every `every` seconds and at the end.
+    A `total` of None is unknown (a PACS that does not count a study's
+    instances): files are counted, with no ETA; a total that proves too
+    low (a count made before more instances arrived) gives an ETA of zero.
     """
 
     def __init__(self, stream: TextIO | None = None, every: float = 10.0) -> None:
@@ -32,7 +35,7 @@ class Progress:
         #: number stands for "never").
         self.last: float | None = None
 
-    def __call__(self, report: IngestReport, done: int, total: int) -> None:
+    def __call__(self, report: IngestReport, done: int, total: int | None) -> None:
         frames, mb = report.frames, report.bytes(None)[0] / 1e6
         rate = mb / max(time.monotonic() - self.started, 1e-9)
         if self.stream.isatty():
@@ -44,9 +47,12 @@ class Progress:
         now = time.monotonic()
         if done and (self.last is None or now - self.last >= self.every or done == total):
             self.last = now
-            left = (now - self.started) / done * (total - done) if done else 0.0
-            print(f"ingest: {done}/{total} files, {frames} frames, {mb:.1f} MB, {rate:.1f} MB/s, "
-                  f"ETA {time.strftime('%H:%M:%S', time.gmtime(left))}", file=self.stream, flush=True)
+            counted, eta = f"{done} files", ""
+            if total is not None:
+                left = (now - self.started) / done * max(total - done, 0)
+                counted, eta = f"{done}/{total} files", f", ETA {time.strftime('%H:%M:%S', time.gmtime(left))}"
+            print(f"ingest: {counted}, {frames} frames, {mb:.1f} MB, {rate:.1f} MB/s{eta}", file=self.stream,
+                  flush=True)
 
     def close(self) -> None:
         if self.bar is not None:

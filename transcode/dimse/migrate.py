@@ -176,7 +176,8 @@ class Migration:
     `ae_title`). `rate` caps studies started per minute. `on_entry(entry)`
     gets each instance's ingest entry (with its `study_uid`);
     `progress(report, done, total)` is `Ingest`'s callback, over instances
-    (the total is the PACS's count)."""
+    (the total is the PACS's count; None where it does not count every
+    study's instances)."""
 
     def __init__(
         self,
@@ -191,7 +192,7 @@ class Migration:
         rate: float | None = None,
         timeout: float = 60.0,
         on_entry: Callable[[Entry], None] | None = None,
-        progress: Callable[[IngestReport, int, int], None] | None = None,
+        progress: Callable[[IngestReport, int, int | None], None] | None = None,
     ) -> None:
         self.archive = ArchiveAddress.of(archive)
         self.source = source
@@ -321,7 +322,7 @@ class Migration:
                                                   detail="done in an earlier run"))
             else:
                 todo.append(study)
-        total = sum(s.expected or 0 for s in todo)
+        total = None if any(s.expected is None for s in todo) else sum(s.expected or 0 for s in todo)
         began = time.perf_counter()
         if self.progress:
             self.progress(report.ingest, 0, total)
@@ -340,7 +341,7 @@ class Migration:
         report.ingest.seconds = time.perf_counter() - began
         return report
 
-    def _study(self, archive: Archive, study: FoundStudy, ingest: IngestReport, total: int) -> StudyResult:
+    def _study(self, archive: Archive, study: FoundStudy, ingest: IngestReport, total: int | None) -> StudyResult:
         archive.index.set_migration(self.source.ae_title, study.uid, State.RETRIEVING, expected=study.expected)
         result = StudyResult(study.uid, State.FAILED, study.expected)
         folder = self.spool / study.uid
