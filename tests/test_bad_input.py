@@ -9,9 +9,17 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pydicom
 import pytest
-from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000Lossless, RLELossless
+from pydicom.encaps import generate_frames
+from pydicom.uid import (
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    RLELossless,
+)
 
 from fixtures.generate import Spec, write
 from tests.conftest import PYDICOM_FILES
@@ -355,3 +363,27 @@ def test_a_mismatch_seen_only_under_threads_is_proved_again_on_one_thread(tmp_pa
     assert result.outcome is Outcome.TRANSCODED
     assert "retrying on one thread" in caplog.text
     assert_pixels_equal(src, tmp_path / "out.dcm")
+
+
+def test_32_bit_frames_are_kept_before_encoding_unless_crosschecks_are_off(tmp_path: Path, monkeypatch,
+                                                                          caplog) -> None:
+    """32-bit frames come out as 32-bit HTJ2K, which OpenJPEG never opens:
+    every RT Dose was encoded twice (the second time on one thread, logged as
+    a codec that misbehaved under threads) to be kept anyway."""
+    from transcode.codecs import htj2k
+
+    encodes = []
+    real_encode = htj2k.encode
+    monkeypatch.setattr(htj2k, "encode", lambda frame, **kw: encodes.append(frame.shape) or real_encode(frame, **kw))
+    src = PYDICOM_FILES / "rtdose.dcm"  # 15 frames of 10x10, Bits Allocated 32
+    result = transcode_file(src, tmp_path / "kept.dcm", workers=2)
+    assert (result.outcome, result.reason) == (Outcome.KEPT, "independent_decoder_mismatch")
+    assert "31-bit" in result.detail and "--crosscheck none" in result.detail
+    assert (10, 10) not in encodes and "retrying" not in caplog.text
+    assert sha256(tmp_path / "kept.dcm") == sha256(src)
+
+    result = transcode_file(src, tmp_path / "out.dcm", workers=2, crosscheck="none")
+    assert result.outcome is Outcome.TRANSCODED and encodes.count((10, 10)) == 15
+    frames = generate_frames(pydicom.dcmread(tmp_path / "out.dcm").PixelData, number_of_frames=15)
+    decoded = [htj2k.decode(frame) for frame in frames]  # with OpenJPH: pydicom's OpenJPEG cannot
+    assert np.array_equal(np.stack(decoded), pydicom.dcmread(src).pixel_array)

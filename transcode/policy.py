@@ -85,17 +85,20 @@ class Stop(Exception):
 
     Raised by any stage; `transcode_file` turns it into the result. `detail`
     is the human sentence: what was found, in terms a PACS engineer can act on.
+    `from_header`: decided from the header before any codec ran, so another
+    attempt would decide the same.
     """
 
-    def __init__(self, outcome: Outcome, reason: Reason, detail: str) -> None:
+    def __init__(self, outcome: Outcome, reason: Reason, detail: str, *, from_header: bool = False) -> None:
         super().__init__(f"{reason.value}: {detail}")
         self.outcome = outcome
         self.reason = reason
         self.detail = detail
+        self.from_header = from_header
 
 
-def keep(reason: Reason, detail: str) -> Stop:
-    return Stop(Outcome.KEPT, reason, detail)
+def keep(reason: Reason, detail: str, *, from_header: bool = False) -> Stop:
+    return Stop(Outcome.KEPT, reason, detail, from_header=from_header)
 
 
 def fail(reason: Reason, detail: str) -> Stop:

@@ -132,7 +132,7 @@ class _Copy:
             self.start = instance.data_set_start
 
 
-def _check_policy(spec: PixelSpec | None, settings: EncodeSettings) -> None:
+def _check_policy(spec: PixelSpec | None, settings: EncodeSettings, crosscheck: CrossCheck) -> None:
     """Decide from the header alone whether the pixels may be transcoded."""
     if spec is None:
         raise keep(Reason.NO_PIXEL_DATA, "no Pixel Data: nothing to transcode")
@@ -163,6 +163,24 @@ def _check_policy(spec: PixelSpec | None, settings: EncodeSettings) -> None:
             f"is {spec.frame_bytes:,} bytes decoded, over the cap of {settings.max_frame_bytes:,} bytes "
             "(--max-frame-mb)",
         )
+    _check_provable(spec, crosscheck)
+
+
+#: OpenJPEG, the second decoder, opens components of at most 31 bits (its SIZ check).
+OPENJPEG_MAX_BITS = 31
+
+
+def _check_provable(spec: PixelSpec, crosscheck: CrossCheck) -> None:
+    """Keep before encoding what the second decoder can never read back:
+    frames are encoded at their container width, so 32-bit frames (RT Dose)
+    come out 32-bit, which OpenJPEG refuses whatever the values. Encoding
+    them anyway cost two encodes (the second on one thread, as if a codec
+    had misbehaved) for the same outcome."""
+    if crosscheck is not CrossCheck.NONE and spec.bits_allocated > OPENJPEG_MAX_BITS:
+        raise keep(Reason.INDEPENDENT_DECODER_MISMATCH,
+                   f"{spec.bits_allocated}-bit frames would be {spec.bits_allocated}-bit HTJ2K, and OpenJPEG, the "
+                   f"second decoder, opens at most {OPENJPEG_MAX_BITS}-bit components: no frame could be "
+                   "cross-checked (--crosscheck none transcodes them, proven by OpenJPH alone)", from_header=True)
 
 
 def canonical_words(frame: np.ndarray, spec: PixelSpec, index: int) -> np.ndarray:
@@ -373,7 +391,7 @@ def _attempt(
         copy.plan(instance)
         _check_parsed(instance)
         try:
-            _check_policy(instance.spec, settings)
+            _check_policy(instance.spec, settings, crosscheck)
             _transcode_frames(
                 instance, dst, result, settings, crosscheck, frame_pool(workers), _window(instance.spec, workers),
                 durable=durable, metadata=metadata,
@@ -426,7 +444,7 @@ def transcode_file(
         try:
             attempt(crosscheck, workers)
         except Stop as stop:
-            if stop.reason not in _CODEC_DOUBTS or workers == 1:
+            if stop.reason not in _CODEC_DOUBTS or stop.from_header or workers == 1:
                 raise
             # Seen here, rarely: a codec call failing or returning other pixels
             # while other threads ran codecs too. Prove it again on one thread,
