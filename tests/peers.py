@@ -52,6 +52,14 @@ class Orthanc:
         with urllib.request.urlopen(request, timeout=60) as response:
             return json.load(response)
 
+    def delete(self, path: str) -> None:
+        with urllib.request.urlopen(urllib.request.Request(f"{self.url}{path}", method="DELETE"), timeout=30):
+            pass
+
+    def read(self, path: str) -> bytes:
+        with urllib.request.urlopen(f"{self.url}{path}", timeout=60) as response:
+            return response.read()
+
 
 @contextmanager
 def orthanc(folder: Path, *, modalities: dict[str, list[Any]] | None = None, python_script: Path | None = None,
