@@ -168,6 +168,23 @@ def test_cli_ingest_exit_codes_and_report(tmp_path: Path, capsys) -> None:
     assert main(["verify", "--archive", str(archive)]) == EXIT_OK
 
 
+def test_the_report_written_into_the_source_folder_is_not_ingested(tmp_path: Path) -> None:
+    """`--report` inside the folder being ingested: the run found its own
+    report.json.partial and failed it as not DICOM (exit 1), and the next run
+    would fail the finished report.json the same way."""
+    src = tmp_path / "src"
+    src.mkdir()
+    write(Spec("CT", 64, 64), src / "a.dcm")
+    archive, report = tmp_path / "archive", src / "report.json"
+    command = ["ingest", str(src), "--archive", str(archive), "--report", str(report), "--workers", "1"]
+    assert main(command) == EXIT_OK
+    assert [Path(e["source_path"]).name for e in json.loads(report.read_text())["instances"]] == ["a.dcm"]
+    assert main(command) == EXIT_OK  # the finished report.json lies in the folder now
+    assert json.loads(report.read_text())["instances"] == []
+    with FolderArchive(archive, read_only=True) as opened:
+        assert opened.index.counts()["ledger"] == 1
+
+
 def _with_uids(path: Path, **uids: str) -> None:
     ds = pydicom.dcmread(path)
     for keyword, value in uids.items():

@@ -202,7 +202,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             report = ingest(
                 args.paths, archive, workers=args.workers, threads=args.threads, crosscheck=args.crosscheck,
                 progress=progress, on_entry=report_file.add if report_file else None, keep_entries=False,
-                on_conflict=args.on_conflict, pool=pool,
+                on_conflict=args.on_conflict, pool=pool, exclude=report_file.paths if report_file else (),
                 settings=_settings(args),
             )
         if report_file:

@@ -56,24 +56,25 @@ from transcode.verify import CrossCheck
 _COPY_CHUNK = 16 << 20
 
 
-def discover(paths: Iterable[str | os.PathLike[str]], exclude: Path | None = None) -> Iterator[Path]:
+def discover(paths: Iterable[str | os.PathLike[str]],
+             exclude: Iterable[str | os.PathLike[str]] = ()) -> Iterator[Path]:
     """Every file under `paths`, once, as an absolute path. Folders are walked
-    without following symlinked folders (no loops) and never into `exclude`
-    (the archive, should it lie inside a source folder); a DICOMDIR stands for
-    the files it lists."""
+    without following symlinked folders (no loops); nothing in `exclude` is
+    walked or yielded (the archive, should it lie inside a source folder; the
+    run's own report file); a DICOMDIR stands for the files it lists."""
     seen: set[Path] = set()
-    skip = exclude.resolve() if exclude else None
+    skip = {Path(p).resolve() for p in exclude}
 
     def once(path: Path) -> Iterator[Path]:
         key = path.absolute()
-        if key not in seen:
+        if key not in seen and key.resolve() not in skip:
             seen.add(key)
             yield key
 
     for top in (Path(p).absolute() for p in paths):
         if top.is_dir():
             for folder, dirs, files in os.walk(top):
-                dirs[:] = sorted(d for d in dirs if Path(folder, d).resolve() != skip)
+                dirs[:] = sorted(d for d in dirs if Path(folder, d).resolve() not in skip)
                 for name in sorted(files):
                     path = Path(folder, name)
                     yield from _dicomdir(path, once) if name == "DICOMDIR" else once(path)
@@ -292,7 +293,8 @@ class Ingest:
     frames. `progress(report, done, total)` is called after every file,
     and `on_entry(entry)` with each file's entry once it is committed.
     A SOP Instance UID archived already is settled by `policy.resend`
-    with `on_conflict`.
+    with `on_conflict`. Files in `exclude` (the run's report) and the
+    archive's folder are never ingested.
     With `pool`, files go to those worker processes (its size is
     `workers`), which are left running for the next run; a `cluster.DaskPool`
     sends them to a Dask cluster instead."""
@@ -311,6 +313,7 @@ class Ingest:
         on_entry: Callable[[Entry], None] | None = None,
         keep_entries: bool = True,
         on_conflict: OnConflict | str = OnConflict.KEEP,
+        exclude: Iterable[str | os.PathLike[str]] = (),
     ) -> None:
         cores = os.cpu_count() or 1
         self.archive = archive
@@ -327,13 +330,14 @@ class Ingest:
         self.on_entry = on_entry
         self.keep_entries = keep_entries
         self.on_conflict = OnConflict(on_conflict)
+        self.exclude = [*([archive.root] if archive.root else []), *exclude]
         self.report = IngestReport()
 
     def run(self, paths: Iterable[str | os.PathLike[str]]) -> IngestReport:
         started = time.perf_counter()
         index = self.archive.index
         todo: list[str] = []
-        for path in discover(paths, exclude=self.archive.root):
+        for path in discover(paths, exclude=self.exclude):
             try:
                 stat = path.stat()
             except OSError:

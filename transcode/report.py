@@ -90,6 +90,11 @@ class ReportFile:
         self._file.write('{"instances": [')
         self._separator = "\n"
 
+    @property
+    def paths(self) -> tuple[Path, Path]:
+        """The files this report is written to: never to be ingested."""
+        return self.path, self.partial
+
     def add(self, entry: Entry) -> None:
         self._file.write(self._separator + json.dumps(entry.to_json()))
         self._separator = ",\n"
