@@ -229,3 +229,17 @@ def test_a_head_request_is_recorded_as_a_head(audited, served) -> None:
     (line,) = lines_of(folder)[-1:]
     assert (line["method"], line["action"], line["status"]) == ("HEAD", "retrieve", 200)
     assert line["touched"][0]["instance"] == sop
+
+
+def test_a_wado_uri_request_is_recorded_as_what_it_stands_for(audited, served) -> None:
+    """WADO-URI names the instance in its query: the trail records the
+    retrieve or render of that instance, as for WADO-RS."""
+    client, audit, folder = audited
+    study, series, sop = served.find("CT")
+    query = f"requestType=WADO&studyUID={study}&seriesUID={series}&objectUID={sop}"
+    assert client.get(f"/wado?{query}&contentType=application/dicom").status_code == 200
+    assert client.get(f"/dicomweb?{query}").status_code == 200  # image/jpeg: a single-frame image
+    assert audit.flush()
+    retrieved, rendered = lines_of(folder)[-2:]
+    assert (retrieved["action"], rendered["action"]) == ("retrieve", "render")
+    assert {line["touched"][0]["instance"] for line in (retrieved, rendered)} == {sop}

@@ -65,8 +65,22 @@ def routes(served: Served) -> list[tuple[str, str]]:
             f"{se}/instances", s, se, i, f"{s}/metadata", f"{se}/metadata", f"{i}/metadata", f"{i}/frames/1",
             f"{i}/frames/1/rendered", f"{i}/rendered", f"{se}/rendered", f"{i}/frames/1/thumbnail",
             f"{i}/thumbnail", f"{se}/thumbnail", f"{s}/thumbnail", f"{i}/bulkdata/7FE00010",
-            f"/iiif{i.removeprefix('/dicomweb')}/frames/1/info.json", f"/iiif{se.removeprefix('/dicomweb')}/manifest.json"]
+            f"/iiif{i.removeprefix('/dicomweb')}/frames/1/info.json", f"/iiif{se.removeprefix('/dicomweb')}/manifest.json",
+            f"/wado?{wado_uri(study, series, sop)}&contentType=application/dicom", f"/dicomweb?{wado_uri(study, series, sop)}"]
     return [("GET", url) for url in gets] + [("POST", "/dicomweb/studies"), ("POST", s)]
+
+
+def wado_uri(study: str, series: str, sop: str) -> str:
+    return f"requestType=WADO&studyUID={study}&seriesUID={series}&objectUID={sop}"
+
+
+def test_wado_uri_says_nothing_of_the_archive_before_authentication(site, served) -> None:
+    """WADO-URI is rewritten before the guard: an instance that is not there
+    is 401 like one that is, not a 404 that tells a stranger which UIDs exist."""
+    client, *_ = site
+    study, series, sop = served.find("CT")
+    for objects in (sop, "1.2.3.4.5"):
+        assert client.get(f"/wado?{wado_uri(study, series, objects)}").status_code == 401
 
 
 def call(client: TestClient, method: str, url: str, headers: dict[str, str]) -> int:

@@ -37,12 +37,13 @@ from transcode.policy import Stop
 from transcode.security.guard import Guard, Security, security_from
 from transcode.server import cache, iiif, iiif_manifest, qido, rendered, stow, viewer, wado, zarrview
 from transcode.server.admission import LimitsMiddleware
-from transcode.server.errors import Problem
+from transcode.server.errors import Problem, error_response
 from transcode.server.lookup import uid
 from transcode.server.negotiate import NotAcceptable, accepts_json
 from transcode.server.qido import QueryError
 from transcode.server.render import RenderLimits
 from transcode.server.service import Service
+from transcode.server.wado_uri import WadoUri
 from transcode.service import IngestService
 
 SERVE_OPTIONS = "TRANSCODE_SERVE_OPTIONS"
@@ -98,12 +99,14 @@ def create_app(archive: Archive, *, prefix: str = "/dicomweb", cors_origins: Seq
     app.router.routes.extend(zarrview.routes(service))  # at the root: /zarr/...
     viewer.mount(app, prefix, viewer_dir)
     # Middleware added last runs first: CORS, then the limits (before any route, the frames route too, and
-    # before authentication: a hostile request costs nothing more), then the security guard, then HEAD as GET.
+    # before authentication: a hostile request costs nothing more), then WADO-URI rewritten into WADO-RS (so
+    # the guard and the trail see the instance asked for), then the security guard, then HEAD as GET.
     app.add_middleware(HeadAsGet)
     if security is not None:  # every route template (the app's own, then its routers'), for the log and the trail
         templates = [path for route in app.router.routes if (path := getattr(route, "path", None))]
         templates += [where + route.path for where, router in routers for route in router.routes]
         app.add_middleware(Guard, security=security, templates=templates)
+    app.add_middleware(WadoUri, service=service)
     app.add_middleware(LimitsMiddleware, limits=limits)
     if cors_origins:  # outermost, so a browser can read a refusal; preflights carry no credentials
         app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST", "OPTIONS"],
@@ -196,52 +199,49 @@ def _qido_routes(service: Service) -> APIRouter:
     return router
 
 
-def _error(status: int, reason: str, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": reason, "detail": detail}, status_code=status, headers=headers)
-
 
 def _error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Problem)
     async def problem(_: Request, exc: Problem) -> JSONResponse:
-        return _error(exc.status, exc.reason, exc.detail, exc.headers)
+        return error_response(exc.status, exc.reason, exc.detail, exc.headers)
 
     @app.exception_handler(NotAcceptable)
     async def not_acceptable(_: Request, exc: NotAcceptable) -> JSONResponse:
-        return _error(406, "not_acceptable", str(exc))
+        return error_response(406, "not_acceptable", str(exc))
 
     @app.exception_handler(QueryError)
     async def bad_query(_: Request, exc: QueryError) -> JSONResponse:
-        return _error(400, "bad_query", str(exc))
+        return error_response(400, "bad_query", str(exc))
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(_: Request, exc: RequestValidationError) -> JSONResponse:
         where = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        return _error(400, "bad_request", where)
+        return error_response(400, "bad_request", where)
 
     @app.exception_handler(Stop)
     async def unreadable(request: Request, exc: Stop) -> JSONResponse:
         log.error("%s %s: the stored object cannot be read: %s: %s", request.method, request.url.path,
                   exc.reason.value, exc.detail)  # the detail may name a path: the log's, not the client's
-        return _error(500, exc.reason.value, "the stored object cannot be read (the server log says why)")
+        return error_response(500, exc.reason.value, "the stored object cannot be read (the server log says why)")
 
     @app.exception_handler(CatalogError)
     async def catalog_down(request: Request, exc: CatalogError) -> JSONResponse:
         log.error("%s %s: %s", request.method, request.url.path, exc)
-        return _error(503, "catalog_unavailable", "the archive's catalog cannot be reached; try again later",
+        return error_response(503, "catalog_unavailable", "the archive's catalog cannot be reached; try again later",
                       {"Retry-After": "30"})
 
     @app.exception_handler(sqlite3.DatabaseError)
     async def damaged_index(request: Request, exc: sqlite3.DatabaseError) -> JSONResponse:
         log.error("%s %s: the index cannot be read: %s", request.method, request.url.path, exc)
-        return _error(503, "index_unreadable", "the archive's index cannot be read; its administrator can rebuild "
+        return error_response(503, "index_unreadable", "the archive's index cannot be read; its administrator can rebuild "
                       "it from the stored objects (transcode verify --rebuild-index)")
 
     @app.exception_handler(Exception)
     async def internal(request: Request, exc: Exception) -> JSONResponse:
         log.exception("%s %s failed", request.method, request.url.path)
-        return _error(500, "internal_error", "the request failed (the server log has the details)")
+        return error_response(500, "internal_error", "the request failed (the server log has the details)")
 
     @app.exception_handler(HTTPException)
     async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
         reason = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return _error(exc.status_code, reason, str(exc.detail), exc.headers)
+        return error_response(exc.status_code, reason, str(exc.detail), exc.headers)

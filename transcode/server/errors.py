@@ -3,6 +3,8 @@ a sentence for the person reading the log."""
 
 from __future__ import annotations
 
+from starlette.responses import JSONResponse
+
 
 class Problem(Exception):
     """Answered as `{"error": reason, "detail": detail}` with `status`."""
@@ -24,3 +26,8 @@ class StoredDataError(Problem):
 
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(500, reason, detail, {"Cache-Control": "no-store"})
+
+
+def error_response(status: int, reason: str, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    """The body and status every error is answered with."""
+    return JSONResponse({"error": reason, "detail": detail}, status_code=status, headers=headers)
