@@ -26,7 +26,7 @@ from pynetdicom.sop_class import Verification
 
 from fixtures import generate
 from tests.conftest import PYDICOM_FILES, ROOT
-from tests.peers import free_port
+from tests.peers import free_port, orthanc
 from transcode.cli import main
 from transcode.dimse.hooks import command_hook, entry_point_hooks, url_hook
 from transcode.dimse.receiver import Peer, Receiver
@@ -125,6 +125,32 @@ def test_echo_and_storescu_of_every_transfer_syntax(receiver: Receiver, tmp_path
     assert {outcome for outcome, _, _ in stored.values()} == {"transcoded", "kept"}
     assert sum(outcome == "transcoded" for outcome, _, _ in stored.values()) == len(files) - 1
     assert not any((receiver.archive.local / "spool" / "incoming").iterdir())
+    assert main(["verify", "--archive", str(receiver.archive.local)]) == 0
+
+
+def test_orthanc_forwards_a_study_in_every_syntax_as_stored(receiver: Receiver, tmp_path: Path) -> None:
+    """Orthanc as the sending PACS (`/modalities/.../store`): it proposes each
+    instance's own syntax, and we take every one, so nothing is transcoded
+    on the way (each arrives with its own pixel bytes)."""
+    files = generate.demo_study(tmp_path / "demo")  # eight transfer syntaxes, a lossy JPEG among them
+    modality = {"transcode": ["TRANSCODE", "127.0.0.1", receiver.address[1]]}
+    with orthanc(tmp_path / "orthanc", modalities=modality) as peer:
+        for path in files:
+            peer.post("/instances", path.read_bytes())
+        (study,) = peer.get("/studies")
+        answer = peer.post("/modalities/transcode/store", json.dumps({"Resources": [study]}).encode(),
+                           "application/json")
+    assert (answer["InstancesCount"], answer["FailedInstancesCount"]) == (12, 0)
+    stored = instances(receiver.archive.local)
+    assert set(stored) == {sop_uid(path) for path in files}
+    assert sorted(outcome for outcome, _, _ in stored.values()) == ["kept"] + ["transcoded"] * 11
+    db = sqlite3.connect(f"file:{receiver.archive.local / 'index.sqlite'}?mode=ro", uri=True)
+    try:
+        received = dict(db.execute("SELECT sop_uid, bytes_in FROM ledger"))
+    finally:
+        db.close()
+    for path in files:  # the sources' own data sets, compressed or not: only File Meta's length may differ
+        assert abs(received[sop_uid(path)] - path.stat().st_size) < 64, path
     assert main(["verify", "--archive", str(receiver.archive.local)]) == 0
 
 
