@@ -374,7 +374,11 @@ def test_32_bit_frames_are_kept_before_encoding_unless_crosschecks_are_off(tmp_p
 
     encodes = []
     real_encode = htj2k.encode
-    monkeypatch.setattr(htj2k, "encode", lambda frame, **kw: encodes.append(frame.shape) or real_encode(frame, **kw))
+    def counted(frame, **kw):
+        encodes.append(frame.shape)
+        return real_encode(frame, **kw)
+
+    monkeypatch.setattr(htj2k, "encode", counted)
     src = PYDICOM_FILES / "rtdose.dcm"  # 15 frames of 10x10, Bits Allocated 32
     result = transcode_file(src, tmp_path / "kept.dcm", workers=2)
     assert (result.outcome, result.reason) == (Outcome.KEPT, "independent_decoder_mismatch")

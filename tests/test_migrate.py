@@ -236,7 +236,8 @@ def test_migrate_from_dcmqrscp(retrieve, tmp_path, capsys) -> None:
         pacs.store(sent)  # the lossless CT files decompressed by dcmsend
         root = tmp_path / "archive"
         code = main(["migrate", "--from", f"{pacs.aet}@127.0.0.1:{pacs.port}", "--archive", str(root),
-                     "--ae-title", AET, "--workers", "1", "--retrieve", retrieve, "--move-port", str(move_port)])
+                     "--ae-title", AET, "--workers", "1", "--retrieve", retrieve,
+                     "--move-port", str(move_port)])
         out, err = capsys.readouterr()
     assert code == EXIT_OK, out + err
     assert set(archived(root)) == sop_uids(sent)

@@ -65,8 +65,10 @@ def routes(served: Served) -> list[tuple[str, str]]:
             f"{se}/instances", s, se, i, f"{s}/metadata", f"{se}/metadata", f"{i}/metadata", f"{i}/frames/1",
             f"{i}/frames/1/rendered", f"{i}/rendered", f"{se}/rendered", f"{i}/frames/1/thumbnail",
             f"{i}/thumbnail", f"{se}/thumbnail", f"{s}/thumbnail", f"{i}/bulkdata/7FE00010",
-            f"/iiif{i.removeprefix('/dicomweb')}/frames/1/info.json", f"/iiif{se.removeprefix('/dicomweb')}/manifest.json",
-            f"/wado?{wado_uri(study, series, sop)}&contentType=application/dicom", f"/dicomweb?{wado_uri(study, series, sop)}"]
+            f"/iiif{i.removeprefix('/dicomweb')}/frames/1/info.json",
+            f"/iiif{se.removeprefix('/dicomweb')}/manifest.json",
+            f"/wado?{wado_uri(study, series, sop)}&contentType=application/dicom",
+            f"/dicomweb?{wado_uri(study, series, sop)}"]
     return [("GET", url) for url in gets] + [("POST", "/dicomweb/studies"), ("POST", s)]
 
 

@@ -199,7 +199,6 @@ def _qido_routes(service: Service) -> APIRouter:
     return router
 
 
-
 def _error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Problem)
     async def problem(_: Request, exc: Problem) -> JSONResponse:
@@ -228,13 +227,13 @@ def _error_handlers(app: FastAPI) -> None:
     async def catalog_down(request: Request, exc: CatalogError) -> JSONResponse:
         log.error("%s %s: %s", request.method, request.url.path, exc)
         return error_response(503, "catalog_unavailable", "the archive's catalog cannot be reached; try again later",
-                      {"Retry-After": "30"})
+                              {"Retry-After": "30"})
 
     @app.exception_handler(sqlite3.DatabaseError)
     async def damaged_index(request: Request, exc: sqlite3.DatabaseError) -> JSONResponse:
         log.error("%s %s: the index cannot be read: %s", request.method, request.url.path, exc)
-        return error_response(503, "index_unreadable", "the archive's index cannot be read; its administrator can rebuild "
-                      "it from the stored objects (transcode verify --rebuild-index)")
+        return error_response(503, "index_unreadable", "the archive's index cannot be read; its administrator can "
+                              "rebuild it from the stored objects (transcode verify --rebuild-index)")
 
     @app.exception_handler(Exception)
     async def internal(request: Request, exc: Exception) -> JSONResponse:
