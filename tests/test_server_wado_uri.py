@@ -94,6 +94,7 @@ def test_rendering_parameters_are_those_of_the_rendered_route(client, served) ->
     ({"contentType": "image/png", "region": "0.5,0.5,0.4,0.9"}, 400, "bad_wado_uri"),
     ({"contentType": "image/png", "frameNumber": "0"}, 400, "bad_wado_uri"),
     ({"contentType": "application/dicom", "transferSyntax": "1.2.840.10008.1.2.4.50"}, 406, "not_acceptable"),
+    ({"contentType": "application/dicom", "transferSyntax": "1.2.840.10008.1.2.1, */*"}, 400, "invalid_uid"),
 ])
 def test_what_cannot_be_answered_is_refused_with_a_reason(client, served, query, status, reason) -> None:
     study, series, sop = served.find("CT")

@@ -87,7 +87,8 @@ def rewrite(service: Service, query: list[tuple[str, str]]) -> tuple[str, str, s
             raise Problem(400, "bad_wado_uri", f"{name} is required")
     study, series, sop = (uid(given[name], name) for name in ("studyUID", "seriesUID", "objectUID"))
     base = f"{service.prefix}/studies/{study}/series/{series}/instances/{sop}"
-    instance = f"{DICOM}; transfer-syntax={given.get('transferSyntax') or EXPLICIT_LE}"
+    syntax = given.get("transferSyntax") or EXPLICIT_LE
+    instance = f"{DICOM}; transfer-syntax={syntax if syntax == '*' else uid(syntax, 'transferSyntax')}"
     wanted = _content_type(given.get("contentType"))
     frame = given.get("frameNumber")
     number = 1 if frame is None else params.whole(frame, "frameNumber", "bad_wado_uri", low=1)
