@@ -44,8 +44,7 @@ class Orthanc:
     log: Path
 
     def get(self, path: str) -> Any:
-        with urllib.request.urlopen(f"{self.url}{path}", timeout=30) as response:
-            return json.load(response)
+        return json.loads(self.read(path, timeout=30))
 
     def post(self, path: str, body: bytes, content_type: str = "application/dicom") -> Any:
         request = urllib.request.Request(f"{self.url}{path}", data=body, headers={"Content-Type": content_type})
@@ -56,8 +55,8 @@ class Orthanc:
         with urllib.request.urlopen(urllib.request.Request(f"{self.url}{path}", method="DELETE"), timeout=30):
             pass
 
-    def read(self, path: str) -> bytes:
-        with urllib.request.urlopen(f"{self.url}{path}", timeout=60) as response:
+    def read(self, path: str, timeout: float = 60) -> bytes:
+        with urllib.request.urlopen(f"{self.url}{path}", timeout=timeout) as response:
             return response.read()
 
 

@@ -62,14 +62,19 @@ def receiver(tmp_path: Path) -> Iterator[Receiver]:
         r.stop()
 
 
-def instances(archive: Path) -> dict[str, tuple[str, str | None, str]]:
-    """SOP Instance UID -> (outcome, reason, transfer syntax) as the index holds them."""
+def indexed(archive: Path, query: str) -> list[tuple]:
+    """The rows of `query` over the archive's index, opened read-only."""
     db = sqlite3.connect(f"file:{archive / 'index.sqlite'}?mode=ro", uri=True)
     try:
-        return {sop: (outcome, reason, ts) for sop, outcome, reason, ts in db.execute(
-            "SELECT sop_uid, outcome, reason, transfer_syntax FROM instances")}
+        return db.execute(query).fetchall()
     finally:
         db.close()
+
+
+def instances(archive: Path) -> dict[str, tuple[str, str | None, str]]:
+    """SOP Instance UID -> (outcome, reason, transfer syntax) as the index holds them."""
+    return {sop: (outcome, reason, ts) for sop, outcome, reason, ts in
+            indexed(archive, "SELECT sop_uid, outcome, reason, transfer_syntax FROM instances")}
 
 
 def relabel(source: Path, path: Path) -> Path:
@@ -144,11 +149,7 @@ def test_orthanc_forwards_a_study_in_every_syntax_as_stored(receiver: Receiver, 
     stored = instances(receiver.archive.local)
     assert set(stored) == {sop_uid(path) for path in files}
     assert sorted(outcome for outcome, _, _ in stored.values()) == ["kept"] + ["transcoded"] * 11
-    db = sqlite3.connect(f"file:{receiver.archive.local / 'index.sqlite'}?mode=ro", uri=True)
-    try:
-        received = dict(db.execute("SELECT sop_uid, bytes_in FROM ledger"))
-    finally:
-        db.close()
+    received = dict(indexed(receiver.archive.local, "SELECT sop_uid, bytes_in FROM ledger"))
     for path in files:  # the sources' own data sets, compressed or not: only File Meta's length may differ
         assert abs(received[sop_uid(path)] - path.stat().st_size) < 64, path
     assert main(["verify", "--archive", str(receiver.archive.local)]) == 0
@@ -475,11 +476,7 @@ def test_spooled_ack_answers_success_and_keeps_what_fails(tmp_path: Path) -> Non
     [failed] = (archive / "spool" / "failed").iterdir()
     assert pydicom.dcmread(failed, stop_before_pixels=True).SOPInstanceUID == sop_uid(truncated)
     assert not list((archive / "spool" / "incoming").iterdir())
-    db = sqlite3.connect(f"file:{archive / 'index.sqlite'}?mode=ro", uri=True)
-    try:
-        assert db.execute("SELECT reason FROM ledger WHERE outcome = 'failed'").fetchall() == [("truncated",)]
-    finally:
-        db.close()
+    assert indexed(archive, "SELECT reason FROM ledger WHERE outcome = 'failed'") == [("truncated",)]
 
 
 def test_importing_pynetdicom_changes_no_reason(corpus: Path, tmp_path: Path) -> None:
