@@ -27,6 +27,8 @@ from pydicom.uid import (
     RLELossless,
 )
 
+from transcode.codecs.uncompressed_plugin import ENCAPSULATED_UNCOMPRESSED
+
 
 class Outcome(StrEnum):
     TRANSCODED = "transcoded"
@@ -112,6 +114,7 @@ LOSSLESS_SOURCES: frozenset[UID] = frozenset(
         ExplicitVRLittleEndian,
         ExplicitVRBigEndian,
         DeflatedExplicitVRLittleEndian,
+        ENCAPSULATED_UNCOMPRESSED,
         RLELossless,
         JPEGLossless,
         JPEGLosslessSV1,

@@ -7,6 +7,8 @@ the bit streams. Native, deflated and RLE data use pydicom's own code; JPEG
 imagecodecs plugin registered here. Both plugins check the codestream's
 declared size against the data set before decoding (codecs/sizes.py); the
 OpenJPEG one replaces pydicom's J2K plugins, so nothing decodes what it refused.
+Encapsulated Uncompressed (native frames, one per fragment), for which pydicom
+has no decoder, has one of ours: `decoder(tsyntax)` is the one to ask.
 
 Where a second, independent implementation exists, it is kept apart as the
 *independent* decoder of that syntax, for cross-checking the source:
@@ -25,7 +27,7 @@ from pydicom.encaps import encapsulate
 from pydicom.pixels import get_decoder
 from pydicom.pixels.decoders.base import Decoder
 
-from transcode.codecs import imagecodecs_plugin, openjpeg_plugin
+from transcode.codecs import imagecodecs_plugin, openjpeg_plugin, uncompressed_plugin
 
 _PLUGIN = ("imagecodecs", ("transcode.codecs.imagecodecs_plugin", "decode_frame"))
 _OPENJPEG = ("openjpeg", ("transcode.codecs.openjpeg_plugin", "decode_frame"))
@@ -39,6 +41,8 @@ _INDEPENDENT = {
 _SECOND_IN_RUNNER = {uid.RLELossless: "pydicom"}
 _registered = False
 _independent: dict[str, Decoder] = {}
+#: Decoders of syntaxes pydicom has none for, by transfer syntax.
+_OURS: dict[str, Decoder] = {}
 
 
 def register_plugins() -> None:
@@ -64,7 +68,17 @@ def register_plugins() -> None:
         independent = Decoder(uid.UID(tsyntax))
         independent.add_plugin(label, path)
         _independent[tsyntax] = independent
+    ours = Decoder(uncompressed_plugin.ENCAPSULATED_UNCOMPRESSED)
+    ours.add_plugin("fragments", ("transcode.codecs.uncompressed_plugin", "decode_frame"))
+    _OURS[ours.UID] = ours
     _registered = True
+
+
+def decoder(tsyntax: str) -> Decoder:
+    """The primary decoder of `tsyntax`: pydicom's, with the plugins above,
+    or ours where pydicom has none (raises NotImplementedError if neither)."""
+    register_plugins()
+    return _OURS.get(tsyntax) or get_decoder(tsyntax)
 
 
 def independent_name(tsyntax: str) -> str | None:

@@ -26,10 +26,10 @@ from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.encaps import generate_frames
-from pydicom.pixels import as_pixel_options, get_decoder
+from pydicom.pixels import as_pixel_options
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from transcode.codecs.decode import register_plugins
+from transcode.codecs.decode import decoder
 from transcode.dicom.structure import (
     Truncated,
     Unfollowable,
@@ -427,7 +427,6 @@ class Instance:
         spec = self.spec
         if spec is None:
             return
-        register_plugins()
         tsyntax = spec.transfer_syntax
         opts = dict(self._options)
         if tsyntax.is_encapsulated:
@@ -441,7 +440,7 @@ class Instance:
         element = self.raw.get(PIXEL_DATA)
         if not tsyntax.is_implicit_VR and element is not None and element.VR:
             opts["pixel_vr"] = element.VR
-        frames = get_decoder(tsyntax).iter_array(
+        frames = decoder(tsyntax).iter_array(
             # view_only: native frames are not copied; canonical_words copies if it must.
             self._pixel_source(), raw=True, validate=True, correct_unused_bits=False, view_only=True, **opts
         )
