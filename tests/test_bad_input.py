@@ -391,3 +391,15 @@ def test_32_bit_frames_are_kept_before_encoding_unless_crosschecks_are_off(tmp_p
     frames = generate_frames(pydicom.dcmread(tmp_path / "out.dcm").PixelData, number_of_frames=15)
     decoded = [htj2k.decode(frame) for frame in frames]  # with OpenJPH: pydicom's OpenJPEG cannot
     assert np.array_equal(np.stack(decoded), pydicom.dcmread(src).pixel_array)
+
+
+def test_a_lossless_only_syntax_without_a_decoder_is_kept_as_unsupported_not_lossy(tmp_path: Path) -> None:
+    """JPEG 2000 Part 2 Multi-component Lossless Only (.92) is lossless by
+    definition; nothing here decodes it. It was kept as `lossy_source`, a
+    reason that tells an archive's owner the pixels were degraded."""
+    ds = pydicom.dcmread(write(Spec("CT", 16, 16, 1, 16, 12, transfer_syntax=JPEG2000Lossless), tmp_path / "j2k.dcm"))
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.92"
+    ds.save_as(tmp_path / "src.dcm")
+    result = transcode_file(tmp_path / "src.dcm", tmp_path / "out.dcm")
+    assert (result.outcome, result.reason) == (Outcome.KEPT, "unsupported_transfer_syntax"), result.detail
+    assert sha256(tmp_path / "out.dcm") == sha256(tmp_path / "src.dcm")

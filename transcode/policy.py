@@ -21,6 +21,7 @@ from pydicom.uid import (
     HTJ2KLosslessRPCL,
     ImplicitVRLittleEndian,
     JPEG2000Lossless,
+    JPEG2000MCLossless,
     JPEGLossless,
     JPEGLosslessSV1,
     JPEGLSLossless,
@@ -126,9 +127,12 @@ LOSSLESS_SOURCES: frozenset[UID] = frozenset(
 )
 
 #: Lossless syntaxes this pipeline does not decode (Deflated Image Frame
-#: Compression, JPEG XL Lossless): kept as unsupported, never called lossy,
-#: whether or not pydicom's UID dictionary knows them (pynetdicom adds them).
-LOSSLESS_UNDECODED: frozenset[UID] = frozenset({UID("1.2.840.10008.1.2.8.1"), UID("1.2.840.10008.1.2.4.110")})
+#: Compression, JPEG XL Lossless, JPEG 2000 Part 2 Multi-component Lossless
+#: Only): kept as unsupported, never called lossy, whether or not pydicom's
+#: UID dictionary knows them (pynetdicom adds the first two).
+LOSSLESS_UNDECODED: frozenset[UID] = frozenset(
+    {UID("1.2.840.10008.1.2.8.1"), UID("1.2.840.10008.1.2.4.110"), JPEG2000MCLossless}
+)
 
 
 #: Rows (0028,0010), as a DICOM JSON key.
