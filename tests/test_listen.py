@@ -20,7 +20,18 @@ from typing import ClassVar
 
 import pydicom
 import pytest
-from pydicom.uid import DeflatedExplicitVRLittleEndian, HTJ2KLossless, JPEGLosslessSV1, generate_uid
+from pydicom.uid import (
+    JPEG2000,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    HTJ2KLossless,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    generate_uid,
+)
 from pynetdicom import AE, _config
 from pynetdicom.sop_class import Verification
 
@@ -192,6 +203,32 @@ def test_unknown_sop_class_and_a_data_set_of_another_class(receiver: Receiver, t
     assert "SOP Class UID" in answers[1].ErrorComment
     assert set(instances(receiver.archive.local)) == {unknown.SOPInstanceUID, mismatch.SOPInstanceUID}
     assert main(["verify", "--archive", str(receiver.archive.local)]) == 0
+
+
+def test_a_lossless_syntax_is_accepted_before_a_lossy_one_proposed_first(receiver: Receiver, tmp_path: Path) -> None:
+    """pynetdicom's unrestricted storage service accepted each context's
+    first proposed syntax: a sender offering lossy JPEG before Explicit VR
+    Little Endian, for an image it holds uncompressed, was told to compress
+    it lossily. The receiver now takes the syntax that loses nothing, as
+    dcmtk's storescp and Orthanc do; a lossy syntax offered alone is still
+    accepted (its instances are kept as received)."""
+    ct, us, xa = "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.6.1", "1.2.840.10008.5.1.4.1.1.12.1"
+    proposed = {ct: [JPEGBaseline8Bit, ExplicitVRLittleEndian], us: [JPEG2000, JPEGLSLossless, ImplicitVRLittleEndian],
+                xa: [JPEG2000, JPEG2000Lossless], MR: [JPEGBaseline8Bit]}
+    ae = AE(ae_title="MODALITY")
+    for sop_class, syntaxes in proposed.items():
+        ae.add_requested_context(sop_class, syntaxes)
+    assoc = ae.associate("127.0.0.1", receiver.address[1], ae_title="TRANSCODE")
+    assert assoc.is_established
+    try:
+        accepted = {cx.abstract_syntax: cx.transfer_syntax[0] for cx in assoc.accepted_contexts}
+        assert accepted == {ct: ExplicitVRLittleEndian, us: ImplicitVRLittleEndian, xa: JPEG2000Lossless,
+                            MR: JPEGBaseline8Bit}
+        source = generate.write(generate.Spec("CT", 64, 64), tmp_path / "ct.dcm")
+        assert int(assoc.send_c_store(source).Status) == 0x0000
+    finally:
+        assoc.release()
+    assert instances(receiver.archive.local)[sop_uid(source)][:2] == ("transcoded", None)
 
 
 def test_a_full_disk_answers_out_of_resources(receiver: Receiver, monkeypatch: pytest.MonkeyPatch) -> None:

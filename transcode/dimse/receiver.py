@@ -64,7 +64,7 @@ from transcode.archive import ArchiveBusy, ArchiveMismatch
 from transcode.archive.objects import ArchiveAddress
 from transcode.codecs.htj2k import EncodeSettings
 from transcode.dimse.hooks import Hook, StudyTracker
-from transcode.dimse.scu import MAXIMUM_PDU
+from transcode.dimse.scu import MAXIMUM_PDU, preferred
 from transcode.dimse.spool import Spool
 from transcode.entries import CLEAN, Entry, IngestOutcome
 from transcode.pipeline import SETTLE_BATCH
@@ -262,8 +262,8 @@ class Receiver:
         OSError when the port cannot be bound."""
         self.archive.open().close()  # a new folder (or store) becomes an empty archive; a mismatch refuses now
         self.drain()
-        # Every storage SOP class, known or not, in whatever transfer syntax
-        # the sender proposes first: what the reader cannot decode is kept as is.
+        # Every storage SOP class, known or not, in any transfer syntax the sender
+        # proposes (`_on_requested` orders them): what the reader cannot decode is kept as is.
         _config.UNRESTRICTED_STORAGE_SERVICE = True
         handlers = [(evt.EVT_C_ECHO, lambda event: SUCCESS), (evt.EVT_C_STORE, self._on_store),
                     (evt.EVT_REQUESTED, self._on_requested)]
@@ -306,7 +306,12 @@ class Receiver:
             self.audit.close()
 
     def _on_requested(self, event: Event) -> None:
-        """Reject a caller not in `accept_from` (permanent, calling AE title not recognised)."""
+        """Put each proposed context's transfer syntaxes best first
+        (`scu.preferred`: pynetdicom's unrestricted storage service accepts
+        the first); reject a caller not in `accept_from` (permanent, calling
+        AE title not recognised)."""
+        for context in event.assoc.requestor.primitive.presentation_context_definition_list:
+            context.transfer_syntax = preferred(context.transfer_syntax)
         if not self.accept_from:
             return
         calling = event.assoc.requestor.primitive.calling_ae_title

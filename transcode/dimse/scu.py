@@ -1,5 +1,12 @@
 """What our side needs to call a remote DICOM application entity: its
-address (`AE@host:port`), the transfer syntaxes we offer, and TCP_NODELAY.
+address (`AE@host:port`), the transfer syntaxes we offer and prefer, and
+TCP_NODELAY.
+
+Where a peer offers several transfer syntaxes for one presentation context,
+we take the one that loses nothing (`preferred`), as dcmtk's storescp and
+Orthanc do: a sender that proposes lossy JPEG before Explicit VR Little
+Endian for an image it holds uncompressed compresses it lossily if lossy
+JPEG is what is accepted.
 
 pynetdicom 3.0 leaves Nagle's algorithm on (it sets only SO_REUSEADDR): a
 small PDU written after another (a command, then its data set; a response)
@@ -11,14 +18,43 @@ we open or accept is set TCP_NODELAY once the association is up
 from __future__ import annotations
 
 import socket
+from collections.abc import Iterable
 from dataclasses import dataclass
 
-from pydicom.uid import AllTransferSyntaxes
+from pydicom.uid import (
+    AllTransferSyntaxes,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
 from pynetdicom.association import Association
 
-#: Every transfer syntax pydicom knows, offered for storage: what the reader
-#: cannot decode is archived as is (kept), never refused.
-TRANSFER_SYNTAXES: tuple[str, ...] = tuple(AllTransferSyntaxes)
+from transcode.codecs.uncompressed_plugin import ENCAPSULATED_UNCOMPRESSED
+from transcode.policy import LOSSLESS_SOURCES, LOSSLESS_UNDECODED
+
+#: Encodings that hold pixels as they are, nothing to decode, best first
+#: (Explicit VR keeps the VRs of private elements, which Implicit VR loses).
+_NATIVE = (ExplicitVRLittleEndian, DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian)
+
+
+def _rank(syntax: str) -> int:
+    if syntax in _NATIVE:
+        return _NATIVE.index(syntax)
+    return len(_NATIVE) + (syntax not in LOSSLESS_SOURCES and syntax not in LOSSLESS_UNDECODED)
+
+
+def preferred(syntaxes: Iterable[str]) -> list[str]:
+    """`syntaxes` best first for an archive that must not lose a pixel:
+    native encodings, then lossless compression, then the rest (lossy, or
+    unknown here) in the order given. The peer's order is kept within each."""
+    return sorted(syntaxes, key=_rank)
+
+
+#: Every transfer syntax pydicom knows, and Encapsulated Uncompressed, best
+#: first, offered for storage: what the reader cannot decode is archived as
+#: is (kept), never refused.
+TRANSFER_SYNTAXES: tuple[str, ...] = tuple(preferred([*AllTransferSyntaxes, ENCAPSULATED_UNCOMPRESSED]))
 #: A-ASSOCIATE-RQ carries at most 128 presentation contexts (odd IDs 1-255).
 MAX_CONTEXTS = 128
 #: The largest PDU a peer may send us (the Maximum Length our A-ASSOCIATE
