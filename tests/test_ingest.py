@@ -7,6 +7,8 @@ import json
 import os
 import shutil
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import pydicom
@@ -22,7 +24,7 @@ from pydicom.uid import (
 )
 
 from fixtures.generate import Spec, write
-from tests.conftest import PYDICOM_FILES
+from tests.conftest import PYDICOM_FILES, ROOT
 from transcode import pipeline
 from transcode.archive import FolderArchive
 from transcode.archive.check import verify_archive
@@ -183,6 +185,49 @@ def test_the_report_written_into_the_source_folder_is_not_ingested(tmp_path: Pat
     assert json.loads(report.read_text())["instances"] == []
     with FolderArchive(archive, read_only=True) as opened:
         assert opened.index.counts()["ledger"] == 1
+
+
+def _odd_folder(root: Path) -> Path:
+    """A source folder as a legacy export or a shared drive has them: a DICOM
+    file whose name is not UTF-8 (Latin-1), a FIFO, a dangling link and a
+    link back to the folder itself."""
+    root.mkdir()
+    write(Spec("CT", 32, 32), root / os.fsdecode(b"Sch\xe4del.dcm"))
+    os.mkfifo(root / "pipe.dcm")
+    (root / "gone.dcm").symlink_to(root / "nowhere.dcm")
+    (root / "loop").symlink_to(root)
+    return root
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """The command in a process of its own, printing strictly UTF-8 (as in an
+    en_US.UTF-8 terminal), given 120 s: a FIFO opened for reading waits forever."""
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8:strict"}
+    return subprocess.run([sys.executable, "-m", "transcode.cli", *args], capture_output=True, text=True,
+                          env=env, timeout=120, cwd=ROOT, check=False)
+
+
+def test_special_files_and_names_that_are_not_utf8_are_reported(tmp_path: Path) -> None:
+    """Before: ingest hung on the FIFO (the source hasher opened it), a name
+    that is not UTF-8 stopped the run with a traceback (SQLite refuses lone
+    surrogates), and `convert` skipped the FIFO and the dangling link in
+    silence, then crashed printing the name."""
+    src, archive, report = _odd_folder(tmp_path / "src"), tmp_path / "archive", tmp_path / "report.json"
+    done = _cli("ingest", str(src), "--archive", str(archive), "--report", str(report), "--workers", "1")
+    assert done.returncode == EXIT_FAILED, done.stderr
+    entries = {Path(e["source_path"]).name: e for e in json.loads(report.read_text())["instances"]}
+    assert {name: (e["outcome"], e["reason"]) for name, e in entries.items()} == {
+        "Sch\\xe4del.dcm": ("transcoded", None), "pipe.dcm": ("failed", "unreadable"),
+        "gone.dcm": ("failed", "unreadable")}
+    assert entries["pipe.dcm"]["detail"] == "not a regular file: a FIFO"
+    again = _cli("ingest", str(src), "--archive", str(archive), "--report", str(report), "--workers", "1")
+    assert json.loads(report.read_text())["skipped"] == 1, again.stderr  # the ledger knows the file by that name
+    converted = _cli("convert", str(src), str(tmp_path / "out"))
+    assert converted.returncode == EXIT_FAILED, converted.stderr
+    assert "unreadable: cannot open the file: not a regular file: a FIFO" in converted.stdout
+    assert "gone.dcm: unreadable: cannot open the file: No such file or directory" in converted.stdout
+    assert "Sch\\xe4del.dcm" in converted.stdout
+    assert (tmp_path / "out" / os.fsdecode(b"Sch\xe4del.dcm")).is_file()
 
 
 def _with_uids(path: Path, **uids: str) -> None:

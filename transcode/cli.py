@@ -50,11 +50,12 @@ log = logging.getLogger(__name__)
 
 def _pairs(src: Path, dst: Path) -> Iterator[tuple[Path, Path]]:
     """(source, destination) for a file, or for every file under a folder
-    with the folder structure mirrored under `dst`."""
-    if src.is_file():
+    with the folder structure mirrored under `dst`. Whatever is not a folder
+    is a file to convert: a FIFO or a dangling link is reported, not skipped."""
+    if not src.is_dir():
         yield src, dst / src.name if dst.is_dir() else dst
         return
-    for path in sorted(p for p in src.rglob("*") if p.is_file()):
+    for path in sorted(p for p in src.rglob("*") if not p.is_dir()):
         target = dst / path.relative_to(src)
         target.parent.mkdir(parents=True, exist_ok=True)
         yield path, target

@@ -10,6 +10,7 @@ type for all of them, so that a field has one name and one meaning.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -30,6 +31,20 @@ class IngestOutcome(StrEnum):
 
 #: Outcomes after which a migration may proceed without a person looking.
 CLEAN = frozenset({IngestOutcome.TRANSCODED, IngestOutcome.KEPT, IngestOutcome.DUPLICATE, IngestOutcome.REPLACED})
+
+
+def path_text(path: str | os.PathLike[str]) -> str:
+    """A file path as text that UTF-8 stores and prints: bytes of a name that
+    are not UTF-8 (Latin-1 or Shift-JIS names from a legacy file system,
+    which Python holds as lone surrogates) become \\xNN escapes; any other
+    path is unchanged. SQLite, JSON reports and terminals refuse lone
+    surrogates, so a ledger row, a report line or a printed path is this text."""
+    text = os.fspath(path)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return os.fsencode(text).decode("utf-8", "backslashreplace")
+    return text
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +86,9 @@ class Entry:
     file_meta_constructed: bool = False
     seconds: float | None = None
     staged: Staged | None = None
+
+    def __post_init__(self) -> None:
+        self.source_path = path_text(self.source_path)  # the file itself is opened by its own path
 
     def ledger(self) -> dict[str, Any]:
         """The ledger row's values, by column."""

@@ -45,9 +45,9 @@ from transcode.archive.store import Archive
 from transcode.catalog.base import SERIES_TAGS, STUDY_TAGS, FrameRow, InstanceRow, Record
 from transcode.codecs.htj2k import EncodeSettings
 from transcode.dicom.metadata import DicomJson, dicom_json
-from transcode.dicom.read import IDENTITY
+from transcode.dicom.read import IDENTITY, ensure_regular
 from transcode.digest import file_digest
-from transcode.entries import Entry, IngestOutcome, IngestReport, Staged
+from transcode.entries import Entry, IngestOutcome, IngestReport, Staged, path_text
 from transcode.policy import OnConflict, Outcome, Reason, Resend, Version, resend
 from transcode.transcoder import OUTPUT_SYNTAX, transcode_file
 from transcode.verify import CrossCheck
@@ -105,6 +105,7 @@ def work(source: str, staging: str, settings: EncodeSettings, crosscheck: str, t
     entry = Entry(source)
     try:
         stat = path.stat()
+        ensure_regular(stat.st_mode, path)  # before the hasher opens it: a FIFO would hold its thread forever
     except OSError as exc:
         return _unreadable(entry, exc)
     entry.source_size, entry.source_mtime_ns = stat.st_size, stat.st_mtime_ns
@@ -343,7 +344,7 @@ class Ingest:
             except OSError:
                 todo.append(str(path))  # the worker reports why it cannot be read
                 continue
-            if index.done(str(path), stat.st_size, stat.st_mtime_ns):
+            if index.done(path_text(path), stat.st_size, stat.st_mtime_ns):
                 self.report.skipped += 1
             else:
                 todo.append(str(path))

@@ -42,7 +42,7 @@ from transcode.archive import Archive, ArchiveBusy
 from transcode.archive.objects import ArchiveAddress
 from transcode.codecs.htj2k import EncodeSettings
 from transcode.dicom.read import read_strings
-from transcode.entries import Entry, IngestOutcome
+from transcode.entries import Entry, IngestOutcome, path_text
 from transcode.pipeline import WorkerPool, ingest
 from transcode.policy import OnConflict, Reason
 from transcode.verify import CrossCheck
@@ -204,10 +204,11 @@ class IngestService:
         finally:
             self._lock.release()
         by_path = {entry.source_path: entry for entry in report.entries}
-        missing = [str(path) for path in files if str(Path(path).absolute()) not in by_path]
+        sources = [path_text(Path(path).absolute()) for path in files]
+        missing = [source for source in sources if source not in by_path]
         if missing:  # the ledger skipped them: a door must spool each instance under a new name
             raise ValueError(f"already ingested under the same path, size and mtime: {', '.join(missing)}")
-        return [by_path[str(Path(path).absolute())] for path in files]
+        return [by_path[source] for source in sources]
 
     def _open_session(self) -> Archive:
         """A write session, waiting up to `busy_wait` s while another process holds one."""

@@ -37,6 +37,7 @@ from transcode.dicom.metadata import DicomJson, dicom_json
 from transcode.dicom.read import Instance, PixelSpec, open_instance
 from transcode.dicom.write import EncapsulatedWriter, copy_atomically, file_meta
 from transcode.digest import Digest, frame_digest
+from transcode.entries import path_text
 from transcode.policy import LOSSLESS_SOURCES, LOSSLESS_UNDECODED, Outcome, Reason, Stop, fail, keep
 from transcode.runtime import frame_pool, release_freed
 from transcode.verify import SAMPLER, CrossCheck, crosscheck_frame, crosscheck_source, verify_frame
@@ -429,12 +430,15 @@ def transcode_file(
     """
     started = time.perf_counter()
     src_path, dst_path = Path(src), Path(dst)
-    result = TranscodeResult(source=str(src_path), destination=None, outcome=Outcome.FAILED)
+    result = TranscodeResult(source=path_text(src_path), destination=None, outcome=Outcome.FAILED)
     settings = settings or EncodeSettings()
     crosscheck = CrossCheck(crosscheck)
     workers = workers or os.cpu_count() or 1
     try:
-        result.bytes_in = src_path.stat().st_size
+        try:
+            result.bytes_in = src_path.stat().st_size
+        except OSError as exc:  # a missing source (a dangling link) is not a write error
+            raise fail(Reason.UNREADABLE, f"cannot open the file: {exc.strerror or exc}") from exc
         if dst_path.exists() and dst_path.resolve() == src_path.resolve():
             raise fail(Reason.WRITE_ERROR, "destination is the source file: the source is never modified")
         if not dst_path.parent.is_dir():

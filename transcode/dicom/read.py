@@ -11,8 +11,10 @@ policy can look at exactly what the source holds.
 
 from __future__ import annotations
 
+import errno
 import mmap
 import os
+import stat
 import struct
 import warnings
 from collections.abc import Iterator, Sequence
@@ -175,7 +177,7 @@ class Instance:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._file: IO[bytes] = open(path, "rb")
+        self._file: IO[bytes] = open_regular(path)
         self.meta_constructed = False
         #: Why the transfer syntax read is not the one File Meta names (None: it is).
         self.mislabelled: str | None = None
@@ -501,6 +503,31 @@ def read_strings(path: Path, tags: Sequence[int]) -> list[str | None] | None:
             return None if walked is None else [_text(walked.value(data, tag)) for tag in tags]
     except (Stop, Truncated, OSError, ValueError):  # ValueError: an empty file cannot be mapped
         return None
+
+
+_SPECIAL = {stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a character device",
+            stat.S_IFBLK: "a block device", stat.S_IFDIR: "a folder"}
+
+
+def ensure_regular(mode: int, path: str | os.PathLike[str]) -> None:
+    """Raise OSError unless `mode` (a `st_mode`) is a regular file's: reading
+    a FIFO waits for a writer forever, and a device may never end."""
+    if not stat.S_ISREG(mode):
+        kind = _SPECIAL.get(stat.S_IFMT(mode), "a special file")
+        raise OSError(errno.EINVAL, f"not a regular file: {kind}", os.fspath(path))
+
+
+def open_regular(path: str | os.PathLike[str]) -> IO[bytes]:
+    """Open a regular file for reading; anything else raises OSError
+    (`ensure_regular`). Opened without blocking, as opening a FIFO blocks."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        ensure_regular(os.fstat(fd).st_mode, path)
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def open_instance(path: str | Path) -> Instance:
