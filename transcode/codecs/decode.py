@@ -78,7 +78,8 @@ def decoder(tsyntax: str) -> Decoder:
     """The primary decoder of `tsyntax`: pydicom's, with the plugins above,
     or ours where pydicom has none (raises NotImplementedError if neither)."""
     register_plugins()
-    return _OURS.get(tsyntax) or get_decoder(tsyntax)
+    ours = _OURS.get(tsyntax)
+    return ours if ours is not None else get_decoder(tsyntax)
 
 
 def independent_name(tsyntax: str) -> str | None:
