@@ -12,11 +12,13 @@ import subprocess
 import sys
 import time
 import urllib.request
+import warnings
 from pathlib import Path
 from typing import Any
 
 import pytest
 from pydicom.data import get_testdata_file
+from pydicom.misc import warn_and_log
 
 from transcode import logs
 from transcode.archive import FolderArchive
@@ -118,6 +120,18 @@ def logging_work(source: str, staging: str, *args: Any) -> dict[str, Any]:
     """An ingest worker that logs a warning in the worker process first."""
     logging.getLogger("transcode.pipeline").warning("worker looked at %s", Path(source).name)
     return work(source, staging, *args)
+
+
+def test_a_warning_pydicom_logs_itself_is_written_once(capsys) -> None:
+    """pydicom's `warn_and_log` logs a message and warns it; with warnings
+    captured, each came out twice. Other warnings still come out."""
+    logs.configure(logging.WARNING)
+    warn_and_log("A value of 'None' for (0028,0008) 'Number of Frames' is invalid, assuming 1 frame")
+    warnings.warn("a warning of another library", UserWarning, stacklevel=1)
+    err = capsys.readouterr().err
+    assert err.count("'Number of Frames' is invalid") == 1
+    assert "WARNING pydicom: A value of 'None'" in err
+    assert "UserWarning: a warning of another library" in err
 
 
 def test_ingest_workers_log_as_the_command_does(tmp_path: Path, capfd) -> None:

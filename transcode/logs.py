@@ -9,8 +9,9 @@ standard error, as text lines or (`json_lines`) one JSON object per line with
 the keys time (UTC, ISO 8601), level, logger, message and exc (the
 traceback, or null). uvicorn's loggers are not configured apart: they
 propagate to the same handler. Python warnings (pydicom's, say) are logged
-too, by the logger `py.warnings`. Standard output stays the user's: tables,
-reports, JSON results.
+too, by the logger `py.warnings`, except one pydicom has just logged itself
+(its `warn_and_log` does both: the line came twice). Standard output stays
+the user's: tables, reports, JSON results.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import json
 import logging
 import os
 import sys
+import threading
 from datetime import UTC, datetime
 from typing import TextIO
 
@@ -53,6 +55,24 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
         return sys.stderr
 
 
+class _LoggedOnce(logging.Filter):
+    """Drops the `py.warnings` record of a warning that pydicom logged just
+    before, on the same thread, under its own logger."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._last = threading.local()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == "pydicom":
+            self._last.message = record.getMessage()
+        elif record.name == "py.warnings":
+            last, self._last.message = getattr(self._last, "message", None), None
+            # the warning's line reads "FILE:LINE: CATEGORY: MESSAGE\n  SOURCE LINE\n"
+            return not (last and f"Warning: {last}\n" in record.getMessage())
+        return True
+
+
 def level_from(verbose: int, level: str | None, default: str = "warning") -> int:
     """The level the options ask for: `level` by name if given, else
     `default` lowered one step (WARNING, INFO, DEBUG) per `-v`."""
@@ -71,6 +91,7 @@ def configure(level: int, *, json_lines: bool = False) -> None:
     for handler in [h for h in root.handlers if isinstance(h, _StderrHandler)]:
         root.removeHandler(handler)
     handler = _StderrHandler()
+    handler.addFilter(_LoggedOnce())
     handler.setFormatter(JsonFormatter() if json_lines else logging.Formatter(TEXT_FORMAT))
     root.addHandler(handler)
     root.setLevel(level)
