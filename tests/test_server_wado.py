@@ -13,10 +13,14 @@ import pytest
 from fastapi.testclient import TestClient
 from pydicom.encaps import generate_frames
 
+from fixtures.generate import Spec, frame_arrays, write
 from tests.served import Served, multipart_parts
 from transcode.archive import FolderArchive
 from transcode.catalog.base import InstanceRow
 from transcode.codecs import codestream, htj2k
+from transcode.codecs.htj2k import EncodeSettings
+from transcode.codecs.uncompressed_plugin import ENCAPSULATED_UNCOMPRESSED
+from transcode.pipeline import ingest
 from transcode.server import convert, create_app
 
 HTJ2K = "1.2.840.10008.1.2.4.202"
@@ -342,3 +346,23 @@ def test_head_is_answered_wherever_get_is(client, served) -> None:
         for name in ("content-type", "etag", "content-length"):
             assert head.headers.get(name) == got.headers.get(name), (path, name)
     assert client.head("/dicomweb/studies/1.2.3/metadata").status_code == 404
+
+
+def test_frames_of_a_kept_encapsulated_uncompressed_instance_are_decoded(tmp_path) -> None:
+    """Kept .98 instances (here: frames over the size cap) are read by our
+    fragment decoder, which pydicom's `pixel_array` does not know: the
+    server answered 500 `cannot_decode`. The oracle is the generator."""
+    spec = Spec("CT", 40, 50, 3, 16, 12, signed=True, transfer_syntax=ENCAPSULATED_UNCOMPRESSED)
+    source = write(spec, tmp_path / "ct.dcm")
+    with FolderArchive(tmp_path / "archive", exclusive=True) as archive:
+        report = ingest([source], archive, workers=1, settings=EncodeSettings(max_frame_bytes=1000))
+        assert report.counts()["kept"] == 1
+        client = TestClient(create_app(archive))
+        ds = pydicom.dcmread(source, stop_before_pixels=True)
+        u = url(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+        r = client.get(f"{u}/frames/3,1", headers={"Accept": UNCOMPRESSED})
+        assert r.status_code == 200, r.text
+        frames = list(frame_arrays(spec))
+        payloads = [payload for _, payload in multipart_parts(r.headers["content-type"], r.content)]
+        assert payloads == [frames[2].astype("<i2").tobytes(), frames[0].astype("<i2").tobytes()]
+        assert client.get(f"{u}/frames/2/rendered", headers={"Accept": "image/png"}).status_code == 200

@@ -21,10 +21,13 @@ read is a decode error and never silently read by the other one.
 
 from __future__ import annotations
 
+import struct
+from typing import BinaryIO
+
 import numpy as np
-from pydicom import uid
+from pydicom import dcmread, uid
 from pydicom.encaps import encapsulate
-from pydicom.pixels import get_decoder
+from pydicom.pixels import as_pixel_options, get_decoder
 from pydicom.pixels.decoders.base import Decoder
 
 from transcode.codecs import imagecodecs_plugin, openjpeg_plugin, uncompressed_plugin
@@ -80,6 +83,34 @@ def decoder(tsyntax: str) -> Decoder:
     register_plugins()
     ours = _OURS.get(tsyntax)
     return ours if ours is not None else get_decoder(tsyntax)
+
+
+#: The elements that can hold an image's pixels, by (group, element).
+_PIXEL_KEYWORDS = {(0x7FE0, 0x0010): "PixelData", (0x7FE0, 0x0008): "FloatPixelData",
+                   (0x7FE0, 0x0009): "DoubleFloatPixelData"}
+
+
+def read_frame(source: BinaryIO, index: int) -> np.ndarray:
+    """Frame `index` (from 0) of the Part 10 file `source`, as stored (raw:
+    no colour conversion), through `decoder()`: pydicom's `pixel_array`
+    reads one frame where it lies the same way, but only with pydicom's
+    own decoders. Reads the header and that frame's bytes, not the others.
+    Raises ValueError for a file whose data set ends before any pixels,
+    NotImplementedError for a syntax nothing here decodes, and whatever
+    the decoder raises for data it refuses."""
+    ds = dcmread(source, stop_before_pixels=True)  # leaves `source` at the pixel element's tag
+    tsyntax = uid.UID(ds.file_meta.TransferSyntaxUID)
+    tag = source.read(8)
+    order = "<" if tsyntax.is_little_endian else ">"
+    keyword = _PIXEL_KEYWORDS.get(struct.unpack(f"{order}HH", tag[:4])) if len(tag) == 8 else None
+    if keyword is None:
+        raise ValueError("the data set holds no pixel data")
+    opts = as_pixel_options(ds, transfer_syntax_uid=tsyntax, pixel_keyword=keyword)
+    if not tsyntax.is_implicit_VR:
+        opts["pixel_vr"] = tag[4:6].decode("ascii")
+        source.read(4)  # pixel VRs have a 4-byte length after two reserved bytes
+    arr, _ = decoder(tsyntax).as_array(source, index=index, raw=True, validate=True, **opts)
+    return arr
 
 
 def independent_name(tsyntax: str) -> str | None:

@@ -26,14 +26,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from pydicom.pixels import pixel_array
 from pydicom.uid import UID
 
 from transcode.archive.store import Archive
 from transcode.catalog.base import InstanceRow
 from transcode.codecs import htj2k
 from transcode.codecs.codestream import CodestreamIndex
-from transcode.codecs.decode import register_plugins
+from transcode.codecs.decode import read_frame
 from transcode.dicom.read import Instance, open_instance
 from transcode.server.cache import Key, ReadCache
 from transcode.server.errors import Problem
@@ -249,16 +248,15 @@ class FrameReader:
                           "whole instance") from None
 
     def _kept_pixels(self, instance: StoredInstance, number: int) -> np.ndarray:
-        """A frame of an instance kept as is, through pydicom's decoders
+        """A frame of an instance kept as is, through the source decoders
         (which also read float and 1-bit pixels the transcoder keeps): that
         frame only, read where it lies (from a store, only its ranges),
         after the whole object was proved once against its digest."""
         self._encapsulated(instance)  # refuses unknown transfer syntaxes with a reason
-        register_plugins()
         self.objects.check_object(instance.row)
         with self.objects.open(instance.row) as source:
             try:
-                return pixel_array(source, index=number - 1, raw=True)
+                return read_frame(source, number - 1)
             except Exception as exc:  # any decoder's complaint about the stored data
                 log.warning("frame %d of %s cannot be decoded: %s: %s", number, instance.row.path,
                             type(exc).__name__, exc)
