@@ -67,6 +67,8 @@ SEARCHES: list[tuple[str, list[tuple[str, str]]]] = [
     ("study", [("StudyDate", "-20251231")]),
     ("study", [("StudyDate", "20260101-")]),
     ("study", [("ModalitiesInStudy", "US")]),
+    ("study", [("ModalitiesInStudy", "US,CR")]),
+    ("study", [("Modality", "X?,M*")]),
     ("study", [("Modality", "MR")]),
     ("study", [("StudyDescription", "Chest [PA]")]),
     ("study", [("SOPClassUID", "1.2.840.10008.5.1.4.1.1.1")]),
@@ -220,6 +222,9 @@ class CatalogTests:
         assert _uids(catalog, "study", [("StudyDescription", "Chest [PA]")]) == [b]
         assert _uids(catalog, "study", [("PatientID", "PID_000%")]) == []
         assert _uids(catalog, "study", [("StudyInstanceUID", f"{a},{b}")]) == [a, b]  # arrival order
+        assert _uids(catalog, "study", [("ModalitiesInStudy", "XA,CR")]) == [b]  # a code list: any of them
+        assert _uids(catalog, "study", [("ModalitiesInStudy", "US\\CR")]) == [a, b]
+        assert _uids(catalog, "study", [("Modality", "X?,M*")]) == [a]
         assert _uids(catalog, "study", [("limit", "1"), ("offset", "1")]) == [b]
         ct = _uids(catalog, "instance", [("Modality", "CT")], tag="00080018")
         assert len(ct) == 3

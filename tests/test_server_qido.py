@@ -37,6 +37,10 @@ def uids(client: TestClient, path: str, tag: str = "0020000D") -> set[str]:
     ("?AccessionNumber=ACC-0002", "b"),
     ("?ModalitiesInStudy=US", "a"),          # matched against the study's series
     ("?ModalitiesInStudy=CR", "b"),
+    ("?ModalitiesInStudy=US,CR", "ab"),      # OHIF's filter, two modalities picked: either
+    ("?ModalitiesInStudy=XA%5CMR", "a"),     # the DICOM value separator, a backslash
+    ("?Modality=X?,C*", "ab"),
+    ("?StudyDescription=Chest [PA],x", ""),  # only codes are lists: a comma in a description is itself
     ("?Modality=MR", "a"),
     ("?StudyDescription=Chest [PA]", "b"),   # brackets are not a pattern
     ("?SOPClassUID=1.2.840.10008.5.1.4.1.1.1", "b"),  # an instance-level key at study level
@@ -51,6 +55,8 @@ def test_study_matching(client, served, query, which) -> None:
 def test_study_list_matching_by_uid_and_paging(client, served) -> None:
     both = f"{served.study_a},{served.study_b}"
     assert uids(client, f"/studies?StudyInstanceUID={both}") == {served.study_a, served.study_b}
+    ohif = f"{served.study_a}%5C{served.study_b}"  # OHIF joins the UIDs of a multi-study URL with backslashes
+    assert uids(client, f"/studies?StudyInstanceUID={ohif}") == {served.study_a, served.study_b}
     first = uids(client, "/studies?limit=1")
     second = uids(client, "/studies?limit=1&offset=1")
     assert len(first) == len(second) == 1 and first != second

@@ -6,7 +6,13 @@ SERIES_TAGS, the instances rows hold every attribute. A key held below the
 level searched becomes an EXISTS over the lower table (a study matches
 Modality=CT when one of its series does). Matching: single value, `*` and
 `?` wildcards, UID lists, date and time ranges. Person names match
-case-insensitively (what users typing a name into OHIF expect). Results are
+case-insensitively (what users typing a name into OHIF expect). A code
+string (CS: Modality, Modalities in Study...) may list alternatives,
+separated by commas or backslashes, and matches any of them: OHIF's study
+list sends the modalities picked in its filter as `ModalitiesInStudy=CT,MR`
+and means either, as Orthanc reads it (a code cannot contain either
+character, so no single value is misread; PS3.4 C.2.2.2.8 leaves several
+values undefined without Multiple Value Matching negotiated). Results are
 in the order rows arrived.
 """
 
@@ -74,13 +80,22 @@ def _value_condition(dialect: Dialect, alias: str, tag: str, value: str, args: l
                 tests.append(f"substr({column}, 1, {len(bound)}) {op} ?")
                 args.append(bound)
         test = " AND ".join(tests) or "TRUE"
-    elif "*" in value or "?" in value:
+    elif kind == "CS":  # a code cannot hold a comma or a backslash: either separates alternatives
+        codes = [code for code in re.split(r"[,\\]", value) if code] or [value]
+        test = " OR ".join(_single(dialect, column, code, args) for code in codes)
+    else:
+        test = _single(dialect, column, value, args)
+    return f"EXISTS (SELECT 1 FROM {dialect.values(alias, tag)} WHERE {test})"
+
+
+def _single(dialect: Dialect, column: str, value: str, args: list[Any]) -> str:
+    """SQL true when `column` matches one value, `*` and `?` as wildcards."""
+    if "*" in value or "?" in value:
         test, pattern = dialect.wildcard(column, value)
         args.append(pattern)
-    else:
-        test = f"{column} = ?"
-        args.append(value)
-    return f"EXISTS (SELECT 1 FROM {dialect.values(alias, tag)} WHERE {test})"
+        return test
+    args.append(value)
+    return f"{column} = ?"
 
 
 def _uid_in(column: str, value: str, args: list[Any]) -> str:
