@@ -230,6 +230,27 @@ def test_special_files_and_names_that_are_not_utf8_are_reported(tmp_path: Path) 
     assert (tmp_path / "out" / os.fsdecode(b"Sch\xe4del.dcm")).is_file()
 
 
+def test_an_instance_with_a_large_element_besides_its_pixels_is_transcoded(tmp_path: Path) -> None:
+    """pydicom leaves values over 64 kB on disk and reopens the file by its
+    name to read one. Files opened through a bare descriptor (to refuse
+    FIFOs) had a number for a name, so building the DICOM JSON of such an
+    instance (gdcm-US-ALOKA-16's palette, here a private OB) failed it as
+    `transcode_error`; `convert`, which builds no JSON, transcoded it."""
+    src = tmp_path / "src"
+    src.mkdir()
+    ds = pydicom.dcmread(write(Spec("US", 32, 32), src / "big.dcm"))
+    block = ds.private_block(0x0029, "TRANSCODE TEST", create=True)
+    block.add_new(0x10, "OB", bytes(range(256)) * 300)  # 76,800 bytes
+    ds.save_as(src / "big.dcm")
+    with FolderArchive(tmp_path / "archive", exclusive=True) as archive:
+        report = ingest([src], archive, workers=1)
+        (entry,) = report.entries
+        assert (entry.outcome, entry.reason) == ("transcoded", None), entry.detail
+        (row,) = archive.index.instances()
+        stored = pydicom.dcmread(archive.root / row.path)
+    assert stored[0x00291010].value == bytes(range(256)) * 300
+
+
 def _with_uids(path: Path, **uids: str) -> None:
     ds = pydicom.dcmread(path)
     for keyword, value in uids.items():

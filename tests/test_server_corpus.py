@@ -28,11 +28,25 @@ REASONS = {"one_bit_frames", "unsupported_transfer_syntax", "cannot_decode"}
 
 
 @pytest.fixture(scope="module")
-def archive(tmp_path_factory: pytest.TempPathFactory):
+def ingested(tmp_path_factory: pytest.TempPathFactory):
     sources = [PYDICOM_FILES] + ([CORPUS] if CORPUS.is_dir() else [])
     with FolderArchive(tmp_path_factory.mktemp("corpus") / "archive", exclusive=True) as archive:
-        ingest(sources, archive, workers=2)
-        yield archive
+        yield archive, ingest(sources, archive, workers=2)
+
+
+@pytest.fixture(scope="module")
+def archive(ingested):
+    return ingested[0]
+
+
+#: Reasons that say the product, not the file, is at fault.
+BUGS = {"transcode_error", "internal_error", "worker_crashed"}
+
+
+def test_no_file_meets_a_bug(ingested) -> None:
+    report = ingested[1]
+    assert len(report.entries) > 50
+    assert [(e.source_path, e.reason, e.detail) for e in report.entries if e.reason in BUGS] == []
 
 
 def test_every_instance_is_served_or_refused_with_a_reason(archive) -> None:

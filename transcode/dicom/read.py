@@ -519,15 +519,22 @@ def ensure_regular(mode: int, path: str | os.PathLike[str]) -> None:
 
 def open_regular(path: str | os.PathLike[str]) -> IO[bytes]:
     """Open a regular file for reading; anything else raises OSError
-    (`ensure_regular`). Opened without blocking, as opening a FIFO blocks."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    (`ensure_regular`). The file object is named after `path`: pydicom
+    reopens a file by that name to read a deferred value (a large LUT, say)."""
+    return open(path, "rb", opener=_open_regular)
+
+
+def _open_regular(path: str, flags: int) -> int:
+    """`open`'s opener: the descriptor of a regular file, opened without
+    blocking (opening a FIFO blocks), then made blocking again."""
+    fd = os.open(path, flags | os.O_NONBLOCK)
     try:
         ensure_regular(os.fstat(fd).st_mode, path)
         os.set_blocking(fd, True)
-        return os.fdopen(fd, "rb")
     except BaseException:
         os.close(fd)
         raise
+    return fd
 
 
 def open_instance(path: str | Path) -> Instance:
