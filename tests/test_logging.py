@@ -16,10 +16,12 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 from pydicom.misc import warn_and_log
 
+from fixtures.generate import Spec, write
 from transcode import logs
 from transcode.archive import FolderArchive
 from transcode.cli import EXIT_OK, build_parser, main
@@ -132,6 +134,23 @@ def test_a_warning_pydicom_logs_itself_is_written_once(capsys) -> None:
     assert err.count("'Number of Frames' is invalid") == 1
     assert "WARNING pydicom: A value of 'None'" in err
     assert "UserWarning: a warning of another library" in err
+
+
+def test_what_pydicom_says_of_a_file_names_the_file(tmp_path: Path, capfd) -> None:
+    """pydicom's warnings do not say which file they are about: among a
+    million files, "Invalid value for VR UI" alone sends nobody anywhere.
+    Here through an ingest worker (another process), as a migration runs."""
+    src = tmp_path / "src"
+    src.mkdir()
+    ds = pydicom.dcmread(write(Spec("CT", 16, 16), src / "odd uid.dcm"))
+    ds.FrameOfReferenceUID = "not-a-uid"
+    ds.save_as(src / "odd uid.dcm")
+    logs.configure(logging.WARNING)
+    with FolderArchive(tmp_path / "archive") as archive:
+        assert ingest([src], archive, workers=1).counts()["transcoded"] == 1
+    lines = [line for line in capfd.readouterr().err.splitlines() if "not-a-uid" in line]
+    assert lines and all(f"WARNING pydicom: {src / 'odd uid.dcm'}: Invalid value for VR UI" in line
+                         for line in lines), lines
 
 
 def test_ingest_workers_log_as_the_command_does(tmp_path: Path, capfd) -> None:

@@ -10,23 +10,41 @@ the keys time (UTC, ISO 8601), level, logger, message and exc (the
 traceback, or null). uvicorn's loggers are not configured apart: they
 propagate to the same handler. Python warnings (pydicom's, say) are logged
 too, by the logger `py.warnings`, except one pydicom has just logged itself
-(its `warn_and_log` does both: the line came twice). Standard output stays
-the user's: tables, reports, JSON results.
+(its `warn_and_log` does both: the line came twice). A library's record
+logged while a source file is read (`reading`) starts with that file's path:
+pydicom's "Invalid value for VR UI" does not say which of a million files it
+was. Standard output stays the user's: tables, reports, JSON results.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import sys
 import threading
+from collections.abc import Iterator
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import TextIO
 
 #: The configuration, passed on to child processes (see `inherit`).
 ENVIRONMENT = "TRANSCODE_LOG"
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+#: The source file being read in this thread (or task), if any.
+_SOURCE: ContextVar[str | None] = ContextVar("transcode_source", default=None)
+
+
+@contextlib.contextmanager
+def reading(path: str) -> Iterator[None]:
+    """Name `path` in what libraries log meanwhile (our own records name
+    their file already)."""
+    token = _SOURCE.set(path)
+    try:
+        yield
+    finally:
+        _SOURCE.reset(token)
 
 
 class JsonFormatter(logging.Formatter):
@@ -73,6 +91,16 @@ class _LoggedOnce(logging.Filter):
         return True
 
 
+class _NamesSource(logging.Filter):
+    """Starts a library's record with the path of the file being read."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        source = _SOURCE.get()
+        if source is not None and not record.name.startswith("transcode"):
+            record.msg, record.args = f"{source}: {record.getMessage()}", None
+        return True
+
+
 def level_from(verbose: int, level: str | None, default: str = "warning") -> int:
     """The level the options ask for: `level` by name if given, else
     `default` lowered one step (WARNING, INFO, DEBUG) per `-v`."""
@@ -91,7 +119,8 @@ def configure(level: int, *, json_lines: bool = False) -> None:
     for handler in [h for h in root.handlers if isinstance(h, _StderrHandler)]:
         root.removeHandler(handler)
     handler = _StderrHandler()
-    handler.addFilter(_LoggedOnce())
+    handler.addFilter(_LoggedOnce())  # compares pydicom's own words: before they are prefixed
+    handler.addFilter(_NamesSource())
     handler.setFormatter(JsonFormatter() if json_lines else logging.Formatter(TEXT_FORMAT))
     root.addHandler(handler)
     root.setLevel(level)

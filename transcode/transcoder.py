@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 from pydicom.uid import UID, HTJ2KLosslessRPCL, MediaStorageDirectoryStorage
 
+from transcode import logs
 from transcode.codecs import htj2k
 from transcode.codecs.codestream import CodestreamIndex
 from transcode.codecs.decode import independent_name
@@ -434,48 +435,49 @@ def transcode_file(
     settings = settings or EncodeSettings()
     crosscheck = CrossCheck(crosscheck)
     workers = workers or os.cpu_count() or 1
-    try:
+    with logs.reading(result.source):
         try:
-            result.bytes_in = src_path.stat().st_size
-        except OSError as exc:  # a missing source (a dangling link) is not a write error
-            raise fail(Reason.UNREADABLE, f"cannot open the file: {exc.strerror or exc}") from exc
-        if dst_path.exists() and dst_path.resolve() == src_path.resolve():
-            raise fail(Reason.WRITE_ERROR, "destination is the source file: the source is never modified")
-        if not dst_path.parent.is_dir():
-            raise fail(Reason.WRITE_ERROR, f"destination folder {dst_path.parent} does not exist")
-        copy = _Copy()
-        attempt = partial(_attempt, src_path, dst_path, result, settings, durable, metadata, copy)
-        try:
-            attempt(crosscheck, workers)
+            try:
+                result.bytes_in = src_path.stat().st_size
+            except OSError as exc:  # a missing source (a dangling link) is not a write error
+                raise fail(Reason.UNREADABLE, f"cannot open the file: {exc.strerror or exc}") from exc
+            if dst_path.exists() and dst_path.resolve() == src_path.resolve():
+                raise fail(Reason.WRITE_ERROR, "destination is the source file: the source is never modified")
+            if not dst_path.parent.is_dir():
+                raise fail(Reason.WRITE_ERROR, f"destination folder {dst_path.parent} does not exist")
+            copy = _Copy()
+            attempt = partial(_attempt, src_path, dst_path, result, settings, durable, metadata, copy)
+            try:
+                attempt(crosscheck, workers)
+            except Stop as stop:
+                if stop.reason not in _CODEC_DOUBTS or stop.from_header or workers == 1:
+                    raise
+                # Seen here, rarely: a codec call failing or returning other pixels
+                # while other threads ran codecs too. Prove it again on one thread,
+                # every frame cross-checked (a sampled frame that failed must not
+                # escape its check); a real problem fails the same way and keeps it.
+                log.warning("%s: %s with %d threads; retrying on one thread", src_path, stop.detail, workers)
+                attempt(CrossCheck.NONE if crosscheck is CrossCheck.NONE else CrossCheck.ALL, 1)
+            result.outcome = Outcome.TRANSCODED
+            result.destination = str(dst_path)
+            result.bytes_out = dst_path.stat().st_size
         except Stop as stop:
-            if stop.reason not in _CODEC_DOUBTS or stop.from_header or workers == 1:
-                raise
-            # Seen here, rarely: a codec call failing or returning other pixels
-            # while other threads ran codecs too. Prove it again on one thread,
-            # every frame cross-checked (a sampled frame that failed must not
-            # escape its check); a real problem fails the same way and keeps it.
-            log.warning("%s: %s with %d threads; retrying on one thread", src_path, stop.detail, workers)
-            attempt(CrossCheck.NONE if crosscheck is CrossCheck.NONE else CrossCheck.ALL, 1)
-        result.outcome = Outcome.TRANSCODED
-        result.destination = str(dst_path)
-        result.bytes_out = dst_path.stat().st_size
-    except Stop as stop:
-        result.outcome, result.reason = stop.outcome, stop.reason
-        result.detail = f"{stop.detail}; {result.detail}" if result.detail else stop.detail
-        result.frame_index, result.frame_spans, result.frames, result.pixel_digest = [], [], 0, None
-        result.frame_digests = []
-        result.metadata = None  # described the transcoded instance, which was not written
-        result.bytes_out = 0
-        if stop.outcome is Outcome.KEPT:
-            result.metadata = copy.metadata if metadata else None
-            if copy_kept:
-                _keep_copy(src_path, dst_path, result, durable, copy)
-    except OSError as exc:
-        result.outcome, result.reason = Outcome.FAILED, Reason.WRITE_ERROR
-        result.detail = f"{exc.strerror or exc}: {exc.filename or dst_path}"
-    except Exception as exc:  # one bad instance must never stop a migration
-        result.outcome, result.reason = Outcome.FAILED, Reason.INTERNAL_ERROR
-        result.detail = f"{type(exc).__name__}: {exc}"
+            result.outcome, result.reason = stop.outcome, stop.reason
+            result.detail = f"{stop.detail}; {result.detail}" if result.detail else stop.detail
+            result.frame_index, result.frame_spans, result.frames, result.pixel_digest = [], [], 0, None
+            result.frame_digests = []
+            result.metadata = None  # described the transcoded instance, which was not written
+            result.bytes_out = 0
+            if stop.outcome is Outcome.KEPT:
+                result.metadata = copy.metadata if metadata else None
+                if copy_kept:
+                    _keep_copy(src_path, dst_path, result, durable, copy)
+        except OSError as exc:
+            result.outcome, result.reason = Outcome.FAILED, Reason.WRITE_ERROR
+            result.detail = f"{exc.strerror or exc}: {exc.filename or dst_path}"
+        except Exception as exc:  # one bad instance must never stop a migration
+            result.outcome, result.reason = Outcome.FAILED, Reason.INTERNAL_ERROR
+            result.detail = f"{type(exc).__name__}: {exc}"
     result.seconds["total"] = time.perf_counter() - started
     return result
 
