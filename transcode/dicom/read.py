@@ -443,8 +443,10 @@ class Instance:
         if not tsyntax.is_implicit_VR and element is not None and element.VR:
             opts["pixel_vr"] = element.VR
         frames = decoder(tsyntax).iter_array(
-            # view_only: native frames are not copied; canonical_words copies if it must.
-            self._pixel_source(), raw=True, validate=True, correct_unused_bits=False, view_only=True, **opts
+            # view_only: native frames are not copied; canonical_words copies if it must. Big endian
+            # words are copied anyway (swapped below), and 8-bit OW ones cannot be a view (pydicom warns).
+            self._pixel_source(), raw=True, validate=True, correct_unused_bits=False,
+            view_only=tsyntax.is_little_endian, **opts
         )
         while True:
             try:
