@@ -12,6 +12,7 @@ import pydicom
 import pytest
 from fastapi.testclient import TestClient
 from pydicom.encaps import generate_frames
+from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from fixtures.generate import Spec, frame_arrays, write
 from tests.served import Served, multipart_parts
@@ -348,11 +349,14 @@ def test_head_is_answered_wherever_get_is(client, served) -> None:
     assert client.head("/dicomweb/studies/1.2.3/metadata").status_code == 404
 
 
-def test_frames_of_a_kept_encapsulated_uncompressed_instance_are_decoded(tmp_path) -> None:
-    """Kept .98 instances (here: frames over the size cap) are read by our
-    fragment decoder, which pydicom's `pixel_array` does not know: the
-    server answered 500 `cannot_decode`. The oracle is the generator."""
-    spec = Spec("CT", 40, 50, 3, 16, 12, signed=True, transfer_syntax=ENCAPSULATED_UNCOMPRESSED)
+@pytest.mark.parametrize("syntax", [ENCAPSULATED_UNCOMPRESSED, DeflatedExplicitVRLittleEndian])
+def test_frames_of_kept_instances_pixel_array_cannot_read_are_decoded(syntax: str, tmp_path) -> None:
+    """Kept instances (here: frames over the size cap) that pydicom's
+    `pixel_array` cannot read a frame of: Encapsulated Uncompressed (.98),
+    which only our fragment decoder knows, and deflated data sets, whose
+    offsets are not file offsets. The server answered 500 `cannot_decode`.
+    The oracle is the generator."""
+    spec = Spec("CT", 40, 50, 3, 16, 12, signed=True, transfer_syntax=syntax)
     source = write(spec, tmp_path / "ct.dcm")
     with FolderArchive(tmp_path / "archive", exclusive=True) as archive:
         report = ingest([source], archive, workers=1, settings=EncodeSettings(max_frame_bytes=1000))

@@ -94,12 +94,17 @@ def read_frame(source: BinaryIO, index: int) -> np.ndarray:
     """Frame `index` (from 0) of the Part 10 file `source`, as stored (raw:
     no colour conversion), through `decoder()`: pydicom's `pixel_array`
     reads one frame where it lies the same way, but only with pydicom's
-    own decoders. Reads the header and that frame's bytes, not the others.
+    own decoders. Reads the header and that frame's bytes, not the others
+    (a deflated data set is inflated whole: it has no offsets to seek to).
     Raises ValueError for a file whose data set ends before any pixels,
     NotImplementedError for a syntax nothing here decodes, and whatever
     the decoder raises for data it refuses."""
     ds = dcmread(source, stop_before_pixels=True)  # leaves `source` at the pixel element's tag
     tsyntax = uid.UID(ds.file_meta.TransferSyntaxUID)
+    if tsyntax == uid.DeflatedExplicitVRLittleEndian:
+        source.seek(0)
+        whole = dcmread(source)
+        return decoder(tsyntax).as_array(whole, index=index, raw=True, validate=True, **as_pixel_options(whole))[0]
     tag = source.read(8)
     order = "<" if tsyntax.is_little_endian else ">"
     keyword = _PIXEL_KEYWORDS.get(struct.unpack(f"{order}HH", tag[:4])) if len(tag) == 8 else None
