@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 from pydicom.uid import UID
 
+from transcode import logs
 from transcode.archive.store import Archive
 from transcode.catalog.base import InstanceRow
 from transcode.codecs import htj2k
@@ -254,7 +255,7 @@ class FrameReader:
         after the whole object was proved once against its digest."""
         self._encapsulated(instance)  # refuses unknown transfer syntaxes with a reason
         self.objects.check_object(instance.row)
-        with self.objects.open(instance.row) as source:
+        with self.objects.open(instance.row) as source, logs.reading(instance.row.path):
             try:
                 return read_frame(source, number - 1)
             except Exception as exc:  # any decoder's complaint about the stored data
