@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pydicom
@@ -13,6 +14,7 @@ from fixtures.generate import Spec, write
 from transcode.archive import FolderArchive
 from transcode.archive.objects import StoreArchive
 from transcode.server import create_app
+from transcode.server.multipart import save_parts
 from transcode.stores import MemoryStore
 
 BOUNDARY = "sent-by-a-test"
@@ -62,6 +64,31 @@ def test_conflicting_copy_is_reported_failed(client, tmp_path) -> None:
                     headers={"Content-Type": CONTENT_TYPE})
     assert r.status_code == 409
     assert r.json()["00081198"]["Value"][0]["00081197"]["Value"] == [0x0111]
+
+
+def test_a_preamble_before_the_first_boundary_is_ignored(client, tmp_path) -> None:
+    """RFC 2046 5.1.1: readers ignore what precedes the first boundary line
+    (MIME libraries write "This is a multi-part message..."). It was 400."""
+    path = write(Spec("CT", 16, 16, 1, 16, 12, seed=3), tmp_path / "a.dcm")
+    preamble = f"This is a multi-part message in MIME format; not --{BOUNDARY} at a line's start.\r\n".encode()
+    r = client.post("/dicomweb/studies", content=preamble + body(path.read_bytes()),
+                    headers={"Content-Type": CONTENT_TYPE})
+    assert r.status_code == 200, r.text
+    assert r.json()["00081199"]["Value"][0]["00081155"]["Value"] == [pydicom.dcmread(path).SOPInstanceUID]
+
+
+@pytest.mark.parametrize("size", [1, 5, 17, 1 << 20])
+def test_parts_are_read_however_the_body_is_cut(size: int, tmp_path: Path) -> None:
+    """The preamble, the boundary and the parts split across chunks at any point."""
+    payloads = [bytes(range(256)) * 3, b"second"]
+    sent = b"preamble\r\n" + body(*payloads)
+
+    async def chunks():
+        for at in range(0, len(sent), size):
+            yield sent[at:at + size]
+
+    files = asyncio.run(save_parts(chunks(), CONTENT_TYPE, tmp_path))
+    assert [f.read_bytes() for f in files] == payloads
 
 
 @pytest.mark.parametrize(("content_type", "payload", "status"), [

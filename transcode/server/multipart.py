@@ -7,7 +7,8 @@ a client fetching byte ranges of it (Cornerstone3D's progressive loader)
 gets pieces of one body.
 
 Read (STOW-RS): the request body is streamed part by part into files with
-python-multipart's parser; nothing is held in memory but one chunk.
+python-multipart's parser; nothing is held in memory but one chunk. A
+preamble before the first boundary is skipped, as RFC 2046 asks.
 """
 
 from __future__ import annotations
@@ -89,9 +90,10 @@ async def save_parts(stream: AsyncIterator[bytes], request_type: str | None, fol
 
     parser = MultipartParser(boundary, {"on_part_begin": begin, "on_part_data": data, "on_part_end": end},
                              max_header_count=32, max_header_size=16384)
+    preamble = _Preamble(boundary.encode("latin-1"))
     try:
         async for chunk in stream:
-            parser.write(chunk)
+            parser.write(preamble.past(chunk))
         parser.finalize()
     except (Problem, OSError):  # a refusal, or the disk: not the client's syntax
         raise
@@ -104,3 +106,35 @@ async def save_parts(stream: AsyncIterator[bytes], request_type: str | None, fol
     if current or not files:
         raise Problem(400, "bad_multipart", "the multipart body holds no complete part")
     return files
+
+
+class _Preamble:
+    """Drops whatever precedes the first boundary line: RFC 2046 5.1.1 lets
+    a body begin with a preamble that readers must ignore (a MIME library's
+    "This is a multi-part message"), and python-multipart skips only blank
+    lines. Holds at most a boundary's length of the stream meanwhile."""
+
+    def __init__(self, boundary: bytes) -> None:
+        self._delimiter = b"--" + boundary
+        self._held = b""
+        self._fresh = True  # nothing dropped yet: the body may begin with the delimiter itself
+        self._found = False
+
+    def past(self, chunk: bytes) -> bytes:
+        """What of `chunk` (and of the chunks before it) follows the preamble."""
+        if self._found:
+            return chunk
+        data = self._held + chunk
+        if self._fresh and data.startswith(self._delimiter):
+            start = 0
+        else:
+            at = data.find(b"\r\n" + self._delimiter)
+            start = at + 2 if at >= 0 else -1
+        if start < 0:
+            if self._fresh and self._delimiter.startswith(data):
+                self._held = data  # the first bytes so far could still be the delimiter
+            else:  # keep what could begin a delimiter line split across chunks
+                self._fresh, self._held = False, data[-(len(self._delimiter) + 1):]
+            return b""
+        self._found = True
+        return data[start:]
