@@ -39,11 +39,26 @@ def test_parse_quoted_unquoted_lists_and_q_values() -> None:
     ('multipart/related; type="image/jpeg"', "1.2.840.10008.1.2.4.50", ("1.2.840.10008.1.2.4.50", False)),
     ('multipart/related; type="application/octet-stream"; transfer-syntax=1.2.840.10008.1.2', HTJ2K,
      ("1.2.840.10008.1.2", True)),
+    # An HTJ2K Lossless RPCL codestream is an HTJ2K Lossless one, and an HTJ2K one: sent as named.
+    ('multipart/related; type="application/octet-stream"; transfer-syntax=1.2.840.10008.1.2.4.201', HTJ2K,
+     ("1.2.840.10008.1.2.4.201", False)),
+    ('multipart/related; type="image/jphc"; transfer-syntax=1.2.840.10008.1.2.4.203', HTJ2K,
+     ("1.2.840.10008.1.2.4.203", False)),
+    ('multipart/related; type="application/octet-stream"; transfer-syntax=1.2.840.10008.1.2.4.203',
+     "1.2.840.10008.1.2.4.201", ("1.2.840.10008.1.2.4.203", False)),
 ])
 def test_frame_choices(accept, stored, expected) -> None:
     choice = choose_frames(accept, stored, single=False)
     assert (choice.transfer_syntax, choice.decode) == expected
     assert choice.part_type.endswith(f"; transfer-syntax={expected[0]}")
+
+
+def test_a_syntax_the_stored_one_is_not_a_case_of_is_not_claimed() -> None:
+    """.201 admits any progression order, so it is not .202; a lossy .203 is neither."""
+    for stored, asked in [("1.2.840.10008.1.2.4.201", HTJ2K), ("1.2.840.10008.1.2.4.203", HTJ2K),
+                          ("1.2.840.10008.1.2.4.203", "1.2.840.10008.1.2.4.201"), (HTJ2K, "1.2.840.10008.1.2.4.90")]:
+        with pytest.raises(NotAcceptable):
+            choose_frames(f'multipart/related; type="image/jphc"; transfer-syntax={asked}', stored, single=False)
 
 
 def test_single_part_only_for_one_frame() -> None:

@@ -66,6 +66,19 @@ def test_frames_as_stored_are_the_codestreams_and_decode_exactly(client, served,
         np.testing.assert_array_equal(imagecodecs.jpeg2k_decode(payload), expected[number - 1])  # OpenJPEG
 
 
+@pytest.mark.parametrize("syntax", ["1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.203"])
+def test_frames_asked_for_as_htj2k_lossless_or_htj2k_are_the_stored_bytes(client, served, syntax) -> None:
+    """A client that names HTJ2K Lossless (.201) or HTJ2K (.203) was refused
+    406, though every RPCL codestream is one of those too."""
+    u = url(*served.find("MR")) + "/frames/2"
+    stored = client.get(u, headers={"Accept": OHIF})
+    named = client.get(u, headers={"Accept": f"multipart/related; type=application/octet-stream; transfer-syntax={syntax}"})
+    assert named.status_code == 200, named.text
+    (headers, payload), = multipart_parts(named.headers["content-type"], named.content)
+    assert headers["Content-Type"] == f"application/octet-stream; transfer-syntax={syntax}"
+    assert payload == multipart_parts(stored.headers["content-type"], stored.content)[0][1]
+
+
 @pytest.mark.parametrize("accept", [UNCOMPRESSED, "*/*", None, 'multipart/related; type="application/octet-stream"'])
 def test_frames_decoded_for_clients_that_take_only_uncompressed(client, served, accept) -> None:
     for modality in ("CT", "US"):

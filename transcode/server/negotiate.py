@@ -32,6 +32,14 @@ MEDIA_TYPES = {
     "1.2.840.10008.1.2.5": "image/dicom-rle",
 }
 OCTET = "application/octet-stream"
+#: Syntaxes whose every frame is also, byte for byte, a frame of others, which a
+#: client may name: HTJ2K Lossless RPCL only constrains HTJ2K Lossless's
+#: progression order and markers, and HTJ2K admits lossless codestreams (PS3.5
+#: 8.2.14). Sent under the name asked for; the bytes are the same.
+ALSO_VALID_AS = {
+    "1.2.840.10008.1.2.4.202": ("1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.203"),
+    "1.2.840.10008.1.2.4.201": ("1.2.840.10008.1.2.4.203",),
+}
 
 # One element of a comma-separated list: quoted strings may hold commas and semicolons.
 _ITEM = re.compile(r'(?:[^,"]|"(?:[^"\\]|\\.)*")+')
@@ -103,22 +111,28 @@ class FrameChoice:
         return f"{self.media_type}; transfer-syntax={self.transfer_syntax}"
 
 
+def _as_stored(syntax: str | None, stored: str) -> str | None:
+    """The name under which frames stored as `stored` go out as they are to
+    a client asking for `syntax` (None or `*`: any), or None if they cannot."""
+    if syntax in (None, "*", stored):
+        return stored
+    return syntax if syntax in ALSO_VALID_AS.get(stored, ()) else None
+
+
 def _frame_option(media_type: str, syntax: str | None, stored: str, decodable: bool) -> tuple[str, str, bool] | None:
     """(media type, transfer syntax, decode) for one requested inner type, or None."""
     stored_type = MEDIA_TYPES.get(stored, OCTET)
     if media_type == OCTET:
-        if syntax == "*" or syntax == stored:
-            return OCTET, stored, False
+        if syntax is not None and (name := _as_stored(syntax, stored)):
+            return OCTET, name, False
         wanted = syntax or EXPLICIT_LE  # PS3.18 8.7.3.5.2: the default for octet-stream
         if wanted in UNCOMPRESSED and decodable:
             return OCTET, wanted, stored not in UNCOMPRESSED
         return None
-    if media_type == "*/*" or media_type == "image/*" and stored_type != OCTET:
-        if syntax in (None, "*", stored):
-            return stored_type, stored, False
-        return None
-    if stored_type != OCTET and media_type == stored_type and syntax in (None, "*", stored):
-        return stored_type, stored, False
+    if media_type == "*/*" or media_type == "image/*" and stored_type != OCTET or \
+            stored_type != OCTET and media_type == stored_type:
+        name = _as_stored(syntax, stored)
+        return (stored_type, name, False) if name else None
     return None
 
 
