@@ -34,8 +34,8 @@ MEDIA_TYPES = {
 OCTET = "application/octet-stream"
 #: Syntaxes whose every frame is also, byte for byte, a frame of others, which a
 #: client may name: HTJ2K Lossless RPCL only constrains HTJ2K Lossless's
-#: progression order and markers, and HTJ2K admits lossless codestreams (PS3.5
-#: 8.2.14). Sent under the name asked for; the bytes are the same.
+#: progression order, decompositions and markers, and HTJ2K admits lossless
+#: codestreams (PS3.5 10.18). Sent under the name asked for; the bytes are the same.
 ALSO_VALID_AS = {
     "1.2.840.10008.1.2.4.202": ("1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.203"),
     "1.2.840.10008.1.2.4.201": ("1.2.840.10008.1.2.4.203",),
