@@ -235,6 +235,22 @@ class CatalogTests:
         series = _uids(catalog, "series", [], {"0020000D": a}, tag="0020000E")
         assert len(series) == 3
 
+    def test_names_in_any_script_match_whatever_their_case(self, catalog: Catalog, served: Any) -> None:
+        """Both sides of a name comparison are upper-cased by the database:
+        SQLite's own upper() is ASCII-only, so 'Müller' never matched."""
+        first = replay(served.root, catalog)[0]
+        row = first.instance
+        study = "1.2.826.0.1.3680043.8.498.777"
+        assert first.study_json is not None and "Demo^Patient" in first.study_json
+        renamed = Record(None, type(row)(**{**{n: getattr(row, n) for n in row.__slots__}, "sop_uid": "1.2.3.4",
+                                            "study_uid": study, "series_uid": "1.2.3.5"}), (),
+                         first.study_json.replace("Demo^Patient", "Müller^Jürgen").replace(row.study_uid, study),
+                         first.series_json.replace(row.series_uid, "1.2.3.5") if first.series_json else None)
+        catalog.record([renamed])
+        for name in ("Müller^Jürgen", "müller^jürgen", "MÜLLER*", "*jürgen"):
+            assert _uids(catalog, "study", [("PatientName", name)]) == [study], name
+        assert _uids(catalog, "study", [("PatientName", "Muller*")]) == []
+
     def test_qido_answers_as_sqlite_does(self, catalog: Catalog, served: Any) -> None:
         replay(served.root, catalog)
         reference = SQLiteCatalog(served.root / "index.sqlite", read_only=True)

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pydicom
 import pytest
 from fastapi.testclient import TestClient
 
+from fixtures.generate import Spec, write
 from tests.served import Served
 from transcode.archive import FolderArchive
+from transcode.pipeline import ingest
 from transcode.server import create_app
 
 
@@ -108,3 +113,19 @@ def test_bad_queries_are_400_with_a_reason(client, query, error) -> None:
 def test_search_answers_json_only(client) -> None:
     assert client.get("/dicomweb/studies", headers={"Accept": "application/xml"}).status_code == 406
     assert client.get("/dicomweb/studies", headers={"Accept": "application/json"}).status_code == 200
+
+
+@pytest.mark.parametrize("query", ["Müller^Jürgen", "müller^jürgen", "MÜLLER*", "*jürgen", "M?LLER^J?RGEN"])
+def test_names_in_any_script_match_whatever_their_case(query: str, tmp_path: Path) -> None:
+    """SQLite's upper() changes ASCII letters only: 'Müller' became 'MüLLER'
+    in the index and 'MÜLLER' in the query, so not even the exact name matched."""
+    (tmp_path / "src").mkdir()
+    ds = pydicom.dcmread(write(Spec("CT", 16, 16), tmp_path / "src" / "ct.dcm"))
+    ds.SpecificCharacterSet, ds.PatientName = "ISO_IR 192", "Müller^Jürgen"
+    ds.save_as(tmp_path / "src" / "ct.dcm")
+    with FolderArchive(tmp_path / "archive", exclusive=True) as archive:
+        ingest([tmp_path / "src"], archive, workers=1)
+        client = TestClient(create_app(archive))
+        r = client.get("/dicomweb/studies", params={"PatientName": query})
+        assert r.status_code == 200 and len(r.json()) == 1, (query, r.text)
+        assert client.get("/dicomweb/studies", params={"PatientName": "Muller*"}).json() == []

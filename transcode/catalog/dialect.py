@@ -52,19 +52,30 @@ class Dialect:
             return f"json_each({alias}.dicom_json, '$.\"{tag}\".Value') v"
         return f"jsonb_array_elements(({alias}.dicom_json)::jsonb -> '{tag}' -> 'Value') v(value)"
 
+    def upper(self, expression: str) -> str:
+        """`expression` upper-cased by the database. Person names are
+        compared with both sides upper-cased there, so that a backend is
+        consistent with itself whatever its notion of case (PostgreSQL's
+        follows the database's locale; Python would make 'ß' 'SS')."""
+        if self.name == "sqlite":
+            return f"unicode_upper({expression})"  # registered on each connection: SQLite's upper is ASCII-only
+        return f"upper({expression})"
+
     def value_text(self, person_name: bool) -> str:
         """The text of `v.value`: a Person Name's Alphabetic group upper-cased, else the value."""
         if self.name == "sqlite":
-            return "upper(json_extract(v.value, '$.Alphabetic'))" if person_name else "CAST(v.value AS TEXT)"
-        return "upper(v.value ->> 'Alphabetic')" if person_name else "(v.value #>> '{}')"
+            return self.upper("json_extract(v.value, '$.Alphabetic')") if person_name else "CAST(v.value AS TEXT)"
+        return self.upper("v.value ->> 'Alphabetic'") if person_name else "(v.value #>> '{}')"
 
-    def wildcard(self, column: str, pattern: str) -> tuple[str, str]:
+    def wildcard(self, column: str, pattern: str, placeholder: str = "?") -> tuple[str, str]:
         """(condition, argument) matching `column` against a DICOM wildcard
-        pattern (`*` any run, `?` one character; everything else literal)."""
+        pattern (`*` any run, `?` one character; everything else literal),
+        the argument taking the place of `placeholder` (a `?`, or an
+        expression around one)."""
         if self.name == "sqlite":
-            return f"{column} GLOB ?", pattern.replace("[", "[[]")
+            return f"{column} GLOB {placeholder}", pattern.replace("[", "[[]")
         escaped = pattern.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        return f"{column} LIKE ? ESCAPE '\\'", escaped.replace("*", "%").replace("?", "_")
+        return f"{column} LIKE {placeholder} ESCAPE '\\'", escaped.replace("*", "%").replace("?", "_")
 
     def distinct_array(self, expression: str) -> str:
         """An aggregate: the distinct values of `expression` as JSON array text."""

@@ -68,8 +68,7 @@ def _value_condition(dialect: Dialect, alias: str, tag: str, value: str, args: l
     """SQL true when one of `tag`'s values in `alias`'s JSON matches `value`."""
     kind = vr(tag)
     column = dialect.value_text(kind == "PN")
-    if kind == "PN":
-        value = value.upper()
+    placeholder = dialect.upper("?") if kind == "PN" else "?"  # names: both sides upper-cased by the database
     if kind == "UI":
         test = _uid_in(column, value, args)
     elif kind in ("DA", "TM", "DT") and "-" in value:
@@ -84,18 +83,20 @@ def _value_condition(dialect: Dialect, alias: str, tag: str, value: str, args: l
         codes = [code for code in re.split(r"[,\\]", value) if code] or [value]
         test = " OR ".join(_single(dialect, column, code, args) for code in codes)
     else:
-        test = _single(dialect, column, value, args)
+        test = _single(dialect, column, value, args, placeholder)
     return f"EXISTS (SELECT 1 FROM {dialect.values(alias, tag)} WHERE {test})"
 
 
-def _single(dialect: Dialect, column: str, value: str, args: list[Any]) -> str:
-    """SQL true when `column` matches one value, `*` and `?` as wildcards."""
+def _single(dialect: Dialect, column: str, value: str, args: list[Any], placeholder: str = "?") -> str:
+    """SQL true when `column` matches one value, `*` and `?` as wildcards;
+    the value takes the place of `placeholder` (a `?`, or an expression
+    around one)."""
     if "*" in value or "?" in value:
-        test, pattern = dialect.wildcard(column, value)
+        test, pattern = dialect.wildcard(column, value, placeholder)
         args.append(pattern)
         return test
     args.append(value)
-    return f"{column} = ?"
+    return f"{column} = {placeholder}"
 
 
 def _uid_in(column: str, value: str, args: list[Any]) -> str:

@@ -33,6 +33,20 @@ from transcode.catalog.dialect import SQLITE
 _SCHEMA = SCHEMA.format(int="INTEGER", real="REAL", serial="INTEGER PRIMARY KEY", arrival="")
 
 
+def _connect(database: str | Path, **options: Any) -> sqlite3.Connection:
+    """A connection with the function the catalog's searches use besides
+    SQLite's own: `unicode_upper`, Python's upper-casing, since SQLite's
+    upper() changes ASCII letters only ('Müller' would stay 'MüLLER' and
+    never match a search for 'MÜLLER')."""
+    db = sqlite3.connect(database, check_same_thread=False, **options)
+    db.create_function("unicode_upper", 1, _upper, deterministic=True)
+    return db
+
+
+def _upper(text: str | None) -> str | None:
+    return text.upper() if isinstance(text, str) else text
+
+
 class SQLiteCatalog(Catalog):
     """The catalog in the SQLite file at `path` (FileNotFoundError for a
     reader where there is none)."""
@@ -47,10 +61,10 @@ class SQLiteCatalog(Catalog):
         if read_only:
             if not path.is_file():  # nothing is created for a reader, not even an empty file
                 raise FileNotFoundError(f"{path} does not exist")
-            self.db = sqlite3.connect(read_uri(path), uri=True, isolation_level=None, check_same_thread=False)
+            self.db = _connect(read_uri(path), uri=True, isolation_level=None)
             self.db.execute("PRAGMA query_only=ON")
         else:
-            self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self.db = _connect(path, isolation_level=None)
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.execute("PRAGMA foreign_keys=ON")
 
@@ -72,7 +86,7 @@ class SQLiteCatalog(Catalog):
     def _read(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         db = getattr(self._local, "db", None)
         if db is None:
-            db = sqlite3.connect(read_uri(self.path), uri=True, check_same_thread=False)
+            db = _connect(read_uri(self.path), uri=True)
             db.execute("PRAGMA query_only=ON")
             self._local.db = db
         return db.execute(sql, args).fetchall()
