@@ -129,8 +129,7 @@ def _frame_option(media_type: str, syntax: str | None, stored: str, decodable: b
         if wanted in UNCOMPRESSED and decodable:
             return OCTET, wanted, stored not in UNCOMPRESSED
         return None
-    if media_type == "*/*" or media_type == "image/*" and stored_type != OCTET or \
-            stored_type != OCTET and media_type == stored_type:
+    if media_type == "*/*" or stored_type != OCTET and media_type in ("image/*", stored_type):
         name = _as_stored(syntax, stored)
         return (stored_type, name, False) if name else None
     return None
