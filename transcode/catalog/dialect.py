@@ -61,11 +61,17 @@ class Dialect:
             return f"unicode_upper({expression})"  # registered on each connection: SQLite's upper is ASCII-only
         return f"upper({expression})"
 
-    def value_text(self, person_name: bool) -> str:
-        """The text of `v.value`: a Person Name's Alphabetic group upper-cased, else the value."""
+    def value_text(self) -> str:
+        """The text of `v.value` (a value from `values`)."""
+        return "CAST(v.value AS TEXT)" if self.name == "sqlite" else "(v.value #>> '{}')"
+
+    def name_groups(self) -> tuple[str, str]:
+        """A FROM item `g` with one row per component group (Alphabetic,
+        Ideographic, Phonetic) of the Person Name `v.value`, and that
+        group's text upper-cased."""
         if self.name == "sqlite":
-            return self.upper("json_extract(v.value, '$.Alphabetic')") if person_name else "CAST(v.value AS TEXT)"
-        return self.upper("v.value ->> 'Alphabetic'") if person_name else "(v.value #>> '{}')"
+            return "json_each(v.value) g", self.upper("g.value")
+        return "jsonb_each_text(v.value) g(key, value)", self.upper("g.value")
 
     def wildcard(self, column: str, pattern: str, placeholder: str = "?") -> tuple[str, str]:
         """(condition, argument) matching `column` against a DICOM wildcard

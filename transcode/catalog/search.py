@@ -6,14 +6,15 @@ SERIES_TAGS, the instances rows hold every attribute. A key held below the
 level searched becomes an EXISTS over the lower table (a study matches
 Modality=CT when one of its series does). Matching: single value, `*` and
 `?` wildcards, UID lists, date and time ranges. Person names match
-case-insensitively (what users typing a name into OHIF expect). A code
-string (CS: Modality, Modalities in Study...) may list alternatives,
-separated by commas or backslashes, and matches any of them: OHIF's study
-list sends the modalities picked in its filter as `ModalitiesInStudy=CT,MR`
-and means either, as Orthanc reads it (a code cannot contain either
-character, so no single value is misread; PS3.4 C.2.2.2.8 leaves several
-values undefined without Multiple Value Matching negotiated). Results are
-in the order rows arrived.
+case-insensitively (what users typing a name into OHIF expect), in any of
+their component groups (a Japanese name typed in kanji finds its
+Ideographic group). A code string (CS: Modality, Modalities in Study...)
+may list alternatives, separated by commas or backslashes, and matches any
+of them: OHIF's study list sends the modalities picked in its filter as
+`ModalitiesInStudy=CT,MR` and means either, as Orthanc reads it (a code
+cannot contain either character, so no single value is misread; PS3.4
+C.2.2.2.8 leaves several values undefined without Multiple Value Matching
+negotiated). Results are in the order rows arrived.
 """
 
 from __future__ import annotations
@@ -67,9 +68,11 @@ def _home(tag: str) -> str:
 def _value_condition(dialect: Dialect, alias: str, tag: str, value: str, args: list[Any]) -> str:
     """SQL true when one of `tag`'s values in `alias`'s JSON matches `value`."""
     kind = vr(tag)
-    column = dialect.value_text(kind == "PN")
-    placeholder = dialect.upper("?") if kind == "PN" else "?"  # names: both sides upper-cased by the database
-    if kind == "UI":
+    column = dialect.value_text()
+    if kind == "PN":  # any component group, both sides upper-cased by the database
+        groups, group = dialect.name_groups()
+        test = f"EXISTS (SELECT 1 FROM {groups} WHERE {_single(dialect, group, value, args, dialect.upper('?'))})"
+    elif kind == "UI":
         test = _uid_in(column, value, args)
     elif kind in ("DA", "TM", "DT") and "-" in value:
         low, high = value.split("-", 1)
@@ -83,7 +86,7 @@ def _value_condition(dialect: Dialect, alias: str, tag: str, value: str, args: l
         codes = [code for code in re.split(r"[,\\]", value) if code] or [value]
         test = " OR ".join(_single(dialect, column, code, args) for code in codes)
     else:
-        test = _single(dialect, column, value, args, placeholder)
+        test = _single(dialect, column, value, args)
     return f"EXISTS (SELECT 1 FROM {dialect.values(alias, tag)} WHERE {test})"
 
 
