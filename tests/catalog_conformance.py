@@ -239,7 +239,7 @@ class CatalogTests:
         """Both sides of a name comparison are upper-cased by the database:
         SQLite's own upper() is ASCII-only, so 'Müller' never matched. Any
         component group matches: a name typed in kanji finds its Ideographic
-        group."""
+        group. An empty name among several is a JSON null (PS3.18 F.2.5)."""
         first = replay(served.root, catalog)[0]
         row = first.instance
         study = "1.2.826.0.1.3680043.8.498.777"
@@ -247,7 +247,7 @@ class CatalogTests:
         renamed = Record(None, type(row)(**{**{n: getattr(row, n) for n in row.__slots__}, "sop_uid": "1.2.3.4",
                                             "study_uid": study, "series_uid": "1.2.3.5"}), (),
                          first.study_json.replace('{"Alphabetic":"Demo^Patient"}',
-                                                  '{"Alphabetic":"Müller^Jürgen","Ideographic":"山田^太郎"}')
+                                                  '{"Alphabetic":"Müller^Jürgen","Ideographic":"山田^太郎"},null')
                          .replace(row.study_uid, study),
                          first.series_json.replace(row.series_uid, "1.2.3.5") if first.series_json else None)
         catalog.record([renamed])

@@ -132,3 +132,24 @@ def test_names_in_any_script_match_whatever_their_case(query: str, tmp_path: Pat
         r = client.get("/dicomweb/studies", params={"PatientName": query})
         assert r.status_code == 200 and len(r.json()) == 1, (query, r.text)
         assert client.get("/dicomweb/studies", params={"PatientName": "Muller*"}).json() == []
+
+
+def test_an_empty_name_among_several_is_archived_null_and_the_others_found(tmp_path: Path) -> None:
+    """pydicom 3.0 raises IndexError writing such a Person Name as DICOM
+    JSON, at any depth: the instance was kept as `transcode_error`, its
+    pixels not transcoded. PS3.18 F.2.5 writes the empty value as null."""
+    (tmp_path / "src").mkdir()
+    ds = pydicom.dcmread(write(Spec("CT", 16, 16), tmp_path / "src" / "ct.dcm"))
+    ds.OtherPatientNames = ["Doe^Jane", "", "Roe^Jane"]
+    item = pydicom.Dataset()
+    item.PersonName = ["", "Poe^Jane"]
+    ds.ContentSequence = [item]
+    ds.save_as(tmp_path / "src" / "ct.dcm")
+    with FolderArchive(tmp_path / "archive", exclusive=True) as archive:
+        (entry,) = ingest([tmp_path / "src"], archive, workers=1).entries
+        assert (entry.outcome, entry.reason) == ("transcoded", None), entry.detail
+        client = TestClient(create_app(archive))
+        (found,) = client.get("/dicomweb/instances", params={"OtherPatientNames": "roe*", "includefield": "all"}).json()
+    assert found["00101001"]["Value"] == [{"Alphabetic": "Doe^Jane"}, None, {"Alphabetic": "Roe^Jane"}]
+    assert found["0040A730"]["Value"][0]["0040A123"]["Value"] == [None, {"Alphabetic": "Poe^Jane"}]
+

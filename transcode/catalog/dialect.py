@@ -71,7 +71,9 @@ class Dialect:
         group's text upper-cased."""
         if self.name == "sqlite":
             return "json_each(v.value) g", self.upper("g.value")
-        return "jsonb_each_text(v.value) g(key, value)", self.upper("g.value")
+        # an empty name among several is a JSON null (PS3.18 F.2.5), which jsonb_each_text refuses
+        objects = "CASE WHEN jsonb_typeof(v.value) = 'object' THEN v.value END"
+        return f"jsonb_each_text({objects}) g(key, value)", self.upper("g.value")
 
     def wildcard(self, column: str, pattern: str, placeholder: str = "?") -> tuple[str, str]:
         """(condition, argument) matching `column` against a DICOM wildcard

@@ -62,8 +62,27 @@ def _bulk_data_uri(element: DataElement) -> str:
 
 
 def _to_json(element: DataElement) -> tuple[dict[str, Any], str]:
-    value = element.to_json_dict(bulk_data_element_handler=_bulk_data_uri, bulk_data_threshold=BULK_DATA_THRESHOLD)
+    try:
+        value = element.to_json_dict(bulk_data_element_handler=_bulk_data_uri,
+                                     bulk_data_threshold=BULK_DATA_THRESHOLD)
+    except IndexError:  # pydicom 3.0, on an empty value among several Person Names, at any depth
+        value = _with_empty_names(element)
     return value, json.dumps(value, separators=(",", ":"))
+
+
+_NAME_GROUPS = ("Alphabetic", "Ideographic", "Phonetic")
+
+
+def _with_empty_names(element: DataElement) -> dict[str, Any]:
+    """The JSON of a Person Name element with an empty value among several
+    (PS3.18 F.2.5: that value is null), or of a sequence holding one."""
+    if element.VR == "PN":
+        return {"vr": "PN", "Value": [dict(zip(_NAME_GROUPS, name.components, strict=False)) or None
+                                      for name in element.value]}
+    if element.VR == "SQ":
+        return {"vr": "SQ", "Value": [{f"{inner.tag:08X}": _to_json(inner)[0] for inner in item}
+                                      for item in element.value]}
+    raise ValueError(f"{element.tag}: pydicom cannot write it as DICOM JSON")
 
 
 def _key(raw: Any, elements: Mapping[BaseTag, Any], charset: Any) -> tuple[Any, ...] | None:
