@@ -83,7 +83,7 @@ def _value_condition(dialect: Dialect, alias: str, tag: str, value: str, args: l
                 args.append(bound)
         test = " AND ".join(tests) or "TRUE"
     elif kind == "CS":  # a code cannot hold a comma or a backslash: either separates alternatives
-        codes = [code for code in re.split(r"[,\\]", value) if code] or [value]
+        codes = _listed(value) or [value]
         test = " OR ".join(_single(dialect, column, code, args) for code in codes)
     else:
         test = _single(dialect, column, value, args)
@@ -102,8 +102,14 @@ def _single(dialect: Dialect, column: str, value: str, args: list[Any], placehol
     return f"{column} = {placeholder}"
 
 
+def _listed(value: str) -> list[str]:
+    """The values of a list key: separated by commas (QIDO-RS) or
+    backslashes (DICOM's value separator, which OHIF sends for UIDs)."""
+    return [item for item in re.split(r"[,\\]", value) if item]
+
+
 def _uid_in(column: str, value: str, args: list[Any]) -> str:
-    uids = [u for u in re.split(r"[,\\]", value) if u]
+    uids = _listed(value)
     args += uids
     return f"{column} IN ({', '.join('?' * len(uids))})"
 
