@@ -66,6 +66,7 @@ SEARCHES: list[tuple[str, list[tuple[str, str]]]] = [
     ("study", [("StudyDate", "20250101-20251231")]),
     ("study", [("StudyDate", "-20251231")]),
     ("study", [("StudyDate", "20260101-")]),
+    ("study", [("StudyInstanceUID", "\\")]),
     ("study", [("ModalitiesInStudy", "US")]),
     ("study", [("ModalitiesInStudy", "US,CR")]),
     ("study", [("Modality", "X?,M*")]),
@@ -222,6 +223,7 @@ class CatalogTests:
         assert _uids(catalog, "study", [("StudyDescription", "Chest [PA]")]) == [b]
         assert _uids(catalog, "study", [("PatientID", "PID_000%")]) == []
         assert _uids(catalog, "study", [("StudyInstanceUID", f"{a},{b}")]) == [a, b]  # arrival order
+        assert _uids(catalog, "study", [("StudyInstanceUID", ",")]) == [a, b]  # no UIDs listed: as an empty value
         assert _uids(catalog, "study", [("ModalitiesInStudy", "XA,CR")]) == [b]  # a code list: any of them
         assert _uids(catalog, "study", [("ModalitiesInStudy", "US\\CR")]) == [a, b]
         assert _uids(catalog, "study", [("Modality", "X?,M*")]) == [a]

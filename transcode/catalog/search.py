@@ -109,7 +109,12 @@ def _listed(value: str) -> list[str]:
 
 
 def _uid_in(column: str, value: str, args: list[Any]) -> str:
+    """SQL true when `column` is one of the UIDs listed; a list of no UIDs
+    (`,`) matches anything, as an empty value does (`IN ()` is an SQL
+    error in PostgreSQL)."""
     uids = _listed(value)
+    if not uids:
+        return "TRUE"
     args += uids
     return f"{column} IN ({', '.join('?' * len(uids))})"
 
