@@ -7,6 +7,7 @@ file at most, and the archive verifies."""
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,6 +44,19 @@ def objects(archive: FolderArchive) -> dict[str, tuple[str, str, bytes]]:
     return {row.sop_uid: (row.outcome, row.path, archive.read(row.path)) for row in archive.index.instances()}
 
 
+def forgotten(cluster: DaskPool) -> bool:
+    """Whether the scheduler holds no task, within 5 s (a release travels
+    through the client's event loop). A key still held after its files
+    settled is recomputed when its worker dies: its files staged again,
+    with nobody to place or remove them."""
+    deadline = time.monotonic() + 5
+    while cluster._client.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.tasks)):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 def relative(root: Path, entries: list[Entry]) -> dict[str, tuple[str, str | None]]:
     return {str(Path(e.source_path).relative_to(root)): (e.outcome, e.reason) for e in entries}
 
@@ -65,6 +79,7 @@ def test_same_outcomes_and_objects_as_the_local_pool_and_a_rerun_does_nothing(
         assert objects(remote) == objects(local)  # the same paths, the same bytes
         assert remote.index.counts() == local.index.counts()
         assert verify_archive(remote) == []
+        assert forgotten(cluster)
 
         again = ingest([src], remote, pool=cluster)
         assert {Path(e.source_path).name for e in again.entries} == {"notes.txt", "truncated.dcm"}  # failed: retried
@@ -97,6 +112,7 @@ def test_dying_workers_cost_at_most_their_file(tmp_path: Path, cluster: DaskPool
         assert outcomes.pop("poison.dcm") == poisoned
         assert outcomes == {f"{n}.dcm": ("transcoded", None) for n in range(6)}  # files in flight beside it too
         assert verify_archive(archive) == []
+        assert forgotten(cluster)
     if worker is poison_once:
         assert (src / "poison.dcm.killed").exists()  # it did kill a worker
 

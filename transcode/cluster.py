@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import weakref
 from collections.abc import Callable
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -152,10 +153,15 @@ class _DaskExecutor(Executor):
             self._send(files, tries=2)
 
     def _send(self, files: list[_File], tries: int) -> None:
+        """Submit `files` as one task. The files' futures refer to the task
+        weakly: a cycle between them would keep the task's key wanted until
+        the garbage collector ran, and the scheduler recomputes a wanted key
+        whose worker dies, staging its files again after they settled."""
         task = self._tasks.submit(_run_batch, [f.call for f in files])
+        sent = weakref.ref(task)
 
         def cancelled(_: Future[Entry]) -> None:
-            if all(f.result.cancelled() for f in files):  # the coordinator wants none of them
+            if all(f.result.cancelled() for f in files) and (task := sent()) is not None:  # none wanted
                 task.cancel()
 
         for f in files:
@@ -183,20 +189,24 @@ class _DaskExecutor(Executor):
                     f.result.set_result(outcome)
             return
         files = [f for f in files if not f.result.done()]
-        if isinstance(error, KilledWorker) and tries > 1:
+        if not isinstance(error, KilledWorker):
+            for f in files:
+                f.result.set_exception(error)
+            return
+        # Its traceback holds the frame that holds the task: a cycle that
+        # keeps the task's key wanted (see `_send`). It says nothing more.
+        error.__traceback__ = None
+        if tries > 1:
             if files:
                 log.warning("%s: its workers died while it ran; trying each of its %d file(s) once more, alone",
                             files[0].source, len(files))
             for f in files:
                 self._resend.submit(self._send, [f], tries - 1)
-        elif isinstance(error, KilledWorker):
-            for f in files:
-                f.result.set_result(Entry(f.source, IngestOutcome.FAILED, Reason.WORKER_CRASHED.value,
-                                          "the worker process died on this file each time it was tried "
-                                          "(a decoder crash or out of memory)"))
-        else:
-            for f in files:
-                f.result.set_exception(error)
+            return
+        for f in files:
+            f.result.set_result(Entry(f.source, IngestOutcome.FAILED, Reason.WORKER_CRASHED.value,
+                                      "the worker process died on this file each time it was tried "
+                                      "(a decoder crash or out of memory)"))
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop the batch timer and the resend thread (the client belongs to `DaskPool`)."""
