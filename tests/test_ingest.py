@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import json
 import os
@@ -251,6 +252,64 @@ def test_an_instance_with_a_large_element_besides_its_pixels_is_transcoded(tmp_p
     assert stored[0x00291010].value == bytes(range(256)) * 300
 
 
+def _patched(path: Path, *changes: tuple[bytes, bytes]) -> None:
+    """Replace byte strings, each found once, in the file at `path`."""
+    data = path.read_bytes()
+    for old, new in changes:
+        assert data.count(old) == 1 and len(new) == len(old), old
+        data = data.replace(old, new)
+    path.write_bytes(data)
+
+
+def test_values_pydicom_cannot_convert_are_described_by_their_bytes(tmp_path: Path) -> None:
+    """A DS holding a stray byte, and an element whose VR code is no VR
+    (found by flipping header bytes): pydicom fails writing them as DICOM
+    JSON, and the instance was kept as `transcode_error`, indexed by its
+    UIDs alone. Its JSON now describes such a value as UN with the bytes
+    received (PS3.18 F.2.7), in a sequence too, and the pixels are
+    transcoded; the stored object carries the bytes unchanged."""
+    src = tmp_path / "src"
+    src.mkdir()
+    ds = pydicom.dcmread(write(Spec("CT", 16, 16), src / "ct.dcm"))
+    assert ds.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+    ds.TableHeight, ds.ExposureTime = "166.310003", "2000"
+    item = pydicom.Dataset()
+    item.SliceThickness = "1.50000001"
+    ds.ReferencedImageSequence = [item]
+    ds.save_as(src / "ct.dcm")
+    _patched(src / "ct.dcm", (b"166.310003", b"166.3\xf50003"), (b"\x18\x00\x50\x11IS", b"\x18\x00\x50\x11I\x96"),
+             (b"1.50000001", b"1.5\x00000001"))
+    with FolderArchive(tmp_path / "archive", exclusive=True) as archive:
+        (entry,) = ingest([src], archive, workers=1).entries
+        assert (entry.outcome, entry.reason) == ("transcoded", None), entry.detail
+        (row,) = archive.index.instances()
+        described = json.loads(row.dicom_json)
+        stored = pydicom.dcmread(archive.root / row.path)
+    assert described["00181130"] == {"vr": "UN", "InlineBinary": base64.b64encode(b"166.3\xf50003").decode()}
+    assert described["00181150"] == {"vr": "UN", "InlineBinary": base64.b64encode(b"2000").decode()}
+    assert described["00081140"]["Value"][0]["00180050"]["vr"] == "UN"
+    assert described["00100020"]["Value"] == [ds.PatientID]  # the rest as pydicom writes it
+    assert stored.get_item(0x00181130).value == b"166.3\xf50003"
+    assert stored.get_item(0x00181150).value == b"2000"
+
+
+def test_a_pixel_module_element_with_no_vr_keeps_the_instance(tmp_path: Path) -> None:
+    """Bits Allocated with a VR code that is no VR: pydicom raises
+    NotImplementedError reading it, and the instance failed as
+    `internal_error` (not archived). dcmtk reads the file whole: it is
+    kept as received, `bad_pixel_data`."""
+    src = tmp_path / "src"
+    src.mkdir()
+    write(Spec("CT", 16, 16), src / "ct.dcm")
+    _patched(src / "ct.dcm", (b"\x28\x00\x00\x01US", b"\x28\x00\x00\x01U\xe7"))
+    with FolderArchive(tmp_path / "archive", exclusive=True) as archive:
+        (entry,) = ingest([src], archive, workers=1).entries
+        assert (entry.outcome, entry.reason) == ("kept", "bad_pixel_data"), entry.detail
+        assert "(0028,0100)" in entry.detail
+        (row,) = archive.index.instances()
+        assert archive.read(row.path) == (src / "ct.dcm").read_bytes()
+
+
 def _with_uids(path: Path, **uids: str) -> None:
     ds = pydicom.dcmread(path)
     for keyword, value in uids.items():
@@ -411,8 +470,9 @@ def test_files_that_finish_together_are_committed_together(tmp_path: Path, monke
 def test_readable_instances_are_archived_whatever_pydicom_makes_of_them(tmp_path: Path) -> None:
     """A data set pydicom cannot parse (sequences 400 deep), a bare data set
     without File Meta and a header with a value pydicom cannot convert are
-    archived: indexed by what could be read, stored as received (the bare one
-    behind File Meta built for it)."""
+    archived: indexed by what could be read (the value that does not
+    convert as UN bytes), stored as received (the bare one behind File Meta
+    built for it)."""
     from tests.test_bad_input import _before, _ct, _sequence
 
     src = tmp_path / "src"
@@ -424,7 +484,9 @@ def test_readable_instances_are_archived_whatever_pydicom_makes_of_them(tmp_path
         report = ingest([src], archive, workers=1)
         entries = {Path(e.source_path).name: e for e in report.entries}
         assert (entries["badVR.dcm"].outcome, entries["badVR.dcm"].reason) == ("kept", "bad_pixel_data")
-        assert "identifying elements only" in entries["badVR.dcm"].detail
+        described = json.loads(archive.index.instance(entries["badVR.dcm"].sop_uid).dicom_json)
+        assert described["00280008"] == {"vr": "UN", "InlineBinary": base64.b64encode(b"1A").decode()}  # as received
+        assert described["00100010"]["Value"] == [{"Alphabetic": "Lastname^Firstname"}]  # and all else as pydicom writes it
         assert (entries["deep.dcm"].outcome, entries["deep.dcm"].reason) == ("kept", "reader_error")
         assert (entries["bare.dcm"].outcome, entries["bare.dcm"].file_meta_constructed) == ("kept", True)
         for name, base in (("deep.dcm", PYDICOM_FILES / "CT_small.dcm"), ("bare.dcm", PYDICOM_FILES / "rtstruct.dcm")):

@@ -14,7 +14,9 @@ only what changed.
 
 from __future__ import annotations
 
+import base64
 import json
+import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +24,10 @@ from typing import Any
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag, Tag
+
+log = logging.getLogger(__name__)
 
 PIXEL_AND_ENCAPSULATION = frozenset({0x7FE00010, 0x7FE00008, 0x7FE00009, 0x7FE00001, 0x7FE00002, 0x7FE00003})
 BULK_DATA_THRESHOLD = 1024
@@ -57,32 +62,63 @@ class DicomJson:
         return values[0]
 
 
-def _bulk_data_uri(element: DataElement) -> str:
+def _bulk_data_uri(element: DataElement | RawDataElement) -> str:
     return f"bulkdata/{element.tag:08X}"
 
 
 def _to_json(element: DataElement) -> tuple[dict[str, Any], str]:
-    try:
-        value = element.to_json_dict(bulk_data_element_handler=_bulk_data_uri,
-                                     bulk_data_threshold=BULK_DATA_THRESHOLD)
-    except IndexError:  # pydicom 3.0, on an empty value among several Person Names, at any depth
-        value = _with_empty_names(element)
+    """The JSON of a value set by us (`dicom_json`'s `changes`)."""
+    value = element.to_json_dict(bulk_data_element_handler=_bulk_data_uri, bulk_data_threshold=BULK_DATA_THRESHOLD)
     return value, json.dumps(value, separators=(",", ":"))
+
+
+def _element_json(ds: Dataset, tag: BaseTag, raw: Any = None) -> dict[str, Any]:
+    """The JSON of `ds`'s element `tag`, as pydicom writes it, but for what
+    pydicom cannot write as DICOM JSON:
+
+    - a sequence is written item by item, so that an element inside that
+      does not convert is described alone;
+    - Person Names with an empty value among several (pydicom 3.0 raises
+      IndexError): that value is null (PS3.18 F.2.5);
+    - any other value that does not convert (a DS of "166.3õ0003", a VR
+      code that is no VR) is UN with the bytes received, the one JSON form
+      that holds any value (PS3.18 F.2.7), from `raw`, the element as
+      parsed (by default as `ds` holds it now, before converting replaces
+      it). The stored object carries the element unchanged either way.
+
+    Raises ValueError where those bytes are not at hand (an element that
+    was converted before, without its raw form)."""
+    raw = ds.get_item(tag, keep_deferred=True) if raw is None else raw
+    element = None
+    try:
+        element = ds[tag]
+        if element.VR == "SQ":
+            items = [{f"{inner:08X}": _element_json(item, inner) for inner in item.keys()}  # noqa: SIM118 (tags)
+                     for item in element.value]
+            return {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}
+        return element.to_json_dict(bulk_data_element_handler=_bulk_data_uri, bulk_data_threshold=BULK_DATA_THRESHOLD)
+    except Exception as exc:  # noqa: BLE001 (pydicom's conversions, on values they do not expect: any error)
+        if isinstance(exc, IndexError) and element is not None and element.VR == "PN" \
+                and isinstance(element.value, MultiValue):
+            return {"vr": "PN", "Value": [dict(zip(_NAME_GROUPS, name.components, strict=False)) or None
+                                          for name in element.value]}
+        log.warning("%s does not convert to DICOM JSON (%s: %s): described as UN, with its bytes", tag,
+                    type(exc).__name__, exc)
+        return _as_received(tag, raw)
 
 
 _NAME_GROUPS = ("Alphabetic", "Ideographic", "Phonetic")
 
 
-def _with_empty_names(element: DataElement) -> dict[str, Any]:
-    """The JSON of a Person Name element with an empty value among several
-    (PS3.18 F.2.5: that value is null), or of a sequence holding one."""
-    if element.VR == "PN":
-        return {"vr": "PN", "Value": [dict(zip(_NAME_GROUPS, name.components, strict=False)) or None
-                                      for name in element.value]}
-    if element.VR == "SQ":
-        return {"vr": "SQ", "Value": [{f"{inner.tag:08X}": _to_json(inner)[0] for inner in item}
-                                      for item in element.value]}
-    raise ValueError(f"{element.tag}: pydicom cannot write it as DICOM JSON")
+def _as_received(tag: BaseTag, raw: Any) -> dict[str, Any]:
+    """The JSON of the raw element `raw` as UN, its value bytes as received."""
+    if isinstance(raw, RawDataElement) and raw.length > BULK_DATA_THRESHOLD:
+        return {"vr": "UN", "BulkDataURI": _bulk_data_uri(raw)}
+    if isinstance(raw, RawDataElement) and not raw.length:
+        return {"vr": "UN"}
+    if isinstance(raw, RawDataElement) and raw.value is not None:
+        return {"vr": "UN", "InlineBinary": base64.b64encode(raw.value).decode("ascii")}
+    raise ValueError(f"{tag}: pydicom cannot write it as DICOM JSON, and its bytes are not at hand")
 
 
 def _key(raw: Any, elements: Mapping[BaseTag, Any], charset: Any) -> tuple[Any, ...] | None:
@@ -137,7 +173,8 @@ def dicom_json(
             key = _key(elements.get(tag), elements, charset)
             converted = _remembered.get(key) if key is not None else None
             if converted is None:
-                converted = _to_json(ds[tag])
+                value = _element_json(ds, tag, elements.get(tag))
+                converted = value, json.dumps(value, separators=(",", ":"))
                 if key is not None:
                     if len(_remembered) >= _REMEMBER_COUNT:
                         _remembered.clear()

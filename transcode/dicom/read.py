@@ -312,7 +312,7 @@ class Instance:
                 photometric=str(opts.get("photometric_interpretation", "")).strip(),
                 number_of_frames=int(opts["number_of_frames"]),
             )
-        except (KeyError, ValueError, TypeError) as exc:
+        except (KeyError, ValueError, TypeError, NotImplementedError) as exc:  # NotImplementedError: a VR code that is no VR
             raise keep(Reason.BAD_PIXEL_DATA, f"Image Pixel module incomplete or invalid: {exc}") from exc
         if spec.rows < 1 or spec.columns < 1 or spec.number_of_frames < 1:
             raise keep(Reason.BAD_PIXEL_DATA, f"{spec.rows}x{spec.columns}x{spec.number_of_frames} pixels")
