@@ -310,6 +310,20 @@ def test_a_pixel_module_element_with_no_vr_keeps_the_instance(tmp_path: Path) ->
         assert archive.read(row.path) == (src / "ct.dcm").read_bytes()
 
 
+def test_a_sop_instance_uid_with_no_vr_fails_with_its_reason(tmp_path: Path) -> None:
+    """The SOP Instance UID's VR code flipped to one that is no VR: the
+    file failed as `internal_error`, as if the product were at fault."""
+    src = tmp_path / "src"
+    src.mkdir()
+    write(Spec("CT", 16, 16), src / "ct.dcm")
+    _patched(src / "ct.dcm", (b"\x08\x00\x18\x00UI", b"\x08\x00\x18\x00Um"))
+    with FolderArchive(tmp_path / "archive", exclusive=True) as archive:
+        (entry,) = ingest([src], archive, workers=1).entries
+        assert (entry.outcome, entry.reason) == ("failed", "no_sop_instance_uid"), entry.detail
+        assert "cannot be read" in entry.detail and "(0008,0018)" in entry.detail
+        assert list(archive.index.instances()) == []
+
+
 def _with_uids(path: Path, **uids: str) -> None:
     ds = pydicom.dcmread(path)
     for keyword, value in uids.items():

@@ -100,7 +100,12 @@ def _check_identity(instance: Instance) -> None:
     if ds.file_meta.get("MediaStorageSOPClassUID") == MediaStorageDirectoryStorage:
         raise fail(Reason.NO_SOP_INSTANCE_UID, "a DICOMDIR (Media Storage Directory): it lists files and is not an "
                    "instance; named DICOMDIR, ingest reads it as the list of the files it references")
-    if not (ds.get("SOPInstanceUID") or ds.file_meta.get("MediaStorageSOPInstanceUID")):
+    try:
+        uid = ds.get("SOPInstanceUID")
+    except (NotImplementedError, ValueError) as exc:  # NotImplementedError: pydicom's word for a VR code that is no VR
+        raise fail(Reason.NO_SOP_INSTANCE_UID, f"the SOP Instance UID cannot be read ({exc}): the instance has no "
+                   "identity to keep") from exc
+    if not (uid or ds.file_meta.get("MediaStorageSOPInstanceUID")):
         raise fail(Reason.NO_SOP_INSTANCE_UID, "no SOP Instance UID: the instance has no identity to keep")
 
 
