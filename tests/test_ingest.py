@@ -310,18 +310,27 @@ def test_a_pixel_module_element_with_no_vr_keeps_the_instance(tmp_path: Path) ->
         assert archive.read(row.path) == (src / "ct.dcm").read_bytes()
 
 
-def test_a_sop_instance_uid_with_no_vr_fails_with_its_reason(tmp_path: Path) -> None:
-    """The SOP Instance UID's VR code flipped to one that is no VR: the
-    file failed as `internal_error`, as if the product were at fault."""
+def test_uids_with_no_vr_end_with_their_reason(tmp_path: Path) -> None:
+    """The VR code of the SOP Instance UID, or of the SOP Class UID,
+    flipped to one that is no VR: either file failed as `internal_error`,
+    as if the product were at fault. Without a readable SOP Instance UID
+    there is no identity to keep; the SOP Class UID is the header's
+    business, and the pixels are transcoded."""
     src = tmp_path / "src"
     src.mkdir()
-    write(Spec("CT", 16, 16), src / "ct.dcm")
-    _patched(src / "ct.dcm", (b"\x08\x00\x18\x00UI", b"\x08\x00\x18\x00Um"))
+    for name, tag in (("instance.dcm", b"\x08\x00\x18\x00"), ("class.dcm", b"\x08\x00\x16\x00")):
+        write(Spec("CT", 16, 16), src / name)
+        _patched(src / name, (tag + b"UI", tag + b"Um"))
     with FolderArchive(tmp_path / "archive", exclusive=True) as archive:
-        (entry,) = ingest([src], archive, workers=1).entries
-        assert (entry.outcome, entry.reason) == ("failed", "no_sop_instance_uid"), entry.detail
-        assert "cannot be read" in entry.detail and "(0008,0018)" in entry.detail
-        assert list(archive.index.instances()) == []
+        entries = {Path(e.source_path).name: e for e in ingest([src], archive, workers=1).entries}
+        lost = entries["instance.dcm"]
+        assert (lost.outcome, lost.reason) == ("failed", "no_sop_instance_uid"), lost.detail
+        assert "cannot be read" in lost.detail and "(0008,0018)" in lost.detail
+        kept = entries["class.dcm"]
+        assert (kept.outcome, kept.reason) == ("transcoded", None), kept.detail
+        (row,) = archive.index.instances()
+        assert json.loads(row.dicom_json)["00080016"] == {"vr": "UN", "InlineBinary": base64.b64encode(
+            pydicom.dcmread(src / "class.dcm").file_meta.MediaStorageSOPClassUID.encode() + b"\0").decode()}
 
 
 def _with_uids(path: Path, **uids: str) -> None:

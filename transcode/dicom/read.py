@@ -245,7 +245,11 @@ class Instance:
                     raise fail(Reason.UNREADABLE, f"the data set cannot be parsed: {type(exc).__name__}: {exc}") from exc
                 self.unparsed = f"{type(exc).__name__}: {exc}"
                 return _stub(walked, data, syntax)
-        _check_image_header(ds, str(ds.get("SOPClassUID", "")))
+        try:
+            sop_class = str(ds.get("SOPClassUID", ""))
+        except NotImplementedError:  # pydicom's word for a VR code that is no VR
+            sop_class = ""
+        _check_image_header(ds, sop_class)
         return ds
 
     def _parse_whole(self) -> FileDataset:
