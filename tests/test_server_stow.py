@@ -77,6 +77,21 @@ def test_a_preamble_before_the_first_boundary_is_ignored(client, tmp_path) -> No
     assert r.json()["00081199"]["Value"][0]["00081155"]["Value"] == [pydicom.dcmread(path).SOPInstanceUID]
 
 
+def test_a_truncated_part_with_a_uid_of_no_vr_is_refused_not_a_500(client, tmp_path) -> None:
+    """A part the structure walk cannot read (cut inside its pixels) is
+    identified by pydicom, whose reading of a SOP Class UID with a VR code
+    that is no VR raised NotImplementedError: the whole request was a 500."""
+    path = write(Spec("CT", 16, 16, 1, 16, 12, seed=4), tmp_path / "a.dcm")
+    data = path.read_bytes()
+    assert data.count(b"\x08\x00\x16\x00UI") == 1
+    cut = data.replace(b"\x08\x00\x16\x00UI", b"\x08\x00\x16\x00Um")[:-100]
+    r = client.post("/dicomweb/studies", content=body(cut), headers={"Content-Type": CONTENT_TYPE})
+    assert r.status_code == 409, r.text
+    (failed,) = r.json()["00081198"]["Value"]
+    assert failed["00081155"]["Value"] == [pydicom.dcmread(path).SOPInstanceUID]  # identified all the same
+    assert "Value" not in failed["00081150"]  # the SOP Class UID could not be read
+
+
 @pytest.mark.parametrize("size", [1, 5, 17, 1 << 20])
 def test_parts_are_read_however_the_body_is_cut(size: int, tmp_path: Path) -> None:
     """The preamble, the boundary and the parts split across chunks at any point."""

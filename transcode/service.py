@@ -104,7 +104,16 @@ def identify(path: Path) -> Sent:
         ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=list(_SENT))
     except Exception:  # noqa: BLE001 (anything unreadable: the ingest will say why)
         return Sent(None, None, None, None)
-    return Sent(*(str(ds.get(keyword, "")) or None for keyword in _SENT))
+    return Sent(*(_text(ds, keyword) for keyword in _SENT))
+
+
+def _text(ds: pydicom.Dataset, keyword: str) -> str | None:
+    """The value of `keyword` as text; None where absent, empty, or not
+    readable (a VR code that is no VR: the ingest will say why)."""
+    try:
+        return str(ds.get(keyword, "")) or None
+    except Exception:  # noqa: BLE001 (pydicom's conversions, on values they do not expect: any error)
+        return None
 
 
 def out_of_space(exc: BaseException) -> bool:
