@@ -75,6 +75,13 @@ class Dialect:
         objects = "CASE WHEN jsonb_typeof(v.value) = 'object' THEN v.value END"
         return f"jsonb_each_text({objects}) g(key, value)", self.upper("g.value")
 
+    def full_name(self) -> str:
+        """The whole Person Name `v.value` as DICOM writes it, its component
+        groups joined by `=` and empty trailing groups left out, upper-cased."""
+        get = ("json_extract(v.value, '$.{}')" if self.name == "sqlite" else "(v.value ->> '{}')").format
+        groups = " || '=' || ".join(f"COALESCE({get(group)}, '')" for group in ("Alphabetic", "Ideographic", "Phonetic"))
+        return self.upper(f"rtrim({groups}, '=')")
+
     def wildcard(self, column: str, pattern: str, placeholder: str = "?") -> tuple[str, str]:
         """(condition, argument) matching `column` against a DICOM wildcard
         pattern (`*` any run, `?` one character; everything else literal),

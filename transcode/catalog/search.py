@@ -8,9 +8,10 @@ Modality=CT when one of its series does). Matching: single value, `*` and
 `?` wildcards, UID lists, date and time ranges. Person names match
 case-insensitively (what users typing a name into OHIF expect), in any of
 their component groups (a Japanese name typed in kanji finds its
-Ideographic group). A code string (CS: Modality, Modalities in Study...)
-may list alternatives, separated by commas or backslashes, and matches any
-of them: OHIF's study list sends the modalities picked in its filter as
+Ideographic group), or whole where the value names several groups
+(`Yamada^Tarou=山田^太郎`, as DICOM writes the name). A code string (CS:
+Modality, Modalities in Study...) may list alternatives, separated by
+commas or backslashes, and matches any of them: OHIF's study list sends the modalities picked in its filter as
 `ModalitiesInStudy=CT,MR` and means either, as Orthanc reads it (a code
 cannot contain either character, so no single value is misread; PS3.4
 C.2.2.2.8 leaves several values undefined without Multiple Value Matching
@@ -69,8 +70,11 @@ def _value_condition(dialect: Dialect, alias: str, tag: str, value: str, args: l
     """SQL true when one of `tag`'s values in `alias`'s JSON matches `value`."""
     kind = vr(tag)
     column = dialect.value_text()
-    if kind == "PN":  # any component group, both sides upper-cased by the database
+    if kind == "PN" and "=" in value.rstrip("="):  # the whole name, its groups as written; both sides upper-cased
+        test = _single(dialect, dialect.full_name(), value.rstrip("="), args, dialect.upper("?"))
+    elif kind == "PN":  # any component group, both sides upper-cased by the database
         groups, group = dialect.name_groups()
+        value = value.rstrip("=")
         test = f"EXISTS (SELECT 1 FROM {groups} WHERE {_single(dialect, group, value, args, dialect.upper('?'))})"
     elif kind == "UI":
         test = _uid_in(column, value, args)
