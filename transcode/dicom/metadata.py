@@ -95,7 +95,7 @@ def _element_json(ds: Dataset, tag: BaseTag, raw: Any = None) -> dict[str, Any]:
         if element.VR == "SQ":
             items = [{f"{inner:08X}": _element_json(item, inner) for inner in item.keys()}  # noqa: SIM118 (tags)
                      for item in element.value]
-            return {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}
+            return {"vr": "SQ", "Value": items}  # as pydicom writes it, an empty sequence too
         return element.to_json_dict(bulk_data_element_handler=_bulk_data_uri, bulk_data_threshold=BULK_DATA_THRESHOLD)
     except Exception as exc:  # noqa: BLE001 (pydicom's conversions, on values they do not expect: any error)
         if isinstance(exc, IndexError) and element is not None and element.VR == "PN" \
