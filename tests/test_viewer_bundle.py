@@ -91,6 +91,22 @@ def test_ohif_is_served_from_the_same_origin(client: TestClient) -> None:
     assert client.get("/ohif/app.css").text == "body{}"
 
 
+def test_a_static_viewer_with_nothing_to_move_gets_its_page_for_any_route(tmp_path: Path) -> None:
+    """A viewer whose page names no root-relative URL (nothing to move under
+    `/ohif/`) answered 500 for each of its own routes and for paths that
+    leave the folder: the page was only built where something moved."""
+    viewer = tmp_path / "viewer"
+    viewer.mkdir()
+    (viewer / "index.html").write_text('<script src="app.js"></script>')
+    (tmp_path / "secret.txt").write_text("not to be served")
+    with FolderArchive(tmp_path / "archive") as archive:
+        client = TestClient(create_app(archive, viewer_dir=viewer))
+        for route in ("/ohif/", "/ohif/viewer/1.2.3", "/ohif/..%2fsecret.txt", "/ohif/%2e%2e/secret.txt",
+                      "/ohif/....//secret.txt"):
+            page = client.get(route)
+            assert (page.status_code, page.text) == (200, '<script src="app.js"></script>'), route
+
+
 def test_cross_origin_preflights_are_cached(client: TestClient) -> None:
     answer = client.options("/dicomweb/studies", headers={"Origin": "http://localhost:3000",
                                                           "Access-Control-Request-Method": "GET",

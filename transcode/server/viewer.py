@@ -114,10 +114,10 @@ class _SinglePage(_Static):
         except HTTPException as exc:
             if exc.status_code != 404:
                 raise
-            path = "index.html"
-        else:
-            if not (path.endswith((".html", ".js"))):
-                return response
+            path = "index.html"  # one of the application's own routes (or a path outside the folder)
+            response = await super().get_response(path, scope)
+        if not path.endswith((".html", ".js")):
+            return response
         file = Path(str(self.directory)) / path
         stat = file.stat()
         body = _moved(file, stat.st_mtime_ns, stat.st_size)
