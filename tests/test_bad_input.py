@@ -14,6 +14,7 @@ import pydicom
 import pytest
 from pydicom.encaps import generate_frames
 from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
@@ -75,6 +76,7 @@ CASES: dict[str, tuple[str, Callable[[bytes], bytes], Outcome, set[str]]] = {
     "corrupt-codestream": (JPEG2000Lossless, _corrupt_codestream_header, KEPT, {"decode_error"}),
     "truncated-codestream": (JPEG2000Lossless, _truncate_first_fragment, KEPT, {"decode_error"}),
     "wrong-fragment-length": (JPEG2000Lossless, _wrong_fragment_length, FAILED, {"truncated"}),
+    "truncated-deflated": (DeflatedExplicitVRLittleEndian, lambda d: d[: len(d) - 100], FAILED, {"truncated"}),
     "truncated-rle": (RLELossless, _truncate_first_fragment, KEPT, {"decode_error"}),
     "not-dicom": (ExplicitVRLittleEndian, lambda d: b"%PDF-1.7\n" + os.urandom(2000), FAILED, {"not_dicom"}),
     "empty": (ExplicitVRLittleEndian, lambda d: b"", FAILED, {"not_dicom"}),

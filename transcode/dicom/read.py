@@ -17,6 +17,7 @@ import os
 import stat
 import struct
 import warnings
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -242,6 +243,8 @@ class Instance:
                 return _stub(walked, data, syntax)
             except Exception as exc:  # pydicom's parser, on bytes it does not expect: any error at all
                 if walked is None:
+                    if isinstance(exc, zlib.error) and "truncated" in str(exc):  # Z_BUF_ERROR: the stream stops early
+                        raise fail(Reason.TRUNCATED, f"the deflated data set ends before its stream does ({exc})") from exc
                     raise fail(Reason.UNREADABLE, f"the data set cannot be parsed: {type(exc).__name__}: {exc}") from exc
                 self.unparsed = f"{type(exc).__name__}: {exc}"
                 return _stub(walked, data, syntax)
