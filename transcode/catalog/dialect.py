@@ -78,9 +78,11 @@ class Dialect:
     def full_name(self) -> str:
         """The whole Person Name `v.value` as DICOM writes it, its component
         groups joined by `=` and empty trailing groups left out, upper-cased."""
-        get = ("json_extract(v.value, '$.{}')" if self.name == "sqlite" else "(v.value ->> '{}')").format
-        groups = " || '=' || ".join(f"COALESCE({get(group)}, '')" for group in ("Alphabetic", "Ideographic", "Phonetic"))
-        return self.upper(f"rtrim({groups}, '=')")
+        def group(name: str) -> str:
+            return f"json_extract(v.value, '$.{name}')" if self.name == "sqlite" else f"(v.value ->> '{name}')"
+
+        joined = " || '=' || ".join(f"COALESCE({group(name)}, '')" for name in ("Alphabetic", "Ideographic", "Phonetic"))
+        return self.upper(f"rtrim({joined}, '=')")
 
     def wildcard(self, column: str, pattern: str, placeholder: str = "?") -> tuple[str, str]:
         """(condition, argument) matching `column` against a DICOM wildcard

@@ -11,11 +11,12 @@ their component groups (a Japanese name typed in kanji finds its
 Ideographic group), or whole where the value names several groups
 (`Yamada^Tarou=山田^太郎`, as DICOM writes the name). A code string (CS:
 Modality, Modalities in Study...) may list alternatives, separated by
-commas or backslashes, and matches any of them: OHIF's study list sends the modalities picked in its filter as
-`ModalitiesInStudy=CT,MR` and means either, as Orthanc reads it (a code
-cannot contain either character, so no single value is misread; PS3.4
-C.2.2.2.8 leaves several values undefined without Multiple Value Matching
-negotiated). Results are in the order rows arrived.
+commas or backslashes, and matches any of them: OHIF's study list sends
+the modalities picked in its filter as `ModalitiesInStudy=CT,MR` and means
+either, as Orthanc reads it (a code cannot contain either character, so no
+single value is misread; PS3.4 C.2.2.2.8 leaves several values undefined
+without Multiple Value Matching negotiated). Results are in the order rows
+arrived.
 """
 
 from __future__ import annotations

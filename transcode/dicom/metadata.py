@@ -72,6 +72,9 @@ def _to_json(element: DataElement) -> tuple[dict[str, Any], str]:
     return value, json.dumps(value, separators=(",", ":"))
 
 
+_NAME_GROUPS = ("Alphabetic", "Ideographic", "Phonetic")
+
+
 def _element_json(ds: Dataset, tag: BaseTag, raw: Any = None) -> dict[str, Any]:
     """The JSON of `ds`'s element `tag`, as pydicom writes it, but for what
     pydicom cannot write as DICOM JSON:
@@ -81,44 +84,43 @@ def _element_json(ds: Dataset, tag: BaseTag, raw: Any = None) -> dict[str, Any]:
     - Person Names with an empty value among several (pydicom 3.0 raises
       IndexError): that value is null (PS3.18 F.2.5);
     - any other value that does not convert (a DS of "166.3õ0003", a VR
-      code that is no VR) is UN with the bytes received, the one JSON form
-      that holds any value (PS3.18 F.2.7), from `raw`, the element as
-      parsed (by default as `ds` holds it now, before converting replaces
-      it). The stored object carries the element unchanged either way.
-
-    Raises ValueError where those bytes are not at hand (an element that
-    was converted before, without its raw form)."""
+      code that is no VR) is UN with the bytes received (`_as_received`),
+      from `raw`, the element as parsed (by default as `ds` holds it now,
+      before converting replaces it). The stored object carries the
+      element unchanged either way.
+    """
     raw = ds.get_item(tag, keep_deferred=True) if raw is None else raw
-    element = None
     try:
         element = ds[tag]
-        if element.VR == "SQ":
-            items = [{f"{inner:08X}": _element_json(item, inner) for inner in item.keys()}  # noqa: SIM118 (tags)
-                     for item in element.value]
-            return {"vr": "SQ", "Value": items}  # as pydicom writes it, an empty sequence too
-        return element.to_json_dict(bulk_data_element_handler=_bulk_data_uri, bulk_data_threshold=BULK_DATA_THRESHOLD)
     except Exception as exc:  # noqa: BLE001 (pydicom's conversions, on values they do not expect: any error)
-        if isinstance(exc, IndexError) and element is not None and element.VR == "PN" \
-                and isinstance(element.value, MultiValue):
-            return {"vr": "PN", "Value": [dict(zip(_NAME_GROUPS, name.components, strict=False)) or None
-                                          for name in element.value]}
-        log.warning("%s does not convert to DICOM JSON (%s: %s): described as UN, with its bytes", tag,
-                    type(exc).__name__, exc)
-        return _as_received(tag, raw)
+        return _as_received(tag, raw, exc)
+    if element.VR == "SQ":
+        items = [{f"{inner:08X}": _element_json(item, inner) for inner in item.keys()}  # noqa: SIM118 (tags)
+                 for item in element.value]
+        return {"vr": "SQ", "Value": items}  # as pydicom writes it, an empty sequence too
+    try:
+        return element.to_json_dict(bulk_data_element_handler=_bulk_data_uri, bulk_data_threshold=BULK_DATA_THRESHOLD)
+    except IndexError as exc:
+        if element.VR != "PN" or not isinstance(element.value, MultiValue):
+            return _as_received(tag, raw, exc)
+        return {"vr": "PN", "Value": [dict(zip(_NAME_GROUPS, name.components, strict=False)) or None
+                                      for name in element.value]}
+    except Exception as exc:  # noqa: BLE001 (as above)
+        return _as_received(tag, raw, exc)
 
 
-_NAME_GROUPS = ("Alphabetic", "Ideographic", "Phonetic")
-
-
-def _as_received(tag: BaseTag, raw: Any) -> dict[str, Any]:
-    """The JSON of the raw element `raw` as UN, its value bytes as received."""
-    if isinstance(raw, RawDataElement) and raw.length > BULK_DATA_THRESHOLD:
+def _as_received(tag: BaseTag, raw: Any, exc: Exception) -> dict[str, Any]:
+    """The JSON of the raw element `raw`, which pydicom could not write
+    (`exc`), as UN with its value bytes as received: the one JSON form that
+    holds any value (PS3.18 F.2.7). Raises ValueError where those bytes are
+    not at hand (an element converted before, without its raw form)."""
+    if not isinstance(raw, RawDataElement) or (raw.value is None and 0 < raw.length <= BULK_DATA_THRESHOLD):
+        raise ValueError(f"{tag}: pydicom cannot write it as DICOM JSON ({exc}), and its bytes are not at hand")
+    log.warning("%s does not convert to DICOM JSON (%s: %s): described as UN, with its bytes", tag,
+                type(exc).__name__, exc)
+    if raw.length > BULK_DATA_THRESHOLD:
         return {"vr": "UN", "BulkDataURI": _bulk_data_uri(raw)}
-    if isinstance(raw, RawDataElement) and not raw.length:
-        return {"vr": "UN"}
-    if isinstance(raw, RawDataElement) and raw.value is not None:
-        return {"vr": "UN", "InlineBinary": base64.b64encode(raw.value).decode("ascii")}
-    raise ValueError(f"{tag}: pydicom cannot write it as DICOM JSON, and its bytes are not at hand")
+    return {"vr": "UN", "InlineBinary": base64.b64encode(raw.value).decode("ascii")} if raw.length else {"vr": "UN"}
 
 
 def _key(raw: Any, elements: Mapping[BaseTag, Any], charset: Any) -> tuple[Any, ...] | None:
