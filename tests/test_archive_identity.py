@@ -245,3 +245,18 @@ def test_serve_on_a_read_only_mount(served: Served, archive: Path, tmp_path: Pat
         _, err = proc.communicate(timeout=10)
     assert "is served read-only" in err
     assert not list(archive.glob("index.sqlite-*"))  # not even SQLite's shared-memory file
+
+
+def test_commands_take_an_archive_folder_relative_to_the_working_folder(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """`transcode verify --archive demo/archive`, as the README spells
+    archives, ended in a traceback: the objects listed (absolute) were made
+    relative to the root as given (relative). The tests all gave absolute
+    paths."""
+    (tmp_path / "src").mkdir()
+    write(Spec("CT", 16, 16), tmp_path / "src" / "ct.dcm")
+    monkeypatch.chdir(tmp_path)
+    assert main(["ingest", "src", "--archive", "demo/archive"]) == EXIT_OK
+    assert main(["verify", "--archive", "demo/archive"]) == EXIT_OK
+    assert main(["verify", "--archive", "demo/archive", "--rebuild-index"]) == EXIT_OK
+    assert main(["verify", "--archive", "demo/archive"]) == EXIT_OK

@@ -71,6 +71,11 @@ class Layout:
         none when it does not exist."""
         return sorted(path for path in folder.rglob("*") if path.is_file())
 
+    def relative(self, path: Path) -> str:
+        """The archive-relative name of `path`, a path under one that
+        `resolve` gave (absolute, however the root was spelled)."""
+        return os.path.relpath(path, self._real_root)
+
     def resolve(self, relative: str | Path) -> Path:
         """The absolute path of an archive-relative one, never outside the
         root. Lexical (no symlinks are followed: the archive makes none), as

@@ -356,7 +356,7 @@ class FolderArchive(SessionArchive):
 
     def list(self, prefix: str) -> Iterator[str]:
         for path in self.layout.stored(self.layout.resolve(prefix)):
-            yield str(path.relative_to(self.root))
+            yield self.layout.relative(path)
 
     def version(self, relative: str) -> tuple[object, ...]:
         """The file's inode, size, mtime and ctime."""
