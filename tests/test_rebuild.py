@@ -103,6 +103,30 @@ def test_real_files_kept_reasons_decided_again(tmp_path: Path) -> None:
     assert again.skipped == 0 and again.counts() == {"duplicate": 5}
 
 
+def test_kept_objects_pydicom_cannot_read_whole_are_indexed_again(tmp_path: Path) -> None:
+    """Ingest archives them (an IS of "1A" in Number of Frames; sequences
+    400 deep, which pydicom cannot parse), but the rebuild read them with
+    pydicom alone and left them out as problems ("invalid literal for
+    int()", a RecursionError)."""
+    from tests.test_bad_input import _before, _ct, _sequence
+
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copy(PYDICOM_FILES / "badVR.dcm", src / "badVR.dcm")
+    (src / "deep.dcm").write_bytes(_before(_ct(), b"\x09\x00\x10\x00LO", _sequence(400, b"")))
+    with FolderArchive(tmp_path / "archive", exclusive=True) as archive:
+        report = ingest([src], archive, workers=1)
+    assert sorted((e.outcome, e.reason) for e in report.entries) == [("kept", "bad_pixel_data"),
+                                                                     ("kept", "reader_error")]
+    before = rows(tmp_path / "archive")
+    (tmp_path / "archive" / "index.sqlite").unlink()
+
+    rebuilt = rebuild_index(tmp_path / "archive")
+    assert rebuilt.problems == []
+    after = rows(tmp_path / "archive")
+    assert sorted(row[0] for row in after["instances"]) == sorted(row[0] for row in before["instances"])
+
+
 def test_an_unreadable_object_is_reported_and_left_alone(served: Served, tmp_path: Path,
                                                         capsys: pytest.CaptureFixture[str]) -> None:
     archive = Path(shutil.copytree(served.root, tmp_path / "archive"))

@@ -39,6 +39,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.fileset import FileSet
 
 from transcode import logs
+from transcode.archive.describe import number_of_frames
 from transcode.archive.layout import InvalidUID, check_uid, conflict_path, object_path
 from transcode.archive.objects import put_staged
 from transcode.archive.store import Archive
@@ -133,7 +134,7 @@ def work(source: str, staging: str, settings: EncodeSettings, crosscheck: str, t
                 meta, tsyntax = _describe(ds, entry), str(ds.file_meta.TransferSyntaxUID)
                 if "Rows" in ds and result.reason not in (Reason.NO_PIXEL_DATA, Reason.BAD_PIXEL_DATA):
                     # an image, kept whole: its frames are served from the copy
-                    entry.frames = _frames(ds)
+                    entry.frames = number_of_frames(ds)
             elif result.outcome is Outcome.KEPT:  # kept, described by what could be read of it
                 meta, tsyntax = result.metadata, str(result.transfer_syntax)
             else:
@@ -153,14 +154,6 @@ def work(source: str, staging: str, settings: EncodeSettings, crosscheck: str, t
         entry.staged = dataclasses.replace(entry.staged, path=put_staged(staging, staged))
     entry.seconds = time.perf_counter() - started
     return entry
-
-
-def _frames(ds: Dataset) -> int:
-    """Number of Frames of a kept image (0, none served, where it is not a number)."""
-    try:
-        return int(ds.get("NumberOfFrames") or 1)
-    except (TypeError, ValueError):
-        return 0
 
 
 def _describe(ds: Dataset, entry: Entry) -> DicomJson:

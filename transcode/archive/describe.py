@@ -63,6 +63,14 @@ class StoredObject:
         return self.meta.text(SERIES_TAGS)
 
 
+def number_of_frames(ds: pydicom.Dataset) -> int:
+    """Number of Frames of a kept image (0, none served, where it is not a number)."""
+    try:
+        return int(ds.get("NumberOfFrames") or 1)
+    except (TypeError, ValueError):
+        return 0
+
+
 def is_transcoded(file_meta: pydicom.Dataset) -> bool:
     """Written by this implementation in the output syntax: a transcoded
     object (a kept object is a byte-exact copy of someone else's file)."""
@@ -117,7 +125,13 @@ def describe(path: Path) -> StoredObject:
     that is not one: pydicom's errors for an unreadable header, `Stop` or
     `CodestreamError` for frames that are not what a transcoded object
     holds, `InvalidUID` for UIDs that may not name a path."""
-    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+    except Exception:  # pydicom's parser, on bytes it does not expect: any error at all
+        with open_instance(path) as instance:  # as ingest read it: what the structure walk identified
+            if instance.unparsed is None:
+                raise
+            ds = instance.dataset
     transcoded = is_transcoded(ds.file_meta)
     if transcoded:
         with open_instance(path) as instance:
@@ -126,7 +140,7 @@ def describe(path: Path) -> StoredObject:
         count = len(frames)
     else:  # kept as is: described as ingest describes the copy it places
         meta, frames, pixel_digest = dicom_json(ds), [], None
-        count = int(ds.get("NumberOfFrames") or 1) if "Rows" in ds else 0
+        count = number_of_frames(ds) if "Rows" in ds else 0
     return StoredObject(
         transcoded=transcoded, sop_uid=check_uid(meta.first("00080018"), "SOP Instance UID"),
         study_uid=check_uid(meta.first("0020000D"), "Study Instance UID"),
