@@ -41,7 +41,7 @@ from pydicom.datadict import tag_for_keyword
 from transcode.archive import Archive, ArchiveBusy
 from transcode.archive.objects import ArchiveAddress
 from transcode.codecs.htj2k import EncodeSettings
-from transcode.dicom.read import read_strings
+from transcode.dicom.read import read_strings, readable_text
 from transcode.entries import Entry, IngestOutcome, path_text
 from transcode.pipeline import WorkerPool, ingest
 from transcode.policy import OnConflict, Reason
@@ -104,16 +104,7 @@ def identify(path: Path) -> Sent:
         ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=list(_SENT))
     except Exception:  # noqa: BLE001 (anything unreadable: the ingest will say why)
         return Sent(None, None, None, None)
-    return Sent(*(_text(ds, keyword) for keyword in _SENT))
-
-
-def _text(ds: pydicom.Dataset, keyword: str) -> str | None:
-    """The value of `keyword` as text; None where absent, empty, or not
-    readable (a VR code that is no VR: the ingest will say why)."""
-    try:
-        return str(ds.get(keyword, "")) or None
-    except Exception:  # noqa: BLE001 (pydicom's conversions, on values they do not expect: any error)
-        return None
+    return Sent(*(readable_text(ds, keyword) for keyword in _SENT))  # the ingest says why one is unreadable
 
 
 def out_of_space(exc: BaseException) -> bool:

@@ -71,12 +71,13 @@ def _value_condition(dialect: Dialect, alias: str, tag: str, value: str, args: l
     """SQL true when one of `tag`'s values in `alias`'s JSON matches `value`."""
     kind = vr(tag)
     column = dialect.value_text()
-    if kind == "PN" and "=" in value.rstrip("="):  # the whole name, its groups as written; both sides upper-cased
-        test = _single(dialect, dialect.full_name(), value.rstrip("="), args, dialect.upper("?"))
-    elif kind == "PN":  # any component group, both sides upper-cased by the database
-        groups, group = dialect.name_groups()
-        value = value.rstrip("=")
-        test = f"EXISTS (SELECT 1 FROM {groups} WHERE {_single(dialect, group, value, args, dialect.upper('?'))})"
+    if kind == "PN":  # both sides upper-cased by the database; empty trailing groups may be left out
+        name = value.rstrip("=")
+        if "=" in name:  # the whole name, its groups as written
+            test = _single(dialect, dialect.full_name(), name, args, dialect.upper("?"))
+        else:  # any one component group
+            groups, group = dialect.name_groups()
+            test = f"EXISTS (SELECT 1 FROM {groups} WHERE {_single(dialect, group, name, args, dialect.upper('?'))})"
     elif kind == "UI":
         test = _uid_in(column, value, args)
     elif kind in ("DA", "TM", "DT") and "-" in value:

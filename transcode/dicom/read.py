@@ -248,11 +248,7 @@ class Instance:
                     raise fail(Reason.UNREADABLE, f"the data set cannot be parsed: {type(exc).__name__}: {exc}") from exc
                 self.unparsed = f"{type(exc).__name__}: {exc}"
                 return _stub(walked, data, syntax)
-        try:
-            sop_class = str(ds.get("SOPClassUID", ""))
-        except NotImplementedError:  # pydicom's word for a VR code that is no VR
-            sop_class = ""
-        _check_image_header(ds, sop_class)
+        _check_image_header(ds, readable_text(ds, "SOPClassUID") or "")
         return ds
 
     def _parse_whole(self) -> FileDataset:
@@ -494,6 +490,16 @@ class Instance:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def readable_text(ds: Dataset, keyword: str) -> str | None:
+    """The value of `keyword` as text; None where absent, empty, or not
+    readable (pydicom raises NotImplementedError for a VR code that is no
+    VR, ValueError for values it cannot convert)."""
+    try:
+        return str(ds.get(keyword, "")) or None
+    except Exception:  # noqa: BLE001 (pydicom's conversions, on values they do not expect: any error)
+        return None
 
 
 def read_strings(path: Path, tags: Sequence[int]) -> list[str | None] | None:
